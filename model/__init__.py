@@ -1,0 +1,1 @@
+"""The two-column AlexNet of Krizhevsky, Sutskever & Hinton (NIPS 2012)."""
