@@ -1,0 +1,115 @@
+"""Webdataset shards with DALI index files, written in one pass.
+
+A shard is a plain tar of `<key>.jpg` + `<key>.cls` members (webdataset
+layout); `.cls` holds the class index as zero-padded ASCII (`000042`), which
+webdataset's int() and DALI's fixed-width parsing both read. The `.idx` beside
+it is DALI's wds2idx format (`v1.2 <samples>`, then per sample
+`<ext> <offset> <size> <name>` for each member). We record the offsets while
+writing instead of rescanning the tar with wds2idx, which would cost a second
+read of the shard.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+from pipeline.io import atomic_path
+
+CLS_WIDTH = 6
+IDX_VERSION = "v1.2"
+
+
+def encode_label(label: int) -> bytes:
+    if not 0 <= label < 10**CLS_WIDTH:
+        raise ValueError(f"label {label} does not fit {CLS_WIDTH} digits")
+    return f"{label:0{CLS_WIDTH}d}".encode()
+
+
+def decode_label(data: bytes) -> int:
+    return int(data.decode())
+
+
+class ShardWriter:
+    """Write `<path>` (.tar) and `<path minus .tar>.idx` atomically on close().
+
+    Members get mtime 0 and uid/gid 0 so the same inputs give identical bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.idx_path = self.path.with_suffix(".idx")
+        self._tar_ctx = atomic_path(self.path)
+        self._tmp = self._tar_ctx.__enter__()
+        self._file = open(self._tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._samples: list[list[tuple[str, int, int, str]]] = []
+        self._keys: set[str] = set()
+
+    def _add_member(self, name: str, data: bytes) -> tuple[int, int]:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+        # addfile writes the 512-byte header, then the data; offset = end - padded data
+        end = self._tar.offset
+        padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        return end - padded, len(data)
+
+    def add(self, key: str, jpeg: bytes, label: int) -> None:
+        if "." in key or "/" in key:
+            raise ValueError(f"shard key {key!r} must not contain '.' or '/'")
+        if key in self._keys:
+            raise ValueError(f"duplicate shard key {key!r} in {self.path}")
+        self._keys.add(key)
+        parts = []
+        for ext, data in (("jpg", jpeg), ("cls", encode_label(label))):
+            name = f"{key}.{ext}"
+            offset, size = self._add_member(name, data)
+            parts.append((ext, offset, size, name))
+        self._samples.append(parts)
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def close(self) -> None:
+        """Finish the tar, write the index, then move both into place."""
+        self._tar.close()
+        self._file.close()
+        with atomic_path(self.idx_path) as tmp_idx:
+            with open(tmp_idx, "w") as f:
+                f.write(f"{IDX_VERSION} {len(self._samples)}\n")
+                for parts in self._samples:
+                    f.write(" ".join(f"{e} {o} {s} {n}" for e, o, s, n in parts) + "\n")
+            self._tar_ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        """Drop everything written so far (no output appears)."""
+        self._tar.close()
+        self._file.close()
+        self._tar_ctx.__exit__(RuntimeError, None, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_shard(path: str | os.PathLike):
+    """Yield (key, jpeg_bytes, label) from a shard, in stored order."""
+    pending: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, ext = member.name.split(".", 1)
+            pending.setdefault(key, {})[ext] = tar.extractfile(member).read()
+            if {"jpg", "cls"} <= pending[key].keys():
+                sample = pending.pop(key)
+                yield key, sample["jpg"], decode_label(sample["cls"])
