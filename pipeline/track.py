@@ -1,0 +1,298 @@
+"""MLflow tracking around the stages, from the outside.
+
+Stage code never imports mlflow. Each Snakemake rule runs its stage through
+
+    python -m pipeline.track run --stage pca --log results/logs/pca.log \
+        [--metrics FILE.json] [--artifact PATH]... [--jsonl FILE.jsonl] \
+        [--model CHECKPOINT] [--parent-metrics FILE.json] [--redact-env NAME] \
+        -- python -m pipeline.pca --stats ... --out-dir ...
+
+which opens a child run under the workflow invocation's parent run, runs the
+command with its output written to the log (and echoed to the terminal),
+logs every `--flag value` of the stage command as a parameter, streams the
+lines of `--jsonl` as step metrics while the command runs (the training
+curve shows live in the MLflow UI), and on exit logs the numeric leaves of
+`--metrics`, the artifacts, the log and, for training, the model. The run
+ends FINISHED or FAILED with the command's exit status.
+
+The Snakefile's onstart handler calls `start_parent` once per invocation,
+before any job runs: that also creates the sqlite database and experiment,
+so parallel jobs never race to create them. The parent's id is passed to the
+jobs in a file (`--parent-file`), which works for local and cluster jobs.
+
+The value of the environment variable named by `--redact-env` (an auth
+token) is replaced by *** in everything written to the log and the terminal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REDACTED = b"***"
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def _client(tracking_uri: str | None):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+
+
+def _retry(fn, *args, attempts: int = 8, **kwargs):
+    """sqlite serialises writers; a concurrent job can hold the lock briefly."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # mlflow wraps sqlalchemy's OperationalError
+            if "locked" not in str(exc).lower() or i == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**i)
+
+
+def experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created by someone else meanwhile
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(obj, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested dicts as {'a.b': x}; bools, strings, lists skipped."""
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(obj):
+        out[prefix[:-1]] = float(obj)
+    return out
+
+
+def cli_params(command: list[str]) -> dict[str, str]:
+    """`--name value` pairs of a stage command; a bare flag counts as 'true'."""
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(command):
+        arg = command[i]
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            if not eq:
+                if i + 1 < len(command) and not command[i + 1].startswith("--"):
+                    value = command[i + 1]
+                    i += 1
+                else:
+                    value = "true"
+            params[name.replace("-", "_")] = value[:6000]  # mlflow's param value limit
+        i += 1
+    return params
+
+
+def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathLike,
+                 run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+    client = _client(tracking_uri)
+    exp = experiment_id(client, experiment)
+    run = _retry(client.create_run, exp, run_name=run_name, tags=tags)
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        _retry(client.log_batch, run.info.run_id, params=items[i:i + 100])
+    path = Path(parent_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(run.info.run_id + "\n")
+    os.replace(tmp, path)
+    return run.info.run_id
+
+
+def end_parent(tracking_uri: str, parent_file: str | os.PathLike, status: str) -> None:
+    path = Path(parent_file)
+    if path.exists():
+        _retry(_client(tracking_uri).set_terminated, path.read_text().strip(), status)
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 500):
+        _retry(client.log_batch, run_id, metrics=items[i:i + 500])
+
+
+class JsonlFollower(threading.Thread):
+    """Logs each complete new line of a JSONL file as metrics at its "step"."""
+
+    def __init__(self, client, run_id: str, path: str, period: float = 2.0):
+        super().__init__(daemon=True)
+        self.client, self.run_id, self.path, self.period = client, run_id, Path(path), period
+        self.offset = 0
+        self.done = threading.Event()
+
+    def drain(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            if self.path.stat().st_size < self.offset:  # truncated by a resume
+                self.offset = 0
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        for line in data[:end].splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = int(row.pop("step", 0))
+            log_metrics(self.client, self.run_id, flatten(row), step=step)
+
+    def run(self) -> None:
+        while not self.done.wait(self.period):
+            self.drain()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.drain()
+
+
+def run_logged(command: list[str], log: Path, secret: bytes | None) -> int:
+    """Run `command`, copying its output to `log` and stderr, secrets masked."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    keep = len(secret) - 1 if secret else 0
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        pending = b""
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            pending += chunk
+            if secret:
+                pending = pending.replace(secret, REDACTED)
+            # hold back a tail that could be the start of a split secret
+            cut = len(pending) if not chunk else max(0, len(pending) - keep)
+            ready, pending = pending[:cut], pending[cut:]
+            out.write(ready)
+            out.flush()
+            sys.stderr.buffer.write(ready)
+            sys.stderr.flush()
+            if not chunk:
+                break
+        return proc.wait()
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    text = path.read_text(errors="replace").replace("\r", "\n")
+    return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
+
+
+def log_model(tracking_uri: str | None, run_id: str, checkpoint: str) -> None:
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    from pipeline.train import model_from_checkpoint
+
+    mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    model, _ = model_from_checkpoint(checkpoint, devices=["cpu"])
+    model.eval()
+    example = np.zeros((1, 3, 224, 224), dtype=np.float32)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(example)).float().numpy()
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, logits))
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    log = Path(args.log)
+    secret = os.environ.get(args.redact_env, "").encode() if args.redact_env else None
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SystemExit("error: no stage command given after --")
+    if args.no_tracking:
+        return run_logged(command, log, secret or None)
+
+    client = _client(args.tracking_uri)
+    exp = experiment_id(client, args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "alexnet"))
+    parent = None
+    if args.parent_file and Path(args.parent_file).exists():
+        parent = Path(args.parent_file).read_text().strip()
+    tags = {"stage": args.stage}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run_id = _retry(client.create_run, exp, run_name=args.stage, tags=tags).info.run_id
+    from mlflow.entities import Param
+
+    params = [Param(k, v) for k, v in cli_params(command).items()]
+    for i in range(0, len(params), 100):
+        _retry(client.log_batch, run_id, params=params[i:i + 100])
+
+    follower = JsonlFollower(client, run_id, args.jsonl) if args.jsonl else None
+    if follower:
+        follower.start()
+    start = time.time()
+    status = run_logged(command, log, secret or None)
+    wall = time.time() - start
+    if follower:
+        follower.stop()
+
+    ok = status == 0
+    try:
+        metrics = {"wall_time_s": wall}
+        if ok and args.metrics:
+            for path in args.metrics:
+                metrics.update(flatten(json.loads(Path(path).read_text())))
+        log_metrics(client, run_id, metrics)
+        if ok and parent and args.parent_metrics:
+            for path in args.parent_metrics:
+                log_metrics(client, parent, flatten(json.loads(Path(path).read_text())))
+        if ok:
+            for artifact in args.artifact or []:
+                if Path(artifact).is_dir():
+                    client.log_artifacts(run_id, artifact, Path(artifact).name)
+                elif Path(artifact).exists():
+                    client.log_artifact(run_id, artifact)
+            if args.model:
+                log_model(args.tracking_uri, run_id, args.model)
+        if log.exists():
+            client.log_artifact(run_id, str(log), "logs")
+    finally:
+        _retry(client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
+    if not ok:
+        print(f"\n{args.stage} failed (exit {status}); last lines of {log}:\n{tail(log)}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.track", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="verb", required=True)
+    run = sub.add_parser("run", help="run one stage command inside an MLflow child run")
+    run.add_argument("--stage", required=True)
+    run.add_argument("--log", required=True, help="file that receives the command's output")
+    run.add_argument("--metrics", action="append", help="JSON file whose numeric leaves are logged as metrics")
+    run.add_argument("--parent-metrics", action="append", help="JSON file logged on the parent run too")
+    run.add_argument("--artifact", action="append", help="file or folder logged as an artifact")
+    run.add_argument("--jsonl", help="JSONL file of step metrics, followed while the command runs")
+    run.add_argument("--model", help="training checkpoint logged as an MLflow PyTorch model")
+    run.add_argument("--parent-file", help="file holding the parent run id (written by the Snakefile)")
+    run.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    run.add_argument("--experiment", default=None, help="default: $MLFLOW_EXPERIMENT_NAME or alexnet")
+    run.add_argument("--redact-env", help="environment variable whose value is masked in the log")
+    run.add_argument("--no-tracking", action="store_true", help="only run and log the command")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    return run_stage(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

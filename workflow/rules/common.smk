@@ -1,0 +1,142 @@
+# Helpers shared by the rule files: config validation, paths, and the
+# tracking prefix every tracked rule puts before its stage command.
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.utils import validate
+
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def check_config(cfg):
+    """Fail before any job runs, naming the key and what it expects."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for err in sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path)):
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            problems.append(f"config key {key}: {err.message}; expected one of {allowed}")
+        else:
+            problems.append(f"config key {key}: {err.message}")
+    if problems:
+        raise ValueError("invalid configuration (see workflow/schemas/config.schema.yaml):\n  "
+                         + "\n  ".join(problems))
+    validate(cfg, SCHEMA)  # fills in the schema's defaults
+
+
+def is_local(url):
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url):
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def check_paths(cfg):
+    """Local sources must exist, except the demo archives the workflow makes."""
+    ds = cfg["dataset"]
+    demo_dir = os.path.normpath(cfg["demo"]["out_dir"])
+    missing = []
+    if ds["source"] == "archives":
+        if "archives" not in ds:
+            missing.append("dataset.archives: required when dataset.source is 'archives'")
+        for part, src in ds.get("archives", {}).items():
+            for key in ("url", "md5"):
+                value = src[key]
+                if key == "md5" and len(value) == 32 and all(c in "0123456789abcdefABCDEF" for c in value):
+                    continue
+                if key == "url" and not is_local(value):
+                    continue
+                path = os.path.normpath(local_path(value))
+                if not path.startswith(demo_dir + os.sep) and not os.path.exists(path):
+                    missing.append(f"dataset.archives.{part}.{key}: {value} does not exist; expected "
+                                   + ("a local path, file:// or https:// URL of the archive" if key == "url"
+                                      else "32 hex digits or an md5sum-format file"))
+    else:
+        for part in ("train", "val"):
+            folder = ds.get("folders", {}).get(part)
+            if not folder or not os.path.isdir(folder):
+                missing.append(f"dataset.folders.{part}: {folder!r} is not a folder; expected "
+                               f"a tree {part}/<wnid>/*.JPEG when dataset.source is 'folders'")
+    if missing:
+        raise ValueError("invalid configuration:\n  " + "\n  ".join(missing))
+
+
+try:
+    check_config(config)
+    check_paths(config)
+except ValueError as exc:
+    sys.exit(f"error: {exc}")
+
+RESULTS = config["paths"]["results"]
+TRACKING = config["tracking"]
+PARENT_FILE = f"{RESULTS}/.tracking/parent_run_id"
+# Jobs (local or on a cluster) read the store and experiment from the environment,
+# so changing them never reruns a stage.
+os.environ.setdefault("MLFLOW_TRACKING_URI", TRACKING["tracking_uri"])
+os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", TRACKING["experiment"])
+
+
+def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, parent_metrics=None, redact_env=None):
+    """Shell prefix that runs a stage command in its MLflow child run, output to {log}."""
+    parts = ["python -m pipeline.track run", f"--stage {stage}", "--log {log}"]
+    if not TRACKING["enabled"]:
+        parts.append("--no-tracking")
+    parts.append(f"--parent-file {PARENT_FILE}")
+    if metrics:
+        parts.append(f"--metrics {metrics}")
+    for artifact in artifacts:
+        parts.append(f"--artifact {artifact}")
+    if jsonl:
+        parts.append(f"--jsonl {jsonl}")
+    if model:
+        parts.append(f"--model {model}")
+    if parent_metrics:
+        parts.append(f"--parent-metrics {parent_metrics}")
+    if redact_env:
+        parts.append(f"--redact-env {redact_env}")
+    return " ".join(parts) + " -- "
+
+
+def flat_config(cfg, prefix=""):
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if not isinstance(value, str) else value
+    return out
+
+
+onstart:
+    if TRACKING["enabled"]:
+        from pipeline.track import start_parent
+
+        run_id = start_parent(
+            os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_EXPERIMENT_NAME"], PARENT_FILE,
+            run_name=f"workflow {config['dataset']['name']}",
+            params=flat_config(config),
+            tags={"dataset": config["dataset"]["name"], "command": shlex.join(sys.argv)[:5000]},
+        )
+        print(f"MLflow: parent run {run_id} in {os.environ['MLFLOW_TRACKING_URI']}", file=sys.stderr)
+
+
+onsuccess:
+    if TRACKING["enabled"]:
+        from pipeline.track import end_parent
+
+        end_parent(os.environ["MLFLOW_TRACKING_URI"], PARENT_FILE, "FINISHED")
+
+
+onerror:
+    if TRACKING["enabled"]:
+        from pipeline.track import end_parent
+
+        end_parent(os.environ["MLFLOW_TRACKING_URI"], PARENT_FILE, "FAILED")
