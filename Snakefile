@@ -2,12 +2,14 @@
 #   demo/fetch -> index -> resize -> pca -> augment -> train -> evaluate
 # Run: snakemake --cores all            (the demo, config.yaml)
 #      snakemake --cores all --configfile workflow/presets/imagenet.yaml
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
 include: "workflow/rules/common.smk"
