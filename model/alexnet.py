@@ -1,0 +1,194 @@
+"""The two-column AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012, section 3).
+
+    conv1  96 11x11/4 pad 2   224 -> 55   ReLU, LRN, max-pool 3/2 -> 27
+    conv2 256  5x5    pad 2   two columns ReLU, LRN, max-pool 3/2 -> 13
+    conv3 384  3x3    pad 1   reads both columns, ReLU
+    conv4 384  3x3    pad 1   two columns, ReLU
+    conv5 256  3x3    pad 1   two columns, ReLU, max-pool 3/2 -> 6
+    fc6  4096 (reads both columns), fc7 4096 (reads both): ReLU, dropout 0.5
+    fc8  num_classes
+
+60,965,224 parameters at 1000 classes (Caffe's bvlc_alexnet has the same
+count; the ungrouped network has 62,378,344). LRN (model/lrn.py) normalises
+within each column, as cuda-convnet did on each GPU.
+
+Layouts. `devices=None` or one device: one set of grouped layers (conv2, conv4,
+conv5 are single grouped convolutions), the fast path on one GPU or CPU.
+`devices=[d0, d1]`: the paper's split (section 3.2): each column's half of
+every layer lives on its own device (conv1 too: 48 kernels each, reading the
+whole image) and activations cross devices only at conv3, fc6, fc7 and fc8.
+fc8 and the logits are on d0. Both layouts expose the same state_dict (keys
+and shapes of the grouped layout, as in Caffe: conv2.weight is (256, 48, 5, 5),
+rows 0-127 belonging to the first column), so a checkpoint saved from one
+loads into the other and gives the same outputs. Optimizer state does not
+move between layouts (their parameter lists differ).
+
+Options:
+    width            scales every layer's channels and the fc6/fc7 width (kept
+                     even so they split in two columns; fc8 is num_classes);
+                     1.0 is the paper's network, smaller runs tests and demos.
+    lrn=False        drop both LRN layers (paper, section 3.3: +1.4% top-1 error).
+    overlapping_pool=False
+                     pool 2/2 instead of 3/2 (section 3.4: +0.4% top-1 error).
+                     At 224 input the sizes stay 55/27/13/6; fc6's input size is
+                     computed from the pooling either way.
+    init="paper"     weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6,
+                     fc7, 0 elsewhere (section 5).
+    init="caffe"     Caffe's bvlc_alexnet fillers: those biases 0.1, and fc6/fc7
+                     weights N(0, 0.005); Caffe reported a flat loss with 1.
+    dropout          probability in fc6 and fc7 (section 4.2: 0.5).
+
+Random initial weights are drawn on the CPU in the grouped layout, so one
+seed gives the same network in either layout and on any device.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.lrn import LocalResponseNorm
+
+INPUT_SIZE = 224
+SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # fc8 is not split
+INITS = {
+    # layer -> (weight std, bias)
+    "paper": {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "conv4": (0.01, 1.0),
+              "conv5": (0.01, 1.0), "fc6": (0.01, 1.0), "fc7": (0.01, 1.0), "fc8": (0.01, 0.0)},
+    "caffe": {"conv1": (0.01, 0.0), "conv2": (0.01, 0.1), "conv3": (0.01, 0.0), "conv4": (0.01, 0.1),
+              "conv5": (0.01, 0.1), "fc6": (0.005, 0.1), "fc7": (0.005, 0.1), "fc8": (0.01, 0.0)},
+}
+
+
+def count_parameters(module):
+    """Number of scalar parameters in a module."""
+    return sum(p.numel() for p in module.parameters())
+
+
+class _Column(nn.Module):
+    """conv1..fc7 holding `columns` of the two columns' kernels.
+
+    columns=2: the whole network on one device, the columns as groups.
+    columns=1: one column's half of every layer, for the two-device layout.
+    """
+
+    def __init__(self, ch, columns, fc_in):
+        super().__init__()
+        c1, c2, c3, c4, c5, f = ch
+        part = lambda n: n * columns // 2  # this module's share of a layer's outputs
+        g = columns
+        self.conv1 = nn.Conv2d(3, part(c1), 11, stride=4, padding=2)
+        self.conv2 = nn.Conv2d(part(c1), part(c2), 5, padding=2, groups=g)
+        self.conv3 = nn.Conv2d(c2, part(c3), 3, padding=1)  # section 3.5: conv3 reads both columns
+        self.conv4 = nn.Conv2d(part(c3), part(c4), 3, padding=1, groups=g)
+        self.conv5 = nn.Conv2d(part(c4), part(c5), 3, padding=1, groups=g)
+        self.fc6 = nn.Linear(fc_in, part(f))  # fc6 and fc7 read both columns
+        self.fc7 = nn.Linear(f, part(f))
+
+    @property
+    def device(self):
+        return self.conv1.weight.device
+
+
+def _both(xs, device):
+    """The columns' activations side by side on one device (a cross-device copy in the split layout)."""
+    if len(xs) == 1:
+        return xs[0]
+    return torch.cat([x.to(device) for x in xs], dim=1)
+
+
+class AlexNet(nn.Module):
+    def __init__(self, num_classes=1000, width=1.0, devices=None, lrn=True, overlapping_pool=True,
+                 init="paper", dropout=0.5):
+        super().__init__()
+        if devices is None:
+            devices = []
+        elif isinstance(devices, (str, torch.device)):
+            devices = [devices]
+        devices = [torch.device(d) for d in devices]
+        if len(devices) > 2:
+            raise ValueError(f"devices: at most two (one per column), got {len(devices)}")
+        even = lambda n: max(2, 2 * round(n * width / 2))
+        ch = [even(n) for n in (96, 256, 384, 384, 256, 4096)]
+
+        # section 3.4: overlapping pooling, z=3 s=2; the ablation uses z=s=2
+        k, s = (3, 2) if overlapping_pool else (2, 2)
+        size = (INPUT_SIZE + 2 * 2 - 11) // 4 + 1  # conv1: 55
+        for _ in range(3):  # after conv1, conv2, conv5; conv2-5 keep the size
+            size = (size - k) // s + 1
+        self.feature_size = size  # 6 with either pooling at 224 input
+
+        n_cols = len(devices) if len(devices) == 2 else 1
+        self.columns = nn.ModuleList(_Column(ch, 2 // n_cols, ch[4] * size * size) for _ in range(n_cols))
+        self.fc8 = nn.Linear(ch[5], num_classes)
+        # section 3.3: LRN within each column (two groups when one module holds both)
+        self.lrn = LocalResponseNorm(groups=2 // n_cols) if lrn else nn.Identity()
+        self.pool = nn.MaxPool2d(k, s)
+        self.dropout = nn.Dropout(dropout)
+
+        # state_dict in the grouped layout whatever the placement
+        self.register_state_dict_post_hook(_grouped_state_dict)
+        self.register_load_state_dict_pre_hook(_split_state_dict)
+        self.reset_parameters(init)
+        if len(devices) == 2:
+            for column, d in zip(self.columns, devices):
+                column.to(d)
+            self.fc8.to(devices[0])
+        elif devices:
+            self.to(devices[0])
+
+    @property
+    def input_device(self):
+        return self.columns[0].device
+
+    @property
+    def output_device(self):
+        return self.fc8.weight.device
+
+    def reset_parameters(self, init="paper"):
+        """Draw weights and set biases per INITS[init], in the grouped layout, on the CPU."""
+        if init not in INITS:
+            raise ValueError(f"init: one of {sorted(INITS)}, got {init!r}")
+        state = {}
+        for key, value in self.state_dict().items():
+            layer, kind = key.split(".")
+            std, bias = INITS[init][layer]
+            state[key] = torch.randn(value.shape) * std if kind == "weight" else torch.full(value.shape, bias)
+        self.load_state_dict(state)
+
+    def forward(self, x):
+        cols, act = self.columns, lambda t: F.relu(t, inplace=True)
+        xs = [self.pool(self.lrn(act(c.conv1(x.to(c.device))))) for c in cols]
+        xs = [self.pool(self.lrn(act(c.conv2(x)))) for c, x in zip(cols, xs)]
+        xs = [act(c.conv3(_both(xs, c.device))) for c in cols]
+        xs = [act(c.conv4(x)) for c, x in zip(cols, xs)]
+        xs = [torch.flatten(self.pool(act(c.conv5(x))), 1) for c, x in zip(cols, xs)]
+        xs = [self.dropout(act(c.fc6(_both(xs, c.device)))) for c in cols]
+        xs = [self.dropout(act(c.fc7(_both(xs, c.device)))) for c in cols]
+        return self.fc8(_both(xs, self.output_device))
+
+
+def _grouped_state_dict(module, state_dict, prefix, local_metadata):
+    """columns.{0,1}.conv2.weight -> conv2.weight (the columns' rows stacked, on the first column's device)."""
+    n_cols = len(module.columns)
+    for layer in SPLIT_LAYERS:
+        for kind in ("weight", "bias"):
+            parts = [state_dict.pop(f"{prefix}columns.{i}.{layer}.{kind}") for i in range(n_cols)]
+            state_dict[f"{prefix}{layer}.{kind}"] = (
+                parts[0] if n_cols == 1 else torch.cat([p.to(parts[0].device) for p in parts]))
+    # keep the familiar order conv1..fc8
+    for key in [k for k in state_dict if k.startswith(prefix + "fc8.")]:
+        state_dict[key] = state_dict.pop(key)
+
+
+def _split_state_dict(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                      error_msgs):
+    """conv2.weight -> columns.{0,1}.conv2.weight: each column's rows, on that column's device."""
+    columns = module.columns
+    for layer in SPLIT_LAYERS:
+        for kind in ("weight", "bias"):
+            key = f"{prefix}{layer}.{kind}"
+            if key not in state_dict:
+                continue
+            value = state_dict.pop(key)
+            for i, (column, part) in enumerate(zip(columns, value.chunk(len(columns)))):
+                state_dict[f"{prefix}columns.{i}.{key[len(prefix):]}"] = part.to(column.device)
