@@ -1,0 +1,587 @@
+"""Train AlexNet with the paper's recipe (section 5), on one device, two, or DDP replicas.
+
+    python -m pipeline.train --manifest results/shards/manifest.json \
+        --pca results/pca/pca.json --mean-image results/pca/mean_image.npy \
+        --classes results/fetch/classes.tsv --out-dir results/train --epochs 90
+    torchrun --nproc_per_node=2 -m pipeline.train ...   # DDP replicas, DALI sharded by rank
+
+Recipe: SGD, global batch 128 (split over the DDP replicas), momentum 0.9,
+weight decay 5e-4, lr 0.01 divided by 10 when the centre-crop validation
+top-1 error stops improving (torch's ReduceLROnPlateau: `patience` epochs
+without a strictly lower error are tolerated, the next one divides the lr).
+
+The paper's update (section 5) is
+    v <- 0.9 v - 0.0005 eps w - eps grad;   w <- w + v
+and torch.optim.SGD (dampening 0, coupled weight decay) does
+    b <- 0.9 b + (grad + 0.0005 w);          w <- w - lr b.
+With v = -lr b the two are the same sequence of weights while lr is constant
+(the first step agrees too: torch starts b at grad, the paper v at 0).
+They differ only when lr changes: torch's velocity -lr b is rescaled at once
+(divided by 10 with the lr), the paper's v keeps its size and decays at 0.9
+per step, so for a few tens of steps after a drop torch moves less.
+
+Devices (train.devices): auto -> cuda:0 if available else cpu; "cpu";
+"cuda:N"; or two devices for the paper's two-column split. Under torchrun
+(LOCAL_RANK set) a replica uses cuda:LOCAL_RANK, or cuda:2*LOCAL_RANK and
+cuda:2*LOCAL_RANK+1 for a two-device replica. bf16 autocast and channels_last
+on GPUs by default. Only rank 0 writes files.
+
+Outputs (docs/formats.md): checkpoints/last.pt every epoch, best.pt (by
+centre-crop validation top-1 error), metrics.jsonl, curve.png, train.json.
+A rerun continues from last.pt when it was made with the same model, recipe
+and augmentation (epochs may grow), reproducing the uninterrupted run's
+losses step for step on the CPU; --fresh starts over.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import random
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.checkpoint import (CheckpointError, build_model, keep_best, load_checkpoint,
+                                 model_from_checkpoint, restore_best, rng_state, save_checkpoint,
+                                 set_rng_state)
+from pipeline.io import read_classes, read_json, write_json
+from pipeline.metrics import true_class_rank
+
+__all__ = ["TrainConfig", "TrainingDiverged", "train", "fit", "model_from_checkpoint", "launch_from_env", "main"]
+
+MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout")
+RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience", "seed")
+AUGMENT_KEYS = ("lighting", "lighting_std", "normalize")
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became inf or nan."""
+
+
+class TrainConfigError(ValueError):
+    """A training setting or input that cannot work."""
+
+
+@dataclass
+class TrainConfig:
+    # model (model/alexnet.py)
+    width: float = 1.0              # channel multiplier; 1.0 is the paper's network
+    lrn: bool = True                # section 3.3
+    overlapping_pool: bool = True   # section 3.4: 3x3 pools with stride 2
+    init: str = "paper"             # paper: biases 1 in conv2,4,5, fc6,7 | caffe: 0.1 (section 5)
+    dropout: float = 0.5            # section 4.2
+    # recipe, section 5
+    batch_size: int = 128           # global batch: divided over the DDP replicas
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    lr_factor: float = 0.1          # the lr is divided by 10 ...
+    patience: int = 2               # ... after this many epochs without a lower val error, plus one
+    epochs: int = 90
+    seed: int = 0
+    # augmentation (pipeline/augment.py AugmentSettings)
+    lighting: str = "paper"
+    lighting_std: float = 0.1
+    normalize: str = "mean_image"
+    # runtime: may change between a run and its resumption
+    devices: str = "auto"           # auto | cpu | cuda:N | cuda:0,cuda:1
+    precision: str = "auto"         # auto (bf16 on GPU) | fp32 | bf16
+    channels_last: str = "auto"     # auto (on GPU) | true | false
+    compile: bool = False
+    log_every: int = 10             # steps between metrics.jsonl lines
+    workers: int = 2                # DALI threads per replica
+    threads: int = 0                # torch CPU threads per replica (0: torch's default)
+
+    def key(self, num_classes: int) -> dict:
+        """What a checkpoint must share with this run to be continued."""
+        return {"model": self.model_config(num_classes),
+                "recipe": {k: getattr(self, k) for k in RECIPE_KEYS},
+                "augment": {k: getattr(self, k) for k in AUGMENT_KEYS}}
+
+    def model_config(self, num_classes: int) -> dict:
+        return {"num_classes": num_classes, **{k: getattr(self, k) for k in MODEL_KEYS}}
+
+
+# ---------------------------------------------------------------- devices and ranks
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    torchrun: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_devices(spec: str, env: Dist) -> list[str]:
+    """One device or two, chosen inside the job (Snakemake sets no CUDA_VISIBLE_DEVICES)."""
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if parts == ["auto"]:
+        parts = ["cuda"] if torch.cuda.is_available() else ["cpu"]
+    if len(parts) not in (1, 2) or any(not (p == "cpu" or p.startswith("cuda")) for p in parts):
+        raise TrainConfigError(f"train.devices {spec!r}: expected auto, cpu, cuda:N or two devices 'cuda:0,cuda:1'")
+    if any(p.startswith("cuda") for p in parts) and not torch.cuda.is_available():
+        raise TrainConfigError(f"train.devices {spec!r} asks for a GPU but torch sees none; use cpu or auto")
+    if env.torchrun:  # one replica per LOCAL_RANK: its own GPU, or its own pair
+        n = len(parts)
+        parts = [p if p == "cpu" else f"cuda:{n * env.local_rank + i}" for i, p in enumerate(parts)]
+    parts = ["cuda:0" if p == "cuda" else p for p in parts]
+    if torch.cuda.is_available():
+        for p in parts:
+            if p.startswith("cuda") and torch.device(p).index >= torch.cuda.device_count():
+                raise TrainConfigError(f"device {p} does not exist (torch sees {torch.cuda.device_count()} GPUs)")
+    return parts
+
+
+def launch_from_env(devices: str = "auto") -> tuple[Dist, list[str]]:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun), pick devices, join the process group."""
+    env = Dist(rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)),
+               local_rank=int(os.environ.get("LOCAL_RANK", 0)), torchrun="LOCAL_RANK" in os.environ)
+    devs = resolve_devices(devices, env)
+    if env.world > 1 and not dist.is_initialized():
+        on_gpu = devs[0].startswith("cuda")
+        if on_gpu:
+            torch.cuda.set_device(devs[0])
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo",
+                                device_id=torch.device(devs[0]) if on_gpu else None)
+    return env, devs
+
+
+# ---------------------------------------------------------------- inputs
+
+def shard_paths(manifest: str | os.PathLike, split: str) -> list[str]:
+    """The split's shard tars from the resize stage's manifest (relative to its folder)."""
+    manifest = Path(manifest)
+    try:
+        entries = read_json(manifest)[split]["shards"]
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise TrainConfigError(f"{manifest}: no shard list for split {split!r} ({exc}); rerun the resize stage") from exc
+    paths = []
+    for entry in entries:
+        name = entry if isinstance(entry, str) else entry.get("path") or entry.get("tar") or entry["name"]
+        path = Path(name)
+        if not path.is_absolute() and not path.exists():
+            path = manifest.parent / name
+        if not path.exists():
+            path = manifest.parent / split / Path(name).name
+        if not path.exists():
+            raise TrainConfigError(f"{manifest}: shard {name} listed for {split} does not exist")
+        paths.append(str(path))
+    if not paths:
+        raise TrainConfigError(f"{manifest}: the {split} split has no shards")
+    return paths
+
+
+def make_loaders(cfg: TrainConfig, manifest, pca_json, mean_image, env: Dist, device: str):
+    from pipeline.augment import AugmentSettings, EvalLoader, TrainLoader, load_pca
+
+    pca = load_pca(str(pca_json), str(mean_image))
+    settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
+    per_rank = cfg.batch_size // env.world
+    common = dict(settings=settings, device=device, shard_id=env.rank, num_shards=env.world, threads=cfg.workers)
+    train_loader = TrainLoader(shard_paths(manifest, "train"), pca, per_rank, seed=cfg.seed, **common)
+    eval_loader = EvalLoader(shard_paths(manifest, "val"), pca, per_rank, views="center", **common)
+    return train_loader, eval_loader
+
+
+# ---------------------------------------------------------------- metrics files
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def truncate_jsonl(path: Path, step: int, epoch: int) -> None:
+    """Drop lines after a checkpoint, so a resumed run does not log steps twice."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if row.get("step", 0) <= step and row.get("epoch", 0) <= epoch:
+            keep.append(line + "\n")
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
+def plot_curve(jsonl: Path, png: Path) -> None:
+    """Train loss and validation error against epoch, lr drops marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.io import atomic_path
+
+    rows = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()]
+    steps = [r for r in rows if "train_loss" in r]
+    epochs = [r for r in rows if "val_top1_err" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if steps and epochs:  # steps -> fractional epochs, from each epoch's last step
+        ends = [(0, 0)] + [(r["step"], r["epoch"]) for r in epochs]
+        xs = np.interp([r["step"] for r in steps], [s for s, _ in ends], [e for _, e in ends])
+        ax.plot(xs, [r["train_loss"] for r in steps], color="tab:blue", lw=0.8, label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss (cross-entropy)")
+    ax2 = ax.twinx()
+    ex = [r["epoch"] for r in epochs]
+    ax2.plot(ex, [r["val_top1_err"] for r in epochs], "o-", color="tab:red", label="val top-1 error")
+    ax2.plot(ex, [r["val_top5_err"] for r in epochs], "s--", color="tab:orange", label="val top-5 error")
+    ax2.set_ylabel("validation error, centre crop (%)")
+    for prev, cur in zip(epochs, epochs[1:]):
+        if cur.get("lr", 0) < prev.get("lr", 0):
+            ax.axvline(prev["epoch"], color="gray", ls=":", lw=1)
+            ax.text(prev["epoch"], ax.get_ylim()[1], f" lr {cur['lr']:g}", va="top", fontsize=8, color="gray")
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(lines, [l.get_label() for l in lines], loc="upper right", fontsize=8)
+    ax.set_title("AlexNet training (lr drops dotted)")
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the loop
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def peak_memory_mb(devices: list[str]) -> float:
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if cuda:
+        return max(torch.cuda.max_memory_allocated(d) for d in cuda) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux: the process peak
+
+
+def all_sum(t: torch.Tensor, env: Dist) -> torch.Tensor:
+    if env.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class Window:
+    """Per-step losses and top-k hits between two log lines, kept on the device (no sync per step)."""
+
+    def __init__(self, first_step: int):
+        self.first_step, self.losses, self.hits, self.images = first_step, [], [], 0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, topk: int) -> None:
+        rank = true_class_rank(logits.detach().float(), labels)
+        self.losses.append(loss.detach().float())
+        self.hits.append(torch.stack([(rank < 1).sum(), (rank < topk).sum()]))
+        self.images += len(labels)
+
+    def reduce(self, env: Dist) -> tuple[list[float], float, float, int, float]:
+        """Per-step mean losses over ranks, top-1/top-5 error (%), images, seconds."""
+        k = len(self.losses)
+        packed = torch.cat([torch.stack(self.losses), torch.stack(self.hits).sum(0).float(),
+                            torch.tensor([float(self.images)], device=self.losses[0].device)])
+        packed = all_sum(packed, env).double().cpu()
+        losses = (packed[:k] / env.world).tolist()
+        n = packed[k + 2].item()
+        errs = [100.0 * (1 - packed[k + i].item() / n) for i in (0, 1)]
+        return losses, errs[0], errs[1], int(n), time.perf_counter() - self.t0
+
+
+@torch.no_grad()
+def validate(model, eval_loader, env: Dist, input_device, output_device, autocast, channels_last, topk):
+    """Centre-crop top-1/top-5 error (%) over every validation image, all ranks together."""
+    model.eval()
+    hits = torch.zeros(3, dtype=torch.float64, device=output_device)
+    for images, labels, _keys in eval_loader:
+        images = images.to(input_device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(images)
+        labels = labels.to(output_device).view(-1).long()
+        rank = true_class_rank(logits.float(), labels)
+        hits += torch.stack([(rank < 1).sum(), (rank < topk).sum(), torch.tensor(len(labels), device=rank.device)])
+    hits = all_sum(hits, env).cpu()
+    if hits[2] == 0:
+        raise TrainConfigError("the validation loader yielded no images")
+    model.train()
+    return 100.0 * (1 - hits[0].item() / hits[2].item()), 100.0 * (1 - hits[1].item() / hits[2].item())
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes: int,
+        env: Dist | None = None, devices: list[str] | None = None, fresh: bool = False) -> dict:
+    """Train `model` (already built, on its devices) with the recipe; returns the train.json summary.
+
+    Loaders: `train_loader.epoch(e)` yields (images, labels) for epoch e;
+    iterating `eval_loader` yields (images, labels, keys) once over this rank's
+    validation share. Resumes from out_dir/checkpoints/last.pt when it fits.
+    """
+    env = env or Dist()
+    devices = devices or ["cpu"]
+    out_dir = Path(out_dir)
+    ckpt_dir, jsonl = out_dir / "checkpoints", out_dir / "metrics.jsonl"
+    on_gpu = devices[0].startswith("cuda")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
+    channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and on_gpu)
+    raw = model
+    input_device = torch.device(getattr(raw, "input_device", devices[0]))
+    output_device = torch.device(getattr(raw, "output_device", devices[-1]))
+    if channels_last:
+        raw.to(memory_format=torch.channels_last)
+    topk = min(5, num_classes)
+    autocast = (lambda: torch.autocast(device_type=input_device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    key = cfg.key(num_classes)
+    config = {**key, "world_size": env.world}
+
+    optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience, threshold=0.0, threshold_mode="abs")
+    state = {"epoch": 0, "step": 0, "best": {"epoch": None, "val_top1_err": None, "val_top5_err": None},
+             "totals": {"train_images": 0, "train_s": 0.0, "wall_s": 0.0}, "history": []}
+
+    last = ckpt_dir / "last.pt"
+    resumed, saved = False, None
+    if last.exists() and not fresh:
+        ckpt = load_checkpoint(last)
+        old = {k: ckpt["config"].get(k) for k in key}
+        if old == key and ckpt["epoch"] <= cfg.epochs:
+            raw.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            plateau.load_state_dict(ckpt["plateau"])
+            for k in ("epoch", "step", "best", "totals", "history"):
+                state[k] = ckpt[k]
+            rngs = ckpt["rng"]
+            set_rng_state(rngs[env.rank] if len(rngs) == env.world else rngs[0])
+            if len(rngs) != env.world:  # another replica count: each rank needs its own stream
+                seed_everything(cfg.seed + 1000 * state["epoch"] + env.rank)
+            resumed, saved = True, {"epoch": state["epoch"], "step": state["step"]}
+            if env.main:
+                print(f"resuming from {last}: epoch {state['epoch']}, step {state['step']}", file=sys.stderr)
+        elif env.main:
+            why = ", ".join(f"{k} differs" for k in key if old.get(k) != key[k]) \
+                or f"it is at epoch {ckpt['epoch']}, past the {cfg.epochs} asked for"
+            print(f"not resuming from {last} ({why}); starting over", file=sys.stderr)
+    if env.world > 1:  # every rank has read last.pt before rank 0 tidies up
+        dist.barrier()
+    if env.main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if resumed:
+            truncate_jsonl(jsonl, state["step"], state["epoch"])
+            restore_best(ckpt_dir, state["best"]["epoch"])
+        else:
+            jsonl.unlink(missing_ok=True)
+            for old in [*ckpt_dir.glob("epoch-*.pt"), ckpt_dir / "best.pt", last]:
+                old.unlink(missing_ok=True)
+
+    train_model = raw
+    if env.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        single_gpu = on_gpu and len(devices) == 1
+        train_model = DDP(raw, device_ids=[input_device] if single_gpu else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    steps = torch.tensor([len(train_loader)], device=output_device if on_gpu and env.world > 1 else "cpu")
+    if env.world > 1:  # every replica must take the same number of steps
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+    steps = int(steps.item())
+    if steps == 0:
+        raise TrainConfigError(f"the training loader yields no batch of {cfg.batch_size // env.world} images")
+    per_step = cfg.batch_size // env.world * env.world
+    t_start = time.perf_counter()
+    wall0 = state["totals"]["wall_s"]
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        t_epoch = time.perf_counter()
+        for d in devices:
+            if d.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(d)
+        lr = optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=steps * per_step, unit="img", unit_scale=True, desc=f"epoch {epoch}/{cfg.epochs}",
+                   disable=None if env.main else True, file=sys.stderr, leave=False)
+        window, epoch_losses = Window(state["step"] + 1), []
+        for i, (images, labels) in enumerate(train_loader.epoch(epoch)):
+            if i == steps:
+                break
+            images = images.to(input_device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(output_device, non_blocking=True).view(-1).long()
+            with autocast():
+                logits = train_model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state["step"] += 1
+            window.add(loss, logits, labels, topk)
+            bar.update(per_step)
+            if state["step"] % cfg.log_every == 0 or i == steps - 1:
+                losses, e1, e5, n, secs = window.reduce(env)
+                bad = [j for j, v in enumerate(losses) if not np.isfinite(v)]
+                if bad:
+                    bar.close()
+                    raise diverged(window.first_step + bad[0], epoch, losses[bad[0]], last, saved)
+                epoch_losses += losses
+                state["totals"]["train_images"] += n
+                state["totals"]["train_s"] += secs
+                row = {"step": state["step"], "epoch": epoch, "train_loss": sum(losses) / len(losses),
+                       "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs}
+                if env.main:
+                    append_jsonl(jsonl, row)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:g}")
+                window = Window(state["step"] + 1)
+        bar.close()
+        val1, val5 = validate(raw, eval_loader, env, input_device, output_device, autocast, channels_last, topk)
+        plateau.step(val1)  # section 5: divide the lr when the validation error stops improving
+        epoch_s = time.perf_counter() - t_epoch
+        better = state["best"]["epoch"] is None or val1 < state["best"]["val_top1_err"]
+        if better:
+            state["best"] = {"epoch": epoch, "val_top1_err": val1, "val_top5_err": val5}
+        row = {"step": state["step"], "epoch": epoch, "val_top1_err": val1, "val_top5_err": val5,
+               "epoch_train_loss": sum(epoch_losses) / len(epoch_losses), "lr": lr,
+               "epoch_time_s": epoch_s, "peak_mem_mb": peak_memory_mb(devices)}
+        state["history"].append({"epoch": epoch, "lr": lr, "val_top1_err": val1, "val_top5_err": val5})
+        state["epoch"] = epoch
+        state["totals"]["wall_s"] = wall0 + time.perf_counter() - t_start
+        rngs = [rng_state()]
+        if env.world > 1:
+            rngs = [None] * env.world
+            dist.all_gather_object(rngs, rng_state())
+        if env.main:
+            append_jsonl(jsonl, row)
+            save_checkpoint(last, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "plateau": plateau.state_dict(), "rng": rngs, "config": config, **state})
+            if better:
+                keep_best(ckpt_dir, epoch)
+            plot_curve(jsonl, out_dir / "curve.png")
+            new_lr = optimizer.param_groups[0]["lr"]
+            print(f"epoch {epoch}/{cfg.epochs}: train loss {row['epoch_train_loss']:.4f}, "
+                  f"val top-1 {val1:.2f}% top-5 {val5:.2f}% (centre crop), {epoch_s:.1f} s"
+                  + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""), file=sys.stderr)
+        saved = {"epoch": epoch, "step": state["step"]}
+
+    digests = [param_digest(raw)]
+    if env.world > 1:
+        digests = [None] * env.world
+        dist.all_gather_object(digests, param_digest(raw))
+    summary = summarize(cfg, state, raw, num_classes, env, devices, bf16, channels_last, digests)
+    if env.main:
+        if not (out_dir / "curve.png").exists():
+            plot_curve(jsonl, out_dir / "curve.png")
+        write_json(out_dir / "train.json", summary)  # last: its presence means the stage finished
+        print(f"trained {summary['epochs']} epochs: best val top-1 {summary['best_val_top1_err']:.2f}% "
+              f"(epoch {summary['best_epoch']}), {summary['images_per_s']:.0f} images/s", file=sys.stderr)
+    return summary
+
+
+def diverged(step, epoch, value, last: Path, saved: dict | None) -> TrainingDiverged:
+    kept = (f"the last good checkpoint is {last} (epoch {saved['epoch']}, step {saved['step']})" if saved
+            else "no checkpoint was written (it diverged in the first epoch)")
+    return TrainingDiverged(f"training diverged: loss {value} at step {step} (epoch {epoch}); stopped; "
+                            f"{kept}. Lower the learning rate (train.lr) or check the inputs.")
+
+
+def summarize(cfg, state, model, num_classes, env, devices, bf16, channels_last, digests) -> dict:
+    hist = state["history"]
+    totals = state["totals"]
+    return {
+        "epochs": state["epoch"], "steps": state["step"],
+        "best_epoch": state["best"]["epoch"],
+        "best_val_top1_err": state["best"]["val_top1_err"], "best_val_top5_err": state["best"]["val_top5_err"],
+        "final_val_top1_err": hist[-1]["val_top1_err"] if hist else None,
+        "final_val_top5_err": hist[-1]["val_top5_err"] if hist else None,
+        "chance_top1_err": 100.0 * (1 - 1 / num_classes),
+        "final_lr": hist[-1]["lr"] if hist else cfg.lr,
+        "lr_drops": [h["epoch"] for a, h in zip(hist, hist[1:]) if h["lr"] < a["lr"]],
+        "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
+        "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "num_classes": num_classes, "width": cfg.width, "batch_size": cfg.batch_size,
+        "world_size": env.world, "devices": devices, "precision": "bf16" if bf16 else "fp32",
+        "channels_last": channels_last, "replica_digests": digests,
+        "replicas_in_sync": len(set(digests)) == 1,
+    }
+
+
+def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig, fresh: bool = False) -> dict:
+    """The stage: build the model and DALI loaders, run `fit`; under torchrun, as one DDP replica."""
+    env, devices = launch_from_env(cfg.devices)
+    try:
+        if cfg.batch_size % env.world:
+            raise TrainConfigError(f"train.batch_size {cfg.batch_size} does not divide over {env.world} replicas")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        num_classes = len(read_classes(classes_tsv))
+        seed_everything(cfg.seed + env.rank)
+        model = build_model(cfg.model_config(num_classes), devices)
+        device = str(getattr(model, "input_device", devices[0]))
+        train_loader, eval_loader = make_loaders(cfg, manifest, pca_json, mean_image, env, device)
+        return fit(model, train_loader, eval_loader, cfg, out_dir, num_classes, env, devices, fresh)
+    finally:
+        if env.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- CLI
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="results/shards/manifest.json")
+    p.add_argument("--pca", required=True, help="results/pca/pca.json")
+    p.add_argument("--mean-image", required=True, help="results/pca/mean_image.npy")
+    p.add_argument("--classes", required=True, help="results/fetch/classes.tsv")
+    p.add_argument("--out-dir", required=True, help="results/train")
+    p.add_argument("--fresh", action="store_true", help="ignore checkpoints/last.pt and start over")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type={"int": int, "float": float}.get(str(f.type), str), default=f.default)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cfg.channels_last = str(cfg.channels_last).lower()
+    try:
+        train(args.manifest, args.pca, args.mean_image, args.classes, args.out_dir, cfg, fresh=args.fresh)
+    except (TrainingDiverged, TrainConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
