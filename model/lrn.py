@@ -14,8 +14,9 @@ about twice as slow on a 2-core CPU (fwd+bwd at (128,96,55,55): 1.55 s against
 0.81 s for the hand-written backward below). The result is the same to float
 rounding (tests/test_model.py checks both the formula and torch's module).
 
-The arithmetic runs in float32 whatever the input dtype: under bf16 autocast
-k + alpha/n*sum would round to 2.0 and the normalisation would vanish.
+The arithmetic runs in float32 (or float64 for float64 input) whatever the
+input dtype: in bf16, k + alpha/n*sum would round to 2.0 and the normalisation
+would vanish.
 """
 
 import torch
@@ -37,7 +38,7 @@ class _LRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, size, alpha, beta, k):
-        a32 = a.float()
+        a32 = a.to(torch.promote_types(a.dtype, torch.float32))
         s = _window_sum(a32 * a32, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
         scale = s.pow(-beta)
         ctx.save_for_backward(a, s, scale)
@@ -49,7 +50,7 @@ class _LRNFunction(torch.autograd.Function):
         # db_j/da_i = scale_i [i=j] - 2 alpha beta / n * a_i a_j scale_j / s_j  (i in window of j)
         a, s, scale = ctx.saved_tensors
         size, alpha, beta = ctx.consts
-        a32, g = a.float(), grad.float()
+        a32, g = a.to(s.dtype), grad.to(s.dtype)
         t = _window_sum(g * a32 * scale / s, (size - 1) // 2, size // 2)  # transposed window
         da = g * scale - (2 * alpha * beta / size) * a32 * t
         return da.to(a.dtype), None, None, None, None

@@ -1,0 +1,286 @@
+"""The two-column AlexNet (model/): sizes, LRN, layouts, init, DDP, compile.
+
+CPU only; small widths and batches except where the paper's size is the point.
+"""
+
+import io
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from model.alexnet import SPLIT_LAYERS, AlexNet, count_parameters
+from model.lrn import LocalResponseNorm
+
+TWO_CPUS = ["cpu", "cpu"]
+
+
+def small(**kw):
+    kw = {"num_classes": 10, "width": 0.125, **kw}
+    return AlexNet(**kw)
+
+
+def grouped_grads(model):
+    """Gradients keyed like the state_dict, the columns' rows stacked."""
+    grads = {f"fc8.{k}": p.grad for k, p in model.fc8.named_parameters()}
+    for layer in SPLIT_LAYERS:
+        for kind in ("weight", "bias"):
+            parts = [getattr(getattr(c, layer), kind).grad for c in model.columns]
+            grads[f"{layer}.{kind}"] = torch.cat(parts)
+    return grads
+
+
+# --- sizes -------------------------------------------------------------------
+
+def test_parameter_count_is_the_papers():
+    assert count_parameters(AlexNet()) == 60_965_224
+    assert count_parameters(AlexNet(devices=TWO_CPUS)) == 60_965_224
+
+
+@pytest.mark.parametrize("overlapping_pool", [True, False])
+def test_spatial_sizes_and_output_shape(overlapping_pool):
+    torch.manual_seed(0)
+    m = AlexNet(overlapping_pool=overlapping_pool).eval()
+    sizes = []
+    col = m.columns[0]
+    col.conv1.register_forward_hook(lambda mod, i, o: sizes.append(o.shape[-1]))
+    m.pool.register_forward_hook(lambda mod, i, o: sizes.append(o.shape[-1]))
+    with torch.no_grad():
+        out = m(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 1000)
+    assert torch.isfinite(out).all()
+    # conv1 55, pools 27, 13, 6 (2/2 pooling happens to give the same sizes at 224)
+    assert sizes == [55, 27, 13, 6]
+    assert col.fc6.in_features == 256 * 6 * 6
+    assert m.pool.kernel_size == (3 if overlapping_pool else 2) and m.pool.stride == 2
+
+
+def test_width_keeps_counts_even_and_fc8_unchanged():
+    m = AlexNet(num_classes=7, width=0.1)
+    col = m.columns[0]
+    outs = [col.conv1.out_channels, col.conv2.out_channels, col.conv3.out_channels,
+            col.conv4.out_channels, col.conv5.out_channels, col.fc6.out_features, col.fc7.out_features]
+    assert outs == [10, 26, 38, 38, 26, 410, 410]
+    assert m.fc8.out_features == 7
+    assert small()(torch.randn(2, 3, 224, 224)).shape == (2, 10)
+
+
+def test_ablation_switches():
+    assert isinstance(small(lrn=False).lrn, torch.nn.Identity)
+    assert isinstance(small().lrn, LocalResponseNorm)
+    assert small(lrn=False, overlapping_pool=False)(torch.randn(2, 3, 224, 224)).shape == (2, 10)
+    with pytest.raises(ValueError):
+        small(init="xavier")
+    with pytest.raises(ValueError):
+        small(devices=["cpu"] * 3)
+
+
+# --- LRN ---------------------------------------------------------------------
+
+def lrn_formula(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
+    """Section 3.3, alpha divided by n, over the channels of a (C, H, W) array, by loops."""
+    C = a.shape[0]
+    b = np.empty_like(a)
+    for i in range(C):
+        lo, hi = max(0, i - n // 2), min(C - 1, i + n // 2)
+        b[i] = a[i] / (k + alpha / n * (a[lo:hi + 1] ** 2).sum(axis=0)) ** beta
+    return b
+
+
+def test_lrn_matches_the_formula_within_each_column():
+    torch.manual_seed(0)
+    # large activations, so the normalisation is far from the constant k^-beta
+    x = torch.randn(2, 16, 3, 4, dtype=torch.float64) * 60
+    y = LocalResponseNorm(groups=2)(x).numpy()
+    for s in range(2):
+        for col in (slice(0, 8), slice(8, 16)):
+            np.testing.assert_allclose(y[s, col], lrn_formula(x[s, col].numpy()), rtol=1e-12)
+    # and torch's own module, applied to each column separately
+    ref = torch.cat([torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x[:, c]) for c in (slice(0, 8), slice(8, 16))], 1)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-12)
+
+
+def test_lrn_gradient():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 12, 3, 3, dtype=torch.float64) * 60).requires_grad_()
+    assert torch.autograd.gradcheck(LocalResponseNorm(groups=2), (x,))
+    # same gradient as autograd through torch's implementation
+    g = torch.randn(2, 12, 3, 3, dtype=torch.float64)
+    (LocalResponseNorm(groups=1)(x) * g).sum().backward()
+    mine, x.grad = x.grad, None
+    (torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x) * g).sum().backward()
+    torch.testing.assert_close(mine, x.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_lrn_does_not_mix_the_columns():
+    torch.manual_seed(0)
+    lrn = small().lrn  # as after conv1 at full width: 96 maps, two columns of 48
+    x = torch.rand(1, 96, 5, 5) * 50
+    y = lrn(x)
+    x2 = x.clone()
+    x2[:, 48] *= 10
+    y2 = lrn(x2)
+    torch.testing.assert_close(y2[:, :48], y[:, :48], rtol=0, atol=0)  # channel 47 is in the other column
+    assert not torch.allclose(y2[:, 49], y[:, 49])  # but it is normalised within its own
+    # an LRN across all 96 maps would have changed channel 47
+    z, z2 = torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x), torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)(x2)
+    assert not torch.allclose(z[:, 47], z2[:, 47])
+
+
+# --- layouts -----------------------------------------------------------------
+
+def test_two_device_layout_equals_grouped_layout():
+    torch.manual_seed(0)
+    one = small(width=0.25, dropout=0.0)
+    two = small(width=0.25, dropout=0.0, devices=TWO_CPUS)
+    two.load_state_dict(one.state_dict())
+    assert len(two.columns) == 2 and two.columns[0].conv2.groups == 1 and one.columns[0].conv2.groups == 2
+    x = torch.randn(3, 3, 224, 224)
+    y1, y2 = one(x), two(x)
+    torch.testing.assert_close(y2, y1, rtol=1e-5, atol=1e-6)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    g1, g2 = grouped_grads(one), grouped_grads(two)
+    for key, g in g1.items():
+        torch.testing.assert_close(g2[key], g, rtol=1e-4, atol=1e-6, msg=key)
+    assert g1["conv1.weight"].abs().sum() > 0
+
+
+def test_same_seed_same_network_in_either_layout():
+    torch.manual_seed(7)
+    a = small().state_dict()
+    torch.manual_seed(7)
+    b = small(devices=TWO_CPUS).state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("src_devices,dst_devices", [(None, TWO_CPUS), (TWO_CPUS, None)])
+def test_checkpoints_move_between_layouts(src_devices, dst_devices):
+    torch.manual_seed(1)
+    src = small(devices=src_devices).eval()
+    torch.manual_seed(2)
+    dst = small(devices=dst_devices).eval()
+    buf = io.BytesIO()
+    torch.save(src.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert list(state) == list(dst.state_dict())
+    assert state["conv2.weight"].shape == (32, 6, 5, 5)  # grouped, as in Caffe: (256, 48, 5, 5) at width 1
+    result = dst.load_state_dict(state)
+    assert not result.missing_keys and not result.unexpected_keys
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=1e-5, atol=1e-6)
+
+
+def test_devices_and_properties():
+    m = small(devices="cpu")
+    assert len(m.columns) == 1
+    assert m.input_device == m.output_device == torch.device("cpu")
+    two = small(devices=TWO_CPUS)
+    assert two.input_device == two.output_device == torch.device("cpu")
+
+
+# --- initialisation ----------------------------------------------------------
+
+def test_paper_init():
+    torch.manual_seed(0)
+    state = AlexNet().state_dict()
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        w = state[f"{layer}.weight"]
+        assert abs(w.std().item() - 0.01) < 0.0003, layer  # conv1, the smallest, has 34,848 weights
+        assert abs(w.mean().item()) < 0.0003, layer
+        expected = 1.0 if layer in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0  # section 5
+        assert torch.equal(state[f"{layer}.bias"], torch.full_like(state[f"{layer}.bias"], expected)), layer
+
+
+def test_caffe_init():
+    torch.manual_seed(0)
+    state = AlexNet(init="caffe", devices=TWO_CPUS).state_dict()
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        std = 0.005 if layer in ("fc6", "fc7") else 0.01  # bvlc_alexnet's gaussian fillers
+        assert abs(state[f"{layer}.weight"].std().item() - std) < 0.03 * std, layer
+        expected = 0.1 if layer in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.equal(state[f"{layer}.bias"], torch.full_like(state[f"{layer}.bias"], expected)), layer
+
+
+# --- speed features ----------------------------------------------------------
+
+def test_channels_last_and_bf16_autocast():
+    torch.manual_seed(0)
+    m = small(dropout=0.0)
+    x = torch.randn(2, 3, 224, 224)
+    ref = m(x)
+    m_cl = m.to(memory_format=torch.channels_last)
+    y = m_cl(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yb = m_cl(x.to(memory_format=torch.channels_last))
+    assert yb.dtype == torch.bfloat16
+    yb.float().sum().backward()
+    assert torch.isfinite(m.columns[0].conv1.weight.grad).all()
+    torch.testing.assert_close(yb.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("devices", [None, TWO_CPUS])
+def test_torch_compile_traces_whole_model(devices):
+    # inductor takes ~40 s to compile on a 2-core CPU, so the tests trace with
+    # aot_eager (same graph capture, fullgraph: no graph breaks) and
+    # bench/model_speed.py --compile times inductor on a GPU.
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = small(dropout=0.0, devices=devices)
+    x = torch.randn(2, 3, 224, 224)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-6)
+    y.sum().backward()
+    assert m.columns[0].conv1.weight.grad is not None
+
+
+# --- DistributedDataParallel -------------------------------------------------
+
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        for name, devices in (("grouped", None), ("two_device", TWO_CPUS)):
+            torch.manual_seed(100 + rank)  # different initial weights: DDP must broadcast rank 0's
+            model = small(devices=devices)
+            ddp = DistributedDataParallel(model, device_ids=None)  # a two-device model is one replica
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            x = torch.randn(4, 3, 224, 224)  # different data on each rank
+            y = torch.randint(0, 10, (4,))
+            for _ in range(2):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(ddp(x), y).backward()
+                opt.step()
+            torch.save(model.state_dict(), os.path.join(out_dir, f"{name}_{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_ranks_stay_identical(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(100)
+    start = small().state_dict()
+    for name in ("grouped", "two_device"):
+        r0 = torch.load(tmp_path / f"{name}_0.pt", weights_only=True)
+        r1 = torch.load(tmp_path / f"{name}_1.pt", weights_only=True)
+        for key in r0:
+            assert torch.equal(r0[key], r1[key]), (name, key)
+        assert not torch.equal(r0["fc8.weight"], start["fc8.weight"])  # the steps changed something
