@@ -1,0 +1,381 @@
+"""A small ILSVRC-2012-shaped dataset, drawn from a seed, in the official formats.
+
+    python -m pipeline.demo --out-dir data/demo --seed 0 --classes 10 \
+        --train-per-class 100 --val-per-class 20 --large-fraction 0.1
+
+writes, byte for byte the same for the same arguments:
+- ILSVRC2012_img_train.tar: one <wnid>.tar per class, each of <wnid>_<n>.JPEG;
+- ILSVRC2012_img_val.tar: flat ILSVRC2012_val_<8 digits>.JPEG, classes mixed;
+- ILSVRC2012_devkit_t12.tar.gz: data/meta.mat (struct array `synsets` with
+  the real fields; leaves first with ILSVRC2012_ID 1..N, then a few non-leaf
+  ancestors) and data/ILSVRC2012_validation_ground_truth.txt;
+- MD5SUMS (md5sum format) and demo.json (counts, bytes, seconds).
+
+The classes are real ImageNet wnids (the ten Imagenette classes first). Their
+ILSVRC2012_IDs are a seeded permutation that is never sorted-wnid order, as in
+the real devkit, so the ID -> sorted-index mapping is exercised. Each class
+has its own hue, shape and texture (stripes at a class angle); position,
+scale, rotation, background colour and noise are random per image, so no
+single pixel gives the class away but a small CNN learns it in a few epochs.
+The real set's quirks are copied: in train one CMYK JPEG, one grayscale JPEG
+and one PNG named .JPEG; in val one grayscale JPEG. A share of the images
+(large_fraction) is over 1000 px on the long side; those are drawn at 512 px
+and upscaled, which keeps generation cheap (about 10 s for 10 x 120 images).
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import gzip
+import hashlib
+import io
+import math
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+from PIL import Image, ImageDraw
+
+from pipeline.devkit import DEVKIT_DIR, GROUND_TRUTH, META, SYNSET_FIELDS, val_file_name
+from pipeline.io import atomic_path, write_json
+
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
+MTIME = 1338508800  # 2012-06-01 UTC: a fixed timestamp keeps the archives byte-identical
+CANVAS = 512  # images are drawn at most this size, then upscaled
+SMALL_SIDE = (300, 500)  # long side of ordinary images, as in most of ImageNet
+LARGE_SIDE = (1001, 1600)
+JPEG_QUALITY = 90
+
+# (wnid, words, gloss, living): real ImageNet synsets; the Imagenette ten first.
+CLASSES = [
+    ("n01440764", "tench, Tinca tinca", "freshwater dace-like game fish of Europe and western Asia", True),
+    ("n02102040", "English springer, English springer spaniel", "a breed of springer spaniel", True),
+    ("n02979186", "cassette player", "electronic equipment for playing cassettes", False),
+    ("n03000684", "chain saw, chainsaw", "portable power saw; teeth linked to form an endless chain", False),
+    ("n03028079", "church, church building", "a place for public (especially Christian) worship", False),
+    ("n03394916", "French horn, horn", "a brass musical instrument with a coiled conical tube", False),
+    ("n03417042", "garbage truck, dustcart", "a truck for collecting domestic refuse", False),
+    ("n03425413", "gas pump, gasoline pump, petrol pump, island dispenser",
+     "a pump in a service station that draws gasoline from underground storage tanks", False),
+    ("n03445777", "golf ball", "a small hard ball used in playing golf", False),
+    ("n03888605", "parachute, chute", "rescue equipment that fills with air and retards your fall", False),
+    ("n01443537", "goldfish, Carassius auratus", "small golden or orange-red freshwater fishes", True),
+    ("n01484850", "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
+     "large aggressive shark widespread in warm seas", True),
+    ("n01491361", "tiger shark, Galeocerdo cuvieri", "large dangerous warm-water shark with striped body", True),
+    ("n01494475", "hammerhead, hammerhead shark", "shark with eyes at either end of a hammer-shaped head", True),
+    ("n01496331", "electric ray, crampfish, numbfish, torpedo", "ray with electric organs on each side of the head", True),
+    ("n01498041", "stingray", "large venomous ray with barbed spines near the base of a whiplike tail", True),
+    ("n01514668", "cock", "adult male chicken", True),
+    ("n01514859", "hen", "adult female chicken", True),
+    ("n01518878", "ostrich, Struthio camelus", "fast-running African flightless bird; largest living bird", True),
+    ("n01530575", "brambling, Fringilla montifringilla", "Eurasian finch", True),
+]
+# Non-leaf ancestors (not classes), listed after the leaves as in the real meta.mat.
+ROOT = ("n00001740", "entity", "that which is perceived or known or inferred to have its own distinct existence")
+GROUPS = {True: ("n00004258", "living thing, animate thing", "a living (or once living) entity"),
+          False: ("n00021939", "artifact, artefact", "a man-made object taken as a whole")}
+SHAPES = ("disc", "triangle", "square", "ring", "cross", "star", "bar", "diamond")
+
+
+class DemoError(ValueError):
+    """Demo settings that cannot make a dataset."""
+
+
+# ---------------------------------------------------------------- drawing
+
+def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    if shape == "triangle":
+        pts = [(math.cos(a), math.sin(a)) for a in np.linspace(0, 2 * math.pi, 4)[:3]]
+    elif shape == "square":
+        pts = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
+    elif shape == "diamond":
+        pts = [(1.0, 0), (0, 0.45), (-1.0, 0), (0, -0.45)]
+    elif shape == "bar":
+        pts = [(1.0, 0.22), (-1.0, 0.22), (-1.0, -0.22), (1.0, -0.22)]
+    elif shape == "cross":
+        a, b = 1.0, 0.3
+        pts = [(a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b), (-b, -a), (b, -a), (b, -b), (a, -b)]
+    elif shape == "star":
+        pts = [((1.0 if i % 2 == 0 else 0.42) * math.cos(i * math.pi / 5),
+                (1.0 if i % 2 == 0 else 0.42) * math.sin(i * math.pi / 5)) for i in range(10)]
+    else:
+        raise ValueError(shape)
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float) -> None:
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if shape == "disc":
+        draw.ellipse(box, fill=255)
+    elif shape == "ring":
+        draw.ellipse(box, outline=255, width=max(2, int(r * 0.3)))
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r, angle), fill=255)
+
+
+def class_look(k: int, n_classes: int) -> dict:
+    """The class's hue, shape and texture; fixed per class, not per image."""
+    return {"hue": k / n_classes, "shape": SHAPES[k % len(SHAPES)],
+            "stripes": (k // len(SHAPES)) % 2 == 1 or k % 3 == 2,
+            "stripe_angle": math.pi * ((k * 0.381966) % 1.0)}
+
+
+def noise_pool(seed: int) -> np.ndarray:
+    """Gaussian pixel noise (sigma 12) that images crop at random offsets; cheaper than fresh noise."""
+    rng = np.random.default_rng([seed, 3])
+    return np.clip(rng.normal(0.0, 12.0, size=(2 * CANVAS, 2 * CANVAS, 3)), -64, 64).astype(np.int16)
+
+
+def draw_image(rng: np.random.Generator, look: dict, n_classes: int, size: tuple[int, int],
+               noise: np.ndarray) -> Image.Image:
+    """One image of the class `look` at `size` (width, height)."""
+    scale = min(1.0, CANVAS / max(size))
+    w, h = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    # Background: a dull random colour and a few dull blobs.
+    bg = Image.new("RGB", (w, h), _rgb(rng.random(), rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.8)))
+    draw = ImageDraw.Draw(bg)
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.1, 0.35) * min(w, h)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r],
+                     fill=_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.9)))
+    # Object: the class's shape in the class's hue, at a random place, size, angle.
+    jitter = 0.25 / n_classes
+    colour = _rgb(look["hue"] + rng.uniform(-jitter, jitter), rng.uniform(0.65, 1.0), rng.uniform(0.6, 1.0))
+    mask = Image.new("L", (w, h), 0)
+    mdraw = ImageDraw.Draw(mask)
+    for i in range(1 + int(rng.random() < 0.3)):
+        r = rng.uniform(0.18, 0.35) * min(w, h) * (0.6 if i else 1.0)
+        cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
+        _draw_shape(mdraw, look["shape"], cx, cy, r, rng.uniform(0, 2 * math.pi))
+    if look["stripes"]:
+        period = rng.uniform(0.04, 0.07) * min(w, h)
+        a = look["stripe_angle"] + rng.uniform(-0.2, 0.2)
+        yy, xx = np.ogrid[:h, :w]
+        dark = ((xx * math.cos(a) + yy * math.sin(a)) / period) % 1.0 < 0.5
+        shade = np.array([colour, [int(c * 0.45) for c in colour]], np.uint8)
+        fg = Image.fromarray(shade[dark.astype(np.uint8)])
+    else:
+        fg = Image.new("RGB", (w, h), colour)
+    img = np.asarray(Image.composite(fg, bg, mask), np.int16)
+    oy, ox = int(rng.integers(0, noise.shape[0] - h + 1)), int(rng.integers(0, noise.shape[1] - w + 1))
+    img = img + noise[oy:oy + h, ox:ox + w]
+    out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    if out.size != tuple(size):
+        out = out.resize(size, Image.BILINEAR)
+    return out
+
+
+def image_size(rng: np.random.Generator, large: bool) -> tuple[int, int]:
+    long_side = int(rng.integers(*LARGE_SIDE)) if large else int(rng.integers(*SMALL_SIDE))
+    short_side = int(round(long_side / rng.choice([1.0, 4 / 3, 3 / 2, 1.25])))
+    return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
+
+
+def encode(img: Image.Image, quirk: str | None) -> bytes:
+    """JPEG bytes; or a quirk of the real set: 'cmyk', 'gray' JPEG, or 'png' data."""
+    buf = io.BytesIO()
+    if quirk == "png":
+        img.save(buf, format="PNG")
+    elif quirk == "cmyk":
+        img.convert("CMYK").save(buf, format="JPEG", quality=JPEG_QUALITY)
+    elif quirk == "gray":
+        img.convert("L").save(buf, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- archives
+
+def _info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = size, MTIME, 0, 0, "", ""
+    info.mode = 0o755 if directory else 0o644
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    return info
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_info(name, len(data)), io.BytesIO(data))
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            _add(tar, name, data)
+    return buf.getvalue()
+
+
+def _uint(values) -> np.ndarray:
+    """A row of integers in the smallest unsigned type, as MATLAB stored the real meta.mat."""
+    arr = np.array([values], dtype=np.int64).reshape(1, -1)
+    return arr.astype(np.uint8 if arr.size == 0 or arr.max() < 256 else np.uint16)
+
+
+def meta_mat(leaves: list[dict], groups: list[dict]) -> bytes:
+    """meta.mat bytes: the struct array `synsets` (N x 1), fields and types as in the devkit."""
+    rows = leaves + groups
+    synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in SYNSET_FIELDS])
+    for i, s in enumerate(rows):
+        synsets[i, 0] = (_uint(s["id"]), s["wnid"], s["words"], s["gloss"], _uint(len(s["children"])),
+                         _uint(s["children"]), _uint(s["height"]), _uint(s["images"]))
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"synsets": synsets}, format="5", oned_as="row")
+    data = bytearray(buf.getvalue())
+    # The 116-byte header text carries the creation time; fix it for identical bytes.
+    data[:116] = b"MATLAB 5.0 MAT-file, written by pipeline.demo".ljust(116)
+    return bytes(data)
+
+
+def synsets(wnids_by_id: list[int], n_train: int) -> tuple[list[dict], list[dict]]:
+    """Leaf rows in ILSVRC2012_ID order (1..N), then non-leaf ancestors."""
+    n = len(wnids_by_id)
+    leaves = []
+    for ilsvrc_id, k in enumerate(wnids_by_id, 1):
+        wnid, words, gloss, _ = CLASSES[k]
+        leaves.append({"id": ilsvrc_id, "wnid": wnid, "words": words, "gloss": gloss, "children": [],
+                       "height": 0, "images": n_train, "class": k})
+    groups, next_id = [], n + 1
+    for living in (True, False):
+        kids = [s for s in leaves if CLASSES[s["class"]][3] == living]
+        if kids:
+            wnid, words, gloss = GROUPS[living]
+            groups.append({"id": next_id, "wnid": wnid, "words": words, "gloss": gloss, "height": 1,
+                           "children": [s["id"] for s in kids], "images": n_train * len(kids)})
+            next_id += 1
+    groups.append({"id": next_id, "wnid": ROOT[0], "words": ROOT[1], "gloss": ROOT[2], "height": 2,
+                   "children": [g["id"] for g in groups], "images": n_train * n})
+    return leaves, groups
+
+
+def _id_order(rng: np.random.Generator, n: int) -> list[int]:
+    """Class numbers in ILSVRC2012_ID order: a permutation that is not sorted-wnid order."""
+    by_wnid = sorted(range(n), key=lambda k: CLASSES[k][0])
+    order = [by_wnid[i] for i in rng.permutation(n)]
+    if order == by_wnid:
+        order = order[1:] + order[:1]
+    return order
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pick(rng: np.random.Generator, total: int, count: int, exclude=()) -> list[int]:
+    pool = np.setdiff1d(np.arange(total), np.asarray(list(exclude), dtype=int))
+    return [int(i) for i in rng.choice(pool, size=min(count, len(pool)), replace=False)]
+
+
+def check_settings(classes: int, train_per_class: int, val_per_class: int, large_fraction: float) -> None:
+    if not 3 <= classes <= len(CLASSES):
+        raise DemoError(f"demo.classes = {classes}: the demo has 3 to {len(CLASSES)} classes")
+    if train_per_class < 1 or val_per_class < 1:
+        raise DemoError(f"demo.train_per_class = {train_per_class}, demo.val_per_class = {val_per_class}: "
+                        "both must be at least 1")
+    if not 0.0 <= large_fraction <= 1.0:
+        raise DemoError(f"demo.large_fraction = {large_fraction}: must lie in [0, 1]")
+
+
+def make_demo(out_dir: str | Path, seed: int = 0, classes: int = 10, train_per_class: int = 100,
+              val_per_class: int = 20, large_fraction: float = 0.1) -> dict:
+    """Write the three archives, MD5SUMS and demo.json into `out_dir`; return the metrics."""
+    check_settings(classes, train_per_class, val_per_class, large_fraction)
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    looks = [class_look(k, classes) for k in range(classes)]
+    noise = noise_pool(seed)
+    n_train, n_val = classes * train_per_class, classes * val_per_class
+
+    def plan(split: int, total: int, quirks: tuple[str, ...]):
+        rng = np.random.default_rng([seed, split, 0])
+        large = set(_pick(rng, total, max(1, round(large_fraction * total)) if large_fraction > 0 else 0))
+        return large, dict(zip(_pick(rng, total, len(quirks), exclude=large), quirks))
+
+    def render(split: int, g: int, k: int, large: set, quirks: dict) -> bytes:
+        rng = np.random.default_rng([seed, split, 1, g])
+        return encode(draw_image(rng, looks[k], classes, image_size(rng, g in large), noise), quirks.get(g))
+
+    # Train: class k's images are g = k * train_per_class + i.
+    large_train, quirk_train = plan(0, n_train, ("cmyk", "gray", "png"))
+    names_rng = np.random.default_rng([seed, 0, 2])
+    with atomic_path(out / TRAIN_TAR) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for k in sorted(range(classes), key=lambda k: CLASSES[k][0]):
+            wnid = CLASSES[k][0]
+            numbers = np.sort(names_rng.choice(np.arange(1, max(20000, 2 * train_per_class)),
+                                               train_per_class, replace=False))
+            inner = [(f"{wnid}_{n}.JPEG", render(0, k * train_per_class + i, k, large_train, quirk_train))
+                     for i, n in enumerate(numbers)]
+            _add(tar, f"{wnid}.tar", _tar_bytes(inner))
+
+    # Val: classes interleaved by a seeded shuffle; labels go to the ground truth.
+    large_val, quirk_val = plan(1, n_val, ("gray",))
+    val_classes = np.random.default_rng([seed, 1, 2]).permutation(np.repeat(np.arange(classes), val_per_class))
+    with atomic_path(out / VAL_TAR) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for g, k in enumerate(val_classes):
+            _add(tar, val_file_name(g + 1), render(1, g, int(k), large_val, quirk_val))
+
+    # Devkit.
+    id_order = _id_order(np.random.default_rng([seed, 2]), classes)
+    leaves, groups = synsets(id_order, train_per_class)
+    id_of_class = {s["class"]: s["id"] for s in leaves}
+    ground_truth = "".join(f"{id_of_class[int(k)]}\n" for k in val_classes).encode()
+    with atomic_path(out / DEVKIT_TAR) as tmp:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for d in (f"{DEVKIT_DIR}/", f"{DEVKIT_DIR}/data/"):
+                tar.addfile(_info(d, directory=True))
+            _add(tar, f"{DEVKIT_DIR}/{META}", meta_mat(leaves, groups))
+            _add(tar, f"{DEVKIT_DIR}/{GROUND_TRUTH}", ground_truth)
+
+    md5s = {name: _md5(out / name) for name in (TRAIN_TAR, VAL_TAR, DEVKIT_TAR)}
+    with atomic_path(out / "MD5SUMS") as tmp:
+        tmp.write_text("".join(f"{md5}  {name}\n" for name, md5 in md5s.items()))
+    metrics = {
+        "seed": seed, "classes": classes, "train_images": n_train, "val_images": n_val,
+        "large_images": len(large_train) + len(large_val), "non_leaf_synsets": len(groups),
+        "train_bytes": (out / TRAIN_TAR).stat().st_size, "val_bytes": (out / VAL_TAR).stat().st_size,
+        "devkit_bytes": (out / DEVKIT_TAR).stat().st_size,
+        "seconds": round(time.perf_counter() - t0, 3), "md5": md5s,
+    }
+    write_json(out / "demo.json", metrics)
+    return metrics
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--out-dir", required=True, help="folder for the archives (config demo.out_dir)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--train-per-class", type=int, default=100)
+    p.add_argument("--val-per-class", type=int, default=20)
+    p.add_argument("--large-fraction", type=float, default=0.1, help="share of images over 1000 px on the long side")
+    a = p.parse_args(argv)
+    try:
+        m = make_demo(a.out_dir, a.seed, a.classes, a.train_per_class, a.val_per_class, a.large_fraction)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"demo: {m['classes']} classes, {m['train_images']} train + {m['val_images']} val images "
+          f"({m['large_images']} large) in {a.out_dir}, {m['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
