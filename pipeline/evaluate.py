@@ -1,0 +1,194 @@
+"""Ten-crop evaluation of a training checkpoint on the validation shards (paper, section 4.1).
+
+    python -m pipeline.evaluate --checkpoint results/train/checkpoints/best.pt \
+        --shards-manifest results/shards/manifest.json --pca results/pca/pca.json \
+        --mean-image results/pca/mean_image.npy --classes results/fetch/classes.tsv \
+        --dataset-name demo --batch-size 32 --out-dir results/evaluate [--devices cpu|cuda:0|cuda:0,cuda:1]
+    torchrun --nproc_per_node=N -m pipeline.evaluate ...   # each rank scores its share of the shards
+
+Every validation image is decoded once; the DALI loader cuts its ten 224x224
+views (four corners, centre, and their reflections) and the network scores
+all of them in one batched forward. The ten softmax outputs are averaged for
+the ten-crop prediction; view 4 alone is the centre-crop prediction, so the
+centre numbers need no second pass. Top-1/top-5 error in percent; a tie with
+the true class counts against it (pipeline/metrics.py).
+
+Under torchrun each rank scores its EvalLoader shard, the integer tallies are
+summed over ranks, and rank 0 writes. The total is checked against the
+manifest's validation count, so an image scored twice or missed fails the
+stage instead of skewing the numbers.
+
+Outputs (results/evaluate/): metrics.json (flat: val_top1_err_10crop,
+val_top5_err_10crop, val_top1_err_center, val_top5_err_center, ...),
+per_class.csv, confusions.csv, comparison.md, per_class.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline import report_tables
+from pipeline.io import read_classes, read_json, write_json
+from pipeline.metrics import EvalCounts, ten_crop_probs
+
+
+class EvaluateError(ValueError):
+    """An input of the evaluation stage that cannot work (named in the message)."""
+
+
+def val_image_count(manifest: str | os.PathLike) -> int | None:
+    """Images in the validation split per the resize manifest (None when it does not say)."""
+    val = read_json(manifest).get("val", {})
+    for key in ("images", "count", "samples"):
+        if isinstance(val.get(key), int):
+            return val[key]
+    shards = val.get("shards", [])
+    counts = [s.get("images", s.get("count")) for s in shards if isinstance(s, dict)]
+    return sum(counts) if counts and all(isinstance(c, int) for c in counts) else None
+
+
+@torch.inference_mode()
+def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = True) -> tuple[EvalCounts, float]:
+    """Tallies over every (N, 10, 3, 224, 224) batch of `loader`, and the seconds it took."""
+    counts = EvalCounts(num_classes, device=model.output_device)
+    input_device = model.input_device
+    start = time.perf_counter()
+    with tqdm(total=len(loader), unit="img", desc="ten-crop", disable=None if progress else True,
+              file=sys.stderr, leave=False) as bar:
+        for images, labels, _keys in loader:
+            if images.ndim != 5:
+                raise EvaluateError(f"the evaluation loader gave images of shape {tuple(images.shape)}; "
+                                    "expected (N, 10, 3, 224, 224) ten-crop views")
+            probs_10crop, probs_center = ten_crop_probs(model, images.to(input_device, non_blocking=True))
+            counts.update(probs_10crop, probs_center, labels)
+            bar.update(len(labels))
+    if input_device.type == "cuda":
+        torch.cuda.synchronize(input_device)
+    return counts, time.perf_counter() - start
+
+
+def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_size: int, device,
+                shard_id: int = 0, num_shards: int = 1, threads: int = 2):
+    """The ten-crop EvalLoader with the checkpoint's normalisation."""
+    from pipeline.augment import AugmentSettings, EvalLoader, load_pca
+
+    pca = load_pca(str(pca_json), str(mean_image))
+    return EvalLoader(shards, pca, batch_size, views="ten", settings=AugmentSettings(**augment),
+                      device=str(device), shard_id=shard_id, num_shards=num_shards, threads=threads)
+
+
+def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out_dir, dataset_name: str = "demo",
+             batch_size: int = 32, devices: str = "auto", threads: int = 2, top_confusions: int = 20) -> dict:
+    """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict."""
+    from pipeline.checkpoint import model_from_checkpoint
+    from pipeline.train import TrainConfigError, launch_from_env, shard_paths
+
+    t0 = time.perf_counter()
+    try:
+        env, devs = launch_from_env(devices)
+    except TrainConfigError as exc:
+        raise EvaluateError(f"--devices {devices!r}: {exc}") from exc
+    try:
+        model, meta = model_from_checkpoint(checkpoint, devices=devs)
+        config = meta["config"]
+        num_classes = config["model"]["num_classes"]
+        classes = read_classes(classes_tsv)
+        if len(classes) != num_classes:
+            raise EvaluateError(f"{classes_tsv} lists {len(classes)} classes but checkpoint {checkpoint} "
+                                f"has {num_classes} outputs; evaluate a checkpoint trained on this dataset")
+        try:
+            shards = shard_paths(shards_manifest, "val")
+        except TrainConfigError as exc:
+            raise EvaluateError(str(exc)) from exc
+        loader = make_loader(shards, pca_json, mean_image, config.get("augment", {}), batch_size,
+                             model.input_device, env.rank, env.world, threads)
+        counts, loop_s = score(model, loader, num_classes, progress=env.main)
+        if env.world > 1:
+            counts.all_reduce()
+            loop = torch.tensor([loop_s], dtype=torch.float64, device=counts.tensors["images"].device)
+            torch.distributed.all_reduce(loop, op=torch.distributed.ReduceOp.MAX)
+            loop_s = loop.item()
+        expected = val_image_count(shards_manifest)
+        if expected is not None and counts.images != expected:
+            raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists {expected}; "
+                                "every image must be scored exactly once (check the shards and their .idx files)")
+        metrics = {
+            **counts.errors(),
+            "val_images": counts.images,
+            "classes": num_classes,
+            "checkpoint_epoch": meta.get("epoch"),
+            "eval_seconds": time.perf_counter() - t0,
+            "eval_images_per_s": counts.images / loop_s if loop_s > 0 else 0.0,
+            "world_size": env.world,
+            "dataset": dataset_name,
+            "dataset_label": report_tables.dataset_label(dataset_name, num_classes, counts.images),
+            "checkpoint": str(checkpoint),
+            "devices": ",".join(devs),
+        }
+        if env.main:
+            write_outputs(Path(out_dir), metrics, counts, classes, top_confusions)
+            print(f"{dataset_name}: {counts.images} images, top-1/top-5 error ten-crop "
+                  f"{metrics['val_top1_err_10crop']:.2f}/{metrics['val_top5_err_10crop']:.2f}%, centre "
+                  f"{metrics['val_top1_err_center']:.2f}/{metrics['val_top5_err_center']:.2f}% "
+                  f"({metrics['eval_images_per_s']:.1f} images/s)", file=sys.stderr)
+        return metrics
+    finally:
+        if env.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def write_outputs(out_dir: Path, metrics: dict, counts: EvalCounts, classes: list[dict], top_confusions: int) -> None:
+    """Tables and plot first, metrics.json last: its presence means the stage finished."""
+    t = {k: v.cpu() for k, v in counts.tensors.items()}
+    rows = report_tables.per_class_rows(classes, t["class_images"], t["class_top1_10crop"], t["class_top1_center"])
+    report_tables.write_per_class(out_dir / "per_class.csv", rows)
+    pairs = report_tables.confusion_pairs(t["confusion"].numpy(), top_confusions)
+    report_tables.write_confusions(out_dir / "confusions.csv", classes, pairs)
+    report_metrics = {**metrics, "images": metrics["val_images"], "epoch": metrics["checkpoint_epoch"]}
+    report_tables.write_comparison(out_dir / "comparison.md", report_metrics)
+    report_tables.plot_per_class(out_dir / "per_class.png", rows, f"per-class top-1 accuracy, {metrics['dataset_label']}")
+    write_json(out_dir / "metrics.json", metrics)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="any training checkpoint (best.pt, last.pt, epoch-NNN.pt)")
+    p.add_argument("--shards-manifest", required=True, help="results/shards/manifest.json")
+    p.add_argument("--pca", required=True, help="results/pca/pca.json")
+    p.add_argument("--mean-image", required=True, help="results/pca/mean_image.npy")
+    p.add_argument("--classes", required=True, help="results/fetch/classes.tsv")
+    p.add_argument("--out-dir", required=True, help="results/evaluate")
+    p.add_argument("--dataset-name", default="demo", help="demo | imagenet | other: labels the comparison table")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (each gives 10 views)")
+    p.add_argument("--devices", default="auto", help="auto | cpu | cuda:N | cuda:0,cuda:1 (two-column split)")
+    p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
+    p.add_argument("--top-confusions", type=int, default=20, help="class pairs in confusions.csv")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
+
+
+def main(argv=None) -> int:
+    from pipeline.checkpoint import CheckpointError
+
+    args = parse_args(argv)
+    try:
+        evaluate(args.checkpoint, args.shards_manifest, args.pca, args.mean_image, args.classes, args.out_dir,
+                 dataset_name=args.dataset_name, batch_size=args.batch_size, devices=args.devices,
+                 threads=args.threads, top_confusions=args.top_confusions)
+    except (EvaluateError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
