@@ -1,0 +1,383 @@
+"""Resize stage: ILSVRC images -> shuffled 256x256 webdataset shards + RGB statistics.
+
+Paper, section 2: "rescaled the image such that the shorter side was of length
+256, and then cropped out the central 256x256 patch". `downsample` does exactly
+that geometry (the same integer sizes and crop offset as resize-then-crop) but
+decodes less and resizes only the kept square:
+
+- JPEG DCT scaling (PIL `draft`): libjpeg decodes at 1/2, 1/4 or 1/8 scale, the
+  smallest that keeps both sides >= 256, so a 1600x1200 photo is decoded as
+  400x300 instead of 1.9 MP.
+- The antialiased resize reads only the central square (`Image.resize(box=)`).
+- Filter: PIL BILINEAR, which is antialiased when downscaling (a triangle
+  filter widened by the scale factor) and is what torchvision's
+  `Resize(256)` applies to ImageNet; LANCZOS costs twice as much in PIL and
+  differs by about 1 level (bench/RESULTS-resize.md has the comparison).
+
+Dirty inputs of the real set (22 CMYK JPEGs, grayscale JPEGs, one PNG named
+.JPEG) are converted to RGB. An image that cannot be decoded (truncated data
+included: PIL's LOAD_TRUNCATED_IMAGES stays False and every image is fully
+loaded) is recorded with its reason; a shard job fails when its rejects exceed
+`resize.max_reject_fraction`, and the manifest checks the total again.
+
+Shards: the index rows are permuted with `resize.seed`; shard k of S holds
+rows [k*n//S, (k+1)*n//S) of that permutation, in that order, so each shard is
+an independent job and a rerun redoes only missing shards. Each shard is
+streamed to disk (ShardWriter), so a job's memory does not grow with its size.
+
+RGB statistics (train only) are fused into the same pass: for every written
+image, its pixel count, sum of outer products and the image itself are added
+to float64 sums (`RGBStats`). They are computed on the uint8 array handed to
+the JPEG encoder, i.e. the pixels the stage decided to write; the JPEG
+round trip changes pixels by a few levels but is zero-mean, so the covariance
+of the decoded shards would differ only slightly and would need a second
+decoding pass, which this stage never does. Tests recompute the statistics
+from `downsample` on the same inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile
+from tqdm import tqdm
+
+from pipeline import archive
+from pipeline.io import atomic_path, read_classes, read_json, write_json
+from pipeline.shards import ShardWriter
+
+# Truncated files must raise, not decode as grey padding (PIL's default, kept explicit).
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+RESAMPLE = Image.Resampling.BILINEAR
+# Quality 90: about 1/3 the bytes of quality 100 at ~40 dB PSNR, below the
+# level the augmentation's own noise (PCA lighting, crops) makes visible;
+# re-encoding ImageNet at 90 is the common choice (FFCV, TF/DALI pipelines).
+DEFAULT_QUALITY = 90
+STATS_FLUSH = 1 << 24  # uint32 image sum is exact for 2**24 images (255 * 2**24 < 2**32)
+
+
+class TooManyRejectsError(RuntimeError):
+    """More images failed to decode than resize.max_reject_fraction allows."""
+
+
+# --- one image ---
+
+def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """Source box of the central size x size patch after scaling the shorter side to size.
+
+    Uses the integer geometry of resize-then-crop (scaled sides rounded, crop
+    offset floored), so resizing only this box gives the same pixels.
+    """
+    scale = size / min(width, height)
+    scaled_w, scaled_h = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (scaled_w - size) // 2, (scaled_h - size) // 2
+    fx, fy = width / scaled_w, height / scaled_h
+    return left * fx, top * fy, (left + size) * fx, (top + size) * fy
+
+
+def downsample(data: bytes, size: int = 256) -> Image.Image:
+    """Decode an image, scale its shorter side to `size`, keep the central square; RGB.
+
+    Raises whatever PIL raises for undecodable data (OSError for truncated files).
+    """
+    im = Image.open(io.BytesIO(data))
+    width, height = im.size
+    drafted = im.draft("RGB", (size, size))  # JPEG only; None for other formats
+    im.load()
+    dct_scale = width / drafted[1][2] if drafted else 1.0
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # CMYK, L, P, RGBA, PNG: before resizing (palettes can't be filtered)
+    box = tuple(v / dct_scale for v in crop_box(width, height, size))
+    return im.resize((size, size), RESAMPLE, box=box)
+
+
+def encode_jpeg(im: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)  # baseline, 4:2:0, like the originals
+    return buf.getvalue()
+
+
+# --- RGB statistics ---
+
+class RGBStats:
+    """Sums over written pixels (0-255 scale) for the PCA and the mean image.
+
+    All sums are of integers held in float64; they stay exact up to 2**53,
+    i.e. beyond the 8.4e10 pixels of the ImageNet training set (outer-product
+    sums reach 5.5e15 < 9.0e15), so the order of shards never matters.
+    """
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self.images = 0
+        self.outer = np.zeros((3, 3))
+        self._planes = np.empty((3, size * size))
+        self._image_sum = np.zeros((size, size, 3), np.uint32)
+        self._image_sum64 = np.zeros((size, size, 3))
+
+    def add(self, pixels: np.ndarray) -> None:
+        """Add one (size, size, 3) uint8 image."""
+        planes = self._planes
+        planes[...] = pixels.reshape(-1, 3).T
+        # six dot products: 3x faster than a (3, 65536) GEMM in OpenBLAS (measured)
+        for i in range(3):
+            for j in range(i, 3):
+                v = np.dot(planes[i], planes[j])
+                self.outer[i, j] += v
+                if i != j:
+                    self.outer[j, i] += v
+        np.add(self._image_sum, pixels, out=self._image_sum, casting="unsafe")
+        self.images += 1
+        if self.images % STATS_FLUSH == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._image_sum64 += self._image_sum
+        self._image_sum[...] = 0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The .stats.npz arrays (docs/formats.md)."""
+        self._flush()
+        image_sum = self._image_sum64.copy()
+        return {
+            "pixels": np.int64(self.images * self.size * self.size),
+            "sum": image_sum.sum(axis=(0, 1)),
+            "outer": self.outer.copy(),
+            "image_sum": image_sum,
+            "images": np.int64(self.images),
+        }
+
+    def write(self, path: str | os.PathLike) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **self.arrays())
+
+
+# --- one shard ---
+
+def shard_rows(n: int, shard: int, shards: int, seed: int) -> np.ndarray:
+    """Index rows of shard `shard` of `shards`: a slice of one seeded permutation."""
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} is outside 0..{shards - 1}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[shard * n // shards: (shard + 1) * n // shards]
+
+
+class _Source:
+    """Image bytes by index row: pread from an archive, or a file of a folder tree."""
+
+    def __init__(self, source: str | os.PathLike):
+        self.path = Path(source)
+        self.folder = self.path.is_dir()
+        self.fd = None if self.folder else os.open(self.path, os.O_RDONLY)
+
+    def read(self, member: str, offset: int, size: int) -> bytes:
+        if self.folder:
+            return (self.path / member).read_bytes()
+        data = os.pread(self.fd, size, offset)
+        if len(data) != size:
+            raise archive.ArchiveIndexError(
+                f"{self.path}: {member} at offset {offset} is cut short ({len(data)} of {size} bytes); "
+                "the archive changed since it was indexed, rebuild results/index")
+        return data
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def _check_rejects(rejects: list[dict], inputs: int, max_fraction: float, where: str) -> None:
+    if len(rejects) > max_fraction * inputs:
+        shown = "\n  ".join(f"{r['name']}: {r['reason']}" for r in rejects[:10])
+        more = f"\n  ... and {len(rejects) - 10} more" if len(rejects) > 10 else ""
+        raise TooManyRejectsError(
+            f"{where}: {len(rejects)} of {inputs} images could not be decoded "
+            f"({len(rejects) / max(inputs, 1):.2%} > resize.max_reject_fraction {max_fraction:.2%}):\n  "
+            f"{shown}{more}\nCheck or replace these files, or raise resize.max_reject_fraction "
+            "if losing them is acceptable.")
+
+
+def shard_paths(out_tar: str | os.PathLike) -> dict[str, Path]:
+    tar = Path(out_tar)
+    stem = tar.name[: -len(".tar")]
+    return {"tar": tar, "idx": tar.with_suffix(".idx"), "json": tar.with_name(f"{stem}.json"),
+            "stats": tar.with_name(f"{stem}.stats.npz")}
+
+
+def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: str | os.PathLike,
+                 shard: int, shards: int, seed: int = 0, size: int = 256, jpeg_quality: int = DEFAULT_QUALITY,
+                 max_reject_fraction: float = 0.01, stats: bool = False, split: str = "train") -> dict:
+    """Write one shard (.tar, .idx), its .json and, with `stats`, its .stats.npz. Returns the .json content."""
+    started = time.time()
+    paths = shard_paths(out_tar)
+    rows = shard_rows(archive.index_length(index), shard, shards, seed)
+    idx = archive.read_index(index, rows)
+    src = _Source(source)
+    acc = RGBStats(size) if stats else None
+    rejects: list[dict] = []
+    labels: dict[int, int] = {}
+    try:
+        with ShardWriter(paths["tar"]) as writer:
+            for j in tqdm(range(len(idx)), desc=f"{split} shard {shard}/{shards}", unit="img", disable=None):
+                name = idx.name(j)
+                data = src.read(name, int(idx.offset[j]), int(idx.size[j]))
+                try:
+                    im = downsample(data, size)
+                except Exception as exc:  # any decoder failure is a reject with its reason
+                    rejects.append({"name": name, "reason": f"{type(exc).__name__}: {exc}"})
+                    continue
+                if acc is not None:
+                    acc.add(np.asarray(im))
+                label = int(idx.label[j])
+                writer.add(archive.image_key(name), encode_jpeg(im, jpeg_quality), label)
+                labels[label] = labels.get(label, 0) + 1
+            _check_rejects(rejects, len(idx), max_reject_fraction, f"{paths['tar']}")
+    finally:
+        src.close()
+    if acc is not None:
+        acc.write(paths["stats"])
+    seconds = time.time() - started
+    images = len(idx) - len(rejects)
+    report = {
+        "split": split, "shard": shard, "shards": shards,
+        "tar": str(paths["tar"]), "idx": str(paths["idx"]),
+        "stats": str(paths["stats"]) if acc is not None else None,
+        "inputs": len(idx), "images": images, "rejected": len(rejects), "rejects": rejects,
+        "bytes": paths["tar"].stat().st_size,
+        "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else 0.0,
+        "started": started, "finished": started + seconds,
+        "labels": {str(k): v for k, v in sorted(labels.items())},
+        "settings": {"size": size, "jpeg_quality": jpeg_quality, "seed": seed, "shards": shards,
+                     "max_reject_fraction": max_reject_fraction, "resample": RESAMPLE.name,
+                     "source": str(source), "index": str(index)},
+    }
+    write_json(paths["json"], report)  # last: its presence marks a finished shard
+    print(f"{paths['tar']}: {images} images, {len(rejects)} rejected, {report['bytes'] / 1e6:.1f} MB, "
+          f"{seconds:.1f} s ({report['images_per_s']:.0f} images/s)", file=sys.stderr)
+    return report
+
+
+# --- index and manifest ---
+
+def build_index(split: str, source: str | os.PathLike, classes: str | os.PathLike,
+                val_labels: str | os.PathLike | None, out: str | os.PathLike) -> int:
+    """Write results/index/<split>.tsv for an archive or a <wnid>/ folder tree; returns the row count."""
+    if Path(source).is_dir():
+        rows = archive.index_folder(source, classes)
+    elif split == "train":
+        rows = archive.index_train_archive(source, classes)
+    else:
+        if val_labels is None:
+            raise archive.ArchiveIndexError(f"{source}: indexing the validation archive needs --val-labels")
+        rows = archive.index_val_archive(source, val_labels)
+    count = archive.write_index(rows, out)
+    print(f"{out}: {count} {split} images indexed from {source}", file=sys.stderr)
+    return count
+
+
+def split_shard_jsons(shards_dir: str | os.PathLike, split: str, shards: int) -> list[Path]:
+    return [Path(shards_dir) / split / f"{split}-{k:05d}.json" for k in range(shards)]
+
+
+def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards: int,
+                   classes: str | os.PathLike, out: str | os.PathLike, max_reject_fraction: float) -> dict:
+    """Reduce the shard .json files into results/shards/manifest.json; check all rejects together."""
+    class_rows = read_classes(classes)
+    counts = {split: [0] * len(class_rows) for split in ("train", "val")}
+    splits, all_reports = {}, []
+    for split, shards in (("train", train_shards), ("val", val_shards)):
+        reports = [read_json(p) for p in split_shard_jsons(shards_dir, split, shards)]
+        all_reports += reports
+        for r in reports:
+            for label, n in r["labels"].items():
+                counts[split][int(label)] += n
+        splits[split] = {
+            "images": sum(r["images"] for r in reports),
+            "inputs": sum(r["inputs"] for r in reports),
+            "rejected": sum(r["rejected"] for r in reports),
+            "bytes": sum(r["bytes"] for r in reports),
+            "shards": [{k: r[k] for k in ("tar", "idx", "stats", "images", "rejected", "bytes", "seconds")}
+                       for r in reports],
+            "rejects": [dict(rej, shard=r["tar"]) for r in reports for rej in r["rejects"]],
+        }
+    rejects = [rej for s in splits.values() for rej in s["rejects"]]
+    inputs = sum(s["inputs"] for s in splits.values())
+    _check_rejects(rejects, inputs, max_reject_fraction, f"{shards_dir} (all shards)")
+    manifest = {
+        "totals": {
+            "images": sum(s["images"] for s in splits.values()),
+            "rejects": len(rejects),
+            "bytes": sum(s["bytes"] for s in splits.values()),
+            "images_per_s": sum(r["images_per_s"] for r in all_reports),  # summed over jobs
+            "wall_seconds": max(r["finished"] for r in all_reports) - min(r["started"] for r in all_reports),
+            "job_seconds": sum(r["seconds"] for r in all_reports),
+        },
+        "splits": splits,
+        "classes": [{"index": int(c["index"]), "wnid": c["wnid"], "names": c["names"],
+                     "train": counts["train"][i], "val": counts["val"][i]} for i, c in enumerate(class_rows)],
+        "settings": all_reports[0]["settings"] if all_reports else {},
+    }
+    write_json(out, manifest)
+    t = manifest["totals"]
+    print(f"{out}: {t['images']} images in {train_shards} + {val_shards} shards, {t['rejects']} rejected, "
+          f"{t['bytes'] / 1e6:.1f} MB", file=sys.stderr)
+    return manifest
+
+
+# --- CLI ---
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.resize", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index an archive or folder tree by byte offset")
+    p.add_argument("--split", choices=["train", "val"], required=True)
+    p.add_argument("--source", required=True, help="ILSVRC2012_img_<split>.tar or a <wnid>/ folder tree")
+    p.add_argument("--classes", required=True, help="classes.tsv from fetch")
+    p.add_argument("--val-labels", help="val_labels.tsv from fetch (validation archive)")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("shard", help="write one shard")
+    p.add_argument("--split", choices=["train", "val"], required=True)
+    p.add_argument("--index", required=True)
+    p.add_argument("--source", required=True)
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--jpeg-quality", type=int, default=DEFAULT_QUALITY)
+    p.add_argument("--max-reject-fraction", type=float, default=0.01)
+    p.add_argument("--stats", action="store_true", help="also write <shard>.stats.npz (training shards)")
+    p.add_argument("--out", required=True, help="<split>-<k>.tar; .idx, .json, .stats.npz go beside it")
+
+    p = sub.add_parser("manifest", help="check all shards and write the manifest")
+    p.add_argument("--shards-dir", required=True)
+    p.add_argument("--train-shards", type=int, required=True)
+    p.add_argument("--val-shards", type=int, required=True)
+    p.add_argument("--classes", required=True)
+    p.add_argument("--max-reject-fraction", type=float, default=0.01)
+    p.add_argument("--out", required=True)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "index":
+            build_index(args.split, args.source, args.classes, args.val_labels, args.out)
+        elif args.command == "shard":
+            resize_shard(args.index, args.source, args.out, args.shard, args.shards, args.seed, args.size,
+                         args.jpeg_quality, args.max_reject_fraction, args.stats, args.split)
+        else:
+            write_manifest(args.shards_dir, args.train_shards, args.val_shards, args.classes, args.out,
+                           args.max_reject_fraction)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
