@@ -118,14 +118,7 @@ def build_model(model_config: dict, devices: list[str] | None = None) -> torch.n
     """AlexNet from a checkpoint's model config, on one device or split over two."""
     from model.alexnet import AlexNet
 
-    devices = list(devices) if devices else ["cpu"]
-    if len(devices) > 2:
-        raise ValueError(f"AlexNet runs on one device or two (the paper's split); got {devices}")
-    split = devices if len(devices) == 2 else None
-    model = AlexNet(**model_config, devices=split)
-    if split is None:
-        model = model.to(devices[0])
-    return model
+    return AlexNet(**model_config, devices=list(devices) if devices else ["cpu"])
 
 
 def model_from_checkpoint(path: str | os.PathLike, devices: list[str] | None = None):

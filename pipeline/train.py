@@ -328,6 +328,16 @@ def validate(model, eval_loader, env: Dist, input_device, output_device, autocas
     return 100.0 * (1 - hits[0].item() / hits[2].item()), 100.0 * (1 - hits[1].item() / hits[2].item())
 
 
+def make_plateau(optimizer, factor: float, patience: int):
+    """lr *= factor after `patience` epochs in a row without a strictly lower error, plus one.
+
+    ReduceLROnPlateau counts the epochs without improvement and acts when the
+    count exceeds `patience`; its state_dict holds the best error and the count.
+    """
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=factor, patience=patience, threshold=0.0, threshold_mode="abs")
+
+
 def param_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
@@ -362,8 +372,7 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
     config = {**key, "world_size": env.world}
 
     optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.patience, threshold=0.0, threshold_mode="abs")
+    plateau = make_plateau(optimizer, cfg.lr_factor, cfg.patience)
     state = {"epoch": 0, "step": 0, "best": {"epoch": None, "val_top1_err": None, "val_top5_err": None},
              "totals": {"train_images": 0, "train_s": 0.0, "wall_s": 0.0}, "history": []}
 
@@ -374,7 +383,13 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
         old = {k: ckpt["config"].get(k) for k in key}
         if old == key and ckpt["epoch"] <= cfg.epochs:
             raw.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            if ckpt.get("layout") == len(devices):
+                optimizer.load_state_dict(ckpt["optimizer"])
+            else:  # the two layouts list their parameters differently (model/alexnet.py)
+                optimizer.param_groups[0]["lr"] = ckpt["optimizer"]["param_groups"][0]["lr"]
+                if env.main:
+                    print(f"{last} was saved from a {ckpt.get('layout')}-device layout; "
+                          "momentum restarts from zero on this one", file=sys.stderr)
             plateau.load_state_dict(ckpt["plateau"])
             for k in ("epoch", "step", "best", "totals", "history"):
                 state[k] = ckpt[k]
@@ -479,7 +494,8 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
         if env.main:
             append_jsonl(jsonl, row)
             save_checkpoint(last, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "plateau": plateau.state_dict(), "rng": rngs, "config": config, **state})
+                                   "plateau": plateau.state_dict(), "rng": rngs, "config": config,
+                                   "layout": len(devices), **state})
             if better:
                 keep_best(ckpt_dir, epoch)
             plot_curve(jsonl, out_dir / "curve.png")

@@ -1,0 +1,94 @@
+# Training (pipeline/train.py): the paper's recipe (section 5) on model/alexnet.py.
+#
+# Why best.pt is declared but last.pt is not: Snakemake deletes a job's
+# declared outputs before it runs the job again (after a kill, with
+# --rerun-incomplete) and after the job fails. The state a rerun needs
+# therefore lives in files this rule does not declare: checkpoints/last.pt
+# (rewritten every epoch), checkpoints/epoch-NNN.pt (the best epoch so far)
+# and metrics.jsonl. A rerun finds last.pt and continues the same trajectory;
+# best.pt, a hard link to epoch-NNN.pt, is declared so that evaluation depends
+# on it, and the rerun recreates it. train.json is written last.
+# A rerun caused by changed params starts over unless the model, recipe and
+# augmentation are unchanged (then only epochs may have grown, and the run
+# continues to the new count).
+#
+# GPUs: resources gpu=N is only a counter; the stage picks its devices itself.
+# With more GPUs than one replica uses (train.devices: one device, or two for
+# the paper's split), the rule starts one DDP replica per share via torchrun.
+
+TRAIN = config["train"]
+
+
+def train_devices():
+    devices = TRAIN["devices"]
+    return ",".join(devices) if isinstance(devices, list) else str(devices)
+
+
+def train_replicas():
+    per_replica = len(TRAIN["devices"]) if isinstance(TRAIN["devices"], list) else 1
+    return max(1, TRAIN["gpus"] // per_replica)
+
+
+def train_launcher():
+    n = train_replicas()
+    if n == 1:
+        return "python -m pipeline.train"
+    return (f"python -m torch.distributed.run --nproc-per-node {n} --rdzv-backend c10d "
+            "--rdzv-endpoint localhost:0 -m pipeline.train")
+
+
+rule train:
+    input:
+        manifest=f"{RESULTS}/shards/manifest.json",
+        pca=f"{RESULTS}/pca/pca.json",
+        mean_image=f"{RESULTS}/pca/mean_image.npy",
+        classes=f"{RESULTS}/fetch/classes.tsv",
+    output:
+        json=f"{RESULTS}/train/train.json",
+        curve=report(f"{RESULTS}/train/curve.png", category="Training",
+                     labels={"figure": "training curve"}),
+        best=f"{RESULTS}/train/checkpoints/best.pt",
+    params:
+        out_dir=f"{RESULTS}/train",
+        launcher=train_launcher(),
+        devices=train_devices(),
+        width=TRAIN["width"],
+        init=TRAIN["init"],
+        batch_size=TRAIN["batch_size"],
+        lr=TRAIN["lr"],
+        momentum=TRAIN["momentum"],
+        weight_decay=TRAIN["weight_decay"],
+        lr_factor=TRAIN["lr_factor"],
+        patience=TRAIN["patience"],
+        epochs=TRAIN["epochs"],
+        seed=TRAIN["seed"],
+        precision=TRAIN["precision"],
+        channels_last=str(TRAIN["channels_last"]).lower(),
+        compile="--compile" if TRAIN["compile"] else "--no-compile",
+        log_every=TRAIN["log_every"],
+        workers=TRAIN["workers"],
+        lighting=config["augment"]["lighting"],
+        lighting_std=config["augment"]["lighting_std"],
+        normalize=config["augment"]["normalize"],
+        # torch threads per replica, so replicas on the CPU do not oversubscribe it
+        threads=lambda wildcards, threads: max(1, threads // train_replicas()),
+    threads: workflow.cores
+    resources:
+        gpu=TRAIN["gpus"],
+    log:
+        f"{RESULTS}/logs/train.log",
+    message:
+        "Training AlexNet (width {params.width}, {params.epochs} epochs, batch {params.batch_size}, "
+        "lr {params.lr}) on {params.devices}"
+    shell:
+        tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
+                jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}")
+        + "{params.launcher} --manifest {input.manifest} --pca {input.pca} "
+        "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
+        "--devices {params.devices} --width {params.width} --init {params.init} "
+        "--batch-size {params.batch_size} --lr {params.lr} --momentum {params.momentum} "
+        "--weight-decay {params.weight_decay} --lr-factor {params.lr_factor} "
+        "--patience {params.patience} --epochs {params.epochs} --seed {params.seed} "
+        "--precision {params.precision} --channels-last {params.channels_last} {params.compile} "
+        "--log-every {params.log_every} --workers {params.workers} --threads {params.threads} "
+        "--lighting {params.lighting} --lighting-std {params.lighting_std} --normalize {params.normalize}"
