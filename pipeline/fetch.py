@@ -1,0 +1,474 @@
+"""Fetch stage: get the ILSVRC-2012 archives, verify them, read the class list.
+
+    python -m pipeline.fetch --train URL --train-md5 X --val URL --val-md5 X \
+        --devkit URL --devkit-md5 X [--auth-env NAME] --out-dir results/fetch
+    python -m pipeline.fetch --source folders --train-dir D --val-dir D --out-dir results/fetch
+
+Sources: https:// or http:// (downloaded into out-dir through a `.part` file
+that an interrupted run resumes with an HTTP Range request), or a local path
+or file:// URL (verified, then symlinked by absolute path: the 138 GB train
+archive is never copied). MD5 is a 32-hex digest or an md5sum-format file
+listing the archive's name; official digests: train
+1d675b47d978889d74fa0da5fadfb00e, val 29b22e2961454d5413ddabcf34fc5622,
+devkit fa75699e90414af021442c21a62c3abf. A mismatch deletes the download and
+names file, expected and actual digest.
+
+Checks beyond MD5: the devkit is read to the end; the val tar's 50,000 member
+headers and the train tar's 1,000 per-class headers are read to the end (a
+truncated archive fails here even when its md5 was recorded after the
+damage), every member goes through pipeline.archive.check_member, and the
+member names must match the devkit (val file names, one <wnid>.tar per class).
+
+Writes classes.tsv (index, wnid, names; index = sorted-wnid position),
+val_labels.tsv (file, index; ILSVRC2012_ID ground truth mapped through
+meta.mat) and fetch.json (bytes, seconds, MB/s, md5 per archive) last, so a
+failed run leaves no complete-looking output.
+
+Authentication: --auth-env names an environment variable; a value with ':'
+is sent as 'Header-Name: value', otherwise as 'Authorization: Bearer <value>'.
+Only the name travels on the command line (which tracking logs); the value is
+never printed, and it is not forwarded on redirects to another host.
+HTTP uses urllib from the standard library: Range requests and headers are all
+this needs, so no extra dependency to pin.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.devkit import Devkit, ArchiveError, iter_safe_members, open_tar, read_devkit
+from pipeline.io import atomic_path, write_json, write_tsv
+
+ARCHIVES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar",
+            "devkit": "ILSVRC2012_devkit_t12.tar.gz"}
+OUTPUTS = ("fetch.json", "classes.tsv", "val_labels.tsv")
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
+CHUNK = 1 << 20
+BIG = 1 << 30  # show a progress bar when hashing files over 1 GiB
+RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
+
+
+class FetchError(RuntimeError):
+    """A source that cannot be fetched or does not verify."""
+
+
+# ---------------------------------------------------------------- checksums
+
+def md5_file(path: str | Path, label: str | None = None) -> str:
+    size = os.path.getsize(path)
+    h = hashlib.md5()
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+                                     desc=f"md5 {label or Path(path).name}", file=sys.stderr,
+                                     disable=None if size >= BIG else True) as bar:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def expected_md5(spec: str | None, name: str) -> str | None:
+    """The digest `spec` gives for the archive `name`: a hex digest or an md5sum file."""
+    if not spec:
+        return None
+    if re.fullmatch(r"[0-9a-fA-F]{32}", spec):
+        return spec.lower()
+    path = Path(spec)
+    if not path.is_file():
+        raise FetchError(f"md5 {spec!r} is neither a 32-hex digest nor an existing md5sum file")
+    for line in path.read_text().splitlines():
+        m = re.fullmatch(r"([0-9a-fA-F]{32}) [ *](.+)", line.strip())
+        if m and os.path.basename(m.group(2)) == name:
+            return m.group(1).lower()
+    raise FetchError(f"{spec}: no md5 line for {name}; add '<md5>  {name}' or give the digest itself")
+
+
+def verify(name: str, expected: str | None, actual: str, where: str) -> None:
+    if expected is None:
+        print(f"{name}: no md5 given; its md5 is {actual} (not verified)", file=sys.stderr)
+    elif actual != expected:
+        raise FetchError(f"{name}: MD5 mismatch for {where}: expected {expected}, got {actual}; "
+                         "the file is damaged or not the archive the config names")
+
+
+# ---------------------------------------------------------------- http
+
+def auth_header(env_name: str | None) -> tuple[str, str] | None:
+    """The header from the environment variable `env_name`; the value is never echoed."""
+    if not env_name:
+        return None
+    value = os.environ.get(env_name, "")
+    if not value.strip():
+        raise FetchError(f"environment variable {env_name} (dataset.auth_env) is unset or empty; "
+                         "export it with a token or 'Header-Name: value'")
+    if ":" in value:
+        key, _, val = value.partition(":")
+        key = key.strip()
+        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", key):
+            raise FetchError(f"environment variable {env_name}: the text before ':' is not a valid "
+                             "HTTP header name; use 'Header-Name: value' or a bare token")
+        return key, val.strip()
+    return "Authorization", f"Bearer {value.strip()}"
+
+
+class _SameHostRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects; carry the auth header only while the host stays the same."""
+
+    def __init__(self, header: tuple[str, str] | None):
+        self.header = header
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and self.header and \
+                urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc:
+            new.add_unredirected_header(*self.header)
+        return new
+
+
+class _ShortRead(Exception):
+    pass
+
+
+def _content_range_start(headers) -> int | None:
+    m = re.match(r"bytes (\d+)-", (headers.get("Content-Range") or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def _content_range_total(value: str | None) -> int | None:
+    m = re.fullmatch(r"bytes (?:\d+-\d+|\*)/(\d+)", (value or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def _receive(resp, part: Path, mode: str, h, bar) -> int:
+    """Append the response body to `part`, hashing it; return the bytes received."""
+    got = 0
+    try:
+        f = open(part, mode)
+    except OSError as e:
+        raise FetchError(f"{part}: cannot write the download ({e})") from None
+    with f, bar:
+        while chunk := resp.read(CHUNK):
+            try:
+                f.write(chunk)
+            except OSError as e:
+                raise FetchError(f"{part}: cannot write the download ({e})") from None
+            h.update(chunk)
+            got += len(chunk)
+            bar.update(len(chunk))
+    return got
+
+
+def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries: int = 5,
+             backoff: float = 2.0, timeout: float = 60.0) -> tuple[str, int]:
+    """Download `url` to `dest`.part, resuming what is there; return (md5, bytes).
+
+    The caller verifies the md5 and renames the .part file; a dropped
+    connection is resumed from the bytes already written (HTTP Range).
+    """
+    part = dest.with_name(dest.name + ".part")
+    opener = urllib.request.build_opener(_SameHostRedirect(auth))
+    h = hashlib.md5()
+    have = part.stat().st_size if part.exists() else 0
+    if have:
+        with open(part, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+        print(f"{dest.name}: resuming at byte {have}", file=sys.stderr)
+    failures = 0
+    while True:
+        req = urllib.request.Request(url)
+        if auth:
+            req.add_unredirected_header(*auth)
+        if have:
+            req.add_header("Range", f"bytes={have}-")
+        start = have
+        try:
+            with opener.open(req, timeout=timeout) as resp:
+                if have and (resp.status != 206 or _content_range_start(resp.headers) != have):
+                    have, h = 0, hashlib.md5()  # the server ignored the Range: start over
+                length = resp.headers.get("Content-Length")
+                expect = int(length) if length is not None else None
+                total = have + expect if expect is not None else None
+                got = _receive(resp, part, "ab" if have else "wb", h,
+                               tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                                    desc=dest.name, file=sys.stderr, disable=None))
+                have += got
+                # http.client returns a short body without raising when the peer closes early.
+                if expect is not None and got < expect:
+                    raise _ShortRead(f"connection closed after {got} of {expect} bytes")
+            return h.hexdigest(), have
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and have and _content_range_total(e.headers.get("Content-Range")) == have:
+                return h.hexdigest(), have  # the .part file was already complete
+            if e.code == 416:
+                part.unlink(missing_ok=True)
+                have, h = 0, hashlib.md5()
+                error = e
+            elif e.code in RETRYABLE_HTTP:
+                error = e
+            else:
+                hint = " (check the credentials in the variable dataset.auth_env names)" if e.code in (401, 403) else ""
+                raise FetchError(f"{url}: HTTP {e.code} {e.reason}{hint}") from None
+        except (OSError, http.client.HTTPException, _ShortRead) as e:  # URLError is an OSError
+            error = e
+        if part.exists():
+            have = part.stat().st_size  # bytes flushed before the drop
+        failures = 0 if have > start else failures + 1
+        if failures > retries:
+            raise FetchError(f"{url}: download failed {failures} times in a row ({error}); "
+                             f"{have} bytes kept in {part}: rerun to resume")
+        delay = backoff * max(failures, 1) if failures else 0.0
+        print(f"{dest.name}: {error}; resuming at byte {have}" + (f" in {delay:.0f} s" if delay else ""),
+              file=sys.stderr)
+        time.sleep(delay)
+
+
+# ---------------------------------------------------------------- sources
+
+def is_remote(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme in ("http", "https")
+
+
+def local_path(url: str) -> Path:
+    """The file a local path or file:// URL names, made absolute."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise FetchError(f"{url}: file:// URLs must name a local file (file:///path)")
+        return Path(urllib.request.url2pathname(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:  # one letter: a Windows drive
+        raise FetchError(f"{url}: unsupported URL scheme {parts.scheme!r}; use https://, http://, file:// or a path")
+    return Path(os.path.abspath(url))
+
+
+@dataclass
+class Fetched:
+    """An archive that verified: where to read it, and where to link it from."""
+    key: str
+    path: Path
+    link_to: Path | None  # a local source, linked into out_dir once everything verifies
+    downloaded: bool
+    metrics: dict
+
+
+def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None, retries: int) -> Fetched:
+    """Verify a local archive in place, or download and verify a remote one."""
+    name = ARCHIVES[key]
+    t0 = time.perf_counter()
+    if is_remote(url):
+        expected = expected_md5(md5, os.path.basename(urllib.parse.unquote(urllib.parse.urlsplit(url).path)) or name)
+        dest = out / name
+        if dest.is_symlink():
+            dest.unlink()
+        if dest.is_file() and expected and md5_file(dest) == expected:
+            print(f"{name}: already downloaded and verified", file=sys.stderr)
+            actual, size, downloaded = expected, dest.stat().st_size, False
+        else:
+            dest.unlink(missing_ok=True)
+            actual, size = download(url, dest, auth_header(auth_env), retries=retries)
+            part = dest.with_name(dest.name + ".part")
+            if expected is not None and actual != expected:
+                part.unlink()
+            verify(name, expected, actual, url)
+            os.replace(part, dest)
+            downloaded = True
+        path, link_to = dest, None
+    else:
+        path = local_path(url)
+        if not path.is_file():
+            raise FetchError(f"{url}: no such file ({path}; dataset.archives.{key}.url); "
+                             "point it at the archive or an https:// URL")
+        size = path.stat().st_size
+        actual = md5_file(path, name)
+        verify(name, expected_md5(md5, path.name), actual, str(path))
+        link_to, downloaded = path, False
+    seconds = time.perf_counter() - t0
+    metrics = {"bytes": size, "seconds": round(seconds, 3),
+               "mb_per_s": round(size / 1e6 / seconds, 2) if seconds > 0 else 0.0,
+               "md5": actual, "verified": md5 is not None and md5 != "", "method": "download" if is_remote(url) else "link"}
+    print(f"{name}: {size / 1e6:.1f} MB {'verified' if metrics['verified'] else 'unverified'} "
+          f"in {seconds:.1f} s ({metrics['mb_per_s']} MB/s)", file=sys.stderr)
+    return Fetched(key, path, link_to, downloaded, metrics)
+
+
+def check_val_archive(path: Path, devkit: Devkit) -> int:
+    """Read every header of the val tar; its images must be the ground truth's."""
+    archive = str(path)
+    with open_tar(path) as tar:
+        names = {m.name for m in iter_safe_members(tar, archive) if m.isfile()}
+    expected = {f for f, _ in devkit.val_rows()}
+    if names != expected:
+        missing, extra = sorted(expected - names), sorted(names - expected)
+        raise ArchiveError(f"{archive}: holds {len(names)} images, the devkit ground truth lists {len(expected)} "
+                           f"(missing {missing[:3]}, unexpected {extra[:3]}); are val tar and devkit from the same release?")
+    return len(names)
+
+
+def check_train_archive(path: Path, devkit: Devkit) -> int:
+    """Read the train tar's outer headers: one <wnid>.tar per devkit class."""
+    archive = str(path)
+    with open_tar(path) as tar:
+        names = {m.name for m in iter_safe_members(tar, archive) if m.isfile()}
+    expected = {f"{w}.tar" for w in devkit.wnids}
+    if names != expected:
+        missing, extra = sorted(expected - names), sorted(names - expected)
+        raise ArchiveError(f"{archive}: per-class tars do not match the devkit's {len(expected)} classes "
+                           f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    return len(names)
+
+
+def _validated(fetched: Fetched, check, *args):
+    """Run an archive check; a download that fails it is deleted, not kept as complete."""
+    try:
+        return check(fetched.path, *args)
+    except ValueError:
+        if fetched.downloaded:
+            fetched.path.unlink(missing_ok=True)
+        raise
+
+
+def _link(src: Path, dest: Path) -> None:
+    if os.path.realpath(src) == os.path.realpath(dest):
+        return  # the source already is the output
+    with atomic_path(dest) as tmp:
+        os.symlink(src, tmp)
+
+
+def _clear_outputs(out: Path) -> None:
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for name in ARCHIVES.values():
+        if (out / name).is_symlink():
+            (out / name).unlink()
+
+
+def fetch_archives(out_dir: str | Path, train: str, val: str, devkit: str, train_md5: str | None = None,
+                   val_md5: str | None = None, devkit_md5: str | None = None, auth_env: str | None = None,
+                   retries: int = 5) -> dict:
+    """Fetch and verify the three official archives; write the class and label tables."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out)
+    # Small first: a bad devkit or val archive fails before the 138 GB download.
+    dk = obtain("devkit", devkit, devkit_md5, out, auth_env, retries)
+    kit = _validated(dk, read_devkit)
+    va = obtain("val", val, val_md5, out, auth_env, retries)
+    val_images = _validated(va, check_val_archive, kit)
+    tr = obtain("train", train, train_md5, out, auth_env, retries)
+    train_classes = _validated(tr, check_train_archive, kit)
+    for f in (dk, va, tr):
+        if f.link_to is not None:
+            _link(f.link_to, out / ARCHIVES[f.key])
+    metrics = {f.key: f.metrics for f in (dk, va, tr)}
+    metrics.update(source="archives", classes=len(kit.wnids), val_images=val_images,
+                   train_class_archives=train_classes)
+    return _write_tables(out, kit.class_rows(), kit.val_rows(), metrics, t0)
+
+
+def _images(folder: Path) -> list[Path]:
+    """Image files in `folder`, by name; DirEntry avoids a stat per file on big trees."""
+    with os.scandir(folder) as it:
+        return sorted(Path(e.path) for e in it
+                      if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+                      and not e.name.startswith(".") and e.is_file())
+
+
+def _class_dirs(root: Path, what: str) -> list[Path]:
+    if not root.is_dir():
+        raise FetchError(f"{root}: no such folder (dataset.folders.{what}); "
+                         f"point it at a {what}/<wnid>/*.JPEG tree")
+    return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def fetch_folders(out_dir: str | Path, train_dir: str | Path, val_dir: str | Path, devkit: str | None = None,
+                  devkit_md5: str | None = None, auth_env: str | None = None, retries: int = 5) -> dict:
+    """Class table from train/<wnid>/ folder names, val labels from val/<wnid>/."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out)
+    train_dirs = _class_dirs(Path(train_dir), "train")
+    if not train_dirs:
+        raise FetchError(f"{train_dir}: no class folders (dataset.folders.train); expected train/<wnid>/*.JPEG")
+    wnids = [d.name for d in train_dirs]
+    index = {w: i for i, w in enumerate(wnids)}
+    names = list(wnids)
+    metrics: dict = {"source": "folders"}
+    if devkit:
+        dk = obtain("devkit", devkit, devkit_md5, out, auth_env, retries)
+        kit = _validated(dk, read_devkit)
+        words = dict(zip(kit.wnids, kit.names))
+        unknown = [w for w in wnids if w not in words]
+        if unknown:
+            raise FetchError(f"{train_dir}: class folders {unknown[:3]} are not leaf synsets of the devkit "
+                             f"{devkit}; drop the devkit (names = folder names) or fix the folders")
+        names = [words[w] for w in wnids]
+        if dk.link_to is not None:
+            _link(dk.link_to, out / ARCHIVES["devkit"])
+        metrics["devkit"] = dk.metrics
+    val_rows = []
+    root = Path(val_dir)
+    for d in _class_dirs(root, "val"):
+        if d.name not in index:
+            raise FetchError(f"{d}: val class {d.name!r} has no train folder in {train_dir}")
+        val_rows += [(p.relative_to(root).as_posix(), index[d.name]) for p in _images(d)]
+    if not val_rows:
+        raise FetchError(f"{val_dir}: no images (dataset.folders.val); expected val/<wnid>/*.JPEG")
+    metrics.update(classes=len(wnids), val_images=len(val_rows),
+                   train_images=sum(len(_images(d)) for d in train_dirs))
+    return _write_tables(out, [(i, w, n) for i, (w, n) in enumerate(zip(wnids, names))], val_rows, metrics, t0)
+
+
+def _write_tables(out: Path, class_rows, val_rows, metrics: dict, t0: float) -> dict:
+    write_tsv(out / "classes.tsv", ["index", "wnid", "names"], class_rows)
+    write_tsv(out / "val_labels.tsv", ["file", "index"], val_rows)
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    write_json(out / "fetch.json", metrics)  # last: its presence marks a finished fetch
+    return metrics
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.fetch", description=__doc__.split("\n")[0])
+    p.add_argument("--source", choices=("archives", "folders"), default="archives")
+    for key in ARCHIVES:
+        p.add_argument(f"--{key}", help=f"{ARCHIVES[key]}: https://, http://, file:// URL or path")
+        p.add_argument(f"--{key}-md5", help="32-hex digest or md5sum-format file")
+    p.add_argument("--train-dir", help="folders source: train/<wnid>/*.JPEG")
+    p.add_argument("--val-dir", help="folders source: val/<wnid>/*.JPEG")
+    p.add_argument("--auth-env", help="NAME of the environment variable holding the HTTP token (not the token)")
+    p.add_argument("--retries", type=int, default=5, help="reconnects without progress before giving up")
+    p.add_argument("--out-dir", required=True)
+    a = p.parse_args(argv)
+    try:
+        if a.source == "folders":
+            if not (a.train_dir and a.val_dir):
+                p.error("--source folders needs --train-dir and --val-dir")
+            m = fetch_folders(a.out_dir, a.train_dir, a.val_dir, a.devkit, a.devkit_md5, a.auth_env, a.retries)
+        else:
+            missing = [f"--{k}" for k in ARCHIVES if not getattr(a, k)]
+            if missing:
+                p.error(f"--source archives needs {' '.join(missing)}")
+            m = fetch_archives(a.out_dir, a.train, a.val, a.devkit, a.train_md5, a.val_md5, a.devkit_md5,
+                               a.auth_env, a.retries)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"fetch: {m['classes']} classes, {m['val_images']} val images ({m['source']}) in {a.out_dir}, "
+          f"{m['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
