@@ -284,6 +284,15 @@ def split_shard_jsons(shards_dir: str | os.PathLike, split: str, shards: int) ->
     return [Path(shards_dir) / split / f"{split}-{k:05d}.json" for k in range(shards)]
 
 
+def _manifest_entry(report: dict, base: Path) -> dict:
+    """A shard's line in the manifest; paths relative to the manifest's folder."""
+    entry = {k: report[k] for k in ("images", "rejected", "bytes", "seconds")}
+    for key in ("tar", "idx", "stats"):
+        if report[key] is not None:
+            entry[key] = os.path.relpath(report[key], base)
+    return entry
+
+
 def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards: int,
                    classes: str | os.PathLike, out: str | os.PathLike, max_reject_fraction: float) -> dict:
     """Reduce the shard .json files into results/shards/manifest.json; check all rejects together."""
@@ -301,9 +310,9 @@ def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards:
             "inputs": sum(r["inputs"] for r in reports),
             "rejected": sum(r["rejected"] for r in reports),
             "bytes": sum(r["bytes"] for r in reports),
-            "shards": [{k: r[k] for k in ("tar", "idx", "stats", "images", "rejected", "bytes", "seconds")}
-                       for r in reports],
-            "rejects": [dict(rej, shard=r["tar"]) for r in reports for rej in r["rejects"]],
+            "shards": [_manifest_entry(r, Path(out).parent) for r in reports],
+            "rejects": [dict(rej, shard=os.path.relpath(r["tar"], Path(out).parent)) for r in reports
+                        for rej in r["rejects"]],
         }
     rejects = [rej for s in splits.values() for rej in s["rejects"]]
     inputs = sum(s["inputs"] for s in splits.values())
@@ -317,7 +326,7 @@ def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards:
             "wall_seconds": max(r["finished"] for r in all_reports) - min(r["started"] for r in all_reports),
             "job_seconds": sum(r["seconds"] for r in all_reports),
         },
-        "splits": splits,
+        **splits,
         "classes": [{"index": int(c["index"]), "wnid": c["wnid"], "names": c["names"],
                      "train": counts["train"][i], "val": counts["val"][i]} for i, c in enumerate(class_rows)],
         "settings": all_reports[0]["settings"] if all_reports else {},
