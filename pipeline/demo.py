@@ -283,11 +283,11 @@ def _pick(rng: np.random.Generator, total: int, count: int, exclude=()) -> list[
 
 
 def check_settings(classes: int, train_per_class: int, val_per_class: int, large_fraction: float) -> None:
-    if not 3 <= classes <= len(CLASSES):
-        raise DemoError(f"demo.classes = {classes}: the demo has 3 to {len(CLASSES)} classes")
-    if train_per_class < 1 or val_per_class < 1:
+    if not 2 <= classes <= len(CLASSES):
+        raise DemoError(f"demo.classes = {classes}: the demo has 2 to {len(CLASSES)} classes")
+    if train_per_class < 2 or val_per_class < 1:
         raise DemoError(f"demo.train_per_class = {train_per_class}, demo.val_per_class = {val_per_class}: "
-                        "both must be at least 1")
+                        "need at least 2 training images per class (three carry the quirks) and 1 val image")
     if not 0.0 <= large_fraction <= 1.0:
         raise DemoError(f"demo.large_fraction = {large_fraction}: must lie in [0, 1]")
 

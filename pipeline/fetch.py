@@ -4,10 +4,12 @@
         --devkit URL --devkit-md5 X [--auth-env NAME] --out-dir results/fetch
     python -m pipeline.fetch --source folders --train-dir D --val-dir D --out-dir results/fetch
 
-Sources: https:// or http:// (downloaded into out-dir through a `.part` file
-that an interrupted run resumes with an HTTP Range request), or a local path
-or file:// URL (verified, then symlinked by absolute path: the 138 GB train
-archive is never copied). MD5 is a 32-hex digest or an md5sum-format file
+Sources: https:// or http:// (downloaded into out-dir/downloads/ through a
+`.part` file that an interrupted run resumes with an HTTP Range request), or a
+local path or file:// URL (verified in place). Either way out-dir/<archive>
+is then an absolute symlink to the verified file: the 138 GB train archive is
+never copied, and when Snakemake deletes the rule's outputs before a rerun it
+deletes only the link, so a verified download is reused. MD5 is a 32-hex digest or an md5sum-format file
 listing the archive's name; official digests: train
 1d675b47d978889d74fa0da5fadfb00e, val 29b22e2961454d5413ddabcf34fc5622,
 devkit fa75699e90414af021442c21a62c3abf. A mismatch deletes the download and
@@ -257,8 +259,8 @@ class Fetched:
     """An archive that verified: where to read it, and where to link it from."""
     key: str
     path: Path
-    link_to: Path | None  # a local source, linked into out_dir once everything verifies
-    downloaded: bool
+    link_to: Path  # absolute; linked into out_dir once everything verifies
+    owned: bool  # a download of ours, deleted if it turns out damaged
     metrics: dict
 
 
@@ -268,12 +270,13 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
     t0 = time.perf_counter()
     if is_remote(url):
         expected = expected_md5(md5, os.path.basename(urllib.parse.unquote(urllib.parse.urlsplit(url).path)) or name)
-        dest = out / name
-        if dest.is_symlink():
-            dest.unlink()
-        if dest.is_file() and expected and md5_file(dest) == expected:
+        # Downloads live in downloads/, which Snakemake does not manage: it deletes a
+        # rule's outputs before a rerun, and the output is only a link to the download.
+        dest = out / "downloads" / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_file() and expected and md5_file(dest, name) == expected:
             print(f"{name}: already downloaded and verified", file=sys.stderr)
-            actual, size, downloaded = expected, dest.stat().st_size, False
+            actual, size = expected, dest.stat().st_size
         else:
             dest.unlink(missing_ok=True)
             actual, size = download(url, dest, auth_header(auth_env), retries=retries)
@@ -282,8 +285,7 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
                 part.unlink()
             verify(name, expected, actual, url)
             os.replace(part, dest)
-            downloaded = True
-        path, link_to = dest, None
+        path, link_to, owned = dest, dest.absolute(), True
     else:
         path = local_path(url)
         if not path.is_file():
@@ -292,14 +294,14 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
         size = path.stat().st_size
         actual = md5_file(path, name)
         verify(name, expected_md5(md5, path.name), actual, str(path))
-        link_to, downloaded = path, False
+        link_to, owned = path, False
     seconds = time.perf_counter() - t0
     metrics = {"bytes": size, "seconds": round(seconds, 3),
                "mb_per_s": round(size / 1e6 / seconds, 2) if seconds > 0 else 0.0,
                "md5": actual, "verified": md5 is not None and md5 != "", "method": "download" if is_remote(url) else "link"}
     print(f"{name}: {size / 1e6:.1f} MB {'verified' if metrics['verified'] else 'unverified'} "
           f"in {seconds:.1f} s ({metrics['mb_per_s']} MB/s)", file=sys.stderr)
-    return Fetched(key, path, link_to, downloaded, metrics)
+    return Fetched(key, path, link_to, owned, metrics)
 
 
 def check_val_archive(path: Path, devkit: Devkit) -> int:
@@ -333,7 +335,7 @@ def _validated(fetched: Fetched, check, *args):
     try:
         return check(fetched.path, *args)
     except ValueError:
-        if fetched.downloaded:
+        if fetched.owned:
             fetched.path.unlink(missing_ok=True)
         raise
 
@@ -369,8 +371,7 @@ def fetch_archives(out_dir: str | Path, train: str, val: str, devkit: str, train
     tr = obtain("train", train, train_md5, out, auth_env, retries)
     train_classes = _validated(tr, check_train_archive, kit)
     for f in (dk, va, tr):
-        if f.link_to is not None:
-            _link(f.link_to, out / ARCHIVES[f.key])
+        _link(f.link_to, out / ARCHIVES[f.key])
     metrics = {f.key: f.metrics for f in (dk, va, tr)}
     metrics.update(source="archives", classes=len(kit.wnids), val_images=val_images,
                    train_class_archives=train_classes)
@@ -415,8 +416,7 @@ def fetch_folders(out_dir: str | Path, train_dir: str | Path, val_dir: str | Pat
             raise FetchError(f"{train_dir}: class folders {unknown[:3]} are not leaf synsets of the devkit "
                              f"{devkit}; drop the devkit (names = folder names) or fix the folders")
         names = [words[w] for w in wnids]
-        if dk.link_to is not None:
-            _link(dk.link_to, out / ARCHIVES["devkit"])
+        _link(dk.link_to, out / ARCHIVES["devkit"])
         metrics["devkit"] = dk.metrics
     val_rows = []
     root = Path(val_dir)

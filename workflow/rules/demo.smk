@@ -1,0 +1,30 @@
+# The demo dataset (pipeline/demo.py): a small ILSVRC-2012 look-alike drawn
+# from a seed, in the official archive formats, so the whole chain runs with
+# no download. It is meant for dataset.name: demo, whose dataset.archives point
+# at these files; with other sources nothing asks for them and it never runs.
+
+DEMO = config["demo"]
+
+
+rule demo:
+    output:
+        train=f"{DEMO['out_dir']}/ILSVRC2012_img_train.tar",
+        val=f"{DEMO['out_dir']}/ILSVRC2012_img_val.tar",
+        devkit=f"{DEMO['out_dir']}/ILSVRC2012_devkit_t12.tar.gz",
+        md5=f"{DEMO['out_dir']}/MD5SUMS",
+        json=f"{DEMO['out_dir']}/demo.json",
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        seed=DEMO["seed"],
+        classes=DEMO["classes"],
+        train_per_class=DEMO["train_per_class"],
+        val_per_class=DEMO["val_per_class"],
+        large_fraction=DEMO["large_fraction"],
+    log:
+        f"{RESULTS}/logs/demo.log",
+    message:
+        "Drawing the demo dataset: {params.classes} classes, seed {params.seed}, into {params.out_dir}"
+    shell:
+        tracked("demo", metrics="{output.json}") + "python -m pipeline.demo --out-dir {params.out_dir}"
+        " --seed {params.seed} --classes {params.classes} --train-per-class {params.train_per_class}"
+        " --val-per-class {params.val_per_class} --large-fraction {params.large_fraction}"
