@@ -105,7 +105,7 @@ def plot_pca(result: dict, mean_image: np.ndarray, path: str | os.PathLike) -> N
     steps = np.linspace(-2, 2, 9)
     rows, labels = [], []
     sets = (("ours", result["eigval"], result["eigvec"]),
-            ("ImageNet", IMAGENET_EIGVAL * 255.0 ** 2, IMAGENET_EIGVEC))
+            ("ImageNet", IMAGENET_EIGVAL * 255.0 ** 2, fix_signs(IMAGENET_EIGVEC)))
     for name, eigval, eigvec in sets:
         eigval, eigvec = np.asarray(eigval), np.asarray(eigvec)
         for i in range(3):
