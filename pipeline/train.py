@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import hashlib
 import json
 import os
@@ -166,15 +165,20 @@ def launch_from_env(devices: str = "auto") -> tuple[Dist, list[str]]:
 # ---------------------------------------------------------------- inputs
 
 def shard_paths(manifest: str | os.PathLike, split: str) -> list[str]:
-    """The split's shard tars from the resize stage's manifest (relative to its folder)."""
+    """The split's shard tars listed in the resize stage's manifest.
+
+    manifest[split]["shards"] is a list of {"tar": path, ...}; a relative
+    path that does not exist from here is looked up beside the manifest.
+    """
     manifest = Path(manifest)
     try:
         entries = read_json(manifest)[split]["shards"]
+        names = [e if isinstance(e, str) else e["tar"] for e in entries]
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise TrainConfigError(f"{manifest}: no shard list for split {split!r} ({exc}); rerun the resize stage") from exc
+        raise TrainConfigError(f"{manifest}: no shard list for split {split!r} ({exc!r}); "
+                               "rerun the resize stage") from exc
     paths = []
-    for entry in entries:
-        name = entry if isinstance(entry, str) else entry.get("path") or entry.get("tar") or entry["name"]
+    for name in names:
         path = Path(name)
         if not path.is_absolute() and not path.exists():
             path = manifest.parent / name

@@ -1,0 +1,243 @@
+"""Training stage: learning, checkpoints, kill-and-resume, plateau lr drops, divergence, DDP.
+
+Everything runs on the CPU on tiny generated shards (4 classes of tinted
+noise, 48 train and 8 val images, width 1/16, batch 4, one torch thread).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.io import write_json, write_tsv
+from pipeline.shards import ShardWriter
+from pipeline.train import (Dist, TrainConfig, TrainConfigError, TrainingDiverged, fit, make_loaders,
+                            make_plateau, param_digest, resolve_devices, train)
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = 4
+TINTS = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]], dtype=np.float64)
+SMALL = dict(width=0.0625, batch_size=4, lr=0.01, log_every=1, workers=1, threads=1, devices="cpu")
+
+
+def _image(rng, label):
+    from PIL import Image
+
+    pixels = TINTS[label] + rng.normal(0, 40, (256, 256, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Shards, manifest (resize layout), pca.json, mean_image.npy and classes.tsv."""
+    root = tmp_path_factory.mktemp("train_data")
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, shards, per_shard in (("train", 2, 24), ("val", 1, 8)):
+        entries = []
+        for k in range(shards):
+            tar = root / "shards" / split / f"{split}-{k:05d}.tar"
+            with ShardWriter(tar) as w:
+                for i in range(per_shard):
+                    label = int(rng.integers(CLASSES)) if split == "train" else i % CLASSES
+                    w.add(f"{split}_{k}_{i:04d}", _image(rng, label), label)
+            entries.append({"tar": str(tar), "idx": str(tar.with_suffix(".idx")), "images": per_shard})
+        splits[split] = {"images": shards * per_shard, "shards": entries}
+    write_json(root / "shards" / "manifest.json", splits)
+    cov = np.diag([1500.0, 900.0, 600.0])
+    write_json(root / "pca.json", {"mean": TINTS.mean(0).tolist(), "std": [70.0, 70.0, 70.0],
+                                   "covariance": cov.tolist(), "eigval": [1500.0, 900.0, 600.0],
+                                   "eigvec": np.eye(3).tolist(), "pixels": 1, "images": 1,
+                                   "imagenet_cosine": [1.0, 1.0, 1.0]})
+    np.save(root / "mean_image.npy", np.full((256, 256, 3), TINTS.mean(0), np.float32))
+    write_tsv(root / "classes.tsv", ["index", "wnid", "names"],
+              [[i, f"n{i:08d}", f"class {i}"] for i in range(CLASSES)])
+    return {"manifest": root / "shards" / "manifest.json", "pca": root / "pca.json",
+            "mean_image": root / "mean_image.npy", "classes": root / "classes.tsv"}
+
+
+def cli(data, out, **overrides):
+    args = [sys.executable, "-m", "pipeline.train", "--manifest", str(data["manifest"]), "--pca", str(data["pca"]),
+            "--mean-image", str(data["mean_image"]), "--classes", str(data["classes"]), "--out-dir", str(out)]
+    for key, value in {**SMALL, **overrides}.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
+def rows(out):
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out):
+    return {r["step"]: r["train_loss"] for r in rows(out) if "train_loss" in r}
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        e.pop(k, None)
+    return e
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted 3-epoch run, in this process."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = train(data["manifest"], data["pca"], data["mean_image"], data["classes"], out,
+                    TrainConfig(epochs=3, **SMALL))
+    return out, summary
+
+
+def test_training_lowers_loss_and_writes_outputs(reference):
+    out, summary = reference
+    by_epoch = {}
+    for r in rows(out):
+        if "train_loss" in r:
+            by_epoch.setdefault(r["epoch"], []).append(r["train_loss"])
+    assert sorted(by_epoch) == [1, 2, 3] and all(len(v) == 12 for v in by_epoch.values())
+    assert np.mean(by_epoch[3]) < np.mean(by_epoch[1]) - 0.05, by_epoch
+    epochs = [r for r in rows(out) if "val_top1_err" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert {"step", "epoch", "val_top1_err", "val_top5_err", "epoch_time_s", "peak_mem_mb"} <= set(epochs[0])
+    first = rows(out)[0]
+    assert {"step", "epoch", "train_loss", "train_top1_err", "train_top5_err", "lr", "images_per_s"} <= set(first)
+    for name in ("train.json", "curve.png", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "train.json").read_text())
+    assert saved["epochs"] == 3 and saved["steps"] == 36 and saved["num_classes"] == CLASSES
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["epoch"] == saved["best_epoch"]
+    assert best["best"]["val_top1_err"] == min(r["val_top1_err"] for r in epochs)
+    assert (out / "checkpoints" / f"epoch-{best['epoch']:03d}.pt").samefile(out / "checkpoints" / "best.pt")
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["epoch"] == 3 and last["step"] == 36
+    assert {"model", "optimizer", "plateau", "rng", "config"} <= set(last)
+    assert {"torch", "numpy", "python"} <= set(last["rng"][0])
+    assert last["config"]["model"] == {"num_classes": CLASSES, "width": 0.0625, "lrn": True,
+                                       "overlapping_pool": True, "init": "paper", "dropout": 0.5}
+    assert last["config"]["augment"] == {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
+
+
+def test_model_from_checkpoint_rebuilds_the_network(reference):
+    out, _ = reference
+    model, meta = model_from_checkpoint(out / "checkpoints" / "last.pt", devices=["cpu"])
+    assert not model.training and meta["epoch"] == 3 and "optimizer" not in meta
+    assert param_digest(model) == json.loads((out / "train.json").read_text())["replica_digests"][0]
+    assert model(torch.zeros(1, 3, 224, 224)).shape == (1, CLASSES)
+
+
+def test_killed_run_resumes_and_reproduces_the_losses(data, reference, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(data, out, epochs=3), env=env(), stderr=subprocess.PIPE, text=True)
+    jsonl = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if jsonl.exists() and any(r.get("epoch") == 2 for r in map(json.loads, jsonl.read_text().splitlines()[:-1])):
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoints" / "last.pt").exists() and not (out / "train.json").exists()
+    killed_at = load_checkpoint(out / "checkpoints" / "last.pt")["epoch"]
+
+    done = subprocess.run(cli(data, out, epochs=3), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming from {out / 'checkpoints' / 'last.pt'}: epoch {killed_at}" in done.stderr
+    steps = [r["step"] for r in rows(out) if "train_loss" in r]
+    assert steps == sorted(set(steps)) == list(range(1, 37))  # no step logged twice
+    assert losses(out) == losses(ref_out)  # the same trajectory, bit for bit
+    val = lambda o: [(r["epoch"], r["val_top1_err"]) for r in rows(o) if "val_top1_err" in r]  # noqa: E731
+    assert val(out) == val(ref_out)
+
+
+def test_plateau_divides_lr_by_ten_after_patience_epochs():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01, momentum=0.9)
+    plateau = make_plateau(opt, factor=0.1, patience=2)
+    errors = [60, 50, 51, 50, 52, 45, 45, 46, 47, 44]  # epochs 1..10 (%)
+    lrs = []
+    for epoch, err in enumerate(errors, 1):
+        if epoch == 5:  # save and restore mid-way: the count of bad epochs survives
+            state = plateau.state_dict()
+            plateau = make_plateau(opt, factor=0.1, patience=2)
+            plateau.load_state_dict(state)
+        plateau.step(err)
+        lrs.append(opt.param_groups[0]["lr"])
+    # epochs 3, 4, 5 do not beat 50 -> drop after epoch 5; 7, 8, 9 do not beat 45 -> drop after epoch 9
+    assert lrs == pytest.approx([0.01] * 4 + [0.001] * 4 + [0.0001] * 2)
+
+
+class Poisoned:
+    """A loader whose epoch `bad` turns into inf pixels from its third batch on."""
+
+    def __init__(self, loader, bad):
+        self.loader, self.bad = loader, bad
+
+    def __len__(self):
+        return len(self.loader)
+
+    def epoch(self, e):
+        for i, (images, labels) in enumerate(self.loader.epoch(e)):
+            yield (images * float("inf") if e == self.bad and i >= 2 else images), labels
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path):
+    from pipeline.checkpoint import build_model
+
+    cfg = TrainConfig(epochs=3, **SMALL)
+    torch.manual_seed(0)
+    model = build_model(cfg.model_config(CLASSES), ["cpu"])
+    train_loader, eval_loader = make_loaders(cfg, data["manifest"], data["pca"], data["mean_image"], Dist(), "cpu")
+    with pytest.raises(TrainingDiverged) as err:
+        fit(model, Poisoned(train_loader, bad=2), eval_loader, cfg, tmp_path, CLASSES)
+    msg = str(err.value)
+    assert "loss nan at step 15 (epoch 2)" in msg and f"{tmp_path / 'checkpoints' / 'last.pt'} (epoch 1, step 12)" in msg
+    kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values())
+    assert not (tmp_path / "train.json").exists()
+
+
+def test_cli_reports_divergence_without_traceback(data, tmp_path):
+    run = subprocess.run(cli(data, tmp_path, epochs=1, lr=1e6), env=env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert "error: training diverged: loss" in run.stderr and "Traceback" not in run.stderr
+    assert "no checkpoint was written" in run.stderr
+
+
+def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+              "--rdzv-endpoint", "localhost:0", "-m", "pipeline.train"]
+    args = cli(data, tmp_path, epochs=1, batch_size=8)
+    run = subprocess.run(launch + args[3:], env=env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((tmp_path / "train.json").read_text())
+    assert summary["world_size"] == 2 and summary["replicas_in_sync"]
+    a, b = summary["replica_digests"]
+    assert a == b
+    model, _ = model_from_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert param_digest(model) == a
+    steps = [r["step"] for r in rows(tmp_path) if "train_loss" in r]
+    assert steps == list(range(1, 7))  # 48 images / global batch 8, one writer
+
+
+def test_devices_and_bad_settings():
+    assert resolve_devices("cpu", Dist()) == ["cpu"]
+    assert resolve_devices("auto", Dist()) == (["cuda:0"] if torch.cuda.is_available() else ["cpu"])
+    with pytest.raises(TrainConfigError, match="train.devices 'gpu'"):
+        resolve_devices("gpu", Dist())
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainConfigError, match="sees none"):
+            resolve_devices("cuda:0,cuda:1", Dist())
