@@ -1,0 +1,137 @@
+# Index, resize and shard (pipeline/archive.py, pipeline/resize.py).
+# index: byte offsets of every image (tar headers only, nested per-class tars
+# resolved), or the files of a class-folder tree. resize_{train,val}_shard:
+# one job per shard, so `--cores all` or a cluster executor spreads them; each
+# writes <split>-<k>.tar/.idx/.json (+ .stats.npz for train, the RGB
+# statistics fused into the same pass) atomically, so a killed run keeps its
+# finished shards and a rerun redoes only the missing ones. resize: checks
+# the rejects over all shards and writes the manifest later stages read.
+# Params carry every setting that changes the shards, so editing
+# resize.jpeg_quality (or size, seed, shard counts) reruns resize and PCA only.
+
+RESIZE = config["resize"]
+RESIZE_SHARDS = {"train": RESIZE["train_shards"], "val": RESIZE["val_shards"]}
+# The archive fetch verified is an input file; a folder tree is no file
+# Snakemake can date, so its path is only a param.
+RESIZE_FROM_FOLDERS = config["dataset"]["source"] == "folders"
+RESIZE_ARCHIVE = {
+    split: [] if RESIZE_FROM_FOLDERS else [f"{RESULTS}/fetch/ILSVRC2012_img_{split}.tar"]
+    for split in ("train", "val")
+}
+RESIZE_SOURCE = {
+    split: (lambda wildcards, input, split=split: config["dataset"]["folders"][split]
+            if RESIZE_FROM_FOLDERS else input.source)
+    for split in ("train", "val")
+}
+RESIZE_SHARD_FILES = {
+    (split, suffix): expand(f"{RESULTS}/shards/{split}/{split}-{{k:05d}}{suffix}", k=range(RESIZE_SHARDS[split]))
+    for split in ("train", "val") for suffix in (".json", ".stats.npz")
+}
+RESIZE_SHARD_SHELL = (
+    "python -m pipeline.resize shard --split {params.split} --index {input.index} --source {params.source}"
+    " --shard {wildcards.shard} --shards {params.shards} --seed {params.seed} --size {params.size}"
+    " --jpeg-quality {params.jpeg_quality} --max-reject-fraction {params.max_reject_fraction}"
+    " {params.stats} --out {output.tar} > {log} 2>&1"
+)
+
+
+rule index:
+    input:
+        source=lambda wildcards: RESIZE_ARCHIVE[wildcards.split],
+        classes=f"{RESULTS}/fetch/classes.tsv",
+        val_labels=f"{RESULTS}/fetch/val_labels.tsv",
+    output:
+        f"{RESULTS}/index/{{split}}.tsv",
+    params:
+        source=lambda wildcards, input: RESIZE_SOURCE[wildcards.split](wildcards, input),
+    wildcard_constraints:
+        split="train|val",
+    log:
+        f"{RESULTS}/logs/index/{{split}}.log",
+    message:
+        "Indexing the {wildcards.split} images of {params.source} by byte offset"
+    shell:
+        "python -m pipeline.resize index --split {wildcards.split} --source {params.source}"
+        " --classes {input.classes} --val-labels {input.val_labels} --out {output} > {log} 2>&1"
+
+
+rule resize_train_shard:
+    input:
+        index=f"{RESULTS}/index/train.tsv",
+        source=RESIZE_ARCHIVE["train"],
+    output:
+        tar=f"{RESULTS}/shards/train/train-{{shard}}.tar",
+        idx=f"{RESULTS}/shards/train/train-{{shard}}.idx",
+        json=f"{RESULTS}/shards/train/train-{{shard}}.json",
+        stats=f"{RESULTS}/shards/train/train-{{shard}}.stats.npz",
+    params:
+        split="train",
+        stats="--stats",
+        source=RESIZE_SOURCE["train"],
+        shards=RESIZE_SHARDS["train"],
+        seed=RESIZE["seed"],
+        size=RESIZE["size"],
+        jpeg_quality=RESIZE["jpeg_quality"],
+        max_reject_fraction=RESIZE["max_reject_fraction"],
+    wildcard_constraints:
+        shard=r"\d{5}",
+    resources:
+        mem_mb=1024,
+    log:
+        f"{RESULTS}/logs/resize/train-{{shard}}.log",
+    message:
+        "Resizing training shard {wildcards.shard} of {params.shards}, with RGB statistics"
+    shell:
+        RESIZE_SHARD_SHELL
+
+
+rule resize_val_shard:
+    input:
+        index=f"{RESULTS}/index/val.tsv",
+        source=RESIZE_ARCHIVE["val"],
+    output:
+        tar=f"{RESULTS}/shards/val/val-{{shard}}.tar",
+        idx=f"{RESULTS}/shards/val/val-{{shard}}.idx",
+        json=f"{RESULTS}/shards/val/val-{{shard}}.json",
+    params:
+        split="val",
+        stats="",
+        source=RESIZE_SOURCE["val"],
+        shards=RESIZE_SHARDS["val"],
+        seed=RESIZE["seed"],
+        size=RESIZE["size"],
+        jpeg_quality=RESIZE["jpeg_quality"],
+        max_reject_fraction=RESIZE["max_reject_fraction"],
+    wildcard_constraints:
+        shard=r"\d{5}",
+    resources:
+        mem_mb=1024,
+    log:
+        f"{RESULTS}/logs/resize/val-{{shard}}.log",
+    message:
+        "Resizing validation shard {wildcards.shard} of {params.shards}"
+    shell:
+        RESIZE_SHARD_SHELL
+
+
+rule resize:
+    input:
+        train=RESIZE_SHARD_FILES["train", ".json"],
+        val=RESIZE_SHARD_FILES["val", ".json"],
+        classes=f"{RESULTS}/fetch/classes.tsv",
+    output:
+        manifest=f"{RESULTS}/shards/manifest.json",
+    params:
+        shards_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        train_shards=RESIZE_SHARDS["train"],
+        val_shards=RESIZE_SHARDS["val"],
+        max_reject_fraction=RESIZE["max_reject_fraction"],
+    log:
+        f"{RESULTS}/logs/resize.log",
+    message:
+        "Checking the rejects over all {params.train_shards} + {params.val_shards} shards and writing the manifest"
+    shell:
+        tracked("resize", metrics="{output.manifest}", artifacts=["{output.manifest}"])
+        + "python -m pipeline.resize manifest --shards-dir {params.shards_dir} --train-shards {params.train_shards}"
+        " --val-shards {params.val_shards} --classes {input.classes}"
+        " --max-reject-fraction {params.max_reject_fraction} --out {output.manifest}"
