@@ -1,0 +1,350 @@
+"""Speed, memory and quality of the resize stage (pipeline/resize.py) on realistic JPEGs.
+
+    python bench/resize_speed.py            # about 5 minutes on 2 cores; prints markdown
+
+Inputs are generated: crops of scikit-learn's two bundled photos with sensor-like
+noise, saved at quality 90 as 500x375 (the typical ILSVRC size) and 1600x1200,
+packed in an ILSVRC-shaped nested train archive and indexed like the real one.
+
+Measured, per core (one process, BLAS single-threaded, as Snakemake runs a job):
+- the stage: `resize_shard` end to end (index rows, pread, decode, resize,
+  statistics, encode, shard + index written), with and without statistics;
+- (a) the naive baseline: full decode, LANCZOS to shorter side 256, centre
+  crop, JPEG encode; (b) decode only (full decode, the floor);
+- per-image split of our cost (decode+resize, statistics, encode), and the
+  filters PIL offers for the resize;
+- quality: our 256x256 pixels against the naive baseline's (MAD, PSNR);
+- 1 vs 2 shard jobs in parallel; peak RSS of a job for 1x and 4x the images;
+- the archive index at ImageNet size (1,281,167 rows): load time and memory;
+- the PCA stage on 1,024 shard statistics files, against the resize time.
+Timings are the best of several interleaved rounds, since the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn.datasets import load_sample_images  # noqa: E402
+
+from pipeline import archive, pca, resize  # noqa: E402
+from pipeline.io import write_tsv  # noqa: E402
+
+PY = sys.executable
+WNIDS = [f"n0{1440764 + i}" for i in range(4)]
+
+
+# ---------------------------------------------------------------- inputs
+
+def photo_jpeg(rng, photos, size) -> bytes:
+    src = photos[int(rng.integers(len(photos)))]
+    h = int(rng.integers(240, 427))
+    w = min(640, int(h * 4 / 3))
+    y, x = rng.integers(0, 427 - h + 1), rng.integers(0, 640 - w + 1)
+    im = Image.fromarray(src[y:y + h, x:x + w]).resize(size, Image.Resampling.BICUBIC)
+    noisy = np.asarray(im, np.float32) + rng.normal(0, 3, (size[1], size[0], 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_archive(work: Path, n_small: int, n_large: int) -> dict:
+    rng = np.random.default_rng(0)
+    photos = load_sample_images().images
+    kinds = ["small"] * n_small + ["large"] * n_large
+    rng.shuffle(kinds)
+    images = {}
+    for i, kind in enumerate(kinds):
+        size = (500, 375) if kind == "small" else (1600, 1200)
+        images[f"{WNIDS[i % 4]}_{i}.JPEG"] = (kind, photo_jpeg(rng, photos, size))
+    with tarfile.open(work / "train.tar", "w") as outer:
+        for wnid in WNIDS:
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for name, (_, data) in images.items():
+                    if name.startswith(wnid):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(data)
+                        inner.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(f"{wnid}.tar")
+            info.size = buf.tell()
+            buf.seek(0)
+            outer.addfile(info, buf)
+    write_tsv(work / "classes.tsv", ["index", "wnid", "names"], [(i, w, w) for i, w in enumerate(WNIDS)])
+    resize.build_index("train", work / "train.tar", work / "classes.tsv", None, work / "all.tsv")
+    rows = archive.read_index(work / "all.tsv")
+    subsets = {"small": [], "large": [], "mix": []}
+    for i in range(len(rows)):
+        kind = images[rows.name(i)][0]
+        line = (rows.name(i), int(rows.offset[i]), int(rows.size[i]), int(rows.label[i]))
+        subsets[kind].append(line)
+        subsets["mix"].append(line)
+    for name, lines in subsets.items():
+        write_tsv(work / f"{name}.tsv", archive.INDEX_HEADER, lines)
+    # 4x the mix (same bytes, other names) for the memory check
+    write_tsv(work / "mix4.tsv", archive.INDEX_HEADER,
+              [(m.replace(".JPEG", f"_{r}.JPEG"), o, s, lab) for r in range(4) for m, o, s, lab in subsets["mix"]])
+    return {k: [d for kind, d in images.values() if kind == k] for k in ("small", "large")}
+
+
+# ---------------------------------------------------------------- per-image costs
+
+def decode_only(data):
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def naive(data, resample=Image.Resampling.LANCZOS, encode=True):
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    s = 256 / min(w, h)
+    W, H = max(256, round(w * s)), max(256, round(h * s))
+    left, top = (W - 256) // 2, (H - 256) // 2
+    im = im.resize((W, H), resample).crop((left, top, left + 256, top + 256))
+    if encode:
+        resize.encode_jpeg(im, 90)
+    return im
+
+
+STATS = resize.RGBStats(256)
+
+
+def ours_resize(data):
+    return resize.downsample(data)
+
+
+def ours_no_stats(data):
+    return resize.encode_jpeg(resize.downsample(data), 90)
+
+
+def ours(data):
+    im = resize.downsample(data)
+    STATS.add(np.asarray(im))
+    return resize.encode_jpeg(im, 90)
+
+
+def stats_only(pixels):
+    STATS.add(pixels)
+
+
+def encode_only(im):
+    return resize.encode_jpeg(im, 90)
+
+
+def best_ms(fns: dict, inputs: dict, rounds: int) -> dict:
+    """Best-of-rounds mean ms per item for each fn, rounds interleaved across fns."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            items = inputs[key]
+            t0 = time.perf_counter()
+            for item in items:
+                fn(item)
+            best[key] = min(best[key], (time.perf_counter() - t0) / len(items) * 1e3)
+    return best
+
+
+def psnr(mse):
+    return 10 * np.log10(255.0 ** 2 / mse) if mse > 0 else float("inf")
+
+
+def compare(a_imgs, b_imgs):
+    diffs = [np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(a_imgs, b_imgs)]
+    mse = float(np.mean([np.mean(d ** 2) for d in diffs]))
+    return float(np.mean([np.mean(np.abs(d)) for d in diffs])), psnr(mse)
+
+
+# ---------------------------------------------------------------- stage runs
+
+def stage(work, index, out, stats, shards=1):
+    return resize.resize_shard(work / index, work / "train.tar", out, 0, shards, stats=stats)
+
+
+def cli_job(work, index, out):
+    return [PY, "-m", "pipeline.resize", "shard", "--split", "train", "--index", str(work / index),
+            "--source", str(work / "train.tar"), "--shard", "0", "--shards", "1", "--stats", "--out", str(out)]
+
+
+def peak_rss_mb(cmd) -> float:
+    """Peak RSS of one child process (run alone, so RUSAGE_CHILDREN's max is its own)."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out = subprocess.run([PY, "-c", code, *cmd], check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1]) / 1024
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", type=int, default=240, help="500x375 images")
+    parser.add_argument("--large", type=int, default=40, help="1600x1200 images")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--index-rows", type=int, default=1_281_167)
+    parser.add_argument("--pca-shards", type=int, default=1024)
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="resize_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    results = {"images": {"small (500x375)": args.small, "large (1600x1200)": args.large}}
+    print(f"# work dir {work}", file=sys.stderr)
+
+    data = make_archive(work, args.small, args.large)
+    data["mix"] = data["small"] + data["large"]
+    sizes = {k: float(np.mean([len(d) for d in v]) / 1e3) for k, v in data.items()}
+    results["mean_kB"] = sizes
+
+    # per-image costs, ms (in memory, one core)
+    per_image = {}
+    for kind in ("small", "large"):
+        items = data[kind]
+        resized = [resize.downsample(d) for d in items]
+        fns = {"decode only": decode_only, "naive LANCZOS": naive,
+               "naive BILINEAR": lambda d: naive(d, Image.Resampling.BILINEAR),
+               "ours: decode+resize": ours_resize, "ours: + encode": ours_no_stats,
+               "ours: + encode + stats": ours, "stats alone": stats_only, "encode alone": encode_only}
+        inputs = {k: items for k in fns}
+        inputs["stats alone"] = [np.asarray(im) for im in resized]
+        inputs["encode alone"] = resized
+        per_image[kind] = best_ms(fns, inputs, args.rounds)
+        print(f"# per-image {kind}: {per_image[kind]}", file=sys.stderr)
+    results["per_image_ms"] = per_image
+
+    # filters for the resize step: cost and distance to the naive LANCZOS baseline
+    filters = {}
+    for kind in ("small", "large"):
+        items = data[kind]
+        reference = [naive(d, encode=False) for d in items]
+        same_filter = [naive(d, resize.RESAMPLE, encode=False) for d in items]
+        for name in ("BILINEAR", "BICUBIC", "LANCZOS"):
+            saved = resize.RESAMPLE
+            resize.RESAMPLE = Image.Resampling[name]
+            try:
+                ms = best_ms({name: ours_resize}, {name: items}, args.rounds)[name]
+                outs = [resize.downsample(d) for d in items]
+            finally:
+                resize.RESAMPLE = saved
+            mad, db = compare(outs, reference)
+            filters[f"{kind} {name}"] = {"ms": ms, "mad_vs_naive_lanczos": mad, "psnr_vs_naive_lanczos": db}
+        ours_imgs = [resize.downsample(d) for d in items]
+        mad, db = compare(ours_imgs, same_filter)
+        filters[f"{kind} shortcut"] = {"mad_vs_naive_same_filter": mad, "psnr_vs_naive_same_filter": db}
+        decoded = [Image.open(io.BytesIO(resize.encode_jpeg(im, 90))).convert("RGB") for im in ours_imgs]
+        mad, db = compare(decoded, ours_imgs)
+        filters[f"{kind} jpeg q90 round trip"] = {"mad": mad, "psnr": db}
+    results["filters"] = filters
+    print(f"# filters: {filters}", file=sys.stderr)
+
+    # the stage end to end, in process (best of rounds), with and without statistics
+    stage_runs = {}
+    for kind in ("small", "large", "mix"):
+        for stats in (False, True):
+            best = None
+            for r in range(args.rounds):
+                out = work / "stage" / f"{kind}-{stats}-{r}" / "train-00000.tar"
+                rep = stage(work, f"{kind}.tsv", out, stats)
+                best = rep["seconds"] if best is None else min(best, rep["seconds"])
+                shutil.rmtree(out.parent)
+            n = len(data[kind])
+            stage_runs[f"{kind} stats={stats}"] = {"seconds": best, "images_per_s": n / best,
+                                                   "ms_per_image": best / n * 1e3}
+    results["stage"] = stage_runs
+    print(f"# stage: {stage_runs}", file=sys.stderr)
+
+    # scaling: one CLI job vs two in parallel, each on the whole mix
+    scaling = {}
+    for jobs in (1, 2):
+        best = None
+        for r in range(2):
+            outs = [work / "scale" / f"{jobs}-{r}-{j}" / "train-00000.tar" for j in range(jobs)]
+            t0 = time.perf_counter()
+            procs = [subprocess.Popen(cli_job(work, "mix.tsv", o), stderr=subprocess.DEVNULL) for o in outs]
+            assert all(p.wait() == 0 for p in procs)
+            wall = time.perf_counter() - t0
+            best = wall if best is None else min(best, wall)
+            for o in outs:
+                shutil.rmtree(o.parent)
+        scaling[jobs] = {"wall_s": best, "images_per_s": jobs * len(data["mix"]) / best}
+    scaling["speedup"] = scaling[2]["images_per_s"] / scaling[1]["images_per_s"]
+    results["scaling"] = scaling
+
+    # peak memory of one job, 1x and 4x the images
+    results["peak_rss_mb"] = {
+        "python + imports": peak_rss_mb([PY, "-c", "import numpy, PIL.Image, tqdm, pipeline.resize"]),
+        f"job, {len(data['mix'])} images": peak_rss_mb(cli_job(work, "mix.tsv", work / "m1" / "train-00000.tar")),
+        f"job, {4 * len(data['mix'])} images": peak_rss_mb(cli_job(work, "mix4.tsv", work / "m4" / "train-00000.tar")),
+    }
+
+    # archive index at ImageNet size
+    big = work / "imagenet_index.tsv"
+    rng = np.random.default_rng(1)
+    sizes_ = rng.integers(20_000, 300_000, args.index_rows)
+    offsets = np.cumsum(sizes_ + 1024) - sizes_
+    with open(big, "w") as f:
+        f.write("member\toffset\tsize\tlabel\n")
+        for i in range(args.index_rows):
+            f.write(f"n{1440764 + i % 1000:08d}_{i}.JPEG\t{offsets[i]}\t{sizes_[i]}\t{i % 1000}\n")
+    code = ("import resource, sys, time; from pipeline import archive, resize; "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; t = time.perf_counter(); "
+            "ix = archive.read_index(sys.argv[1]) if sys.argv[2] == 'all' else "
+            "archive.read_index(sys.argv[1], resize.shard_rows(archive.index_length(sys.argv[1]), 0, 1024, 0)); "
+            "dt = time.perf_counter() - t; "
+            "nbytes = sum(a.nbytes for a in (ix.member, ix.offset, ix.size, ix.label)); "
+            "print(dt, nbytes, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+    index = {"rows": args.index_rows, "tsv_mb": big.stat().st_size / 1e6}
+    for mode in ("all", "shard"):
+        out = subprocess.run([PY, "-c", code, str(big), mode], check=True, capture_output=True, text=True).stdout
+        dt, nbytes, peak = out.split()
+        index[mode] = {"seconds": float(dt), "arrays_mb": int(nbytes) / 1e6, "peak_extra_rss_mb": float(peak)}
+    results["index"] = index
+    big.unlink()
+
+    # PCA on ImageNet-many shard statistics
+    one = work / "stage" / "one" / "train-00000.tar"
+    stage(work, "small.tsv", one, True)
+    stats_dir = work / "pca_stats"
+    stats_dir.mkdir()
+    src = one.with_name("train-00000.stats.npz")
+    paths = []
+    for k in range(args.pca_shards):
+        p = stats_dir / f"train-{k:05d}.stats.npz"
+        shutil.copyfile(src, p)
+        paths.append(str(p))
+    t0 = time.perf_counter()
+    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths, "--out-dir", str(work / "pca")], check=True,
+                   stderr=subprocess.DEVNULL)
+    pca_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths[:4], "--out-dir", str(work / "pca4")], check=True,
+                   stderr=subprocess.DEVNULL)
+    pca4_s = time.perf_counter() - t0
+    mix_ms = stage_runs["mix stats=True"]["ms_per_image"]
+    results["pca"] = {"shards": args.pca_shards, "seconds": pca_s, "seconds_4_shards": pca4_s,
+                      "resize_cpu_s_for_1281167_images": 1_281_167 * mix_ms / 1e3,
+                      "fraction_of_resize_cpu": pca_s / (1_281_167 * mix_ms / 1e3)}
+    shutil.rmtree(stats_dir)
+
+    json.dump(results, sys.stdout, indent=2, default=str)
+    print()
+    if not args.work:
+        shutil.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
