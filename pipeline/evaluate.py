@@ -42,26 +42,27 @@ class EvaluateError(ValueError):
     """An input of the evaluation stage that cannot work (named in the message)."""
 
 
-def val_image_count(manifest: str | os.PathLike) -> int | None:
-    """Images in the validation split per the resize manifest (None when it does not say)."""
-    val = read_json(manifest).get("val", {})
-    for key in ("images", "count", "samples"):
-        if isinstance(val.get(key), int):
-            return val[key]
-    shards = val.get("shards", [])
-    counts = [s.get("images", s.get("count")) for s in shards if isinstance(s, dict)]
-    return sum(counts) if counts and all(isinstance(c, int) for c in counts) else None
+def val_counts(manifest: str | os.PathLike) -> tuple[int, list[int] | None]:
+    """Validation images in the resize manifest: the total and, where listed, per class."""
+    try:
+        m = read_json(manifest)
+        total = int(m["val"]["images"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EvaluateError(f"{manifest}: no validation image count ({exc}); rerun the resize stage") from exc
+    per_class = [c.get("val") for c in m.get("classes", [])]
+    return total, per_class if per_class and all(isinstance(n, int) for n in per_class) else None
 
 
-@torch.inference_mode()
 def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = True) -> tuple[EvalCounts, float]:
     """Tallies over every (N, 10, 3, 224, 224) batch of `loader`, and the seconds it took."""
-    counts = EvalCounts(num_classes, device=model.output_device)
+    counts = EvalCounts(num_classes, device=model.output_device)  # plain tensors: they are summed later
     input_device = model.input_device
     start = time.perf_counter()
-    with tqdm(total=len(loader), unit="img", desc="ten-crop", disable=None if progress else True,
-              file=sys.stderr, leave=False) as bar:
+    with torch.inference_mode(), tqdm(total=len(loader), unit="img", desc="ten-crop", file=sys.stderr,
+                                      disable=None if progress else True, leave=False) as bar:
         for images, labels, _keys in loader:
+            if len(labels) == 0:  # DALI can end a rank's share with an empty batch
+                continue
             if images.ndim != 5:
                 raise EvaluateError(f"the evaluation loader gave images of shape {tuple(images.shape)}; "
                                     "expected (N, 10, 3, 224, 224) ten-crop views")
@@ -114,10 +115,12 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
             loop = torch.tensor([loop_s], dtype=torch.float64, device=counts.tensors["images"].device)
             torch.distributed.all_reduce(loop, op=torch.distributed.ReduceOp.MAX)
             loop_s = loop.item()
-        expected = val_image_count(shards_manifest)
-        if expected is not None and counts.images != expected:
-            raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists {expected}; "
-                                "every image must be scored exactly once (check the shards and their .idx files)")
+        expected, per_class = val_counts(shards_manifest)
+        scored = counts.tensors["class_images"].tolist()
+        if counts.images != expected or (per_class is not None and scored != per_class):
+            raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists {expected}"
+                                + ("" if counts.images != expected else " with other per-class counts")
+                                + "; every image must be scored exactly once (check the val shards and their .idx files)")
         metrics = {
             **counts.errors(),
             "val_images": counts.images,

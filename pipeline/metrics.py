@@ -59,7 +59,7 @@ def ten_crop_probs(model: torch.nn.Module, views: torch.Tensor) -> tuple[torch.T
         raise ValueError(f"ten-crop views must be (N, 10, 3, H, W); got {tuple(views.shape)}")
     n, v = views.shape[:2]
     logits = model(views.reshape(n * v, *views.shape[2:]))
-    probs = torch.softmax(logits.float(), dim=1).view(n, v, -1)
+    probs = torch.softmax(logits.float(), dim=1).view(n, v, logits.shape[-1])
     return probs.mean(dim=1), probs[:, CENTER_VIEW]
 
 

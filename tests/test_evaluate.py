@@ -144,3 +144,238 @@ def test_dataset_label():
     assert report_tables.dataset_label("imagenet", 1000, 50000) == "ILSVRC-2012 validation"
     assert "subset" in report_tables.dataset_label("imagenet", 1000, 1000)
     assert "not ILSVRC-2012" in report_tables.dataset_label("mine", 20, 100)
+
+
+# ---------------------------------------------------------------- the stage on tiny shards
+
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+from model.alexnet import AlexNet  # noqa: E402
+from pipeline.checkpoint import model_from_checkpoint, save_checkpoint  # noqa: E402
+from pipeline.evaluate import EvaluateError, evaluate, main, make_loader, score  # noqa: E402
+from pipeline.io import write_json, write_tsv  # noqa: E402
+from pipeline.shards import ShardWriter  # noqa: E402
+
+NUM_CLASSES = 6
+SHARD_SIZES = (4, 3)  # 7 images: not a multiple of the batch (3) on one rank or two
+AUGMENT = {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
+CORNERS = [(0, 0), (32, 0), (0, 32), (32, 32), (16, 16)]  # (x, y) offsets: TL, TR, BL, BR, C (section 4.1)
+
+
+def _image(rng) -> np.ndarray:
+    """Smooth random 256x256 RGB (8x8 noise, bilinear): corners and centre see different content."""
+    small = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((256, 256), Image.BILINEAR))
+
+
+def _jpeg(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=95, subsampling=0)
+    return buf.getvalue()
+
+
+def _checkpoint_state(seed=0) -> dict:
+    """A random AlexNet whose ten views disagree: He-scaled weights, fc8 shrunk so the softmax is not one-hot."""
+    torch.manual_seed(seed)
+    model = AlexNet(num_classes=NUM_CLASSES, width=0.0625)
+    sd = model.state_dict()
+    for key, value in sd.items():
+        if key.endswith("weight"):
+            fan_in = value[0].numel()
+            value.copy_(torch.randn(value.shape) * (2.0 / fan_in) ** 0.5 * (0.02 if key.startswith("fc8") else 1.0))
+        else:
+            value.zero_()
+    config = {"model": {"num_classes": NUM_CLASSES, "width": 0.0625, "lrn": True, "overlapping_pool": True,
+                        "init": "paper", "dropout": 0.5}, "augment": AUGMENT, "world_size": 1}
+    return {"model": sd, "config": config, "epoch": 3, "step": 12}
+
+
+@pytest.fixture(scope="module")
+def val_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    results = root / "results"
+    rng = np.random.default_rng(0)
+    images, labels, keys, entries, i = [], [], [], [], 0
+    for k, n in enumerate(SHARD_SIZES):
+        tar = results / "shards" / "val" / f"val-{k:05d}.tar"
+        with ShardWriter(tar) as w:
+            for _ in range(n):
+                a, key, label = _image(rng), f"ILSVRC2012_val_{i:08d}", (3 * i + 1) % NUM_CLASSES
+                jpeg = _jpeg(a)
+                w.add(key, jpeg, label)
+                images.append(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))  # the decoded pixels
+                labels.append(label)
+                keys.append(key)
+                i += 1
+        entries.append({"images": n, "tar": os.path.relpath(tar, results / "shards"),
+                        "idx": os.path.relpath(tar.with_suffix(".idx"), results / "shards")})
+    classes = [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
+    write_tsv(results / "fetch" / "classes.tsv", ["index", "wnid", "names"], classes)
+    write_json(results / "shards" / "manifest.json", {
+        "val": {"images": sum(SHARD_SIZES), "shards": entries},
+        "classes": [{"index": c, "wnid": w, "names": n, "val": labels.count(c)} for c, w, n in classes]})
+    mean_image = rng.uniform(60, 200, (256, 256, 3)).astype(np.float32)
+    np.save(results / "pca" / "mean_image.npy", mean_image) if (results / "pca").mkdir() is None else None
+    write_json(results / "pca" / "pca.json", {
+        "mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 62.0], "covariance": np.eye(3).tolist(),
+        "eigval": [3000.0, 300.0, 30.0], "eigvec": np.eye(3).tolist(), "pixels": 1, "images": 1,
+        "imagenet_cosine": [1.0, 1.0, 1.0]})
+    ckpt = results / "train" / "checkpoints" / "best.pt"
+    save_checkpoint(ckpt, _checkpoint_state())
+    return {"root": root, "results": results, "images": images, "labels": labels, "keys": keys,
+            "mean_image": mean_image, "checkpoint": ckpt, "manifest": results / "shards" / "manifest.json",
+            "pca": results / "pca" / "pca.json", "mean_npy": results / "pca" / "mean_image.npy",
+            "classes": results / "fetch" / "classes.tsv"}
+
+
+def _reference_probs(model, image: np.ndarray, mean_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Paper, section 4.1, one view at a time in numpy: (mean of ten softmaxes, centre softmax)."""
+    x = image.astype(np.float32) - mean_image  # the paper's normalisation: minus the training mean image
+    views = [x[oy:oy + 224, ox:ox + 224] for ox, oy in CORNERS]
+    views += [v[:, ::-1] for v in views]
+    probs = []
+    with torch.no_grad():
+        for v in views:
+            chw = torch.from_numpy(np.ascontiguousarray(v.transpose(2, 0, 1)))[None]
+            probs.append(torch.softmax(model(chw), dim=1)[0].double().numpy())
+    return np.mean(probs, axis=0), probs[4]
+
+
+def _reference_errors(probs: np.ndarray, labels) -> tuple[float, float]:
+    ranks = [(p > p[y]).sum() for p, y in zip(probs, labels)]  # no ties in random floats
+    return tuple(100.0 * np.mean([r >= k for r in ranks]) for k in (1, 5))
+
+
+@pytest.fixture(scope="module")
+def reference(val_data):
+    model, _ = model_from_checkpoint(val_data["checkpoint"], devices=["cpu"])
+    pairs = [_reference_probs(model, im, val_data["mean_image"]) for im in val_data["images"]]
+    return {"10crop": np.stack([p for p, _ in pairs]), "center": np.stack([c for _, c in pairs])}
+
+
+def _loader(val_data, shard_id=0, num_shards=1, batch_size=3):
+    shards = [str(p) for p in sorted((val_data["results"] / "shards" / "val").glob("*.tar"))]
+    return make_loader(shards, val_data["pca"], val_data["mean_npy"], AUGMENT, batch_size, "cpu",
+                       shard_id=shard_id, num_shards=num_shards, threads=1)
+
+
+def test_ten_crop_equals_reference_views_in_both_layouts(val_data, reference):
+    grouped, meta = model_from_checkpoint(val_data["checkpoint"], devices=["cpu"])
+    split, _ = model_from_checkpoint(val_data["checkpoint"], devices=["cpu", "cpu"])  # two-column layout
+    assert meta["epoch"] == 3
+    index = {k: i for i, k in enumerate(val_data["keys"])}
+    seen = []
+    with torch.no_grad():
+        for images, labels, keys in _loader(val_data):
+            rows = [index[k] for k in keys]
+            assert labels.tolist() == [val_data["labels"][r] for r in rows]
+            for model in (grouped, split):
+                probs_10crop, probs_center = ten_crop_probs(model, images)
+                np.testing.assert_allclose(probs_10crop.double().numpy(), reference["10crop"][rows], atol=2e-6)
+                np.testing.assert_allclose(probs_center.double().numpy(), reference["center"][rows], atol=2e-6)
+            seen += keys
+    assert seen == val_data["keys"]
+    # the views really differ, so averaging them is not the centre crop in disguise
+    assert np.abs(reference["10crop"] - reference["center"]).max() > 1e-3
+
+
+def _score(val_data, shard_id, num_shards):
+    model, _ = model_from_checkpoint(val_data["checkpoint"], devices=["cpu"])
+    loader = _loader(val_data, shard_id, num_shards)
+    keys = [k for _, _, batch_keys in loader for k in batch_keys]
+    assert len(keys) == len(loader)
+    counts, _ = score(model, loader, NUM_CLASSES, progress=False)
+    return counts, keys
+
+
+def test_two_shards_score_every_image_exactly_once(val_data):
+    whole, keys = _score(val_data, 0, 1)
+    parts = [_score(val_data, r, 2) for r in range(2)]
+    assert sorted(keys) == sorted(parts[0][1] + parts[1][1]) == sorted(val_data["keys"])
+    assert not set(parts[0][1]) & set(parts[1][1])
+    summed = parts[0][0].add(parts[1][0])
+    assert summed.images == whole.images == 7
+    for name in whole.tensors:
+        assert torch.equal(summed.tensors[name], whole.tensors[name]), name
+
+
+def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
+    out = tmp_path / "evaluate"
+    metrics = evaluate(val_data["checkpoint"], val_data["manifest"], val_data["pca"], val_data["mean_npy"],
+                       val_data["classes"], out, dataset_name="demo", batch_size=3, devices="cpu", threads=1)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    e1, e5 = _reference_errors(reference["10crop"], val_data["labels"])
+    c1, c5 = _reference_errors(reference["center"], val_data["labels"])
+    assert metrics["val_top1_err_10crop"] == pytest.approx(e1) and metrics["val_top5_err_10crop"] == pytest.approx(e5)
+    assert metrics["val_top1_err_center"] == pytest.approx(c1) and metrics["val_top5_err_center"] == pytest.approx(c5)
+    assert metrics["val_images"] == 7 and metrics["checkpoint_epoch"] == 3 and metrics["dataset"] == "demo"
+    assert metrics["eval_images_per_s"] > 0 and metrics["checkpoint"] == str(val_data["checkpoint"])
+
+    with open(out / "per_class.csv", newline="") as f:
+        per_class = list(csv.DictReader(f))
+    assert [int(r["images"]) for r in per_class] == [val_data["labels"].count(c) for c in range(NUM_CLASSES)]
+    pred = reference["10crop"].argmax(1)
+    for c, row in enumerate(per_class):
+        mine = [p == y for p, y in zip(pred, val_data["labels"]) if y == c]
+        assert row["top1_acc_10crop"] == (f"{100 * np.mean(mine):.2f}" if mine else "")
+    with open(out / "confusions.csv", newline="") as f:
+        confusions = list(csv.DictReader(f))
+    wrong = sum(p != y for p, y in zip(pred, val_data["labels"]))
+    assert sum(int(r["count"]) for r in confusions) == wrong  # fewer than 20 pairs: all of them
+    md = (out / "comparison.md").read_text()
+    assert "demo (synthetic, 6 classes) — not comparable to ImageNet" in md and "| 40.70 | 18.20 |" in md
+    assert (out / "per_class.png").stat().st_size > 1000
+
+
+def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
+    """Two gloo ranks, each its EvalLoader shard; counts all-reduced; rank 0 writes."""
+    out = tmp_path / "evaluate"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", "localhost:0", "-m", "pipeline.evaluate", "--checkpoint", str(val_data["checkpoint"]),
+           "--shards-manifest", str(val_data["manifest"]), "--pca", str(val_data["pca"]),
+           "--mean-image", str(val_data["mean_npy"]), "--classes", str(val_data["classes"]),
+           "--dataset-name", "demo", "--batch-size", "3", "--devices", "cpu", "--threads", "1", "--out-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = json.loads((out / "metrics.json").read_text())
+    one_out = tmp_path / "one"
+    one = evaluate(val_data["checkpoint"], val_data["manifest"], val_data["pca"], val_data["mean_npy"],
+                   val_data["classes"], one_out, batch_size=3, devices="cpu", threads=1)
+    assert two["world_size"] == 2 and two["val_images"] == 7
+    for key in ("val_top1_err_10crop", "val_top5_err_10crop", "val_top1_err_center", "val_top5_err_center"):
+        assert two[key] == one[key], key
+    assert (out / "per_class.csv").read_text() == (one_out / "per_class.csv").read_text()
+    assert (out / "confusions.csv").read_text() == (one_out / "confusions.csv").read_text()
+
+
+def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
+    args = ["--checkpoint", str(val_data["checkpoint"]), "--shards-manifest", str(val_data["manifest"]),
+            "--pca", str(val_data["pca"]), "--mean-image", str(val_data["mean_npy"]),
+            "--classes", str(val_data["classes"]), "--out-dir", str(tmp_path / "out"), "--devices", "cpu"]
+    # a manifest that promises another image count: the stage refuses to report
+    manifest = json.loads(val_data["manifest"].read_text())
+    manifest["val"]["images"] = 8
+    for e in manifest["val"]["shards"]:
+        e["tar"] = str(val_data["results"] / "shards" / e["tar"])
+    bad_manifest = tmp_path / "manifest.json"
+    bad_manifest.write_text(json.dumps(manifest))
+    with pytest.raises(EvaluateError, match="scored 7 validation images but .* lists 8"):
+        evaluate(val_data["checkpoint"], bad_manifest, val_data["pca"], val_data["mean_npy"], val_data["classes"],
+                 tmp_path / "out", batch_size=4, devices="cpu", threads=1)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    # a class table of another size than the checkpoint's outputs
+    other = tmp_path / "classes.tsv"
+    write_tsv(other, ["index", "wnid", "names"], [[c, f"n{c:08d}", "x"] for c in range(4)])
+    assert main(args[:9] + [str(other)] + args[10:]) == 1
+    assert "lists 4 classes but checkpoint" in capsys.readouterr().err
+    # a missing checkpoint
+    assert main(["--checkpoint", str(tmp_path / "nope.pt")] + args[2:]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope.pt does not exist" in err and "Traceback" not in err
