@@ -188,6 +188,65 @@ def peak_rss_mb(cmd) -> float:
     return int(out.strip().splitlines()[-1]) / 1024
 
 
+# ---------------------------------------------------------------- report
+
+def render(r: dict) -> str:
+    """The figures as markdown tables (pasted into bench/RESULTS-resize.md)."""
+    out = [f"Images: {r['images']}; mean file size (kB): "
+           + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_kB"].items()), ""]
+    out += ["Per image, one core, ms (best of interleaved rounds, bytes in memory):", "",
+            "| step | 500x375 | 1600x1200 |", "| --- | ---: | ---: |"]
+    small, large = r["per_image_ms"]["small"], r["per_image_ms"]["large"]
+    for key in small:
+        out.append(f"| {key} | {small[key]:.2f} | {large[key]:.2f} |")
+    out += ["", "Ratios:", "", "| ratio | 500x375 | 1600x1200 |", "| --- | ---: | ---: |"]
+    for name, num, den in (("naive LANCZOS / ours (speed-up)", "naive LANCZOS", "ours: + encode + stats"),
+                           ("naive BILINEAR / ours", "naive BILINEAR", "ours: + encode + stats"),
+                           ("ours / decode only", "ours: + encode + stats", "decode only"),
+                           ("stats / ours without stats", "stats alone", "ours: + encode")):
+        out.append(f"| {name} | {small[num] / small[den]:.2f} | {large[num] / large[den]:.2f} |")
+    out += ["", "The stage end to end (`resize_shard`, one process: index rows, pread, decode, resize, "
+            "encode, shard + .idx; best of rounds):", "",
+            "| input | images/s, no stats | images/s, with stats | stats overhead |", "| --- | ---: | ---: | ---: |"]
+    st = r["stage"]
+    for kind in ("small", "large", "mix"):
+        a, b = st[f"{kind} stats=False"], st[f"{kind} stats=True"]
+        out.append(f"| {kind} | {a['images_per_s']:.0f} | {b['images_per_s']:.0f} | "
+                   f"{b['seconds'] / a['seconds'] - 1:+.1%} |")
+    out += ["", "Resize filter (ours = DCT-scaled decode + resize of the kept box) against the naive "
+            "LANCZOS baseline's pixels (before JPEG):", "",
+            "| image | filter | ms/image (decode+resize) | MAD (levels) | PSNR (dB) |", "| --- | --- | ---: | ---: | ---: |"]
+    for key, v in r["filters"].items():
+        if "ms" in v:
+            kind, name = key.split()
+            out.append(f"| {kind} | {name} | {v['ms']:.2f} | {v['mad_vs_naive_lanczos']:.2f} | "
+                       f"{v['psnr_vs_naive_lanczos']:.1f} |")
+    for kind in ("small", "large"):
+        sc, rt = r["filters"][f"{kind} shortcut"], r["filters"][f"{kind} jpeg q90 round trip"]
+        out.append(f"\n{kind}: ours vs resize-then-crop with the same filter: MAD {sc['mad_vs_naive_same_filter']:.3f}, "
+                   f"PSNR {sc['psnr_vs_naive_same_filter']:.1f} dB; the q90 JPEG round trip of our output: "
+                   f"MAD {rt['mad']:.2f}, PSNR {rt['psnr']:.1f} dB.")
+    out += ["", "JPEG quality of the 256x256 output (all images): mean size and fidelity to the encoded uint8 pixels:", "",
+            "| quality | kB/image | MAD | PSNR (dB) |", "| ---: | ---: | ---: | ---: |"]
+    for q, v in r["jpeg_quality"].items():
+        out.append(f"| {q} | {v['kB']:.1f} | {v['mad']:.2f} | {v['psnr']:.1f} |")
+    sc = r["scaling"]
+    out += ["", f"Scaling (CLI shard jobs on the mix, wall time incl. start-up): 1 job "
+            f"{sc['1']['images_per_s']:.0f} images/s, 2 jobs in parallel {sc['2']['images_per_s']:.0f} images/s "
+            f"(x{sc['speedup']:.2f})."]
+    out += ["", "Peak RSS: " + "; ".join(f"{k}: {v:.0f} MB" for k, v in r["peak_rss_mb"].items()) + "."]
+    ix = r["index"]
+    out += ["", f"Index of {ix['rows']:,} rows ({ix['tsv_mb']:.0f} MB TSV): full load {ix['all']['seconds']:.1f} s, "
+            f"{ix['all']['arrays_mb']:.0f} MB of numpy columns, peak RSS +{ix['all']['peak_extra_rss_mb']:.0f} MB; "
+            f"one shard's rows (1/1024) {ix['shard']['seconds']:.2f} s, peak RSS +{ix['shard']['peak_extra_rss_mb']:.0f} MB."]
+    pc = r["pca"]
+    out += ["", f"PCA stage (CLI, incl. start-up and plot) on {pc['shards']} shard statistics files: "
+            f"{pc['seconds']:.1f} s ({pc['seconds_4_shards']:.1f} s on 4); the resize of 1,281,167 images at the "
+            f"mix rate above is {pc['resize_cpu_s_for_1281167_images']:.0f} CPU-s, so PCA is "
+            f"{pc['fraction_of_resize_cpu']:.3%} of it."]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------- main
 
 def main(argv=None):
@@ -198,6 +257,7 @@ def main(argv=None):
     parser.add_argument("--index-rows", type=int, default=1_281_167)
     parser.add_argument("--pca-shards", type=int, default=1024)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--json", default=None, help="also write the raw figures here")
     args = parser.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="resize_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -248,6 +308,16 @@ def main(argv=None):
         mad, db = compare(decoded, ours_imgs)
         filters[f"{kind} jpeg q90 round trip"] = {"mad": mad, "psnr": db}
     results["filters"] = filters
+
+    # JPEG quality of the written shards: bytes and fidelity to the uint8 pixels encoded
+    outs = [resize.downsample(d) for d in data["small"] + data["large"]]
+    quality = {}
+    for q in (75, 85, 90, 95, 100):
+        encoded = [resize.encode_jpeg(im, q) for im in outs]
+        decoded = [Image.open(io.BytesIO(e)).convert("RGB") for e in encoded]
+        mad, db = compare(decoded, outs)
+        quality[str(q)] = {"kB": float(np.mean([len(e) for e in encoded]) / 1e3), "mad": mad, "psnr": db}
+    results["jpeg_quality"] = quality
     print(f"# filters: {filters}", file=sys.stderr)
 
     # the stage end to end, in process (best of rounds), with and without statistics
@@ -279,8 +349,8 @@ def main(argv=None):
             best = wall if best is None else min(best, wall)
             for o in outs:
                 shutil.rmtree(o.parent)
-        scaling[jobs] = {"wall_s": best, "images_per_s": jobs * len(data["mix"]) / best}
-    scaling["speedup"] = scaling[2]["images_per_s"] / scaling[1]["images_per_s"]
+        scaling[str(jobs)] = {"wall_s": best, "images_per_s": jobs * len(data["mix"]) / best}
+    scaling["speedup"] = scaling["2"]["images_per_s"] / scaling["1"]["images_per_s"]
     results["scaling"] = scaling
 
     # peak memory of one job, 1x and 4x the images
@@ -339,8 +409,9 @@ def main(argv=None):
                       "fraction_of_resize_cpu": pca_s / (1_281_167 * mix_ms / 1e3)}
     shutil.rmtree(stats_dir)
 
-    json.dump(results, sys.stdout, indent=2, default=str)
-    print()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(render(results))
     if not args.work:
         shutil.rmtree(work)
     return 0

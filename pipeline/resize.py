@@ -213,12 +213,20 @@ def shard_paths(out_tar: str | os.PathLike) -> dict[str, Path]:
             "stats": tar.with_name(f"{stem}.stats.npz")}
 
 
+def _remove_stale_temporaries(paths: dict[str, Path]) -> None:
+    """Drop <output>.tmp-<pid> files a killed run of this shard left (one job per shard runs at a time)."""
+    for path in paths.values():
+        for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+
 def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: str | os.PathLike,
                  shard: int, shards: int, seed: int = 0, size: int = 256, jpeg_quality: int = DEFAULT_QUALITY,
                  max_reject_fraction: float = 0.01, stats: bool = False, split: str = "train") -> dict:
     """Write one shard (.tar, .idx), its .json and, with `stats`, its .stats.npz. Returns the .json content."""
     started = time.time()
     paths = shard_paths(out_tar)
+    _remove_stale_temporaries(paths)
     rows = shard_rows(archive.index_length(index), shard, shards, seed)
     idx = archive.read_index(index, rows)
     src = _Source(source)

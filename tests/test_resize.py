@@ -304,3 +304,16 @@ def test_dali_webdataset_reader_reads_the_shards(run):
         assert images.at(0).shape == (256, 256, 3)
         labels.append(int(bytes(np.asarray(cls.at(0))).decode()))
     assert sorted(labels) == sorted(expected.values())
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(run, tmp_path):
+    root = run["root"]
+    out = tmp_path / "train" / "train-00000.tar"
+    out.parent.mkdir()
+    stale = [out.with_name("train-00000.tar.tmp-99999"), out.with_name("train-00000.idx.tmp-99999")]
+    other = out.with_name("train-00001.tar.tmp-99999")  # another shard's job may be running
+    for p in stale + [other]:
+        p.write_bytes(b"partial")
+    resize.resize_shard(root / "index" / "train.tsv", root / "ILSVRC2012_img_train.tar", out, 0, 2,
+                        max_reject_fraction=0.2)
+    assert not any(p.exists() for p in stale) and other.exists()
