@@ -196,44 +196,6 @@ def _checkpoint_state(seed=0) -> dict:
     return {"model": sd, "config": config, "epoch": 3, "step": 12}
 
 
-@pytest.fixture(scope="module")
-def val_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate")
-    results = root / "results"
-    rng = np.random.default_rng(0)
-    images, labels, keys, entries, i = [], [], [], [], 0
-    for k, n in enumerate(SHARD_SIZES):
-        tar = results / "shards" / "val" / f"val-{k:05d}.tar"
-        with ShardWriter(tar) as w:
-            for _ in range(n):
-                a, key, label = _image(rng), f"ILSVRC2012_val_{i:08d}", (3 * i + 1) % NUM_CLASSES
-                jpeg = _jpeg(a)
-                w.add(key, jpeg, label)
-                images.append(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))  # the decoded pixels
-                labels.append(label)
-                keys.append(key)
-                i += 1
-        entries.append({"images": n, "tar": os.path.relpath(tar, results / "shards"),
-                        "idx": os.path.relpath(tar.with_suffix(".idx"), results / "shards")})
-    classes = [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
-    write_tsv(results / "fetch" / "classes.tsv", ["index", "wnid", "names"], classes)
-    write_json(results / "shards" / "manifest.json", {
-        "val": {"images": sum(SHARD_SIZES), "shards": entries},
-        "classes": [{"index": c, "wnid": w, "names": n, "val": labels.count(c)} for c, w, n in classes]})
-    mean_image = rng.uniform(60, 200, (256, 256, 3)).astype(np.float32)
-    np.save(results / "pca" / "mean_image.npy", mean_image) if (results / "pca").mkdir() is None else None
-    write_json(results / "pca" / "pca.json", {
-        "mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 62.0], "covariance": np.eye(3).tolist(),
-        "eigval": [3000.0, 300.0, 30.0], "eigvec": np.eye(3).tolist(), "pixels": 1, "images": 1,
-        "imagenet_cosine": [1.0, 1.0, 1.0]})
-    ckpt = results / "train" / "checkpoints" / "best.pt"
-    save_checkpoint(ckpt, _checkpoint_state())
-    return {"root": root, "results": results, "images": images, "labels": labels, "keys": keys,
-            "mean_image": mean_image, "checkpoint": ckpt, "manifest": results / "shards" / "manifest.json",
-            "pca": results / "pca" / "pca.json", "mean_npy": results / "pca" / "mean_image.npy",
-            "classes": results / "fetch" / "classes.tsv"}
-
-
 def _reference_probs(model, image: np.ndarray, mean_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Paper, section 4.1, one view at a time in numpy: (mean of ten softmaxes, centre softmax)."""
     x = image.astype(np.float32) - mean_image  # the paper's normalisation: minus the training mean image
@@ -252,11 +214,57 @@ def _reference_errors(probs: np.ndarray, labels) -> tuple[float, float]:
     return tuple(100.0 * np.mean([r >= k for r in ranks]) for k in (1, 5))
 
 
+# the true class's place in the reference ten-crop ranking, per image: right at top-1,
+# right at top-5 only, wrong at both -> ten-crop top-1 error 4/7, top-5 error 2/7
+TRUE_RANKS = [0, 2, 5, 0, 2, 5, 0]
+
+
+@pytest.fixture(scope="module")
+def val_data(tmp_path_factory):
+    """Seven decoded-once JPEGs in two val shards, labelled from the reference so the answers are known."""
+    root = tmp_path_factory.mktemp("evaluate")
+    results = root / "results"
+    rng = np.random.default_rng(0)
+    jpegs = [_jpeg(_image(rng)) for _ in TRUE_RANKS]
+    images = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]  # = DALI's CPU decode
+    mean_image = rng.uniform(60, 200, (256, 256, 3)).astype(np.float32)
+    ckpt = results / "train" / "checkpoints" / "best.pt"
+    save_checkpoint(ckpt, _checkpoint_state())
+    model, _ = model_from_checkpoint(ckpt, devices=["cpu"])
+    pairs = [_reference_probs(model, im, mean_image) for im in images]
+    reference = {"10crop": np.stack([p for p, _ in pairs]), "center": np.stack([c for _, c in pairs])}
+    labels = [int(np.argsort(-p)[r]) for p, r in zip(reference["10crop"], TRUE_RANKS)]
+
+    keys, entries, i = [], [], 0
+    for k, n in enumerate(SHARD_SIZES):
+        tar = results / "shards" / "val" / f"val-{k:05d}.tar"
+        with ShardWriter(tar) as w:
+            for _ in range(n):
+                keys.append(f"ILSVRC2012_val_{i:08d}")
+                w.add(keys[-1], jpegs[i], labels[i])
+                i += 1
+        entries.append({"images": n, "tar": os.path.relpath(tar, results / "shards"),
+                        "idx": os.path.relpath(tar.with_suffix(".idx"), results / "shards")})
+    classes = [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
+    write_tsv(results / "fetch" / "classes.tsv", ["index", "wnid", "names"], classes)
+    write_json(results / "shards" / "manifest.json", {
+        "val": {"images": len(keys), "shards": entries},
+        "classes": [{"index": c, "wnid": w, "names": n, "val": labels.count(c)} for c, w, n in classes]})
+    (results / "pca").mkdir()
+    np.save(results / "pca" / "mean_image.npy", mean_image)
+    write_json(results / "pca" / "pca.json", {
+        "mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 62.0], "covariance": np.eye(3).tolist(),
+        "eigval": [3000.0, 300.0, 30.0], "eigvec": np.eye(3).tolist(), "pixels": 1, "images": 1,
+        "imagenet_cosine": [1.0, 1.0, 1.0]})
+    return {"root": root, "results": results, "images": images, "labels": labels, "keys": keys,
+            "mean_image": mean_image, "checkpoint": ckpt, "manifest": results / "shards" / "manifest.json",
+            "pca": results / "pca" / "pca.json", "mean_npy": results / "pca" / "mean_image.npy",
+            "classes": results / "fetch" / "classes.tsv", "reference": reference}
+
+
 @pytest.fixture(scope="module")
 def reference(val_data):
-    model, _ = model_from_checkpoint(val_data["checkpoint"], devices=["cpu"])
-    pairs = [_reference_probs(model, im, val_data["mean_image"]) for im in val_data["images"]]
-    return {"10crop": np.stack([p for p, _ in pairs]), "center": np.stack([c for _, c in pairs])}
+    return val_data["reference"]
 
 
 def _loader(val_data, shard_id=0, num_shards=1, batch_size=3):
@@ -314,6 +322,7 @@ def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
     c1, c5 = _reference_errors(reference["center"], val_data["labels"])
     assert metrics["val_top1_err_10crop"] == pytest.approx(e1) and metrics["val_top5_err_10crop"] == pytest.approx(e5)
     assert metrics["val_top1_err_center"] == pytest.approx(c1) and metrics["val_top5_err_center"] == pytest.approx(c5)
+    assert (e1, e5) == (pytest.approx(100 * 4 / 7), pytest.approx(100 * 2 / 7))  # TRUE_RANKS
     assert metrics["val_images"] == 7 and metrics["checkpoint_epoch"] == 3 and metrics["dataset"] == "demo"
     assert metrics["eval_images_per_s"] > 0 and metrics["checkpoint"] == str(val_data["checkpoint"])
 
