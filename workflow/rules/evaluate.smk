@@ -5,40 +5,21 @@
 # share; the ranks split the validation shards and sum their counts.
 
 
-def evaluate_checkpoint():
-    """The checkpoint file evaluated (config evaluate.checkpoint)."""
-    choice = str(config["evaluate"]["checkpoint"])
-    if choice in ("best", "last"):
-        return f"{RESULTS}/train/checkpoints/{choice}.pt"
-    return choice
-
-
-def evaluate_checkpoint_input():
-    # last.pt is not a declared output of rule train (see train.smk); train.json,
-    # written after the final last.pt, stands for it
-    if str(config["evaluate"]["checkpoint"]) == "last":
-        return f"{RESULTS}/train/train.json"
-    return evaluate_checkpoint()
-
-
-def evaluate_devices():
-    devices = config["train"]["devices"]
-    return ",".join(devices) if isinstance(devices, list) else devices
-
-
-def evaluate_launcher():
-    """One process, or one torchrun rank per GPU share (each scores its part of the shards)."""
-    devices = config["train"]["devices"]
-    ranks = max(1, config["train"]["gpus"] // (len(devices) if isinstance(devices, list) else 1))
-    if ranks == 1:
-        return "python -m pipeline.evaluate"
-    return (f"python -m torch.distributed.run --nproc-per-node {ranks} --rdzv-backend c10d "
-            "--rdzv-endpoint localhost:0 -m pipeline.evaluate")
+EVALUATE = config["evaluate"]
+EVALUATE_DEVICES = config["train"]["devices"]
+# best.pt and last.pt come from rule train; anything else is a path to any checkpoint.
+# last.pt is not a declared output of rule train (see train.smk): train.json,
+# written after the final last.pt, stands for it as the input.
+EVALUATE_INPUT = {"best": f"{RESULTS}/train/checkpoints/best.pt",
+                  "last": f"{RESULTS}/train/train.json"}.get(str(EVALUATE["checkpoint"]), EVALUATE["checkpoint"])
+# one process, or one torchrun rank per GPU share (each scores its part of the shards)
+EVALUATE_RANKS = max(1, config["train"]["gpus"]
+                     // (len(EVALUATE_DEVICES) if isinstance(EVALUATE_DEVICES, list) else 1))
 
 
 rule evaluate:
     input:
-        checkpoint=evaluate_checkpoint_input(),
+        checkpoint=EVALUATE_INPUT,
         manifest=f"{RESULTS}/shards/manifest.json",
         pca=f"{RESULTS}/pca/pca.json",
         mean_image=f"{RESULTS}/pca/mean_image.npy",
@@ -54,13 +35,17 @@ rule evaluate:
         plot=report(f"{RESULTS}/evaluate/per_class.png", category="Evaluation",
                     labels={"table": "per-class accuracy plot"}),
     params:
-        checkpoint=evaluate_checkpoint(),
+        checkpoint=lambda wildcards, input: (
+            os.path.join(os.path.dirname(input.checkpoint), "checkpoints", "last.pt")
+            if EVALUATE["checkpoint"] == "last" else input.checkpoint),
         dataset=config["dataset"]["name"],
-        batch_size=config["evaluate"]["batch_size"],
-        devices=evaluate_devices(),
-        launcher=evaluate_launcher(),
+        batch_size=EVALUATE["batch_size"],
+        devices=",".join(EVALUATE_DEVICES) if isinstance(EVALUATE_DEVICES, list) else EVALUATE_DEVICES,
+        launcher="python -m pipeline.evaluate" if EVALUATE_RANKS == 1 else
+        f"python -m torch.distributed.run --nproc-per-node {EVALUATE_RANKS} --rdzv-backend c10d "
+        "--rdzv-endpoint localhost:0 -m pipeline.evaluate",
         threads=config["train"]["workers"],
-        out_dir=f"{RESULTS}/evaluate",
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     resources:
         gpu=config["train"]["gpus"],
     threads: config["train"]["workers"]
