@@ -91,6 +91,9 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
     from pipeline.train import TrainConfigError, launch_from_env, shard_paths
 
     t0 = time.perf_counter()
+    for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
+        if not Path(path).is_file():
+            raise EvaluateError(f"{path} does not exist; run the {stage} stage first")
     try:
         env, devs = launch_from_env(devices)
     except TrainConfigError as exc:
@@ -180,6 +183,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from pipeline.augment import AugmentError
     from pipeline.checkpoint import CheckpointError
 
     args = parse_args(argv)
@@ -187,7 +191,7 @@ def main(argv=None) -> int:
         evaluate(args.checkpoint, args.shards_manifest, args.pca, args.mean_image, args.classes, args.out_dir,
                  dataset_name=args.dataset_name, batch_size=args.batch_size, devices=args.devices,
                  threads=args.threads, top_confusions=args.top_confusions)
-    except (EvaluateError, CheckpointError) as exc:
+    except (EvaluateError, CheckpointError, AugmentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

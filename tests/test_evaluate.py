@@ -384,6 +384,9 @@ def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
     write_tsv(other, ["index", "wnid", "names"], [[c, f"n{c:08d}", "x"] for c in range(4)])
     assert main(args[:9] + [str(other)] + args[10:]) == 1
     assert "lists 4 classes but checkpoint" in capsys.readouterr().err
+    # a missing input of an earlier stage
+    assert main(args[:5] + [str(tmp_path / "pca.json")] + args[6:]) == 1
+    assert "pca.json does not exist; run the pca stage first" in capsys.readouterr().err
     # a missing checkpoint
     assert main(["--checkpoint", str(tmp_path / "nope.pt")] + args[2:]) == 1
     err = capsys.readouterr().err

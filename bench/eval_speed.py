@@ -1,0 +1,158 @@
+"""Speed of ten-crop against centre-crop evaluation (pipeline/evaluate.py), per image.
+
+On the same 256x256 shards and the same network, images/s of:
+    center       EvalLoader(views="center"), one forward per image, softmax, top-k tallies
+    ten          EvalLoader(views="ten"), the N*10 views in one forward, softmax averaged
+                 over the views, top-k tallies for ten-crop and centre: what the stage does
+    load_center  the centre loader alone (decode + crop + normalise, no network)
+    load_ten     the ten-view loader alone
+ratio = (seconds per image, ten) / (seconds per image, center). Target: at most
+10.5: the ten views share one decode, so only the network's work should grow
+tenfold. Each rate is the best of --repeats passes over all images, timed
+from the first batch on (the pipeline build and the first batch excluded).
+
+    python bench/eval_speed.py --images 96 --widths 0.25,1.0 --device cpu --batch 16 --threads 2
+    python bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --threads 8
+
+Needs torch, nvidia-dali, numpy and pillow. Writes synthetic shards (smooth
+random scenes with grain, JPEG quality 90 like the resize stage) to a
+temporary folder. Figures: bench/RESULTS-eval.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from model.alexnet import AlexNet  # noqa: E402
+from pipeline.augment import AugmentSettings, EvalLoader, as_pca  # noqa: E402
+from pipeline.metrics import EvalCounts, ten_crop_probs  # noqa: E402
+from pipeline.shards import ShardWriter  # noqa: E402
+
+# fb.resnet.torch's ImageNet statistics on the 0-255 scale; the values do not change the speed
+PCA = {"eigval": (np.array([0.2175, 0.0188, 0.0045]) * 255**2).tolist(),
+       "eigvec": [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
+       "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+CLASSES = 1000
+
+
+def scene(rng) -> np.ndarray:
+    low = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((256, 256), Image.BICUBIC), np.float32)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_shards(folder: str, images: int, per_shard: int = 1024, distinct: int = 256) -> list[str]:
+    rng = np.random.default_rng(0)
+    jpegs = []
+    for _ in range(min(distinct, images)):
+        buf = io.BytesIO()
+        Image.fromarray(scene(rng)).save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    paths = []
+    for k in range(0, images, per_shard):
+        path = os.path.join(folder, f"val-{k // per_shard:05d}.tar")
+        with ShardWriter(path) as w:
+            for i in range(k, min(k + per_shard, images)):
+                w.add(f"img{i:07d}", jpegs[i % len(jpegs)], i % CLASSES)
+        paths.append(path)
+    return paths
+
+
+def timed_pass(loader, step, device) -> float:
+    """Images/s over one pass, from the first batch's arrival on."""
+    n, t0 = 0, None
+    for images, labels, _keys in loader:
+        if t0 is None:  # the first batch pays for the pipeline build
+            step(images, labels)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            continue
+        step(images, labels)
+        n += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n / (time.perf_counter() - t0)
+
+
+def run(shards, width: float, device: torch.device, batch: int, threads: int, repeats: int) -> dict:
+    pca = as_pca(PCA, np.full((256, 256, 3), 118.0, np.float32))
+    settings = AugmentSettings()
+    model = AlexNet(num_classes=CLASSES, width=width, devices=[device]).eval()
+    counts = EvalCounts(CLASSES, device=device)
+
+    def center(images, labels):
+        with torch.inference_mode():
+            probs = torch.softmax(model(images.to(device)).float(), dim=1)
+            counts.update(probs, probs, labels)
+
+    def ten(images, labels):
+        with torch.inference_mode():
+            probs_10crop, probs_center = ten_crop_probs(model, images.to(device))
+            counts.update(probs_10crop, probs_center, labels)
+
+    def nothing(images, labels):
+        pass
+
+    out = {"width": width}
+    for name, views, step in (("load_center", "center", nothing), ("load_ten", "ten", nothing),
+                              ("center", "center", center), ("ten", "ten", ten)):
+        loader = EvalLoader(shards, pca, batch, views=views, settings=settings, device=str(device), threads=threads)
+        out[name] = max(timed_pass(loader, step, device) for _ in range(repeats))
+        print(f"width {width}: {name:12s} {out[name]:9.1f} images/s", file=sys.stderr)
+    out["ratio"] = out["center"] / out["ten"]
+    return out
+
+
+def markdown(rows: list[dict], args, device_name: str) -> str:
+    lines = [f"Device: {device_name}; {args.images} images, batch {args.batch}, DALI threads {args.threads}, "
+             f"torch threads {torch.get_num_threads()}; best of {args.repeats}.", "",
+             "| width | load centre img/s | load ten img/s | centre img/s | ten-crop img/s | ten/centre per image |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['width']:g} | {r['load_center']:.1f} | {r['load_ten']:.1f} | {r['center']:.1f} "
+                     f"| {r['ten']:.1f} | {r['ratio']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=96, help="synthetic validation images")
+    p.add_argument("--widths", default="0.25,1.0", help="AlexNet width multipliers, comma-separated")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N (DALI decodes on the GPU then)")
+    p.add_argument("--batch", type=int, default=16, help="images per batch (ten-crop: 10x the views)")
+    p.add_argument("--threads", type=int, default=2, help="DALI threads")
+    p.add_argument("--repeats", type=int, default=2, help="passes per measurement; the best counts")
+    p.add_argument("--json", help="also write the figures here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = make_shards(tmp, args.images)
+        rows = [run(shards, float(w), device, args.batch, args.threads, args.repeats) for w in args.widths.split(",")]
+    text = markdown(rows, args, device_name)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name, "args": vars(args), "rows": rows}, f, indent=2)
+    worst = max(r["ratio"] for r in rows)
+    print(f"ten-crop costs {worst:.2f}x centre-crop per image at worst (target <= 10.5x): "
+          f"{'met' if worst <= 10.5 else 'NOT met'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
