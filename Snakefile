@@ -24,5 +24,6 @@ include: "workflow/rules/evaluate.smk"
 
 rule all:
     input:
+        f"{RESULTS}/augment/augment.json",
         f"{RESULTS}/evaluate/metrics.json",
     default_target: True

@@ -210,7 +210,9 @@ def log_model(tracking_uri: str | None, run_id: str, checkpoint: str) -> None:
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).float().numpy()
     with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, logits))
+        # pickle: the traced pt2 format would need torch.export to trace both layouts
+        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, logits),
+                                 input_example=example, serialization_format="pickle")
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -248,29 +250,38 @@ def run_stage(args: argparse.Namespace) -> int:
 
     ok = status == 0
     try:
-        metrics = {"wall_time_s": wall}
-        if ok and args.metrics:
-            for path in args.metrics:
-                metrics.update(flatten(json.loads(Path(path).read_text())))
-        log_metrics(client, run_id, metrics)
-        if ok and parent and args.parent_metrics:
-            for path in args.parent_metrics:
-                log_metrics(client, parent, flatten(json.loads(Path(path).read_text())))
-        if ok:
-            for artifact in args.artifact or []:
-                if Path(artifact).is_dir():
-                    client.log_artifacts(run_id, artifact, Path(artifact).name)
-                elif Path(artifact).exists():
-                    client.log_artifact(run_id, artifact)
-            if args.model:
-                log_model(args.tracking_uri, run_id, args.model)
-        if log.exists():
-            client.log_artifact(run_id, str(log), "logs")
+        log_outcome(client, run_id, args, ok, parent, wall, log)
+    except Exception as exc:  # the stage's outputs stand even when the store misbehaves
+        print(f"warning: {args.stage} succeeded but MLflow logging failed: {exc}", file=sys.stderr)
+        _retry(client.set_tag, run_id, "tracking_error", str(exc)[:5000])
     finally:
         _retry(client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
     if not ok:
         print(f"\n{args.stage} failed (exit {status}); last lines of {log}:\n{tail(log)}", file=sys.stderr)
     return status
+
+
+def log_outcome(client, run_id: str, args: argparse.Namespace, ok: bool, parent: str | None,
+                wall: float, log: Path) -> None:
+    """Metrics, artifacts and model of a finished stage command."""
+    metrics = {"wall_time_s": wall}
+    if ok and args.metrics:
+        for path in args.metrics:
+            metrics.update(flatten(json.loads(Path(path).read_text())))
+    log_metrics(client, run_id, metrics)
+    if ok and parent and args.parent_metrics:
+        for path in args.parent_metrics:
+            log_metrics(client, parent, flatten(json.loads(Path(path).read_text())))
+    if ok:
+        for artifact in args.artifact or []:
+            if Path(artifact).is_dir():
+                client.log_artifacts(run_id, artifact, Path(artifact).name)
+            elif Path(artifact).exists():
+                client.log_artifact(run_id, artifact)
+        if args.model:
+            log_model(args.tracking_uri, run_id, args.model)
+    if log.exists():
+        client.log_artifact(run_id, str(log), "logs")
 
 
 def main(argv: list[str] | None = None) -> int:
