@@ -135,6 +135,13 @@ def as_pca(d, mean_image=None, source="pca") -> PCA:
     return PCA(mean_image=None if mean_image is None else mean_image.astype(np.float32), **arrays)
 
 
+def lighting_matrix_for(settings: AugmentSettings, pca: PCA) -> np.ndarray:
+    """M with lighting offset = M @ alpha (0-255 units); zeros for lighting='none'."""
+    if settings.lighting == "none":
+        return np.zeros((3, 3))
+    return dali_pipes.lighting_matrix(settings.lighting, pca.eigval, pca.eigvec)
+
+
 # ---------------------------------------------------------------- shards and ranks
 
 def index_path(shard) -> Path:

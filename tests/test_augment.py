@@ -318,17 +318,18 @@ def test_bad_inputs_name_the_problem(data, tmp_path):
         TrainLoader([str(tar)], IDENTITY, 8, PLAIN)
 
 
-def test_stage_writes_grid_and_throughput(data, tmp_path, capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_stage_writes_grid_and_throughput(data, tmp_path, capsys, device):
     pca = load_pca_dict(data)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"train": {"shards": data["train"]}, "val": {"shards": data["val"]}}))
     out = tmp_path / "augment"
     args = ["--manifest", str(manifest), "--pca", str(data["dir"] / "pca.json"),
             "--mean-image", str(data["dir"] / "mean_image.npy"), "--out-dir", str(out),
-            "--batch-size", "8", "--grid-samples", "4", "--bench-batches", "2", "--device", "cpu"]
+            "--batch-size", "8", "--grid-samples", "4", "--bench-batches", "2", "--device", device]
     assert main(args) == 0
     result = json.loads((out / "augment.json").read_text())
-    assert result["train_images"] == 120 and result["val_images"] == 23 and result["train_batches_per_epoch"] == 15
+    assert result["device"] == device and result["train_images"] == 120 and result["val_images"] == 23 and result["train_batches_per_epoch"] == 15
     for key in ("train_images_per_s", "eval_center_images_per_s", "eval_ten_images_per_s"):
         assert result[key] > 0
     assert Image.open(out / "grid.png").size[0] > 400
