@@ -39,10 +39,8 @@ def _image(rng, label):
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def make_data(root: Path) -> dict:
     """Shards, manifest (resize layout), pca.json, mean_image.npy and classes.tsv."""
-    root = tmp_path_factory.mktemp("train_data")
     rng = np.random.default_rng(0)
     splits = {}
     for split, shards, per_shard in (("train", 2, 24), ("val", 1, 8)):
@@ -68,6 +66,11 @@ def data(tmp_path_factory):
             "mean_image": root / "mean_image.npy", "classes": root / "classes.tsv"}
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("train_data"))
+
+
 def cli(data, out, **overrides):
     args = [sys.executable, "-m", "pipeline.train", "--manifest", str(data["manifest"]), "--pca", str(data["pca"]),
             "--mean-image", str(data["mean_image"]), "--classes", str(data["classes"]), "--out-dir", str(out)]
@@ -85,7 +88,8 @@ def losses(out):
 
 
 def env():
-    e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    e = dict(os.environ, OMP_NUM_THREADS="1")
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), e.get("PYTHONPATH")) if p)
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         e.pop(k, None)
     return e
