@@ -146,15 +146,23 @@ def encode_only(im):
 
 
 def best_ms(fns: dict, inputs: dict, rounds: int) -> dict:
-    """Best-of-rounds mean ms per item for each fn, rounds interleaved across fns."""
+    """Mean CPU ms per item for each fn: the best round; fns interleaved item by item.
+
+    CPU time of this thread, not wall time: on a shared machine other
+    processes delay us but do not add to it, and interleaving item by item
+    exposes every variant to the same cache and memory-bandwidth contention.
+    """
     best = {k: float("inf") for k in fns}
+    n = len(next(iter(inputs.values())))
     for _ in range(rounds):
-        for key, fn in fns.items():
-            items = inputs[key]
-            t0 = time.perf_counter()
-            for item in items:
-                fn(item)
-            best[key] = min(best[key], (time.perf_counter() - t0) / len(items) * 1e3)
+        spent = dict.fromkeys(fns, 0)
+        for i in range(n):
+            for key, fn in fns.items():
+                t0 = time.thread_time_ns()
+                fn(inputs[key][i])
+                spent[key] += time.thread_time_ns() - t0
+        for key in fns:
+            best[key] = min(best[key], spent[key] / n / 1e6)
     return best
 
 
@@ -171,7 +179,10 @@ def compare(a_imgs, b_imgs):
 # ---------------------------------------------------------------- stage runs
 
 def stage(work, index, out, stats, shards=1):
-    return resize.resize_shard(work / index, work / "train.tar", out, 0, shards, stats=stats)
+    """Run one shard job in process; returns (report, CPU seconds)."""
+    t0 = time.process_time()
+    report = resize.resize_shard(work / index, work / "train.tar", out, 0, shards, stats=stats)
+    return report, time.process_time() - t0
 
 
 def cli_job(work, index, out):
@@ -179,8 +190,18 @@ def cli_job(work, index, out):
             "--source", str(work / "train.tar"), "--shard", "0", "--shards", "1", "--stats", "--out", str(out)]
 
 
+def child_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def peak_rss_mb(cmd) -> float:
-    """Peak RSS of one child process (run alone, so RUSAGE_CHILDREN's max is its own)."""
+    """Peak RSS of one child process, started from a small runner process.
+
+    The runner's ru_maxrss carries this (large) process's RSS, but its child's
+    does not exceed the runner's own small RSS at fork, so RUSAGE_CHILDREN
+    there is the job's peak.
+    """
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
             "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
@@ -194,7 +215,7 @@ def render(r: dict) -> str:
     """The figures as markdown tables (pasted into bench/RESULTS-resize.md)."""
     out = [f"Images: {r['images']}; mean file size (kB): "
            + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_kB"].items()), ""]
-    out += ["Per image, one core, ms (best of interleaved rounds, bytes in memory):", "",
+    out += ["Per image, CPU ms of one thread (best of interleaved rounds, bytes in memory):", "",
             "| step | 500x375 | 1600x1200 |", "| --- | ---: | ---: |"]
     small, large = r["per_image_ms"]["small"], r["per_image_ms"]["large"]
     for key in small:
@@ -205,9 +226,9 @@ def render(r: dict) -> str:
                            ("ours / decode only", "ours: + encode + stats", "decode only"),
                            ("stats / ours without stats", "stats alone", "ours: + encode")):
         out.append(f"| {name} | {small[num] / small[den]:.2f} | {large[num] / large[den]:.2f} |")
-    out += ["", "The stage end to end (`resize_shard`, one process: index rows, pread, decode, resize, "
+    out += ["", "The stage end to end (`resize_shard` in process, CPU time: index rows, pread, decode, resize, "
             "encode, shard + .idx; best of rounds):", "",
-            "| input | images/s, no stats | images/s, with stats | stats overhead |", "| --- | ---: | ---: | ---: |"]
+            "| input | images/CPU-s, no stats | images/CPU-s, with stats | stats overhead |", "| --- | ---: | ---: | ---: |"]
     st = r["stage"]
     for kind in ("small", "large", "mix"):
         a, b = st[f"{kind} stats=False"], st[f"{kind} stats=True"]
@@ -233,14 +254,16 @@ def render(r: dict) -> str:
     sc = r["scaling"]
     out += ["", f"Scaling (CLI shard jobs on the mix, wall time incl. start-up): 1 job "
             f"{sc['1']['images_per_s']:.0f} images/s, 2 jobs in parallel {sc['2']['images_per_s']:.0f} images/s "
-            f"(x{sc['speedup']:.2f})."]
+            f"(x{sc['speedup']:.2f}; load average {sc['load_average']:.1f} on 2 cores). CPU per image, process "
+            f"start-up included: {sc['1']['cpu_ms_per_image']:.2f} ms alone, {sc['2']['cpu_ms_per_image']:.2f} ms "
+            "with two jobs side by side."]
     out += ["", "Peak RSS: " + "; ".join(f"{k}: {v:.0f} MB" for k, v in r["peak_rss_mb"].items()) + "."]
     ix = r["index"]
-    out += ["", f"Index of {ix['rows']:,} rows ({ix['tsv_mb']:.0f} MB TSV): full load {ix['all']['seconds']:.1f} s, "
+    out += ["", f"Index of {ix['rows']:,} rows ({ix['tsv_mb']:.0f} MB TSV): full load {ix['all']['seconds']:.1f} CPU-s, "
             f"{ix['all']['arrays_mb']:.0f} MB of numpy columns, peak RSS +{ix['all']['peak_extra_rss_mb']:.0f} MB; "
-            f"one shard's rows (1/1024) {ix['shard']['seconds']:.2f} s, peak RSS +{ix['shard']['peak_extra_rss_mb']:.0f} MB."]
+            f"one shard's rows (1/1024) {ix['shard']['seconds']:.2f} CPU-s, peak RSS +{ix['shard']['peak_extra_rss_mb']:.0f} MB."]
     pc = r["pca"]
-    out += ["", f"PCA stage (CLI, incl. start-up and plot) on {pc['shards']} shard statistics files: "
+    out += ["", f"PCA stage (CLI, CPU time incl. start-up and plot) on {pc['shards']} shard statistics files: "
             f"{pc['seconds']:.1f} s ({pc['seconds_4_shards']:.1f} s on 4); the resize of 1,281,167 images at the "
             f"mix rate above is {pc['resize_cpu_s_for_1281167_images']:.0f} CPU-s, so PCA is "
             f"{pc['fraction_of_resize_cpu']:.3%} of it."]
@@ -327,8 +350,8 @@ def main(argv=None):
             best = None
             for r in range(args.rounds):
                 out = work / "stage" / f"{kind}-{stats}-{r}" / "train-00000.tar"
-                rep = stage(work, f"{kind}.tsv", out, stats)
-                best = rep["seconds"] if best is None else min(best, rep["seconds"])
+                _, cpu = stage(work, f"{kind}.tsv", out, stats)
+                best = cpu if best is None else min(best, cpu)
                 shutil.rmtree(out.parent)
             n = len(data[kind])
             stage_runs[f"{kind} stats={stats}"] = {"seconds": best, "images_per_s": n / best,
@@ -337,20 +360,25 @@ def main(argv=None):
     print(f"# stage: {stage_runs}", file=sys.stderr)
 
     # scaling: one CLI job vs two in parallel, each on the whole mix
+    # scaling: one CLI job vs two in parallel, each on the whole mix. Wall time
+    # needs idle cores; CPU time per image shows whether jobs slow each other.
     scaling = {}
     for jobs in (1, 2):
-        best = None
+        best, best_cpu = None, None
         for r in range(2):
             outs = [work / "scale" / f"{jobs}-{r}-{j}" / "train-00000.tar" for j in range(jobs)]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), child_cpu()
             procs = [subprocess.Popen(cli_job(work, "mix.tsv", o), stderr=subprocess.DEVNULL) for o in outs]
             assert all(p.wait() == 0 for p in procs)
-            wall = time.perf_counter() - t0
+            wall, cpu = time.perf_counter() - t0, child_cpu() - c0
             best = wall if best is None else min(best, wall)
+            best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
             for o in outs:
                 shutil.rmtree(o.parent)
-        scaling[str(jobs)] = {"wall_s": best, "images_per_s": jobs * len(data["mix"]) / best}
+        n = jobs * len(data["mix"])
+        scaling[str(jobs)] = {"wall_s": best, "images_per_s": n / best, "cpu_ms_per_image": best_cpu / n * 1e3}
     scaling["speedup"] = scaling["2"]["images_per_s"] / scaling["1"]["images_per_s"]
+    scaling["load_average"] = os.getloadavg()[0]
     results["scaling"] = scaling
 
     # peak memory of one job, 1x and 4x the images
@@ -369,13 +397,15 @@ def main(argv=None):
         f.write("member\toffset\tsize\tlabel\n")
         for i in range(args.index_rows):
             f.write(f"n{1440764 + i % 1000:08d}_{i}.JPEG\t{offsets[i]}\t{sizes_[i]}\t{i % 1000}\n")
-    code = ("import resource, sys, time; from pipeline import archive, resize; "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; t = time.perf_counter(); "
+    # VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork into a child's ru_maxrss
+    code = ("import sys, time; from pipeline import archive, resize; "
+            "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024; "
+            "base = hwm(); t = time.process_time(); "
             "ix = archive.read_index(sys.argv[1]) if sys.argv[2] == 'all' else "
-            "archive.read_index(sys.argv[1], resize.shard_rows(archive.index_length(sys.argv[1]), 0, 1024, 0)); "
-            "dt = time.perf_counter() - t; "
+            "archive.read_index(sys.argv[1], lambda n: resize.shard_rows(n, 0, 1024, 0)); "
+            "dt = time.process_time() - t; "
             "nbytes = sum(a.nbytes for a in (ix.member, ix.offset, ix.size, ix.label)); "
-            "print(dt, nbytes, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)")
+            "print(dt, nbytes, hwm() - base)")
     index = {"rows": args.index_rows, "tsv_mb": big.stat().st_size / 1e6}
     for mode in ("all", "shard"):
         out = subprocess.run([PY, "-c", code, str(big), mode], check=True, capture_output=True, text=True).stdout
@@ -387,6 +417,7 @@ def main(argv=None):
     # PCA on ImageNet-many shard statistics
     one = work / "stage" / "one" / "train-00000.tar"
     stage(work, "small.tsv", one, True)
+
     stats_dir = work / "pca_stats"
     stats_dir.mkdir()
     src = one.with_name("train-00000.stats.npz")
@@ -395,14 +426,14 @@ def main(argv=None):
         p = stats_dir / f"train-{k:05d}.stats.npz"
         shutil.copyfile(src, p)
         paths.append(str(p))
-    t0 = time.perf_counter()
+    t0 = child_cpu()
     subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths, "--out-dir", str(work / "pca")], check=True,
                    stderr=subprocess.DEVNULL)
-    pca_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    pca_s = child_cpu() - t0
+    t0 = child_cpu()
     subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths[:4], "--out-dir", str(work / "pca4")], check=True,
                    stderr=subprocess.DEVNULL)
-    pca4_s = time.perf_counter() - t0
+    pca4_s = child_cpu() - t0
     mix_ms = stage_runs["mix stats=True"]["ms_per_image"]
     results["pca"] = {"shards": args.pca_shards, "seconds": pca_s, "seconds_4_shards": pca4_s,
                       "resize_cpu_s_for_1281167_images": 1_281_167 * mix_ms / 1e3,

@@ -250,10 +250,12 @@ def index_length(path: str | os.PathLike) -> int:
 
 
 def read_index(path: str | os.PathLike, rows=None) -> ArchiveIndex:
-    """Load an index TSV, all rows or only `rows` (positions, in the order given).
+    """Load an index TSV, all rows or only `rows` (in the order given).
 
-    A shard job loads only its own rows: it finds line starts with one numpy
-    scan and parses those lines, so 1,024 jobs don't each parse 1.28 M rows.
+    `rows`: None (all), row positions, or a function of the row count that
+    returns positions. A shard job loads only its own rows: one read, one numpy
+    scan for line starts, then only those lines are parsed, so 1,024 jobs don't
+    each parse 1.28 M rows.
     """
     data = Path(path).read_bytes()
     starts = _line_starts(data)
@@ -261,6 +263,8 @@ def read_index(path: str | os.PathLike, rows=None) -> ArchiveIndex:
     if header != INDEX_HEADER:
         raise ArchiveIndexError(f"{path}: header {header}, expected {INDEX_HEADER}; rebuild the index")
     n = len(starts) - 2
+    if callable(rows):
+        rows = rows(n)
     positions = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
     if len(positions) and (positions.min() < 0 or positions.max() >= n):
         raise ArchiveIndexError(f"{path}: row {positions.max()} asked for, but the index has {n} rows")

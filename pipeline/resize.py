@@ -227,8 +227,7 @@ def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: s
     started = time.time()
     paths = shard_paths(out_tar)
     _remove_stale_temporaries(paths)
-    rows = shard_rows(archive.index_length(index), shard, shards, seed)
-    idx = archive.read_index(index, rows)
+    idx = archive.read_index(index, lambda n: shard_rows(n, shard, shards, seed))
     src = _Source(source)
     acc = RGBStats(size) if stats else None
     rejects: list[dict] = []
