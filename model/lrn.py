@@ -22,43 +22,62 @@ would vanish.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-def _window_sum(x, before, after):
-    """Sum of x over channel windows [i-before, i+after] along dim 2, zero outside."""
+def _band(channels, groups, before, after, device, dtype):
+    """(C, C, 1, 1) weight of a 1x1 conv summing channels [i-before, i+after] of i's own group."""
+    i = torch.arange(channels, device=device)
+    group = i // (channels // groups)
+    d = i[None, :] - i[:, None]
+    return ((d >= -before) & (d <= after) & (group[None, :] == group[:, None])).to(dtype)[:, :, None, None]
+
+
+def _window_sum(x, groups, before, after, by_conv=None):
+    """Sum of x (N, C, H, W) over channels [i-before, i+after] within each group, zero outside.
+
+    On CUDA a 1x1 convolution with a banded weight: one tensor-core GEMM in
+    any memory format. On the CPU shifted in-place adds, which allocate once.
+    """
+    if by_conv is None:
+        by_conv = x.is_cuda
+    if by_conv:
+        return F.conv2d(x, _band(x.shape[1], groups, before, after, x.device, x.dtype)).to(x.dtype)
+    n, c, h, w = x.shape
+    x = x.view(n, groups, c // groups, h, w)  # no copy in either memory format
     s = x.clone()
     for d in range(1, before + 1):
         s[:, :, d:] += x[:, :, :-d]
     for d in range(1, after + 1):
         s[:, :, :-d] += x[:, :, d:]
-    return s
+    return s.view(n, c, h, w)
 
 
 class _LRNFunction(torch.autograd.Function):
-    """b = a * s^-beta, s = k + alpha/n * window_sum(a^2), on a (N, groups, C, H, W) view."""
+    """b = a * s^-beta, s = k + alpha/n * window_sum(a^2)."""
 
     @staticmethod
-    def forward(ctx, a, size, alpha, beta, k):
+    def forward(ctx, a, groups, size, alpha, beta, k):
         a32 = a.to(torch.promote_types(a.dtype, torch.float32))
         sq = a32 * a32
-        s = _window_sum(sq, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
-        scale = torch.pow(s, -beta, out=sq)  # reuses sq's memory, as below: see the module docstring
+        s = _window_sum(sq, groups, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
+        scale = torch.pow(s, -beta, out=sq)  # reuses sq's memory: see the module docstring
         ctx.save_for_backward(a, s, scale)
-        ctx.consts = size, alpha, beta
+        ctx.consts = groups, size, alpha, beta
         return (a32 * scale).to(a.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         # db_j/da_i = scale_i [i=j] - 2 alpha beta / n * a_i * a_j scale_j / s_j  (i in the window of j)
         a, s, scale = ctx.saved_tensors
-        size, alpha, beta = ctx.consts
+        groups, size, alpha, beta = ctx.consts
         a32, g = a.to(s.dtype), grad.to(s.dtype)
         g_scale = g * scale
         t = (g_scale * a32).div_(s)
-        t = _window_sum(t, (size - 1) // 2, size // 2)  # the transposed window
+        t = _window_sum(t, groups, (size - 1) // 2, size // 2)  # the transposed window
         da = t.mul_(a32).mul_(-2 * alpha * beta / size).add_(g_scale)
-        return da.to(a.dtype), None, None, None, None
+        return da.to(a.dtype), None, None, None, None, None
 
 
 class LocalResponseNorm(nn.Module):
@@ -70,11 +89,7 @@ class LocalResponseNorm(nn.Module):
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
     def forward(self, x):
-        n, c, h, w = x.shape
-        # no copy in either contiguous or channels_last memory format
-        a = x.reshape(n, self.groups, c // self.groups, h, w)
-        b = _LRNFunction.apply(a, self.size, self.alpha, self.beta, self.k)
-        return b.reshape(n, c, h, w)
+        return _LRNFunction.apply(x, self.groups, self.size, self.alpha, self.beta, self.k)
 
     def extra_repr(self):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"

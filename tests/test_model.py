@@ -14,8 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from model.alexnet import SPLIT_LAYERS, AlexNet, count_parameters
-from model.lrn import LocalResponseNorm
+from model.alexnet import SPLIT_LAYERS, AlexNet, _conv, count_parameters
+from model.lrn import LocalResponseNorm, _window_sum
 
 TWO_CPUS = ["cpu", "cpu"]
 
@@ -132,6 +132,18 @@ def test_lrn_does_not_mix_the_columns():
     assert not torch.allclose(z[:, 47], z2[:, 47])
 
 
+def test_lrn_window_sum_on_cuda_path_matches_cpu_path():
+    # CUDA sums the window with a banded 1x1 conv, the CPU with shifted adds
+    torch.manual_seed(0)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.rand(2, 16, 3, 4).to(memory_format=fmt)
+        for before, after in ((2, 2), (1, 2)):
+            by_conv = _window_sum(x, 2, before, after, by_conv=True)
+            by_adds = _window_sum(x, 2, before, after, by_conv=False)
+            torch.testing.assert_close(by_conv, by_adds, rtol=1e-6, atol=1e-6)
+            assert by_adds[0, 8, 0, 0] == x[0, 8:8 + after + 1, 0, 0].sum()  # the column starts at 8
+
+
 # --- layouts -----------------------------------------------------------------
 
 def test_two_device_layout_equals_grouped_layout():
@@ -149,6 +161,20 @@ def test_two_device_layout_equals_grouped_layout():
     for key, g in g1.items():
         torch.testing.assert_close(g2[key], g, rtol=1e-4, atol=1e-6, msg=key)
     assert g1["conv1.weight"].abs().sum() > 0
+
+
+def test_block_diagonal_conv_equals_grouped_conv():
+    # CUDA runs grouped convs as one dense conv with a block-diagonal weight
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 12, 3, padding=1, groups=2)
+    x = torch.randn(2, 8, 5, 5)
+    y_grouped = _conv(conv, x, dense=False)
+    (y_grouped * torch.arange(12.0)[:, None, None]).sum().backward()
+    g_grouped, conv.weight.grad = conv.weight.grad, None
+    y_dense = _conv(conv, x, dense=True)
+    (y_dense * torch.arange(12.0)[:, None, None]).sum().backward()
+    torch.testing.assert_close(y_dense, y_grouped, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv.weight.grad, g_grouped, rtol=1e-5, atol=1e-6)
 
 
 def test_same_seed_same_network_in_either_layout():
