@@ -47,6 +47,16 @@ reader's shard rotates with e (so ranks see different data each epoch), and
 the crop/flip/lighting draws and the shuffle buffer (initial_fill samples)
 are seeded from (seed, e, shard_id). A run restarted at epoch e yields the
 same batches as one that never stopped.
+
+Evidence (tests/test_augment.py; bench/RESULTS-augment.md): crop offsets read
+back from position-encoding images cover 0..32 on both axes, uniform by a
+chi-square test over 960 crops, flips within 4 sd of half; lighting offsets
+have covariance V diag((0.1 l)^2) V^T within 4 standard errors over 1024
+draws, in both modes; normalisation equals numpy on the same decoded pixels
+(bit for bit for the mean image); the ten views equal numpy crops and flips;
+23 validation images at batch 5 are each scored once on 1, 2 and 3 ranks.
+Speed: 25-30 k training images/s on one H200 at batch 256, bound by JPEG
+decoding; on 2 CPU cores 2.5x a PIL + numpy DataLoader (3.0x per CPU-second).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline import dali_pipes
-from pipeline.augment import (AugmentError, AugmentSettings, EvalLoader, TrainLoader, as_pca, augment, load_pca,
+from pipeline.augment import (AugmentError, AugmentSettings, EvalLoader, TrainLoader, as_numpy, as_pca, load_pca,
                               main, read_index)
 from pipeline.shards import ShardWriter
 
@@ -87,7 +87,6 @@ def read_patch(chw: np.ndarray):
 
 def decoded(shards, device="cpu"):
     """DALI-decoded pixels (N,256,256,3) and labels, in index order, from a decode-only pipeline."""
-    from pipeline.augment import as_numpy
 
     total = sum(read_index(s) for s in shards)
     pipe = dali_pipes.decode_pipe(shards=shards, index_paths=[s[:-4] + ".idx" for s in shards],
@@ -113,7 +112,9 @@ def test_crops_cover_33_positions_uniformly_flips_half_labels_attached(data, dev
             for chw, label in zip(images.cpu().numpy(), labels.cpu().tolist()):
                 ox, oy, flipped, ident = read_patch(chw)
                 assert label == train_label(ident)
-                xs.append(ox), ys.append(oy), flips.append(flipped)
+                xs.append(ox)
+                ys.append(oy)
+                flips.append(flipped)
     n = len(xs)
     assert n == 8 * 120
     for offsets in (xs, ys):
@@ -128,7 +129,6 @@ def test_crops_cover_33_positions_uniformly_flips_half_labels_attached(data, dev
 def test_crop_pos_maps_to_integer_offset_k(data):
     """The draws (crop_pos in k/32) give offset k exactly: read back from the pixels."""
     loader = TrainLoader(data["train"], IDENTITY, 40, PLAIN, seed=3)
-    from pipeline.augment import as_numpy
 
     pipe = loader.pipeline(0, expose=True)
     images, labels, _, pos_x, pos_y, mirror, _ = (as_numpy(t) for t in pipe.run())
@@ -177,7 +177,6 @@ def test_normalisation_is_exact_against_numpy(data, normalize):
     pca = as_pca({"eigval": [1, 1, 1], "eigvec": np.eye(3), "mean": [123.7, 116.3, 103.5],
                   "std": [58.4, 57.1, 57.4]}, data["mean_image"])
     loader = TrainLoader(data["train"], pca, 16, AugmentSettings("none", 0.1, normalize), seed=5)
-    from pipeline.augment import as_numpy
 
     pipe = loader.pipeline(0, expose=True)
     images, _, raw, pos_x, pos_y, mirror, _ = (as_numpy(t) for t in pipe.run())
@@ -320,7 +319,7 @@ def test_bad_inputs_name_the_problem(data, tmp_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_stage_writes_grid_and_throughput(data, tmp_path, capsys, device):
-    pca = load_pca_dict(data)
+    load_pca_dict(data)  # writes pca.json and mean_image.npy
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"train": {"shards": data["train"]}, "val": {"shards": data["val"]}}))
     out = tmp_path / "augment"
@@ -333,7 +332,6 @@ def test_stage_writes_grid_and_throughput(data, tmp_path, capsys, device):
     for key in ("train_images_per_s", "eval_center_images_per_s", "eval_ten_images_per_s"):
         assert result[key] > 0
     assert Image.open(out / "grid.png").size[0] > 400
-    assert pca.mean_image is not None
     (out / "augment.json").unlink()
     assert main(args[:-2] + ["--device", "tpu"]) == 1
     assert "error: device=tpu" in capsys.readouterr().err
