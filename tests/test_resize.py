@@ -317,3 +317,18 @@ def test_stale_temporaries_of_a_killed_run_are_removed(run, tmp_path):
     resize.resize_shard(root / "index" / "train.tsv", root / "ILSVRC2012_img_train.tar", out, 0, 2,
                         max_reject_fraction=0.2)
     assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_rgb_stats_stay_exact_past_the_uint16_flush():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (600, 8, 8, 3), dtype=np.uint8)
+    images[:300] = 255  # the worst case for the uint16 image sum
+    acc = resize.RGBStats(size=8)
+    for im in images:
+        acc.add(im)
+    arrays = acc.arrays()
+    flat = images.reshape(-1, 3).astype(np.float64)
+    assert arrays["images"] == 600 and arrays["pixels"] == 600 * 64
+    np.testing.assert_array_equal(arrays["image_sum"], images.astype(np.float64).sum(axis=0))
+    np.testing.assert_array_equal(arrays["sum"], flat.sum(axis=0))
+    np.testing.assert_array_equal(arrays["outer"], flat.T @ flat)
