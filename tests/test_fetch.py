@@ -201,6 +201,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        for prefix, host in (("/moved/", "127.0.0.1"), ("/moved-away/", "localhost")):
+            if self.path.startswith(prefix):
+                self.send_response(302)
+                self.send_header("Location", f"http://{host}:{srv.server_address[1]}/{self.path[len(prefix):]}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         path = srv.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_error(404)
@@ -273,6 +280,16 @@ def test_auth_header_bearer_and_custom(server, demo_dir, tmp_path, monkeypatch):
     server.auth = ("X-Api-Key", TOKEN)
     fetch.fetch_archives(tmp_path / "b", **http_args(server, demo_dir), auth_env="FETCH_TEST_TOKEN")
     assert all(h.get("X-Api-Key") == TOKEN for _, h in server.requests[-3:])
+
+
+def test_auth_header_follows_redirects_only_on_the_same_host(server, demo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("FETCH_TEST_TOKEN", TOKEN)
+    args = http_args(server, demo_dir)
+    args["devkit"] = args["devkit"].replace(f"/{NAMES['devkit']}", f"/moved/{NAMES['devkit']}")
+    args["val"] = args["val"].replace(f"/{NAMES['val']}", f"/moved-away/{NAMES['val']}")
+    fetch.fetch_archives(tmp_path / "f", **args, auth_env="FETCH_TEST_TOKEN")
+    assert server.requests_for(NAMES["devkit"])[-1]["Authorization"] == f"Bearer {TOKEN}"
+    assert "Authorization" not in server.requests_for(NAMES["val"])[-1]
 
 
 def test_wrong_credentials_are_a_clear_error(server, demo_dir, tmp_path, monkeypatch):
