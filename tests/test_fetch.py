@@ -272,6 +272,16 @@ def test_download_resumes_after_a_dropped_connection(server, demo_dir, tmp_path)
     assert m["val"]["md5"] == md5(demo_dir / NAMES["val"]) == md5(out / NAMES["val"])
 
 
+def test_part_file_of_an_earlier_run_is_resumed(server, demo_dir, tmp_path):
+    data = (demo_dir / NAMES["train"]).read_bytes()
+    part = tmp_path / "fetch" / "downloads" / f"{NAMES['train']}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:1000])
+    fetch.fetch_archives(tmp_path / "fetch", **http_args(server, demo_dir))
+    assert server.requests_for(NAMES["train"])[0]["Range"] == "bytes=1000-"
+    assert (tmp_path / "fetch" / NAMES["train"]).read_bytes() == data and not part.exists()
+
+
 def test_auth_header_bearer_and_custom(server, demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FETCH_TEST_TOKEN", TOKEN)
     server.auth = ("Authorization", f"Bearer {TOKEN}")
