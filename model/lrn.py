@@ -62,7 +62,9 @@ class _LRNFunction(torch.autograd.Function):
         a32 = a.to(torch.promote_types(a.dtype, torch.float32))
         sq = a32 * a32
         s = _window_sum(sq, groups, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
-        scale = torch.pow(s, -beta, out=sq)  # reuses sq's memory: see the module docstring
+        # reuse sq's memory (see the module docstring); not pow(out=sq): with a
+        # channels_last sq, out= breaks torch.compile's graph
+        scale = sq.copy_(s).pow_(-beta)
         ctx.save_for_backward(a, s, scale)
         ctx.consts = groups, size, alpha, beta
         return (a32 * scale).to(a.dtype)

@@ -255,19 +255,21 @@ def test_channels_last_and_bf16_autocast():
     torch.testing.assert_close(yb.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("devices", [None, TWO_CPUS])
-def test_torch_compile_traces_whole_model(devices):
+@pytest.mark.parametrize("devices,fast", [(None, False), (TWO_CPUS, False), (None, True)])
+def test_torch_compile_traces_whole_model(devices, fast):
     # inductor takes ~40 s to compile on a 2-core CPU, so the tests trace with
     # aot_eager (same graph capture, fullgraph: no graph breaks) and
     # bench/model_speed.py --compile times inductor on a GPU.
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = small(dropout=0.0, devices=devices)
-    x = torch.randn(2, 3, 224, 224)
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    m = small(dropout=0.0, devices=devices).to(memory_format=fmt)
+    x = torch.randn(2, 3, 224, 224).to(memory_format=fmt)
     compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
-    y = compiled(x)
-    torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-6)
-    y.sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+        y, ref = compiled(x), m(x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    y.float().sum().backward()
     assert m.columns[0].conv1.weight.grad is not None
 
 
