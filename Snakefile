@@ -22,6 +22,33 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+onstart:
+    if TRACKING["enabled"]:
+        from pipeline.track import start_parent
+
+        run_id = start_parent(
+            TRACKING_URI, TRACKING["experiment"], PARENT_FILE,
+            run_name=f"workflow {config['dataset']['name']}",
+            params=flat_config(config),
+            tags={"dataset": config["dataset"]["name"], "command": shlex.join(sys.argv)[:5000]},
+        )
+        print(f"MLflow: parent run {run_id} in {TRACKING_URI}", file=sys.stderr)
+
+
+onsuccess:
+    if TRACKING["enabled"]:
+        from pipeline.track import end_parent
+
+        end_parent(TRACKING_URI, PARENT_FILE, "FINISHED")
+
+
+onerror:
+    if TRACKING["enabled"]:
+        from pipeline.track import end_parent
+
+        end_parent(TRACKING_URI, PARENT_FILE, "FAILED")
+
+
 rule all:
     input:
         f"{RESULTS}/augment/augment.json",

@@ -10,6 +10,8 @@ AUGMENT = config["augment"]
 
 
 rule augment:
+    conda:
+        CONDA_ENV
     input:
         manifest=f"{RESULTS}/shards/manifest.json",
         pca=f"{RESULTS}/pca/pca.json",

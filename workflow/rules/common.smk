@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: config validation, paths, and the
+# Helpers shared by the stage files: config validation, paths, and the
 # tracking prefix every tracked rule puts before its stage command.
 import json
 import os
@@ -76,12 +76,16 @@ except ValueError as exc:
     sys.exit(f"error: {exc}")
 
 RESULTS = config["paths"]["results"]
+# Used with --software-deployment-method conda; the default is the pip environment (envs/*.txt).
+CONDA_ENV = "../../envs/conda.yaml"
 TRACKING = config["tracking"]
 PARENT_FILE = f"{RESULTS}/.tracking/parent_run_id"
-# Jobs (local or on a cluster) read the store and experiment from the environment,
+# Jobs (local or on a cluster) read the store and experiment from the environment
+# (an MLFLOW_TRACKING_URI already set there wins over the config),
 # so changing them never reruns a stage.
 os.environ.setdefault("MLFLOW_TRACKING_URI", TRACKING["tracking_uri"])
 os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", TRACKING["experiment"])
+TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, parent_metrics=None, redact_env=None):
@@ -115,28 +119,23 @@ def flat_config(cfg, prefix=""):
     return out
 
 
-onstart:
-    if TRACKING["enabled"]:
-        from pipeline.track import start_parent
-
-        run_id = start_parent(
-            os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_EXPERIMENT_NAME"], PARENT_FILE,
-            run_name=f"workflow {config['dataset']['name']}",
-            params=flat_config(config),
-            tags={"dataset": config["dataset"]["name"], "command": shlex.join(sys.argv)[:5000]},
-        )
-        print(f"MLflow: parent run {run_id} in {os.environ['MLFLOW_TRACKING_URI']}", file=sys.stderr)
+# Training devices and replicas (rule train)
+TRAIN = config["train"]
 
 
-onsuccess:
-    if TRACKING["enabled"]:
-        from pipeline.track import end_parent
-
-        end_parent(os.environ["MLFLOW_TRACKING_URI"], PARENT_FILE, "FINISHED")
+def train_devices():
+    devices = TRAIN["devices"]
+    return ",".join(devices) if isinstance(devices, list) else str(devices)
 
 
-onerror:
-    if TRACKING["enabled"]:
-        from pipeline.track import end_parent
+def train_replicas():
+    per_replica = len(TRAIN["devices"]) if isinstance(TRAIN["devices"], list) else 1
+    return max(1, TRAIN["gpus"] // per_replica)
 
-        end_parent(os.environ["MLFLOW_TRACKING_URI"], PARENT_FILE, "FAILED")
+
+def train_launcher():
+    n = train_replicas()
+    if n == 1:
+        return "python -m pipeline.train"
+    return (f"python -m torch.distributed.run --nproc-per-node {n} --rdzv-backend c10d "
+            "--rdzv-endpoint localhost:0 -m pipeline.train")

@@ -7,6 +7,8 @@ DEMO = config["demo"]
 
 
 rule demo:
+    conda:
+        CONDA_ENV
     output:
         train=f"{DEMO['out_dir']}/ILSVRC2012_img_train.tar",
         val=f"{DEMO['out_dir']}/ILSVRC2012_img_val.tar",

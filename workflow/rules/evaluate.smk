@@ -18,6 +18,8 @@ EVALUATE_RANKS = max(1, config["train"]["gpus"]
 
 
 rule evaluate:
+    conda:
+        CONDA_ENV
     input:
         checkpoint=EVALUATE_INPUT,
         manifest=f"{RESULTS}/shards/manifest.json",

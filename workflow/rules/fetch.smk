@@ -43,6 +43,8 @@ if FETCH_DATASET.get("auth_env"):
 
 
 rule fetch:
+    conda:
+        CONDA_ENV
     input:
         **FETCH_INPUTS,
     output:

@@ -7,6 +7,8 @@
 
 
 rule pca:
+    conda:
+        CONDA_ENV
     input:
         stats=RESIZE_SHARD_FILES["train", ".stats.npz"],
         manifest=f"{RESULTS}/shards/manifest.json",

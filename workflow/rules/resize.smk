@@ -25,7 +25,7 @@ RESIZE_SOURCE = {
 }
 RESIZE_SHARD_FILES = {
     (split, suffix): expand(f"{RESULTS}/shards/{split}/{split}-{{k:05d}}{suffix}", k=range(RESIZE_SHARDS[split]))
-    for split in ("train", "val") for suffix in (".json", ".stats.npz")
+    for split in ("train", "val") for suffix in (".tar", ".idx", ".json", ".stats.npz")
 }
 RESIZE_SHARD_SHELL = (
     "python -m pipeline.resize shard --split {params.split} --index {input.index} --source {params.source}"
@@ -36,6 +36,8 @@ RESIZE_SHARD_SHELL = (
 
 
 rule index:
+    conda:
+        CONDA_ENV
     input:
         source=lambda wildcards: RESIZE_ARCHIVE[wildcards.split],
         classes=f"{RESULTS}/fetch/classes.tsv",
@@ -56,6 +58,8 @@ rule index:
 
 
 rule resize_train_shard:
+    conda:
+        CONDA_ENV
     input:
         index=f"{RESULTS}/index/train.tsv",
         source=RESIZE_ARCHIVE["train"],
@@ -86,6 +90,8 @@ rule resize_train_shard:
 
 
 rule resize_val_shard:
+    conda:
+        CONDA_ENV
     input:
         index=f"{RESULTS}/index/val.tsv",
         source=RESIZE_ARCHIVE["val"],
@@ -115,9 +121,13 @@ rule resize_val_shard:
 
 
 rule resize:
+    conda:
+        CONDA_ENV
     input:
         train=RESIZE_SHARD_FILES["train", ".json"],
         val=RESIZE_SHARD_FILES["val", ".json"],
+        # the shards themselves, so a missing or deleted one is made again
+        shards=[RESIZE_SHARD_FILES[split, suffix] for split in ("train", "val") for suffix in (".tar", ".idx")],
         classes=f"{RESULTS}/fetch/classes.tsv",
     output:
         manifest=f"{RESULTS}/shards/manifest.json",

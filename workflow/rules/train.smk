@@ -16,28 +16,9 @@
 # With more GPUs than one replica uses (train.devices: one device, or two for
 # the paper's split), the rule starts one DDP replica per share via torchrun.
 
-TRAIN = config["train"]
-
-
-def train_devices():
-    devices = TRAIN["devices"]
-    return ",".join(devices) if isinstance(devices, list) else str(devices)
-
-
-def train_replicas():
-    per_replica = len(TRAIN["devices"]) if isinstance(TRAIN["devices"], list) else 1
-    return max(1, TRAIN["gpus"] // per_replica)
-
-
-def train_launcher():
-    n = train_replicas()
-    if n == 1:
-        return "python -m pipeline.train"
-    return (f"python -m torch.distributed.run --nproc-per-node {n} --rdzv-backend c10d "
-            "--rdzv-endpoint localhost:0 -m pipeline.train")
-
-
 rule train:
+    conda:
+        CONDA_ENV
     input:
         manifest=f"{RESULTS}/shards/manifest.json",
         pca=f"{RESULTS}/pca/pca.json",
@@ -49,7 +30,7 @@ rule train:
                      labels={"figure": "training curve"}),
         best=f"{RESULTS}/train/checkpoints/best.pt",
     params:
-        out_dir=f"{RESULTS}/train",
+        out_dir=lambda wildcards, output: os.path.dirname(output.json),
         launcher=train_launcher(),
         devices=train_devices(),
         width=TRAIN["width"],
@@ -72,7 +53,7 @@ rule train:
         normalize=config["augment"]["normalize"],
         # torch threads per replica, so replicas on the CPU do not oversubscribe it
         threads=lambda wildcards, threads: max(1, threads // train_replicas()),
-    threads: workflow.cores
+    threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
     resources:
         gpu=TRAIN["gpus"],
     log:
