@@ -148,8 +148,8 @@ def test_lrn_window_sum_on_cuda_path_matches_cpu_path():
 
 def test_two_device_layout_equals_grouped_layout():
     torch.manual_seed(0)
-    one = small(width=0.25, dropout=0.0)
-    two = small(width=0.25, dropout=0.0, devices=TWO_CPUS)
+    one = small(dropout=0.0)
+    two = small(dropout=0.0, devices=TWO_CPUS)
     two.load_state_dict(one.state_dict())
     assert len(two.columns) == 2 and two.columns[0].conv2.groups == 1 and one.columns[0].conv2.groups == 2
     x = torch.randn(3, 3, 224, 224)
