@@ -167,8 +167,8 @@ def launch_from_env(devices: str = "auto") -> tuple[Dist, list[str]]:
 def shard_paths(manifest: str | os.PathLike, split: str) -> list[str]:
     """The split's shard tars listed in the resize stage's manifest.
 
-    manifest[split]["shards"] is a list of {"tar": path, ...}; a relative
-    path that does not exist from here is looked up beside the manifest.
+    manifest[split]["shards"] is a list of {"tar": path, ...}, the path
+    relative to the manifest's folder (or absolute).
     """
     manifest = Path(manifest)
     try:
@@ -179,13 +179,10 @@ def shard_paths(manifest: str | os.PathLike, split: str) -> list[str]:
                                "rerun the resize stage") from exc
     paths = []
     for name in names:
-        path = Path(name)
-        if not path.is_absolute() and not path.exists():
-            path = manifest.parent / name
+        path = manifest.parent / name  # an absolute name stays as it is
         if not path.exists():
-            path = manifest.parent / split / Path(name).name
-        if not path.exists():
-            raise TrainConfigError(f"{manifest}: shard {name} listed for {split} does not exist")
+            raise TrainConfigError(f"{manifest}: shard {path} listed for {split} does not exist; "
+                                   "rerun the resize stage")
         paths.append(str(path))
     if not paths:
         raise TrainConfigError(f"{manifest}: the {split} split has no shards")
@@ -291,6 +288,7 @@ class Window:
 
     def __init__(self, first_step: int):
         self.first_step, self.losses, self.hits, self.images = first_step, [], [], 0
+        self.step_losses: list[float] = []  # filled by reduce()
         self.t0 = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, topk: int) -> None:
@@ -305,26 +303,30 @@ class Window:
         packed = torch.cat([torch.stack(self.losses), torch.stack(self.hits).sum(0).float(),
                             torch.tensor([float(self.images)], device=self.losses[0].device)])
         packed = all_sum(packed, env).double().cpu()
-        losses = (packed[:k] / env.world).tolist()
+        self.step_losses = (packed[:k] / env.world).tolist()
         n = packed[k + 2].item()
         errs = [100.0 * (1 - packed[k + i].item() / n) for i in (0, 1)]
-        return losses, errs[0], errs[1], int(n), time.perf_counter() - self.t0
+        return self.step_losses, errs[0], errs[1], int(n), time.perf_counter() - self.t0
 
 
 @torch.no_grad()
-def validate(model, eval_loader, env: Dist, input_device, output_device, autocast, channels_last, topk):
-    """Centre-crop top-1/top-5 error (%) over every validation image, all ranks together."""
+def validate(model, eval_loader, env: Dist, to_inputs, autocast, topk: int) -> tuple[float, float]:
+    """Centre-crop top-1/top-5 error (%) over every validation image, all ranks together.
+
+    Runs the plain module (not the DDP wrapper): ranks may hold different numbers of images.
+    """
     model.eval()
-    hits = torch.zeros(3, dtype=torch.float64, device=output_device)
-    for images, labels, _keys in eval_loader:
-        images = images.to(input_device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+    hits = None
+    for batch in eval_loader:
+        images, labels = to_inputs(*batch[:2])
         with autocast():
             logits = model(images)
-        labels = labels.to(output_device).view(-1).long()
+        if hits is None:
+            hits = torch.zeros(3, dtype=torch.float64, device=logits.device)
         rank = true_class_rank(logits.float(), labels)
         hits += torch.stack([(rank < 1).sum(), (rank < topk).sum(), torch.tensor(len(labels), device=rank.device)])
+    if hits is None:  # this rank has no images; the others may
+        hits = torch.zeros(3, dtype=torch.float64, device=getattr(model, "output_device", "cpu"))
     hits = all_sum(hits, env).cpu()
     if hits[2] == 0:
         raise TrainConfigError("the validation loader yielded no images")
@@ -350,6 +352,202 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+class Trainer:
+    """The recipe's state (model, SGD, plateau, counters) and one method per phase of an epoch."""
+
+    def __init__(self, model, cfg: TrainConfig, out_dir, num_classes: int, env: Dist, devices: list[str]):
+        self.model, self.cfg, self.env, self.devices, self.num_classes = model, cfg, env, devices, num_classes
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir, self.jsonl = self.out_dir / "checkpoints", self.out_dir / "metrics.jsonl"
+        self.last = self.ckpt_dir / "last.pt"
+        on_gpu = devices[0].startswith("cuda")
+        self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
+        self.channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and on_gpu)
+        self.input_device = torch.device(getattr(model, "input_device", devices[0]))
+        self.output_device = torch.device(getattr(model, "output_device", devices[-1]))
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.topk = min(5, num_classes)
+        self.key = cfg.key(num_classes)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.plateau = make_plateau(self.optimizer, cfg.lr_factor, cfg.patience)
+        self.state = {"epoch": 0, "step": 0, "best": {"epoch": None, "val_top1_err": None, "val_top5_err": None},
+                      "totals": {"train_images": 0, "train_s": 0.0, "wall_s": 0.0}, "history": []}
+        self.saved = None  # epoch and step of the checkpoint on disk
+        self.train_model = model
+
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(device_type=self.input_device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def to_inputs(self, images, labels):
+        images = images.to(self.input_device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels.to(self.output_device, non_blocking=True).view(-1).long()
+
+    def say(self, text: str) -> None:
+        if self.env.main:
+            print(text, file=sys.stderr)
+
+    # -- start: resume or start over, then wrap for DDP / compile
+
+    def resume(self, fresh: bool) -> bool:
+        """Continue from last.pt when it was made with this model, recipe and augmentation."""
+        if fresh or not self.last.exists():
+            return False
+        ckpt = load_checkpoint(self.last)
+        old = {k: ckpt["config"].get(k) for k in self.key}
+        if old != self.key or ckpt["epoch"] > self.cfg.epochs:
+            why = ", ".join(f"{k} differs" for k in self.key if old.get(k) != self.key[k]) \
+                or f"it is at epoch {ckpt['epoch']}, past the {self.cfg.epochs} asked for"
+            self.say(f"not resuming from {self.last} ({why}); starting over")
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("layout") == len(self.devices):
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        else:  # the two layouts list their parameters differently (model/alexnet.py)
+            self.optimizer.param_groups[0]["lr"] = ckpt["optimizer"]["param_groups"][0]["lr"]
+            self.say(f"{self.last} was saved from a {ckpt.get('layout')}-device layout; "
+                     "momentum restarts from zero on this one")
+        self.plateau.load_state_dict(ckpt["plateau"])
+        for k in self.state:
+            self.state[k] = ckpt[k]
+        rngs = ckpt["rng"]
+        if len(rngs) == self.env.world:
+            set_rng_state(rngs[self.env.rank])
+        else:  # another replica count: each rank needs its own stream
+            seed_everything(self.cfg.seed + 1000 * self.state["epoch"] + self.env.rank)
+        self.saved = {"epoch": self.state["epoch"], "step": self.state["step"]}
+        self.say(f"resuming from {self.last}: epoch {self.state['epoch']}, step {self.state['step']}")
+        return True
+
+    def start(self, fresh: bool) -> None:
+        resumed = self.resume(fresh)
+        if self.env.world > 1:  # every rank has read last.pt before rank 0 tidies up
+            dist.barrier()
+        if self.env.main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            if resumed:
+                truncate_jsonl(self.jsonl, self.state["step"], self.state["epoch"])
+                restore_best(self.ckpt_dir, self.state["best"]["epoch"])
+            else:
+                self.jsonl.unlink(missing_ok=True)
+                for old in [*self.ckpt_dir.glob("epoch-*.pt"), self.ckpt_dir / "best.pt", self.last]:
+                    old.unlink(missing_ok=True)
+        if self.env.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            one_gpu = self.input_device.type == "cuda" and len(self.devices) == 1
+            self.train_model = DDP(self.model, device_ids=[self.input_device] if one_gpu else None)
+        if self.cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+
+    def steps_per_epoch(self, loader) -> int:
+        """The same count on every replica: the fewest full batches any rank has."""
+        on_nccl = self.output_device.type == "cuda" and self.env.world > 1
+        steps = torch.tensor([len(loader)], device=self.output_device if on_nccl else "cpu")
+        if self.env.world > 1:
+            dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+        if steps.item() == 0:
+            raise TrainConfigError(f"the training loader yields no batch of {self.cfg.batch_size // self.env.world} "
+                                   "images; lower train.batch_size")
+        return int(steps.item())
+
+    # -- one epoch
+
+    def train_epoch(self, loader, epoch: int, steps: int) -> list[float]:
+        """SGD over the epoch's batches; a metrics line every log_every steps. Returns the step losses."""
+        cfg, state = self.cfg, self.state
+        per_step = cfg.batch_size // self.env.world * self.env.world
+        lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=steps * per_step, unit="img", unit_scale=True, desc=f"epoch {epoch}/{cfg.epochs}",
+                   disable=None if self.env.main else True, file=sys.stderr, leave=False)
+        window, losses = Window(state["step"] + 1), []
+        self.model.train()
+        for i, batch in enumerate(loader.epoch(epoch)):
+            if i == steps:
+                break
+            images, labels = self.to_inputs(*batch)
+            with self.autocast():
+                logits = self.train_model(images)
+            loss = F.cross_entropy(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            state["step"] += 1
+            window.add(loss, logits, labels, self.topk)
+            bar.update(per_step)
+            if state["step"] % cfg.log_every == 0 or i == steps - 1:
+                row = self.log_window(window, epoch, lr)
+                losses += window.step_losses
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:g}")
+                window = Window(state["step"] + 1)
+        bar.close()
+        return losses
+
+    def log_window(self, window: "Window", epoch: int, lr: float) -> dict:
+        losses, e1, e5, n, secs = window.reduce(self.env)
+        bad = [j for j, v in enumerate(losses) if not np.isfinite(v)]
+        if bad:
+            raise diverged(window.first_step + bad[0], epoch, losses[bad[0]], self.last, self.saved)
+        self.state["totals"]["train_images"] += n
+        self.state["totals"]["train_s"] += secs
+        row = {"step": self.state["step"], "epoch": epoch, "train_loss": sum(losses) / len(losses),
+               "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs}
+        if self.env.main:
+            append_jsonl(self.jsonl, row)
+        return row
+
+    def end_epoch(self, epoch: int, lr: float, losses: list[float], val1: float, val5: float, epoch_s: float,
+                  wall_s: float) -> None:
+        """Plateau step, metrics line, checkpoints (last, best), curve."""
+        state = self.state
+        self.plateau.step(val1)  # section 5: divide the lr when the validation error stops improving
+        better = state["best"]["epoch"] is None or val1 < state["best"]["val_top1_err"]
+        if better:
+            state["best"] = {"epoch": epoch, "val_top1_err": val1, "val_top5_err": val5}
+        state["history"].append({"epoch": epoch, "lr": lr, "val_top1_err": val1, "val_top5_err": val5})
+        state["epoch"] = epoch
+        state["totals"]["wall_s"] = wall_s
+        rngs = [rng_state()]
+        if self.env.world > 1:  # rank 0 writes every rank's streams
+            rngs = [None] * self.env.world
+            dist.all_gather_object(rngs, rng_state())
+        new_lr = self.optimizer.param_groups[0]["lr"]
+        if self.env.main:
+            append_jsonl(self.jsonl, {"step": state["step"], "epoch": epoch, "val_top1_err": val1,
+                                      "val_top5_err": val5, "epoch_train_loss": sum(losses) / len(losses),
+                                      "lr": lr, "epoch_time_s": epoch_s, "peak_mem_mb": peak_memory_mb(self.devices)})
+            config = {**self.key, "world_size": self.env.world}
+            save_checkpoint(self.last, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                        "plateau": self.plateau.state_dict(), "rng": rngs, "config": config,
+                                        "layout": len(self.devices), **state})
+            if better:
+                keep_best(self.ckpt_dir, epoch)
+            plot_curve(self.jsonl, self.out_dir / "curve.png")
+        self.saved = {"epoch": epoch, "step": state["step"]}
+        self.say(f"epoch {epoch}/{self.cfg.epochs}: train loss {sum(losses) / len(losses):.4f}, "
+                 f"val top-1 {val1:.2f}% top-5 {val5:.2f}% (centre crop), {epoch_s:.1f} s"
+                 + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""))
+
+    def finish(self) -> dict:
+        digests = [param_digest(self.model)]
+        if self.env.world > 1:
+            digests = [None] * self.env.world
+            dist.all_gather_object(digests, param_digest(self.model))
+        summary = summarize(self, digests)
+        if self.env.main:
+            if not (self.out_dir / "curve.png").exists():
+                plot_curve(self.jsonl, self.out_dir / "curve.png")
+            write_json(self.out_dir / "train.json", summary)  # last: its presence means the stage finished
+            self.say(f"trained {summary['epochs']} epochs: best val top-1 {summary['best_val_top1_err']:.2f}% "
+                     f"(epoch {summary['best_epoch']}), {summary['images_per_s']:.0f} images/s")
+        return summary
+
+
 def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes: int,
         env: Dist | None = None, devices: list[str] | None = None, fresh: bool = False) -> dict:
     """Train `model` (already built, on its devices) with the recipe; returns the train.json summary.
@@ -358,169 +556,21 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
     iterating `eval_loader` yields (images, labels, keys) once over this rank's
     validation share. Resumes from out_dir/checkpoints/last.pt when it fits.
     """
-    env = env or Dist()
-    devices = devices or ["cpu"]
-    out_dir = Path(out_dir)
-    ckpt_dir, jsonl = out_dir / "checkpoints", out_dir / "metrics.jsonl"
-    on_gpu = devices[0].startswith("cuda")
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
-    channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and on_gpu)
-    raw = model
-    input_device = torch.device(getattr(raw, "input_device", devices[0]))
-    output_device = torch.device(getattr(raw, "output_device", devices[-1]))
-    if channels_last:
-        raw.to(memory_format=torch.channels_last)
-    topk = min(5, num_classes)
-    autocast = (lambda: torch.autocast(device_type=input_device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    key = cfg.key(num_classes)
-    config = {**key, "world_size": env.world}
-
-    optimizer = torch.optim.SGD(raw.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    plateau = make_plateau(optimizer, cfg.lr_factor, cfg.patience)
-    state = {"epoch": 0, "step": 0, "best": {"epoch": None, "val_top1_err": None, "val_top5_err": None},
-             "totals": {"train_images": 0, "train_s": 0.0, "wall_s": 0.0}, "history": []}
-
-    last = ckpt_dir / "last.pt"
-    resumed, saved = False, None
-    if last.exists() and not fresh:
-        ckpt = load_checkpoint(last)
-        old = {k: ckpt["config"].get(k) for k in key}
-        if old == key and ckpt["epoch"] <= cfg.epochs:
-            raw.load_state_dict(ckpt["model"])
-            if ckpt.get("layout") == len(devices):
-                optimizer.load_state_dict(ckpt["optimizer"])
-            else:  # the two layouts list their parameters differently (model/alexnet.py)
-                optimizer.param_groups[0]["lr"] = ckpt["optimizer"]["param_groups"][0]["lr"]
-                if env.main:
-                    print(f"{last} was saved from a {ckpt.get('layout')}-device layout; "
-                          "momentum restarts from zero on this one", file=sys.stderr)
-            plateau.load_state_dict(ckpt["plateau"])
-            for k in ("epoch", "step", "best", "totals", "history"):
-                state[k] = ckpt[k]
-            rngs = ckpt["rng"]
-            set_rng_state(rngs[env.rank] if len(rngs) == env.world else rngs[0])
-            if len(rngs) != env.world:  # another replica count: each rank needs its own stream
-                seed_everything(cfg.seed + 1000 * state["epoch"] + env.rank)
-            resumed, saved = True, {"epoch": state["epoch"], "step": state["step"]}
-            if env.main:
-                print(f"resuming from {last}: epoch {state['epoch']}, step {state['step']}", file=sys.stderr)
-        elif env.main:
-            why = ", ".join(f"{k} differs" for k in key if old.get(k) != key[k]) \
-                or f"it is at epoch {ckpt['epoch']}, past the {cfg.epochs} asked for"
-            print(f"not resuming from {last} ({why}); starting over", file=sys.stderr)
-    if env.world > 1:  # every rank has read last.pt before rank 0 tidies up
-        dist.barrier()
-    if env.main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if resumed:
-            truncate_jsonl(jsonl, state["step"], state["epoch"])
-            restore_best(ckpt_dir, state["best"]["epoch"])
-        else:
-            jsonl.unlink(missing_ok=True)
-            for old in [*ckpt_dir.glob("epoch-*.pt"), ckpt_dir / "best.pt", last]:
-                old.unlink(missing_ok=True)
-
-    train_model = raw
-    if env.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        single_gpu = on_gpu and len(devices) == 1
-        train_model = DDP(raw, device_ids=[input_device] if single_gpu else None)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-
-    steps = torch.tensor([len(train_loader)], device=output_device if on_gpu and env.world > 1 else "cpu")
-    if env.world > 1:  # every replica must take the same number of steps
-        dist.all_reduce(steps, op=dist.ReduceOp.MIN)
-    steps = int(steps.item())
-    if steps == 0:
-        raise TrainConfigError(f"the training loader yields no batch of {cfg.batch_size // env.world} images")
-    per_step = cfg.batch_size // env.world * env.world
-    t_start = time.perf_counter()
-    wall0 = state["totals"]["wall_s"]
-
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    t = Trainer(model, cfg, out_dir, num_classes, env or Dist(), devices or ["cpu"])
+    t.start(fresh)
+    steps = t.steps_per_epoch(train_loader)
+    t_start, wall0 = time.perf_counter(), t.state["totals"]["wall_s"]
+    for epoch in range(t.state["epoch"] + 1, cfg.epochs + 1):
         t_epoch = time.perf_counter()
-        for d in devices:
+        for d in t.devices:
             if d.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(d)
-        lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(total=steps * per_step, unit="img", unit_scale=True, desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=None if env.main else True, file=sys.stderr, leave=False)
-        window, epoch_losses = Window(state["step"] + 1), []
-        for i, (images, labels) in enumerate(train_loader.epoch(epoch)):
-            if i == steps:
-                break
-            images = images.to(input_device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(output_device, non_blocking=True).view(-1).long()
-            with autocast():
-                logits = train_model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state["step"] += 1
-            window.add(loss, logits, labels, topk)
-            bar.update(per_step)
-            if state["step"] % cfg.log_every == 0 or i == steps - 1:
-                losses, e1, e5, n, secs = window.reduce(env)
-                bad = [j for j, v in enumerate(losses) if not np.isfinite(v)]
-                if bad:
-                    bar.close()
-                    raise diverged(window.first_step + bad[0], epoch, losses[bad[0]], last, saved)
-                epoch_losses += losses
-                state["totals"]["train_images"] += n
-                state["totals"]["train_s"] += secs
-                row = {"step": state["step"], "epoch": epoch, "train_loss": sum(losses) / len(losses),
-                       "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs}
-                if env.main:
-                    append_jsonl(jsonl, row)
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:g}")
-                window = Window(state["step"] + 1)
-        bar.close()
-        val1, val5 = validate(raw, eval_loader, env, input_device, output_device, autocast, channels_last, topk)
-        plateau.step(val1)  # section 5: divide the lr when the validation error stops improving
-        epoch_s = time.perf_counter() - t_epoch
-        better = state["best"]["epoch"] is None or val1 < state["best"]["val_top1_err"]
-        if better:
-            state["best"] = {"epoch": epoch, "val_top1_err": val1, "val_top5_err": val5}
-        row = {"step": state["step"], "epoch": epoch, "val_top1_err": val1, "val_top5_err": val5,
-               "epoch_train_loss": sum(epoch_losses) / len(epoch_losses), "lr": lr,
-               "epoch_time_s": epoch_s, "peak_mem_mb": peak_memory_mb(devices)}
-        state["history"].append({"epoch": epoch, "lr": lr, "val_top1_err": val1, "val_top5_err": val5})
-        state["epoch"] = epoch
-        state["totals"]["wall_s"] = wall0 + time.perf_counter() - t_start
-        rngs = [rng_state()]
-        if env.world > 1:
-            rngs = [None] * env.world
-            dist.all_gather_object(rngs, rng_state())
-        if env.main:
-            append_jsonl(jsonl, row)
-            save_checkpoint(last, {"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "plateau": plateau.state_dict(), "rng": rngs, "config": config,
-                                   "layout": len(devices), **state})
-            if better:
-                keep_best(ckpt_dir, epoch)
-            plot_curve(jsonl, out_dir / "curve.png")
-            new_lr = optimizer.param_groups[0]["lr"]
-            print(f"epoch {epoch}/{cfg.epochs}: train loss {row['epoch_train_loss']:.4f}, "
-                  f"val top-1 {val1:.2f}% top-5 {val5:.2f}% (centre crop), {epoch_s:.1f} s"
-                  + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""), file=sys.stderr)
-        saved = {"epoch": epoch, "step": state["step"]}
-
-    digests = [param_digest(raw)]
-    if env.world > 1:
-        digests = [None] * env.world
-        dist.all_gather_object(digests, param_digest(raw))
-    summary = summarize(cfg, state, raw, num_classes, env, devices, bf16, channels_last, digests)
-    if env.main:
-        if not (out_dir / "curve.png").exists():
-            plot_curve(jsonl, out_dir / "curve.png")
-        write_json(out_dir / "train.json", summary)  # last: its presence means the stage finished
-        print(f"trained {summary['epochs']} epochs: best val top-1 {summary['best_val_top1_err']:.2f}% "
-              f"(epoch {summary['best_epoch']}), {summary['images_per_s']:.0f} images/s", file=sys.stderr)
-    return summary
+        lr = t.optimizer.param_groups[0]["lr"]
+        losses = t.train_epoch(train_loader, epoch, steps)
+        val1, val5 = validate(t.model, eval_loader, t.env, t.to_inputs, t.autocast, t.topk)
+        t.end_epoch(epoch, lr, losses, val1, val5, time.perf_counter() - t_epoch,
+                    wall0 + time.perf_counter() - t_start)
+    return t.finish()
 
 
 def diverged(step, epoch, value, last: Path, saved: dict | None) -> TrainingDiverged:
@@ -530,24 +580,24 @@ def diverged(step, epoch, value, last: Path, saved: dict | None) -> TrainingDive
                             f"{kept}. Lower the learning rate (train.lr) or check the inputs.")
 
 
-def summarize(cfg, state, model, num_classes, env, devices, bf16, channels_last, digests) -> dict:
-    hist = state["history"]
-    totals = state["totals"]
+def summarize(t: Trainer, digests: list[str]) -> dict:
+    state, cfg = t.state, t.cfg
+    hist, totals = state["history"], state["totals"]
     return {
         "epochs": state["epoch"], "steps": state["step"],
         "best_epoch": state["best"]["epoch"],
         "best_val_top1_err": state["best"]["val_top1_err"], "best_val_top5_err": state["best"]["val_top5_err"],
         "final_val_top1_err": hist[-1]["val_top1_err"] if hist else None,
         "final_val_top5_err": hist[-1]["val_top5_err"] if hist else None,
-        "chance_top1_err": 100.0 * (1 - 1 / num_classes),
-        "final_lr": hist[-1]["lr"] if hist else cfg.lr,
-        "lr_drops": [h["epoch"] for a, h in zip(hist, hist[1:]) if h["lr"] < a["lr"]],
+        "chance_top1_err": 100.0 * (1 - 1 / t.num_classes),
+        "final_lr": t.optimizer.param_groups[0]["lr"],
+        "lr_drops": [h["epoch"] for h, nxt in zip(hist, hist[1:]) if nxt["lr"] < h["lr"]],
         "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
         "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "num_classes": num_classes, "width": cfg.width, "batch_size": cfg.batch_size,
-        "world_size": env.world, "devices": devices, "precision": "bf16" if bf16 else "fp32",
-        "channels_last": channels_last, "replica_digests": digests,
+        "parameters": sum(p.numel() for p in t.model.parameters()),
+        "num_classes": t.num_classes, "width": cfg.width, "batch_size": cfg.batch_size,
+        "world_size": t.env.world, "devices": t.devices, "precision": "bf16" if t.bf16 else "fp32",
+        "channels_last": t.channels_last, "replica_digests": digests,
         "replicas_in_sync": len(set(digests)) == 1,
     }
 
@@ -561,8 +611,10 @@ def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         num_classes = len(read_classes(classes_tsv))
-        seed_everything(cfg.seed + env.rank)
+        seed_everything(cfg.seed)  # the same initial weights on every replica
         model = build_model(cfg.model_config(num_classes), devices)
+        if env.world > 1:  # then each replica its own dropout stream
+            seed_everything(cfg.seed + env.rank)
         device = str(getattr(model, "input_device", devices[0]))
         train_loader, eval_loader = make_loaders(cfg, manifest, pca_json, mean_image, env, device)
         return fit(model, train_loader, eval_loader, cfg, out_dir, num_classes, env, devices, fresh)

@@ -27,7 +27,9 @@ from pipeline.train import (Dist, TrainConfig, TrainConfigError, TrainingDiverge
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 4
 TINTS = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]], dtype=np.float64)
-SMALL = dict(width=0.0625, batch_size=4, lr=0.01, log_every=1, workers=1, threads=1, devices="cpu")
+# Caffe's init: with the paper's (biases 1) a 1/16-width net's loss swings over the
+# first steps (lr * |fc7 output|^2 is large), which would hide the trend tested here.
+SMALL = dict(width=0.0625, init="caffe", batch_size=4, lr=0.01, log_every=1, workers=1, threads=1, devices="cpu")
 
 
 def _image(rng, label):
@@ -51,7 +53,7 @@ def make_data(root: Path) -> dict:
                 for i in range(per_shard):
                     label = int(rng.integers(CLASSES)) if split == "train" else i % CLASSES
                     w.add(f"{split}_{k}_{i:04d}", _image(rng, label), label)
-            entries.append({"tar": str(tar), "idx": str(tar.with_suffix(".idx")), "images": per_shard})
+            entries.append({"tar": f"{split}/{tar.name}", "idx": f"{split}/{tar.stem}.idx", "images": per_shard})
         splits[split] = {"images": shards * per_shard, "shards": entries}
     write_json(root / "shards" / "manifest.json", splits)
     cov = np.diag([1500.0, 900.0, 600.0])
@@ -111,7 +113,8 @@ def test_training_lowers_loss_and_writes_outputs(reference):
         if "train_loss" in r:
             by_epoch.setdefault(r["epoch"], []).append(r["train_loss"])
     assert sorted(by_epoch) == [1, 2, 3] and all(len(v) == 12 for v in by_epoch.values())
-    assert np.mean(by_epoch[3]) < np.mean(by_epoch[1]) - 0.05, by_epoch
+    means = [np.mean(by_epoch[e]) for e in (1, 2, 3)]
+    assert means[0] > means[1] > means[2] and means[2] < means[0] - 0.02, means
     epochs = [r for r in rows(out) if "val_top1_err" in r]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert {"step", "epoch", "val_top1_err", "val_top5_err", "epoch_time_s", "peak_mem_mb"} <= set(epochs[0])
@@ -130,7 +133,7 @@ def test_training_lowers_loss_and_writes_outputs(reference):
     assert {"model", "optimizer", "plateau", "rng", "config"} <= set(last)
     assert {"torch", "numpy", "python"} <= set(last["rng"][0])
     assert last["config"]["model"] == {"num_classes": CLASSES, "width": 0.0625, "lrn": True,
-                                       "overlapping_pool": True, "init": "paper", "dropout": 0.5}
+                                       "overlapping_pool": True, "init": "caffe", "dropout": 0.5}
     assert last["config"]["augment"] == {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
 
 
