@@ -7,9 +7,10 @@
   process created, and the results equal a local run's: the shards byte for
   byte, manifest and pca.json numbers, the trained weights (digest) and the
   losses, and the evaluation errors (timings aside);
-- the profile's multi-node training block, through the same plugin, starts one
-  torchrun per node with srun (processes per node from the GPUs SLURM
-  granted), and the replicas on the two nodes meet and agree.
+- the profile's training entry with two GPUs starts two DDP replicas on one
+  node (torchrun), and its multi-node block one torchrun per node with srun,
+  through the same plugin and launcher; processes per node come from the GPUs
+  SLURM granted, and the replicas meet and agree.
 
 Skipped when slurmctld is not installed. CI runs `bash tests/slurm/start.sh`
 first, which installs SLURM (Debian packages) and starts the cluster; when
@@ -202,38 +203,51 @@ def multi_node_block() -> dict:
     return yaml.safe_load("\n".join(block))
 
 
-def test_profile_multi_node_block_runs_one_torchrun_per_node(cluster):
+def test_profile_gpu_entries_start_ddp_replicas(cluster):
     with scratch("slurm-ddp") as tmp:
-        check_multi_node_block(cluster, tmp)
+        check_gpu_entries(cluster, tmp)
 
 
-def check_multi_node_block(cluster, tmp_path):
-    resources = multi_node_block()
-    assert resources["nodes"] == resources["tasks"] == 2 and resources["mpi"]
-    resources["gres"] = "gpu:1"  # one (fake) GPU per node: auto starts one process on each
+def check_gpu_entries(cluster, tmp_path):
+    """The profile's train entry with 2 GPUs (one node), and its multi-node block, running a DDP probe."""
+    one_node = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]["train"]
+    one_node.update(gpu=2, mem_mb=2000)  # two (fake) GPUs: auto starts two processes
+    nodes = multi_node_block()
+    assert nodes["nodes"] == nodes["tasks"] == 2 and nodes["mpi"]
+    nodes.update(gres="gpu:1", mem_mb=2000)  # one (fake) GPU per node: one process on each
+    probe = f"{sys.executable} -m pipeline.launch -- {sys.executable} {REPO / 'tests' / 'slurm' / 'ddp_probe.py'}"
     (tmp_path / "Snakefile").write_text(
-        "rule ddp:\n"
-        "    output: 'ddp/rank-0.json'\n"
-        "    log: 'ddp.log'\n"
-        "    threads: 2\n"
-        f"    shell: '{sys.executable} -m pipeline.launch --nproc-per-node auto -- "
-        f"{sys.executable} {REPO / 'tests' / 'slurm' / 'ddp_probe.py'} ddp > {{log}} 2>&1'\n")
+        "rule all:\n"
+        "    input: 'gpus/rank-0.json', 'nodes/rank-0.json'\n"
+        + "".join(f"rule {name}:\n"
+                  f"    output: '{name}/rank-0.json'\n"
+                  f"    log: '{name}.log'\n"
+                  f"    shell: '{probe} {name} > {{log}} 2>&1'\n" for name in ("gpus", "nodes")))
     profile = tmp_path / "profile"
     profile.mkdir()
     (profile / "config.yaml").write_text(yaml.safe_dump({
-        "executor": "slurm", "jobs": 1, "latency-wait": 10,
+        "executor": "slurm", "jobs": 2, "latency-wait": 10,
         "default-resources": {"mem_mb": 1000, "runtime": 10},
-        "set-resources": {"ddp": {**resources, "mem_mb": 2000}}}))
+        "set-threads": {"gpus": 2, "nodes": 2},
+        "set-resources": {"gpus": one_node, "nodes": nodes}}))
     run = snakemake(tmp_path, cluster, "--profile", str(profile), *PLUGIN_FLAGS,
                     snakefile=tmp_path / "Snakefile", timeout=300)
-    out = finish(run, "the multi-node job", cluster)
-    assert len(SUBMITTED.findall(out)) == 1
-    log = (tmp_path / "ddp.log").read_text()
-    assert "launch: srun, 2 node(s) x 1 process(es): srun --nodes=2" in log, log[-3000:]
-    ranks = [json.loads((tmp_path / "ddp" / f"rank-{r}.json").read_text()) for r in range(2)]
-    assert {r["world_size"] for r in ranks} == {2}
-    assert sorted((r["group_rank"], r["local_rank"]) for r in ranks) == [(0, 0), (1, 0)]
+    out = finish(run, "the DDP jobs", cluster)
+    assert len(SUBMITTED.findall(out)) == 2
     hosts = subprocess.run(["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N"], env=cluster, capture_output=True,
                            text=True, check=True).stdout.split()
+
+    log = (tmp_path / "gpus.log").read_text()
+    assert "launch: standalone, 1 node(s) x 2 process(es)" in log, log[-3000:]
+    ranks = [json.loads((tmp_path / "gpus" / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert [(r["rank"], r["world_size"], r["local_rank"]) for r in ranks] == [(0, 2, 0), (1, 2, 1)]
+    assert len({r["node"] for r in ranks}) == 1 and ranks[0]["node"] in hosts
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["moved"] > 0
+
+    log = (tmp_path / "nodes.log").read_text()
+    assert "launch: srun, 2 node(s) x 1 process(es): srun --nodes=2" in log, log[-3000:]
+    ranks = [json.loads((tmp_path / "nodes" / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert {r["world_size"] for r in ranks} == {2}
+    assert sorted((r["group_rank"], r["local_rank"]) for r in ranks) == [(0, 0), (1, 0)]
     assert {r["node"] for r in ranks} == set(hosts)  # both nodes, one torchrun each
-    assert len({json.dumps(r["weights"]) for r in ranks}) == 1 and ranks[0]["moved"] > 0
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["moved"] > 0
