@@ -226,6 +226,15 @@ def render(r: dict) -> str:
                            ("ours / decode only", "ours: + encode + stats", "decode only"),
                            ("stats / ours without stats", "stats alone", "ours: + encode")):
         out.append(f"| {name} | {small[num] / small[den]:.2f} | {large[num] / large[den]:.2f} |")
+    ns, nl = r["images"]["small (500x375)"], r["images"]["large (1600x1200)"]
+
+    def mix(key):
+        return (ns * small[key] + nl * large[key]) / (ns + nl)
+
+    out += ["", f"On the mix ({ns} + {nl} images): ours {mix('ours: + encode + stats'):.2f} ms/image, "
+            f"decode only {mix('decode only'):.2f}, naive LANCZOS {mix('naive LANCZOS'):.2f}; ours / decode only "
+            f"{mix('ours: + encode + stats') / mix('decode only'):.2f}, naive LANCZOS / ours "
+            f"{mix('naive LANCZOS') / mix('ours: + encode + stats'):.2f}."]
     out += ["", "The stage end to end (`resize_shard` in process, CPU time: index rows, pread, decode, resize, "
             "encode, shard + .idx; best of rounds):", "",
             "| input | images/CPU-s, no stats | images/CPU-s, with stats | stats overhead |", "| --- | ---: | ---: | ---: |"]
