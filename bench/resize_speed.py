@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
-from pipeline import archive, pca, resize  # noqa: E402
+from pipeline import archive, resize  # noqa: E402
 from pipeline.io import write_tsv  # noqa: E402
 
 PY = sys.executable

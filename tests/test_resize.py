@@ -180,7 +180,8 @@ def test_truncated_jpeg_is_recorded_in_shard_json_and_manifest(run):
     on_disk = read_json(run["root"] / "shards" / "train" / f"train-{shard:05d}.json")
     assert on_disk["rejects"] == rejects and on_disk["rejected"] == 1
     manifest = read_json(run["root"] / "shards" / "manifest.json")
-    assert [(r["name"], r["reason"]) for r in manifest["train"]["rejects"]] == [(rejects[0]["name"], rejects[0]["reason"])]
+    listed = [(r["name"], r["reason"]) for r in manifest["train"]["rejects"]]
+    assert listed == [(rejects[0]["name"], rejects[0]["reason"])]
     assert manifest["totals"]["rejects"] == 1
     assert manifest["totals"]["images"] == len(run["images"]) - 1 + len(run["val"])
     assert manifest["train"]["images"] == len(run["images"]) - 1 and manifest["val"]["images"] == 6
@@ -289,7 +290,8 @@ def test_dali_webdataset_reader_reads_the_shards(run):
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
-        jpg, cls = fn.readers.webdataset(paths=[str(p) for p in shards], index_paths=[str(p.with_suffix(".idx")) for p in shards],
+        jpg, cls = fn.readers.webdataset(paths=[str(p) for p in shards],
+                                         index_paths=[str(p.with_suffix(".idx")) for p in shards],
                                          ext=["jpg", "cls"], missing_component_behavior="error", name="reader")
         return fn.decoders.image(jpg, device="cpu"), cls
 
