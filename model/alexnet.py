@@ -126,6 +126,8 @@ def _both(xs, device):
 
 
 class AlexNet(nn.Module):
+    """AlexNet(num_classes, width, devices, lrn, overlapping_pool, init, dropout): see the module docstring."""
+
     def __init__(self, num_classes=1000, width=1.0, devices=None, lrn=True, overlapping_pool=True,
                  init="paper", dropout=0.5):
         super().__init__()
@@ -185,6 +187,8 @@ class AlexNet(nn.Module):
         self.load_state_dict(state)
 
     def forward(self, x):
+        # one list entry per column module; section 3.2: the columns meet only
+        # where _both gathers them (conv3, fc6, fc7, fc8). Section 3.3: LRN after ReLU.
         cols, act = self.columns, lambda t: F.relu(t, inplace=True)
         xs = [self.pool(self.lrn(act(c.conv1(x.to(c.device))))) for c in cols]
         xs = [self.pool(self.lrn(act(_conv(c.conv2, x)))) for c, x in zip(cols, xs)]
