@@ -49,16 +49,16 @@ running() {
         && pid_alive "$STATE/slurmd-$HOST.pid" && pid_alive "$STATE/slurmd-$HOST2.pid"
 }
 
-wait_idle() {
+wait_idle() {  # every node of partition cpu idle (or busy), none down or unknown
     local states=""
     for _ in $(seq 1 60); do
-        states="$(SLURM_CONF="$STATE/slurm.conf" sinfo -h -p cpu -N -o %t 2>/dev/null | sort -u | tr '\n' ' ' || true)"
-        case "$states" in
-            "idle "|"mix "|"alloc "|"idle mix "|"alloc idle "|"alloc mix "|"alloc idle mix ") return 0 ;;
-        esac
+        states="$(SLURM_CONF="$STATE/slurm.conf" sinfo -h -N -p cpu -o %t 2>/dev/null | sort -u || true)"
+        if [ -n "$states" ] && ! grep -qvE '^(idle|mix|alloc)$' <<<"$states"; then
+            return 0
+        fi
         sleep 0.5
     done
-    say "nodes are '${states:-not answering}' after 30 s; logs follow"
+    say "nodes are '$(echo ${states:-not answering})' after 30 s; logs follow"
     tail -n 20 "$STATE"/log/*.log >&2 || true
     return 1
 }
@@ -75,6 +75,8 @@ install_slurm
 HOST="$(hostname -s)"
 HOST2="$HOST-2"
 USER_NAME="$(id -un)"
+# Multi-node jobs meet at their first node by name (torchrun's rendezvous).
+getent hosts "$HOST" >/dev/null || say "warning: $HOST does not resolve; multi-node launches will fail"
 # Declared larger than most machines so the profile's requests fit (see slurm.conf.in).
 CPUS="${ALEXNET_SLURM_CPUS:-64}"
 MEM_MB="${ALEXNET_SLURM_MEM_MB:-512000}"

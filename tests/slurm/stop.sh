@@ -11,8 +11,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 stop_pid_file() {
     local file="$1" pid
-    [ -s "$file" ] || return 0
-    pid="$(cat "$file")"
+    pid="$(cat "$file" 2>/dev/null)" || return 0  # a daemon removes its own file on exit
+    [ -n "$pid" ] || return 0
     if kill -0 "$pid" 2>/dev/null; then
         kill -TERM "$pid" 2>/dev/null
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
@@ -30,7 +30,7 @@ if [ -f "$STATE/slurm.conf" ] && [ -s "$STATE/slurmctld.pid" ] && kill -0 "$(cat
     sleep 1
 fi
 # TERM every slurmd at once, then wait for each.
-for f in "$STATE"/slurmd-*.pid; do [ -s "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null; done
+for f in "$STATE"/slurmd-*.pid; do kill -TERM "$(cat "$f" 2>/dev/null)" 2>/dev/null; done
 for f in "$STATE"/slurmd-*.pid; do stop_pid_file "$f"; done
 stop_pid_file "$STATE/slurmctld.pid"
 stop_pid_file "$STATE/munged.pid"
