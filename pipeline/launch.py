@@ -39,6 +39,12 @@ node list, CPUs per task and GPUs per node back from `scontrol show job`.
 
 The environment the workers read (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT) is set by torchrun; the stage joins the process group itself.
+
+Evidence: tests/test_launch.py (the commands for fake SLURM environments;
+two gloo replicas of a probe and of pipeline.train staying in sync) and
+tests/test_slurm.py (SLURM 22.05, two nodes on one machine: the profile's
+one-node GPU entry and its multi-node block, through Snakemake's SLURM
+executor, start replicas that meet and agree).
 """
 from __future__ import annotations
 

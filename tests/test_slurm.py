@@ -15,8 +15,9 @@
 Skipped when slurmctld is not installed. CI runs `bash tests/slurm/start.sh`
 first, which installs SLURM (Debian packages) and starts the cluster; when
 this test starts the cluster itself, it also stops it (by PID, stop.sh).
-Takes about 5 minutes on 2 cores, mostly SLURM and Snakemake latency: the
-plugin polls squeue at growing intervals, and each job starts Snakemake twice.
+Takes 3 to 5 minutes on 2 cores, mostly SLURM and Snakemake latency: the
+plugin polls squeue at growing intervals (2, 14, 36 s, ... after a submission),
+and each job starts Snakemake twice (in the batch step, then under srun).
 """
 from __future__ import annotations
 
