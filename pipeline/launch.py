@@ -273,24 +273,26 @@ def torch_gpus() -> int:
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = list(argv)
-    if "--" not in argv:
-        raise LaunchError("expected '--' before the command, e.g. "
-                          "python -m pipeline.launch --nproc-per-node 2 -- python -m pipeline.train ARGS")
-    cut = argv.index("--")
-    p = argparse.ArgumentParser(prog="python -m pipeline.launch",
+    p = argparse.ArgumentParser(prog="python -m pipeline.launch", usage="%(prog)s [options] -- COMMAND...",
                                 description="Run a command directly, under torchrun, or under srun+torchrun "
-                                            "across SLURM nodes.")
-    p.add_argument("--nproc-per-node", default="auto",
+                                            "across SLURM nodes (docs/cluster.md).")
+    p.add_argument("--nproc-per-node", default="auto", metavar="N|auto",
                    help="processes per node: a number, or auto (GPUs on the node / --gpus-per-process)")
-    p.add_argument("--gpus-per-process", type=int, default=1,
+    p.add_argument("--gpus-per-process", type=int, default=1, metavar="K",
                    help="GPUs one process drives (2 for the paper's two-column replica)")
-    p.add_argument("--gpus", type=int, default=None,
+    p.add_argument("--gpus", type=int, default=None, metavar="G",
                    help="GPUs the job declares (Snakemake's resources.gpu), used by auto outside SLURM")
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--port", type=int, default=None, metavar="P",
                    help=f"rendezvous port across nodes (default {BASE_PORT} + SLURM_JOB_ID mod 10000)")
     p.add_argument("--mode", choices=MODES, default="auto",
                    help="force a launch: direct, standalone (torchrun on this node), srun (torchrun per node)")
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    if "--" not in argv:
+        if {"-h", "--help"} & set(argv):
+            p.parse_args(argv)  # prints the help and exits
+        raise LaunchError("expected '--' before the command, e.g. "
+                          "python -m pipeline.launch --nproc-per-node 2 -- python -m pipeline.train ARGS")
+    cut = argv.index("--")
     return p.parse_args(argv[:cut]), argv[cut + 1:]
 
 
