@@ -128,14 +128,20 @@ def train_devices():
     return ",".join(devices) if isinstance(devices, list) else str(devices)
 
 
-def train_replicas():
-    per_replica = len(TRAIN["devices"]) if isinstance(TRAIN["devices"], list) else 1
-    return max(1, TRAIN["gpus"] // per_replica)
+def gpus_per_replica():
+    """GPUs one replica drives: 1, or 2 for the paper's two-column split."""
+    return len(TRAIN["devices"]) if isinstance(TRAIN["devices"], list) else 1
 
 
-def train_launcher():
-    n = train_replicas()
-    if n == 1:
-        return "python -m pipeline.train"
-    return (f"python -m torch.distributed.run --nproc-per-node {n} --rdzv-backend c10d "
-            "--rdzv-endpoint localhost:0 -m pipeline.train")
+def train_replicas(gpus=None):
+    """DDP replicas on one node: the job's GPUs over one replica's devices, at least 1."""
+    return max(1, int(TRAIN["gpus"] if gpus is None else gpus) // gpus_per_replica())
+
+
+def launch(module):
+    """A stage command through pipeline.launch (docs/cluster.md): the stage itself for one
+    process, torchrun for several replicas on a node, srun + torchrun across SLURM nodes.
+    Replicas: the GPUs SLURM granted the job on a node, or locally its gpu resource,
+    over one replica's GPUs."""
+    return (f"python -m pipeline.launch --gpus {{resources.gpu}} --gpus-per-process {gpus_per_replica()} "
+            f"-- python -m {module}")

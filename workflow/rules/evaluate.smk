@@ -12,9 +12,6 @@ EVALUATE_DEVICES = config["train"]["devices"]
 # written after the final last.pt, stands for it as the input.
 EVALUATE_INPUT = {"best": f"{RESULTS}/train/checkpoints/best.pt",
                   "last": f"{RESULTS}/train/train.json"}.get(str(EVALUATE["checkpoint"]), EVALUATE["checkpoint"])
-# one process, or one torchrun rank per GPU share (each scores its part of the shards)
-EVALUATE_RANKS = max(1, config["train"]["gpus"]
-                     // (len(EVALUATE_DEVICES) if isinstance(EVALUATE_DEVICES, list) else 1))
 
 
 rule evaluate:
@@ -43,9 +40,6 @@ rule evaluate:
         dataset=config["dataset"]["name"],
         batch_size=EVALUATE["batch_size"],
         devices=",".join(EVALUATE_DEVICES) if isinstance(EVALUATE_DEVICES, list) else EVALUATE_DEVICES,
-        launcher="python -m pipeline.evaluate" if EVALUATE_RANKS == 1 else
-        f"python -m torch.distributed.run --nproc-per-node {EVALUATE_RANKS} --rdzv-backend c10d "
-        "--rdzv-endpoint localhost:0 -m pipeline.evaluate",
         threads=config["train"]["workers"],
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     resources:
@@ -61,7 +55,7 @@ rule evaluate:
             metrics="{output.metrics}",
             artifacts=["{output.per_class}", "{output.confusions}", "{output.comparison}", "{output.plot}"],
             parent_metrics="{output.metrics}",
-        ) + "{params.launcher} --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
+        ) + launch("pipeline.evaluate") + " --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
         " --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
         " --dataset-name {params.dataset} --batch-size {params.batch_size} --devices {params.devices}"
         " --threads {params.threads} --out-dir {params.out_dir}"

@@ -31,7 +31,6 @@ rule train:
         best=f"{RESULTS}/train/checkpoints/best.pt",
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
-        launcher=train_launcher(),
         devices=train_devices(),
         width=TRAIN["width"],
         init=TRAIN["init"],
@@ -52,7 +51,7 @@ rule train:
         lighting_std=config["augment"]["lighting_std"],
         normalize=config["augment"]["normalize"],
         # torch threads per replica, so replicas on the CPU do not oversubscribe it
-        threads=lambda wildcards, threads: max(1, threads // train_replicas()),
+        threads=lambda wildcards, threads, resources: max(1, threads // train_replicas(resources.gpu)),
     threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
     resources:
         gpu=TRAIN["gpus"],
@@ -64,7 +63,7 @@ rule train:
     shell:
         tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
                 jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}")
-        + "{params.launcher} --manifest {input.manifest} --pca {input.pca} "
+        + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
         "--devices {params.devices} --width {params.width} --init {params.init} "
         "--batch-size {params.batch_size} --lr {params.lr} --momentum {params.momentum} "
