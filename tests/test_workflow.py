@@ -22,14 +22,19 @@ def run_dir(tmp_path_factory):
     return work
 
 
-def planned_rules(work: Path, *args: str, configs: tuple[Path, ...] = ()) -> set[str]:
-    """Rules a dry run would execute (from Snakemake's job stats table)."""
-    proc = snakemake(work, "-n", "--configfile", str(TINY), *map(str, configs), *args)
+def planned_jobs(work: Path, *args: str, configs: tuple[Path, ...] = ()) -> dict[str, int]:
+    """Jobs per rule that a dry run would execute (from Snakemake's job stats table)."""
+    proc = snakemake(work, "-n", *args, "--configfile", str(TINY), *map(str, configs))
     if "Nothing to be done" in proc.stdout + proc.stderr:
-        return set()
+        return {}
     text = proc.stdout + proc.stderr
     table = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total", "all"}
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    return {rule: n for rule, n in counts.items() if rule not in {"total", "all"}}
+
+
+def planned_rules(work: Path, *args: str, configs: tuple[Path, ...] = ()) -> set[str]:
+    return set(planned_jobs(work, *args, configs=configs))
 
 
 def test_chain_outputs(run_dir):
@@ -62,15 +67,19 @@ def test_forcerun_pca_reruns_pca_and_what_follows(run_dir):
     assert not any(r.startswith("resize") or r in {"demo", "fetch", "index"} for r in rules)
 
 
-def test_missing_shard_redone_alone(run_dir):
-    shard = sorted((run_dir / "results/shards/train").glob("*.tar"))[0]
-    shard.rename(shard.with_name(shard.name + ".moved"))
+def test_killed_resize_redoes_only_missing_shards(run_dir):
+    """As after a kill mid-resize: one shard and the manifest missing, the rest complete."""
+    moved = [sorted((run_dir / "results/shards/train").glob("*.tar"))[0], run_dir / "results/shards/manifest.json"]
+    for path in moved:
+        path.rename(path.with_name(path.name + ".moved"))
     try:
-        rules = planned_rules(run_dir)
-        assert any(r.startswith("resize") for r in rules)
-        assert not {"demo", "fetch", "index"} & rules
+        jobs = planned_jobs(run_dir, "results/shards/manifest.json")
+        assert jobs.get("resize_train_shard") == 1, jobs
+        assert "resize_val_shard" not in jobs and "resize" in jobs
+        assert not {"demo", "fetch", "index"} & set(jobs)
     finally:
-        shard.with_name(shard.name + ".moved").rename(shard)
+        for path in moved:
+            path.with_name(path.name + ".moved").rename(path)
 
 
 def test_mlflow_store_holds_parent_and_children(run_dir):
