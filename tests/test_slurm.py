@@ -97,13 +97,23 @@ def snakemake(workdir: Path, env: dict, *args: str, snakefile: Path = REPO / "Sn
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(proc: subprocess.Popen, what: str, env: dict) -> str:
+def job_logs(workdir: Path | None, limit: int = 3000) -> str:
+    """The tails of the jobs' own logs, which say why a SLURM job failed."""
+    if workdir is None:
+        return ""
+    parts = []
+    for log in sorted(workdir.glob("*.log")) + sorted(workdir.glob(".snakemake/slurm_logs/**/*.log")):
+        parts.append(f"--- {log.relative_to(workdir)}\n{log.read_text(errors='replace')[-limit:]}")
+    return "\n".join(parts)
+
+
+def finish(proc: subprocess.Popen, what: str, env: dict, workdir: Path | None = None) -> str:
     out, _ = proc.communicate()
     if proc.returncode != 0:
         ids = [m.group(1) for m in SUBMITTED.finditer(out)]
         if ids:  # leave no job of a failed run behind
             subprocess.run(["scancel", *ids], env=env, capture_output=True, timeout=30)
-        raise AssertionError(f"{what} failed ({proc.returncode}):\n{out[-6000:]}")
+        raise AssertionError(f"{what} failed ({proc.returncode}):\n{out[-6000:]}\n{job_logs(workdir)}")
     return out
 
 
@@ -151,7 +161,7 @@ def check_demo_workflow(cluster, tmp_path):
     # The reference runs beside the cluster run: that one mostly waits on SLURM.
     ref = snakemake(local, cluster, "--cores", "2", "--configfile", str(TINY), str(local / "notrack.yaml"), *THREADS)
     run = snakemake(remote, cluster, "--profile", str(PROFILE), "--configfile", str(TINY), *PLUGIN_FLAGS, *THREADS)
-    out = finish(run, "the SLURM run", cluster)
+    out = finish(run, "the SLURM run", cluster, remote)
     local_out = finish(ref, "the local run", cluster)
 
     # Every job went through sbatch: a SLURM job id each, an sbatch log each, the profile's partitions.
@@ -233,7 +243,7 @@ def check_gpu_entries(cluster, tmp_path):
         "set-resources": {"gpus": one_node, "nodes": nodes}}))
     run = snakemake(tmp_path, cluster, "--profile", str(profile), *PLUGIN_FLAGS,
                     snakefile=tmp_path / "Snakefile", timeout=300)
-    out = finish(run, "the DDP jobs", cluster)
+    out = finish(run, "the DDP jobs", cluster, tmp_path)
     assert len(SUBMITTED.findall(out)) == 2
     hosts = subprocess.run(["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N"], env=cluster, capture_output=True,
                            text=True, check=True).stdout.split()
