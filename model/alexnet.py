@@ -36,6 +36,14 @@ Options:
                      fc7, 0 elsewhere (section 5).
     init="caffe"     Caffe's bvlc_alexnet fillers: those biases 0.1, and fc6/fc7
                      weights N(0, 0.005); Caffe reported a flat loss with 1.
+    init="paper_scaled"
+                     the paper's init with the full network's per-layer gain
+                     kept at any width: std 0.01/sqrt(width) in conv2..fc8,
+                     whose fan-in scales with the width; identical to "paper"
+                     at width 1.0. Narrow nets need it: at width 0.25 the
+                     paper's std shrinks the image-dependent part of the
+                     logits to ~1e-4 and the demo stays at chance
+                     (bench/RESULTS-train.md).
     dropout          probability in fc6 and fc7 (section 4.2: 0.5).
 
 Random initial weights are drawn on the CPU in the grouped layout, so one
@@ -66,6 +74,9 @@ INITS = {
     "caffe": {"conv1": (0.01, 0.0), "conv2": (0.01, 0.1), "conv3": (0.01, 0.0), "conv4": (0.01, 0.1),
               "conv5": (0.01, 0.1), "fc6": (0.005, 0.1), "fc7": (0.005, 0.1), "fc8": (0.01, 0.0)},
 }
+INITS["paper_scaled"] = INITS["paper"]
+WIDTH_SCALED_INITS = {"paper_scaled"}  # std / sqrt(width) where the fan-in grows with the width
+FIXED_FAN_IN = {"conv1"}  # reads the 3-channel image whatever the width
 
 
 def count_parameters(module):
@@ -138,6 +149,7 @@ class AlexNet(nn.Module):
         devices = [torch.device(d) for d in devices]
         if len(devices) > 2:
             raise ValueError(f"devices: at most two (one per column), got {len(devices)}")
+        self.width = width
         even = lambda n: max(2, 2 * round(n * width / 2))
         ch = [even(n) for n in (96, 256, 384, 384, 256, 4096)]
 
@@ -183,6 +195,8 @@ class AlexNet(nn.Module):
         for key, value in self.state_dict().items():
             layer, kind = key.split(".")
             std, bias = INITS[init][layer]
+            if init in WIDTH_SCALED_INITS and layer not in FIXED_FAN_IN:
+                std /= self.width ** 0.5
             state[key] = torch.randn(value.shape) * std if kind == "weight" else torch.full(value.shape, bias)
         self.load_state_dict(state)
 

@@ -237,6 +237,17 @@ def test_caffe_init():
         assert torch.equal(state[f"{layer}.bias"], torch.full_like(state[f"{layer}.bias"], expected)), layer
 
 
+def test_paper_scaled_init_keeps_the_full_networks_gain():
+    torch.manual_seed(0)
+    full, narrow = AlexNet(init="paper_scaled").state_dict(), AlexNet(width=0.25, init="paper_scaled").state_dict()
+    paper = AlexNet(width=0.25).state_dict()
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
+        assert abs(full[f"{layer}.weight"].std().item() - 0.01) < 0.0003, layer  # = paper at width 1
+        std = 0.01 if layer == "conv1" else 0.01 / 0.25 ** 0.5
+        assert abs(narrow[f"{layer}.weight"].std().item() - std) < 0.05 * std, layer
+        assert torch.equal(narrow[f"{layer}.bias"], paper[f"{layer}.bias"]), layer
+
+
 # --- speed features ----------------------------------------------------------
 
 def test_channels_last_and_bf16_autocast():
