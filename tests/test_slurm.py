@@ -236,8 +236,11 @@ def check_gpu_entries(cluster, tmp_path):
                   f"    shell: '{probe} {name} > {{log}} 2>&1'\n" for name in ("gpus", "nodes")))
     profile = tmp_path / "profile"
     profile.mkdir()
+    # One job at a time: the test cluster's two nodes are one host sharing two fake GPU
+    # device files, and with both jobs in flight the second job's step was sometimes
+    # refused ("Invalid generic resource (gres) specification"), seen twice in CI runs.
     (profile / "config.yaml").write_text(yaml.safe_dump({
-        "executor": "slurm", "jobs": 2, "latency-wait": 10,
+        "executor": "slurm", "jobs": 1, "latency-wait": 10,
         "default-resources": {"mem_mb": 1000, "runtime": 10},
         "set-threads": {"gpus": 2, "nodes": 2},
         "set-resources": {"gpus": one_node, "nodes": nodes}}))
