@@ -45,44 +45,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pipeline import dali_pipes  # noqa: E402
 from pipeline.augment import (AugmentSettings, EvalLoader, TrainLoader, as_pca, index_path,  # noqa: E402
                               lighting_matrix_for, load_pca)
-from pipeline.shards import ShardWriter, decode_label  # noqa: E402
-
-# fb.resnet.torch's ImageNet statistics (pixels in [0, 1]), moved to the 0-255 scale
-IMAGENET_PCA = {"eigval": (np.array([0.2175, 0.0188, 0.0045]) * 255**2).tolist(),
-                "eigvec": [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
-                "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
-
-
-# ---------------------------------------------------------------- synthetic shards
-
-def scene(rng) -> np.ndarray:
-    """A smooth random 256x256 scene with grain: JPEG sizes like resized photographs."""
-    low = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((256, 256), Image.BICUBIC), np.float32)
-    for _ in range(3):  # a few sharp-edged discs
-        cy, cx, r = rng.uniform(0, 256, 2).tolist() + [rng.uniform(15, 70)]
-        yy, xx = np.ogrid[:256, :256]
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def make_shards(folder, images, per_shard=1024, distinct=256, seed=0):
-    rng = np.random.default_rng(seed)
-    jpegs = []
-    for _ in range(min(distinct, images)):
-        buf = io.BytesIO()
-        Image.fromarray(scene(rng)).save(buf, "JPEG", quality=90)
-        jpegs.append(buf.getvalue())
-    paths = []
-    for k in range(0, images, per_shard):
-        path = os.path.join(folder, f"train-{k // per_shard:05d}.tar")
-        with ShardWriter(path) as w:
-            for i in range(k, min(k + per_shard, images)):
-                w.add(f"img{i:07d}", jpegs[i % len(jpegs)], i % 1000)
-        paths.append(path)
-    return paths, float(np.mean([len(j) for j in jpegs]))
-
+from pipeline.shards import decode_label  # noqa: E402
+from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # ---------------------------------------------------------------- the DataLoader baseline
 
@@ -222,7 +186,7 @@ def main(argv=None):
             [int(index_path(s).read_text().split()[1]) for s in shards]))
     else:
         tmp = tempfile.TemporaryDirectory(prefix="augment-speed-")
-        shards, jpeg_bytes = make_shards(tmp.name, a.make_shards)
+        shards, jpeg_bytes = make_shards(tmp.name, a.make_shards, "train")
     pca = load_pca(a.pca, a.mean_image) if a.pca else as_pca(IMAGENET_PCA)
     if pca.mean_image is None:
         pca.mean_image = np.broadcast_to(pca.mean.astype(np.float32), (256, 256, 3)).copy()

@@ -23,7 +23,6 @@ temporary folder. Figures: bench/RESULTS-eval.md.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -33,43 +32,14 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from model.alexnet import AlexNet  # noqa: E402
 from pipeline.augment import AugmentSettings, EvalLoader, as_pca  # noqa: E402
 from pipeline.metrics import EvalCounts, ten_crop_probs  # noqa: E402
-from pipeline.shards import ShardWriter  # noqa: E402
+from synthetic import IMAGENET_PCA as PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-# fb.resnet.torch's ImageNet statistics on the 0-255 scale; the values do not change the speed
-PCA = {"eigval": (np.array([0.2175, 0.0188, 0.0045]) * 255**2).tolist(),
-       "eigvec": [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
-       "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
 CLASSES = 1000
-
-
-def scene(rng) -> np.ndarray:
-    low = rng.uniform(0, 255, (6, 6, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((256, 256), Image.BICUBIC), np.float32)
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def make_shards(folder: str, images: int, per_shard: int = 1024, distinct: int = 256) -> list[str]:
-    rng = np.random.default_rng(0)
-    jpegs = []
-    for _ in range(min(distinct, images)):
-        buf = io.BytesIO()
-        Image.fromarray(scene(rng)).save(buf, "JPEG", quality=90)
-        jpegs.append(buf.getvalue())
-    paths = []
-    for k in range(0, images, per_shard):
-        path = os.path.join(folder, f"val-{k // per_shard:05d}.tar")
-        with ShardWriter(path) as w:
-            for i in range(k, min(k + per_shard, images)):
-                w.add(f"img{i:07d}", jpegs[i % len(jpegs)], i % CLASSES)
-        paths.append(path)
-    return paths
 
 
 def timed_pass(loader, step, device) -> tuple[float, float]:
@@ -155,7 +125,7 @@ def main(argv=None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     with tempfile.TemporaryDirectory() as tmp:
-        shards = make_shards(tmp, args.images)
+        shards, _ = make_shards(tmp, args.images, "val", classes=CLASSES, discs=0)
         rows = [run(shards, float(w), device, args.batch, args.threads, args.repeats) for w in args.widths.split(",")]
     text = markdown(rows, args, device_name)
     print(text)
