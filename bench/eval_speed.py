@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2, help="passes per measurement; the best counts")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
+    if args.batch < 1 or args.images < 2 * args.batch:
+        p.error(f"--images {args.images} with --batch {args.batch}: need at least two batches "
+                "(the first one pays for the pipeline build and is not timed)")
     device = torch.device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
