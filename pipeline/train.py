@@ -539,6 +539,12 @@ class Trainer:
         self.say(f"epoch {epoch}/{self.cfg.epochs}: train loss {sum(losses) / len(losses):.4f}, "
                  f"val top-1 {val1:.2f}% top-5 {val5:.2f}% (centre crop), {epoch_s:.1f} s"
                  + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""))
+        chance = 100.0 * (1 - 1 / self.num_classes)
+        if collapse_epoch(state["history"], chance) == epoch:
+            self.say(f"warning: validation top-1 error is back at chance ({val1:.2f}%, chance {chance:.2f}%) "
+                     f"after {state['best']['val_top1_err']:.2f}% at epoch {state['best']['epoch']}: the "
+                     "network has collapsed and rarely recovers. best.pt keeps the best epoch (evaluation "
+                     "uses it); another train.seed or a lower train.lr may train further.")
 
     def finish(self) -> dict:
         digests = [param_digest(self.model)]
@@ -587,6 +593,25 @@ def diverged(step, epoch, value, last: Path, saved: dict | None) -> TrainingDive
                             f"{kept}. Lower the learning rate (train.lr) or check the inputs.")
 
 
+# A run "collapses" when its validation error, having been well below chance,
+# is back at chance: typically every unit of a layer has stopped firing after
+# too large an update, and SGD cannot bring it back (the loss sits at
+# ln(classes)). The finite loss does not stop training; the log says so.
+COLLAPSE_LEARNED = 10.0  # points below chance that count as having learned
+COLLAPSE_AT_CHANCE = 0.5  # points below chance that still count as chance
+
+
+def collapse_epoch(history: list[dict], chance: float) -> int | None:
+    """First epoch whose val top-1 error is back at chance after an earlier epoch was well below it."""
+    learned = False
+    for h in history:
+        err = h["val_top1_err"]
+        if learned and err >= chance - COLLAPSE_AT_CHANCE:
+            return h["epoch"]
+        learned = learned or err <= chance - COLLAPSE_LEARNED
+    return None
+
+
 def summarize(t: Trainer, digests: list[str]) -> dict:
     state, cfg = t.state, t.cfg
     hist, totals = state["history"], state["totals"]
@@ -597,6 +622,7 @@ def summarize(t: Trainer, digests: list[str]) -> dict:
         "final_val_top1_err": hist[-1]["val_top1_err"] if hist else None,
         "final_val_top5_err": hist[-1]["val_top5_err"] if hist else None,
         "chance_top1_err": 100.0 * (1 - 1 / t.num_classes),
+        "collapsed_epoch": collapse_epoch(hist, 100.0 * (1 - 1 / t.num_classes)),
         "final_lr": t.optimizer.param_groups[0]["lr"],
         "lr_drops": [h["epoch"] for h, nxt in zip(hist, hist[1:]) if nxt["lr"] < h["lr"]],
         "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,

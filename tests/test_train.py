@@ -21,8 +21,8 @@ import torch
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.io import write_json, write_tsv
 from pipeline.shards import ShardWriter
-from pipeline.train import (Dist, TrainConfig, TrainConfigError, TrainingDiverged, fit, make_loaders,
-                            make_plateau, param_digest, resolve_devices, train)
+from pipeline.train import (Dist, TrainConfig, TrainConfigError, TrainingDiverged, collapse_epoch, fit,
+                            make_loaders, make_plateau, param_digest, resolve_devices, train)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -124,6 +124,7 @@ def test_training_lowers_loss_and_writes_outputs(reference):
         assert (out / name).exists(), name
     saved = json.loads((out / "train.json").read_text())
     assert saved["epochs"] == 3 and saved["steps"] == 36 and saved["num_classes"] == CLASSES
+    assert saved["collapsed_epoch"] == collapse_epoch(epochs, saved["chance_top1_err"])
     best = load_checkpoint(out / "checkpoints" / "best.pt")
     assert best["epoch"] == saved["best_epoch"]
     assert best["best"]["val_top1_err"] == min(r["val_top1_err"] for r in epochs)
@@ -185,6 +186,19 @@ def test_plateau_divides_lr_by_ten_after_patience_epochs():
         lrs.append(opt.param_groups[0]["lr"])
     # epochs 3, 4, 5 do not beat 50 -> drop after epoch 5; 7, 8, 9 do not beat 45 -> drop after epoch 9
     assert lrs == pytest.approx([0.01] * 4 + [0.001] * 4 + [0.0001] * 2)
+
+
+def test_collapse_is_flagged_only_after_learning():
+    hist = lambda errs: [{"epoch": e, "val_top1_err": v} for e, v in enumerate(errs, 1)]  # noqa: E731
+    chance = 90.0
+    # the seed-0 demo run: learns to 52.5% by epoch 8, back at chance from epoch 10
+    assert collapse_epoch(hist([90, 90, 90, 88, 90, 68, 66, 52.5, 81, 90, 89.5, 90]), chance) == 10
+    assert collapse_epoch(hist([90, 90, 89.5, 90, 78, 60, 40]), chance) is None  # chance before learning
+    assert collapse_epoch(hist([90, 81, 89.4]), chance) is None  # 89.4 is above the 0.5-point margin
+    assert collapse_epoch(hist([90, 80, 89.5]), chance) == 3  # 80 is 10 points below chance: it had learned
+    assert collapse_epoch(hist([90, 80.1, 90]), chance) is None  # 9.9 points is not learning yet
+    assert collapse_epoch(hist([99.9, 70, 99.95]), 99.9) == 3  # ImageNet's 1000 classes
+    assert collapse_epoch([], chance) is None
 
 
 class Poisoned:
