@@ -10,13 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
-if [ -n "${DALI_WHEELS:-}" ]; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/dali-site "$DALI_WHEELS"/*.whl
-    export PYTHONPATH=/tmp/dali-site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-else
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONUNBUFFERED=1
+source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 status=0
 run() { echo "== $*"; timeout 900 "$@" || { echo "FAILED ($?): $*"; status=1; }; }

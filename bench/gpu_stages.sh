@@ -11,18 +11,11 @@
 # Dry run of the script itself on a CPU machine: CPU=1 WIDTH=0.25 COMPILE=0 bash bench/gpu_stages.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$PWD
 WORK=${WORK:-/tmp/gpu-stages}
 CPU=${CPU:-0}          # 1: let it run without a GPU (devices cpu), to check the script
 WIDTH=${WIDTH:-1.0}    # the full network on a GPU
 COMPILE=${COMPILE:-1}  # 0: skip the torch.compile run
-if [ -n "${DALI_WHEELS:-}" ]; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/dali-site "$DALI_WHEELS"/*.whl
-    export PYTHONPATH=/tmp/dali-site:$REPO${PYTHONPATH:+:$PYTHONPATH}
-else
-    export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONUNBUFFERED=1
+source bench/gpu_env.sh
 export CPU
 python3 - <<'EOF'
 import importlib, os, sys
