@@ -16,6 +16,7 @@ between two rows is the per-image CPU cost of what one adds.
     crop_then_sub crop the image and the mean image at the same place, then subtract
     arith_channel crop_float, then (x - mean) * (1 / std) as DALI arithmetic
     sub_lighting  crop_then_sub, minus a per-sample lighting offset broadcast over H, W
+    *_fast_idct   the same with libjpeg-turbo's fast integer IDCT (decoder use_fast_idct)
 
     python bench/dali_cpu_ops.py --images 2048 --threads 2 --repeats 5
 
@@ -40,7 +41,7 @@ from pipeline.augment import index_path  # noqa: E402
 from synthetic import make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 VARIANTS = ["decode", "crop_float", "crop_u8", "channel", "mean_image", "mean_image_plain", "sub3_plain", "sub_only", "crop_then_sub",
-            "arith_channel", "sub_lighting"]
+            "arith_channel", "sub_lighting", "decode_fast_idct", "mean_image_fast_idct"]
 MEAN = [123.7, 116.3, 103.5]
 STD = [58.4, 57.1, 57.4]
 
@@ -53,7 +54,9 @@ def crop(x, pos_x, pos_y, mirror, dtype=types.FLOAT, **norm):
 @pipeline_def
 def variant_pipe(shards, variant, mean_image):
     jpegs, _ = dp.read(shards, [str(index_path(s)) for s in shards], 0, 1, shuffle=True)
-    image = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+    fast = variant.endswith("_fast_idct")
+    variant = variant.removesuffix("_fast_idct")
+    image = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB, use_fast_idct=fast)
     pos_x, pos_y = fn.random.uniform(values=dp.CROP_POS), fn.random.uniform(values=dp.CROP_POS)
     mirror = fn.random.coin_flip(probability=0.5)
     mean_c = types.Constant(mean_image)
