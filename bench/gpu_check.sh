@@ -1,24 +1,43 @@
 #!/usr/bin/env bash
-# Every GPU benchmark of the project in one call, for a GPU host that has
-# torch, numpy and pillow but neither Snakemake nor MLflow. DALI comes as
-# wheels (pack them with a pip download of nvidia-dali-cuda130==2.4.0 and its
-# nvimgcodec/nvjpeg/nvcomp/nvtiff dependencies for the host's Python) in
-# DALI_WHEELS, installed into a private site folder. Figures go to $OUT
-# (default ./gpu-results) as JSON, and the tables to stdout.
-#   bash bench/gpu_check.sh
+# Every GPU check of the project in one call, the most wanted first, within a
+# time budget, for a GPU host that has torch, numpy and pillow but neither
+# Snakemake nor MLflow. DALI comes as wheels in DALI_WHEELS (bench/gpu_env.sh).
+# Figures go to $OUT (default ./gpu-results) as JSON and logs; each step's
+# table is printed as it finishes, so a cut-off call still reports the steps
+# before it.
+#   DALI_WHEELS=/tmp BUDGET=540 bash bench/gpu_check.sh
+# Order: training end to end (the 15,000 images/s target), the stages on the
+# GPU (bench/gpu_stages.sh), the DALI pipelines, evaluation, the model layouts
+# with torch.compile. A step is skipped when less than 30 s of the budget is
+# left, and cut at what is left.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-results}
+BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 status=0
-run() { echo "== $*"; timeout 900 "$@" || { echo "FAILED ($?): $*"; status=1; }; }
-run python3 bench/model_speed.py --device cuda --iters 30 --compile --json "$OUT/model.json"
-run python3 bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --threads 8 \
+step() {  # step NAME SECONDS COMMAND...: run with at most SECONDS (or what the budget has left)
+    local name=$1 limit=$2 left rc; shift 2
+    left=$((BUDGET - SECONDS))
+    if [ "$left" -lt 30 ]; then echo "== $name: SKIPPED (budget of $BUDGET s spent)"; status=1; return; fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (at most $limit s): $*"
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    rc=$?
+    grep -E '^(\||==|train_over|ten-crop|target|[A-Za-z].*(met|images/s))' "$OUT/$name.log" | tail -40
+    if [ "$rc" -ne 0 ]; then tail -15 "$OUT/$name.log"; echo "== $name: FAILED ($rc)"; status=1; fi
+    echo "== $name: $rc after $SECONDS s in all"
+}
+step train 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --log-every 40 \
+    --input synthetic dali --precision bf16 fp32 --workers 8 --json "$OUT/train.json"
+step stages 240 env WORK=/tmp/gpu-stages bash bench/gpu_stages.sh
+step augment 120 python3 bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --threads 8 \
     --batches 50 --no-torch --json "$OUT/augment.json"
-run python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --input synthetic dali \
-    --json "$OUT/train.json"
-run python3 bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --threads 8 \
+step eval 90 python3 bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --threads 8 \
     --json "$OUT/eval.json"
+step model 240 python3 bench/model_speed.py --device cuda --iters 30 --compile --json "$OUT/model.json"
+step train_compile 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 \
+    --log-every 40 --input synthetic dali --precision bf16 --compile --workers 8 --json "$OUT/train_compile.json"
 exit $status
