@@ -9,11 +9,15 @@
 #   bash bench/gpu_stages.sh            (DALI_WHEELS=folder of DALI wheels, if not installed)
 # Work folder: $WORK (default /tmp/gpu-stages); summary lines start with "==".
 # Dry run of the script itself on a CPU machine: CPU=1 WIDTH=0.25 COMPILE=0 bash bench/gpu_stages.sh
+# (tests/test_gpu_stages.py runs it that way, smaller still, so that it cannot rot unnoticed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/gpu-stages}
 CPU=${CPU:-0}          # 1: let it run without a GPU (devices cpu), to check the script
 WIDTH=${WIDTH:-1.0}    # the full network on a GPU
+TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-100}  # demo images per class (10 classes)
+VAL_PER_CLASS=${VAL_PER_CLASS:-20}
+BENCH_BATCHES=${BENCH_BATCHES:-20}       # batches the augment stage times
 COMPILE=${COMPILE:-1}  # 0: skip the torch.compile run
 source bench/gpu_env.sh
 export CPU
@@ -44,7 +48,7 @@ stage() {  # stage NAME COMMAND...: run, time, stop at the first failure
 }
 py() { python3 -m "$@"; }
 mkdir -p $R/logs
-stage demo py pipeline.demo --out-dir data/demo --seed 0 --classes 10 --train-per-class 100 --val-per-class 20 \
+stage demo py pipeline.demo --out-dir data/demo --seed 0 --classes 10 --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS" \
     --large-fraction 0.1
 stage fetch py pipeline.fetch --source archives --train data/demo/ILSVRC2012_img_train.tar \
     --train-md5 data/demo/MD5SUMS --val data/demo/ILSVRC2012_img_val.tar --val-md5 data/demo/MD5SUMS \
@@ -72,7 +76,7 @@ stage manifest py pipeline.resize manifest --shards-dir $R/shards --train-shards
 stage pca py pipeline.pca --manifest $R/shards/manifest.json --out-dir $R/pca
 IN="--manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy"
 stage augment py pipeline.augment $IN --out-dir $R/augment --lighting paper --lighting-std 0.1 \
-    --normalize mean_image --grid-samples 8 --bench-batches 20 --batch-size 256 --seed 1 --threads 8 --device auto
+    --normalize mean_image --grid-samples 8 --bench-batches "$BENCH_BATCHES" --batch-size 256 --seed 1 --threads 8 --device auto
 train() {  # train OUT_DIR EPOCHS extra args...: the full network, the paper's recipe and init
     local out=$1 epochs=$2; shift 2
     py pipeline.train $IN --classes $R/fetch/classes.tsv --out-dir "$out" --width "$WIDTH" --init paper \

@@ -1,0 +1,37 @@
+"""bench/gpu_stages.sh, the stage commands for a GPU host, run on the CPU.
+
+The script is meant for scarce GPU time; this keeps it from breaking
+unnoticed when a stage's command line changes. It also shows that every
+stage runs from its CLI alone, without Snakemake or MLflow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_stages_script_runs_every_stage_on_the_cpu(tmp_path):
+    env = {**os.environ, "CPU": "1", "WIDTH": "0.0625", "COMPILE": "0", "TRAIN_PER_CLASS": "30",
+           "VAL_PER_CLASS": "4", "BENCH_BATCHES": "2", "WORK": str(tmp_path / "work"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(REPO / "bench" / "gpu_stages.sh")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "== all stages passed" in run.stdout
+    results = tmp_path / "work" / "results"
+    train = json.loads((results / "train" / "train.json").read_text())
+    assert train["epochs"] == 4 and train["devices"] == ["cpu"]
+    assert "resuming from results/train/checkpoints/last.pt: epoch 3" in run.stdout
+    two = json.loads((results / "train2col" / "train.json").read_text())
+    assert two["devices"] == ["cpu", "cpu"] and two["epochs"] == 2
+    metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
+    assert metrics["val_images"] == 40 and metrics["checkpoint_epoch"] == 4
+    assert (results / "augment" / "grid.png").stat().st_size > 0
