@@ -399,6 +399,10 @@ class Trainer:
         if self.env.main:
             print(text, file=sys.stderr)
 
+    @property
+    def chance_top1_err(self) -> float:
+        return 100.0 * (1 - 1 / self.num_classes)
+
     # -- start: resume or start over, then wrap for DDP / compile
 
     def resume(self, fresh: bool) -> bool:
@@ -539,7 +543,7 @@ class Trainer:
         self.say(f"epoch {epoch}/{self.cfg.epochs}: train loss {sum(losses) / len(losses):.4f}, "
                  f"val top-1 {val1:.2f}% top-5 {val5:.2f}% (centre crop), {epoch_s:.1f} s"
                  + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""))
-        chance = 100.0 * (1 - 1 / self.num_classes)
+        chance = self.chance_top1_err
         if collapse_epoch(state["history"], chance) == epoch:
             self.say(f"warning: validation top-1 error is back at chance ({val1:.2f}%, chance {chance:.2f}%) "
                      f"after {state['best']['val_top1_err']:.2f}% at epoch {state['best']['epoch']}: the "
@@ -621,8 +625,8 @@ def summarize(t: Trainer, digests: list[str]) -> dict:
         "best_val_top1_err": state["best"]["val_top1_err"], "best_val_top5_err": state["best"]["val_top5_err"],
         "final_val_top1_err": hist[-1]["val_top1_err"] if hist else None,
         "final_val_top5_err": hist[-1]["val_top5_err"] if hist else None,
-        "chance_top1_err": 100.0 * (1 - 1 / t.num_classes),
-        "collapsed_epoch": collapse_epoch(hist, 100.0 * (1 - 1 / t.num_classes)),
+        "chance_top1_err": t.chance_top1_err,
+        "collapsed_epoch": collapse_epoch(hist, t.chance_top1_err),
         "final_lr": t.optimizer.param_groups[0]["lr"],
         "lr_drops": [h["epoch"] for h, nxt in zip(hist, hist[1:]) if nxt["lr"] < h["lr"]],
         "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
