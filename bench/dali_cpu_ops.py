@@ -12,6 +12,8 @@ between two rows is the per-image CPU cost of what one adds.
     channel       crop + flip + per-channel (x - mean) / std to float CHW: normalize=channel
     mean_image    image - mean image (float32 constant), then crop + flip + normalize:
                   normalize=mean_image, the paper's (what pipeline/dali_pipes.py builds)
+    mean_image_plain  the same without crop_mirror_normalize's mean/std arguments
+    sub3_plain    image - mean image - lighting offset in one arithmetic expression, then a plain crop
     sub_only      image - mean image alone (no crop)
     crop_then_sub crop the image and the mean image at the same place, then subtract
     arith_channel crop_float, then (x - mean) * (1 / std) as DALI arithmetic
@@ -40,8 +42,8 @@ from pipeline import dali_pipes as dp  # noqa: E402
 from pipeline.augment import index_path  # noqa: E402
 from synthetic import make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-VARIANTS = ["decode", "crop_float", "crop_u8", "channel", "mean_image", "mean_image_plain", "sub3_plain", "sub_only", "crop_then_sub",
-            "arith_channel", "sub_lighting", "decode_fast_idct", "mean_image_fast_idct"]
+VARIANTS = ["decode", "crop_float", "crop_u8", "channel", "mean_image", "mean_image_plain", "sub3_plain", "sub_only",
+            "crop_then_sub", "arith_channel", "sub_lighting", "decode_fast_idct", "mean_image_fast_idct"]
 MEAN = [123.7, 116.3, 103.5]
 STD = [58.4, 57.1, 57.4]
 

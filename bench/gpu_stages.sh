@@ -47,9 +47,8 @@ stage() {  # stage NAME COMMAND...: run, time, stop at the first failure
     echo "== $name: $((SECONDS - t0)) s"
 }
 py() { python3 -m "$@"; }
-mkdir -p $R/logs
-stage demo py pipeline.demo --out-dir data/demo --seed 0 --classes 10 --train-per-class "$TRAIN_PER_CLASS" --val-per-class "$VAL_PER_CLASS" \
-    --large-fraction 0.1
+stage demo py pipeline.demo --out-dir data/demo --seed 0 --classes 10 --train-per-class "$TRAIN_PER_CLASS" \
+    --val-per-class "$VAL_PER_CLASS" --large-fraction 0.1
 stage fetch py pipeline.fetch --source archives --train data/demo/ILSVRC2012_img_train.tar \
     --train-md5 data/demo/MD5SUMS --val data/demo/ILSVRC2012_img_val.tar --val-md5 data/demo/MD5SUMS \
     --devkit data/demo/ILSVRC2012_devkit_t12.tar.gz --devkit-md5 data/demo/MD5SUMS --out-dir $R/fetch
@@ -76,7 +75,8 @@ stage manifest py pipeline.resize manifest --shards-dir $R/shards --train-shards
 stage pca py pipeline.pca --manifest $R/shards/manifest.json --out-dir $R/pca
 IN="--manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy"
 stage augment py pipeline.augment $IN --out-dir $R/augment --lighting paper --lighting-std 0.1 \
-    --normalize mean_image --grid-samples 8 --bench-batches "$BENCH_BATCHES" --batch-size 256 --seed 1 --threads 8 --device auto
+    --normalize mean_image --grid-samples 8 --bench-batches "$BENCH_BATCHES" --batch-size 256 --seed 1 --threads 8 \
+    --device auto
 train() {  # train OUT_DIR EPOCHS extra args...: the full network, the paper's recipe and init
     local out=$1 epochs=$2; shift 2
     py pipeline.train $IN --classes $R/fetch/classes.tsv --out-dir "$out" --width "$WIDTH" --init paper \
@@ -100,8 +100,7 @@ def show(path, keys):
     except OSError as exc:
         print("==", path, "missing:", exc)
         return
-    flat = {**d, **d.get("metrics", {})} if isinstance(d.get("metrics"), dict) else d
-    print("==", path, {k: flat.get(k) for k in keys if k in flat} or sorted(flat)[:20])
+    print("==", path, {k: d[k] for k in keys if k in d})
 show("results/augment/augment.json", ["device", "threads", "batch_size", "train_images_per_s",
                                       "train_first_batch_s", "eval_center_images_per_s", "eval_ten_images_per_s"])
 for run in ("train", "train2col", "train-compile"):
