@@ -298,6 +298,37 @@ def test_every_validation_image_exactly_once(data, views, num_shards):
     assert total == 23 and sorted(keys) == [f"img{i:05d}" for i in range(23)]
 
 
+def test_eval_passes_reuse_one_pipeline_and_repeat_exactly(data):
+    """Validation every epoch: one pipeline for every complete pass, the same images each time;
+    a pass cut short is not resumed by the next one."""
+    ev = EvalLoader(data["val"], IDENTITY, 5, views="center", settings=PLAIN, shard_id=1, num_shards=2)
+    builds = []
+    build = ev.pipeline
+    ev.pipeline = lambda: builds.append(1) or build()
+
+    def one_pass(limit=None):
+        out = []
+        for i, (images, labels, keys) in enumerate(ev):
+            if i == limit:
+                break
+            out.append((images.numpy().copy(), labels.tolist(), keys))
+        return out
+
+    first = one_pass()
+    assert sum(len(k) for _, _, k in first) == len(ev) == 12
+    for _ in range(2):
+        again = one_pass()
+        assert [(l, k) for _, l, k in again] == [(l, k) for _, l, k in first]
+        assert all(np.array_equal(a, b) for (a, _, _), (b, _, _) in zip(again, first))
+    assert len(builds) == 1
+    cut = one_pass(limit=1)
+    assert len(cut) == 1 and len(builds) == 1
+    after = one_pass()  # the half-read pipeline was dropped: a new one, from the first image
+    assert len(builds) == 2 and [k for _, _, k in after] == [k for _, _, k in first]
+    ev.close()
+    assert one_pass()[0][2] == first[0][2] and len(builds) == 3
+
+
 # ---------------------------------------------------------------- errors and the stage
 
 def test_bad_inputs_name_the_problem(data, tmp_path):
