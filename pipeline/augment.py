@@ -331,20 +331,25 @@ class EvalLoader(_Loader):
 # ---------------------------------------------------------------- the stage
 
 def manifest_shards(manifest, split: str) -> list[str]:
-    """The split's shard tars from the resize manifest (paths relative to its folder)."""
+    """The split's shard tars listed in the resize stage's manifest (docs/formats.md).
+
+    manifest[split]["shards"] is a list of {"tar": path, ...} (or plain paths),
+    each relative to the manifest's folder or absolute. The training, augment
+    and evaluate stages all read their shards through this.
+    """
     manifest = Path(manifest)
     try:
         entries = read_json(manifest)[split]["shards"]
+        names = [e if isinstance(e, str) else e["tar"] for e in entries]
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise AugmentError(f"{manifest}: no shard list for split {split!r} ({exc}); rerun the resize stage") from exc
+        raise AugmentError(f"{manifest}: no shard list for split {split!r} ({exc!r}); "
+                           "rerun the resize stage") from exc
     paths = []
-    for entry in entries:
-        name = entry if isinstance(entry, str) else entry.get("path") or entry.get("tar") or entry.get("name")
-        candidates = [Path(name), manifest.parent / name, manifest.parent / split / Path(name).name]
-        found = next((p for p in candidates if p.exists()), None)
-        if found is None:
-            raise AugmentError(f"{manifest}: shard {name} listed for {split} does not exist; rerun the resize stage")
-        paths.append(str(found))
+    for name in names:
+        path = manifest.parent / name  # an absolute name stays as it is
+        if not path.exists():
+            raise AugmentError(f"{manifest}: shard {path} listed for {split} does not exist; rerun the resize stage")
+        paths.append(str(path))
     if not paths:
         raise AugmentError(f"{manifest}: the {split} split has no shards")
     return paths

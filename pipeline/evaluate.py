@@ -88,7 +88,8 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
              batch_size: int = 32, devices: str = "auto", threads: int = 2, top_confusions: int = 20) -> dict:
     """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict."""
     from pipeline.checkpoint import model_from_checkpoint
-    from pipeline.train import TrainConfigError, launch_from_env, shard_paths
+    from pipeline.augment import manifest_shards
+    from pipeline.train import TrainConfigError, launch_from_env
 
     t0 = time.perf_counter()
     for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
@@ -106,12 +107,8 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
         if len(classes) != num_classes:
             raise EvaluateError(f"{classes_tsv} lists {len(classes)} classes but checkpoint {checkpoint} "
                                 f"has {num_classes} outputs; evaluate a checkpoint trained on this dataset")
-        try:
-            shards = shard_paths(shards_manifest, "val")
-        except TrainConfigError as exc:
-            raise EvaluateError(str(exc)) from exc
-        loader = make_loader(shards, pca_json, mean_image, config.get("augment", {}), batch_size,
-                             model.input_device, env.rank, env.world, threads)
+        loader = make_loader(manifest_shards(shards_manifest, "val"), pca_json, mean_image, config.get("augment", {}),
+                             batch_size, model.input_device, env.rank, env.world, threads)
         counts, loop_s = score(model, loader, num_classes, progress=env.main)
         if env.world > 1:
             counts.all_reduce()

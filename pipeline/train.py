@@ -63,7 +63,7 @@ from tqdm import tqdm
 from pipeline.checkpoint import (CheckpointError, build_model, keep_best, load_checkpoint,
                                  model_from_checkpoint, restore_best, rng_state, save_checkpoint,
                                  set_rng_state)
-from pipeline.io import read_classes, read_json, write_json
+from pipeline.io import read_classes, write_json
 from pipeline.metrics import true_class_rank
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "fit", "model_from_checkpoint", "launch_from_env", "main"]
@@ -171,40 +171,15 @@ def launch_from_env(devices: str = "auto") -> tuple[Dist, list[str]]:
 
 # ---------------------------------------------------------------- inputs
 
-def shard_paths(manifest: str | os.PathLike, split: str) -> list[str]:
-    """The split's shard tars listed in the resize stage's manifest.
-
-    manifest[split]["shards"] is a list of {"tar": path, ...}, the path
-    relative to the manifest's folder (or absolute).
-    """
-    manifest = Path(manifest)
-    try:
-        entries = read_json(manifest)[split]["shards"]
-        names = [e if isinstance(e, str) else e["tar"] for e in entries]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise TrainConfigError(f"{manifest}: no shard list for split {split!r} ({exc!r}); "
-                               "rerun the resize stage") from exc
-    paths = []
-    for name in names:
-        path = manifest.parent / name  # an absolute name stays as it is
-        if not path.exists():
-            raise TrainConfigError(f"{manifest}: shard {path} listed for {split} does not exist; "
-                                   "rerun the resize stage")
-        paths.append(str(path))
-    if not paths:
-        raise TrainConfigError(f"{manifest}: the {split} split has no shards")
-    return paths
-
-
 def make_loaders(cfg: TrainConfig, manifest, pca_json, mean_image, env: Dist, device: str):
-    from pipeline.augment import AugmentSettings, EvalLoader, TrainLoader, load_pca
+    from pipeline.augment import AugmentSettings, EvalLoader, TrainLoader, load_pca, manifest_shards
 
     pca = load_pca(str(pca_json), str(mean_image))
     settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
     per_rank = cfg.batch_size // env.world
     common = dict(settings=settings, device=device, shard_id=env.rank, num_shards=env.world, threads=cfg.workers)
-    train_loader = TrainLoader(shard_paths(manifest, "train"), pca, per_rank, seed=cfg.seed, **common)
-    eval_loader = EvalLoader(shard_paths(manifest, "val"), pca, per_rank, views="center", **common)
+    train_loader = TrainLoader(manifest_shards(manifest, "train"), pca, per_rank, seed=cfg.seed, **common)
+    eval_loader = EvalLoader(manifest_shards(manifest, "val"), pca, per_rank, views="center", **common)
     return train_loader, eval_loader
 
 
@@ -684,9 +659,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     cfg.channels_last = str(cfg.channels_last).lower()
+    from pipeline.augment import AugmentError  # the loaders' input errors (manifest, shards, PCA files)
+
     try:
         train(args.manifest, args.pca, args.mean_image, args.classes, args.out_dir, cfg, fresh=args.fresh)
-    except (TrainingDiverged, TrainConfigError, CheckpointError) as exc:
+    except (TrainingDiverged, TrainConfigError, CheckpointError, AugmentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

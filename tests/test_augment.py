@@ -18,7 +18,7 @@ from PIL import Image
 
 from pipeline import dali_pipes
 from pipeline.augment import (AugmentError, AugmentSettings, EvalLoader, TrainLoader, as_numpy, as_pca, load_pca,
-                              main, read_index)
+                              main, manifest_shards, read_index)
 from pipeline.shards import ShardWriter
 
 DEVICES = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
@@ -346,6 +346,22 @@ def test_bad_inputs_name_the_problem(data, tmp_path):
     tar.write_bytes(open(data["train"][0], "rb").read())
     with pytest.raises(AugmentError, match="lonely-00000.idx"):
         TrainLoader([str(tar)], IDENTITY, 8, PLAIN)
+
+
+def test_manifest_shards_are_relative_to_the_manifest(tmp_path, data):
+    manifest = tmp_path / "shards" / "manifest.json"
+    manifest.parent.mkdir()
+    (manifest.parent / "val").mkdir()
+    (manifest.parent / "val" / "val-00000.tar").write_bytes(b"")
+    manifest.write_text(json.dumps({"val": {"shards": [{"tar": "val/val-00000.tar"}, data["val"][0]]},
+                                    "train": {"shards": []}}))
+    assert manifest_shards(manifest, "val") == [str(manifest.parent / "val" / "val-00000.tar"), data["val"][0]]
+    with pytest.raises(AugmentError, match="the train split has no shards"):
+        manifest_shards(manifest, "train")
+    with pytest.raises(AugmentError, match="no shard list for split 'test'.*rerun the resize stage"):
+        manifest_shards(manifest, "test")
+    with pytest.raises(AugmentError, match="no shard list"):
+        manifest_shards(tmp_path / "missing.json", "val")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -238,6 +238,21 @@ def test_cli_reports_divergence_without_traceback(data, tmp_path):
     assert "no checkpoint was written" in run.stderr
 
 
+def test_cli_names_a_missing_shard_without_traceback(data, tmp_path, capsys):
+    from pipeline.train import main
+
+    manifest = json.loads(data["manifest"].read_text())
+    manifest["val"]["shards"].append({"tar": "val/val-00009.tar"})
+    bad = data["manifest"].with_name("manifest-missing-shard.json")  # beside the real one: same relative paths
+    write_json(bad, manifest)
+    args = cli(data, tmp_path, epochs=1)[3:]
+    args[args.index("--manifest") + 1] = str(bad)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"error: {bad}: shard {bad.parent / 'val' / 'val-00009.tar'} listed for val does not exist" in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
               "--rdzv-endpoint", "localhost:0", "-m", "pipeline.train"]
