@@ -270,7 +270,6 @@ class Window:
 
     def __init__(self, first_step: int):
         self.first_step, self.losses, self.hits, self.images = first_step, [], [], 0
-        self.step_losses: list[float] = []  # filled by reduce()
         self.t0 = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, topk: int) -> None:
@@ -285,10 +284,10 @@ class Window:
         packed = torch.cat([torch.stack(self.losses), torch.stack(self.hits).sum(0).float(),
                             torch.tensor([float(self.images)], device=self.losses[0].device)])
         packed = all_sum(packed, env).double().cpu()
-        self.step_losses = (packed[:k] / env.world).tolist()
+        losses = (packed[:k] / env.world).tolist()
         n = packed[k + 2].item()
         errs = [100.0 * (1 - packed[k + i].item() / n) for i in (0, 1)]
-        return self.step_losses, errs[0], errs[1], int(n), time.perf_counter() - self.t0
+        return losses, errs[0], errs[1], int(n), time.perf_counter() - self.t0
 
 
 @torch.no_grad()
@@ -467,14 +466,15 @@ class Trainer:
             window.add(loss, logits, labels, self.topk)
             bar.update(per_step)
             if state["step"] % cfg.log_every == 0 or i == steps - 1:
-                row = self.log_window(window, epoch, lr)
-                losses += window.step_losses
+                row, step_losses = self.log_window(window, epoch, lr)
+                losses += step_losses
                 bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:g}")
                 window = Window(state["step"] + 1)
         bar.close()
         return losses
 
-    def log_window(self, window: "Window", epoch: int, lr: float) -> dict:
+    def log_window(self, window: "Window", epoch: int, lr: float) -> tuple[dict, list[float]]:
+        """The window's metrics line (written by rank 0) and its per-step losses."""
         losses, e1, e5, n, secs = window.reduce(self.env)
         bad = [j for j, v in enumerate(losses) if not np.isfinite(v)]
         if bad:
@@ -485,7 +485,7 @@ class Trainer:
                "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs}
         if self.env.main:
             append_jsonl(self.jsonl, row)
-        return row
+        return row, losses
 
     def end_epoch(self, epoch: int, lr: float, losses: list[float], val1: float, val5: float, epoch_s: float,
                   wall_s: float) -> None:
