@@ -6,7 +6,6 @@
 
 
 EVALUATE = config["evaluate"]
-EVALUATE_DEVICES = config["train"]["devices"]
 # best.pt and last.pt come from rule train; anything else is a path to any checkpoint.
 # last.pt is not a declared output of rule train (see train.smk): train.json,
 # written after the final last.pt, stands for it as the input.
@@ -39,7 +38,7 @@ rule evaluate:
             if EVALUATE["checkpoint"] == "last" else input.checkpoint),
         dataset=config["dataset"]["name"],
         batch_size=EVALUATE["batch_size"],
-        devices=",".join(EVALUATE_DEVICES) if isinstance(EVALUATE_DEVICES, list) else EVALUATE_DEVICES,
+        devices=train_devices(),  # the training devices (common.smk)
         threads=config["train"]["workers"],
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     resources:
