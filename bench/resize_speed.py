@@ -369,7 +369,6 @@ def main(argv=None):
     results["stage"] = stage_runs
     print(f"# stage: {stage_runs}", file=sys.stderr)
 
-    # scaling: one CLI job vs two in parallel, each on the whole mix
     # scaling: one CLI job vs two in parallel, each on the whole mix. Wall time
     # needs idle cores; CPU time per image shows whether jobs slow each other.
     scaling = {}
@@ -427,7 +426,6 @@ def main(argv=None):
     # PCA on ImageNet-many shard statistics
     one = work / "stage" / "one" / "train-00000.tar"
     stage(work, "small.tsv", one, True)
-
     stats_dir = work / "pca_stats"
     stats_dir.mkdir()
     src = one.with_name("train-00000.stats.npz")

@@ -12,7 +12,9 @@ left out. Two inputs:
 
 If synthetic >> dali the input pipeline bounds training; if they are close,
 compute does. Needs torch, numpy, pillow, and nvidia-dali for the dali case;
-shards are generated (random smooth 256x256 JPEGs) when --shards is not given.
+shards are generated (bench/synthetic.py: photo-like 256x256 JPEGs, as in the
+augmentation benchmark) when --shards is not given; PCA: ImageNet's published
+statistics unless --pca names the pca stage's files.
 
     python bench/train_speed.py --device cpu --widths 0.25 1.0 --batch 32 --steps 6
     python bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --input synthetic dali
@@ -23,7 +25,6 @@ Results: bench/RESULTS-train.md.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -37,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare checkout
 
 from pipeline.train import Dist, TrainConfig, fit  # noqa: E402
+from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 class SyntheticLoader:
@@ -80,37 +82,6 @@ class Take:
             yield batch
 
 
-def make_shards(out: Path, images: int, classes: int, per_shard: int = 512) -> tuple[list[str], Path, Path]:
-    """Random smooth JPEGs (about ImageNet's 256x256 q90 size) in webdataset shards, plus PCA files."""
-    from PIL import Image
-
-    from pipeline.io import write_json
-    from pipeline.shards import ShardWriter
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for s in range(0, images, per_shard):
-        path = out / f"train-{s // per_shard:05d}.tar"
-        with ShardWriter(path) as w:
-            for i in range(s, min(s + per_shard, images)):
-                small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-                img = Image.fromarray(small).resize((256, 256), Image.BICUBIC)
-                arr = np.clip(np.asarray(img, np.int16) + rng.integers(-20, 21, (256, 256, 3)), 0, 255)
-                buf = io.BytesIO()
-                Image.fromarray(arr.astype(np.uint8)).save(buf, "JPEG", quality=90)
-                w.add(f"img{i:07d}", buf.getvalue(), i % classes)
-        paths.append(str(path))
-    cov = np.diag([4000.0, 3500.0, 3800.0])
-    eigval, eigvec = np.linalg.eigh(cov)
-    order = eigval.argsort()[::-1]
-    write_json(out / "pca.json", {"mean": [124.0, 116.0, 104.0], "std": [58.0, 57.0, 57.0],
-                                  "covariance": cov.tolist(), "eigval": eigval[order].tolist(),
-                                  "eigvec": eigvec[:, order].tolist(), "pixels": images * 65536,
-                                  "images": images, "imagenet_cosine": [1.0, 1.0, 1.0]})
-    np.save(out / "mean_image.npy", np.full((256, 256, 3), 115.0, np.float32))
-    return paths, out / "pca.json", out / "mean_image.npy"
-
-
 def run_case(width, batch, steps, device, source, shards, pca, precision, channels_last, compile_, classes,
              workers, log_every) -> dict:
     from pipeline.checkpoint import build_model
@@ -123,10 +94,10 @@ def run_case(width, batch, steps, device, source, shards, pca, precision, channe
         train_loader = SyntheticLoader(batch, steps, classes, device)
         eval_loader = OneBatchEval(train_loader)
     else:
-        from pipeline.augment import AugmentSettings, TrainLoader, load_pca
+        from pipeline.augment import AugmentSettings, TrainLoader
 
         settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
-        full = TrainLoader(shards, load_pca(str(pca[0]), str(pca[1])), batch, settings=settings, device=device,
+        full = TrainLoader(shards, pca, batch, settings=settings, device=device,
                            seed=0, threads=workers)
         train_loader = Take(full, steps)
         eval_loader = OneBatchEval(SyntheticLoader(batch, 1, classes, device))
@@ -163,12 +134,17 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     log_every = args.log_every or max(1, args.steps // 5)
 
-    shards, pca, tmp = args.shards, args.pca, None
+    shards, pca, tmp = args.shards, None, None
+    if "dali" in args.input:
+        from pipeline.augment import as_pca, load_pca
+
+        pca = load_pca(*args.pca) if args.pca else \
+            as_pca(IMAGENET_PCA, np.full((256, 256, 3), IMAGENET_PCA["mean"], np.float32))
     if "dali" in args.input and not shards:
         tmp = tempfile.TemporaryDirectory()
         t0 = time.perf_counter()
         images = args.batch * (args.steps + 2)
-        shards, *pca = make_shards(Path(tmp.name), images, args.classes)
+        shards, _ = make_shards(tmp.name, images, "train", classes=args.classes, per_shard=512)
         print(f"generated {images} images in {len(shards)} shards ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
 
     results = []
