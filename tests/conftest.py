@@ -31,6 +31,24 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True)
     return proc
 
 
+def assert_close_to_scale(actual, expected, rel: float, msg: str = "") -> None:
+    """Elementwise |actual - expected| <= rel * max|expected|, for float32 results.
+
+    Two float32 computations of the same sum in different orders (another
+    kernel, blocking or layout) differ by a few units in the last place of the
+    *largest* partial sums, not of each element: an element that is small
+    because of cancellation carries the big terms' rounding. A tolerance
+    scaled to the tensor's magnitude bounds that and nothing looser; a fixed
+    absolute one is either too tight for large tensors or meaningless for
+    small ones, and which one depends on the machine's kernels.
+    """
+    import torch
+
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=rel * scale, msg=msg or None)
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO
