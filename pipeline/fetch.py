@@ -179,6 +179,12 @@ def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries:
     connection is resumed from the bytes already written (HTTP Range).
     """
     part = dest.with_name(dest.name + ".part")
+    source = part.with_name(part.name + ".url")  # where the .part's bytes came from
+    if part.exists() and source.exists() and source.read_text().strip() != url:
+        # another URL's bytes (dataset.archives.*.url changed): never splice two files
+        print(f"{dest.name}: discarding {part.name}, begun from {source.read_text().strip()}", file=sys.stderr)
+        part.unlink()
+    source.write_text(url + "\n")
     opener = urllib.request.build_opener(_SameHostRedirect(auth))
     h = hashlib.md5()
     have = part.stat().st_size if part.exists() else 0
@@ -285,6 +291,7 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
                 part.unlink()
             verify(name, expected, actual, url)
             os.replace(part, dest)
+            part.with_name(part.name + ".url").unlink(missing_ok=True)
         path, link_to, owned = dest, dest.absolute(), True
     else:
         path = local_path(url)

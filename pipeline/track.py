@@ -130,16 +130,38 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -
 
 
 class JsonlFollower(threading.Thread):
-    """Logs each complete new line of a JSONL file as metrics at its "step"."""
+    """Logs each complete new line of a JSONL file as metrics at its "step".
 
-    def __init__(self, client, run_id: str, path: str, period: float = 2.0):
+    `open_run` gives the run to log to, or None while it cannot be known yet
+    (a resumable stage has not said how it starts); lines wait until then.
+    When the run continues an earlier attempt from step `resumed_at`, a line at
+    or below that step is logged only for the metrics the earlier attempt had
+    not logged yet (it may have been killed before its last lines were sent).
+    """
+
+    def __init__(self, client, open_run, path: str | None, period: float = 2.0):
         super().__init__(daemon=True)
-        self.client, self.run_id, self.path, self.period = client, run_id, Path(path), period
+        self.client, self.open_run, self.path, self.period = client, open_run, Path(path) if path else None, period
+        self.run_id, self.resumed_at, self.logged_up_to = None, 0, {}
         self.offset = 0
         self.done = threading.Event()
 
+    def ensure_run(self, final: bool = False) -> str | None:
+        if self.run_id is None:
+            opened = self.open_run(final)
+            if opened is not None:
+                self.run_id, self.resumed_at = opened
+        return self.run_id
+
+    def already_logged(self, key: str) -> int:
+        """The last step of `key` in the run (-1: none)."""
+        if key not in self.logged_up_to:
+            history = _retry(self.client.get_metric_history, self.run_id, key)
+            self.logged_up_to[key] = max((m.step for m in history), default=-1)
+        return self.logged_up_to[key]
+
     def drain(self) -> None:
-        if not self.path.exists():
+        if self.run_id is None or self.path is None or not self.path.exists():
             return
         with open(self.path, "rb") as f:
             if self.path.stat().st_size < self.offset:  # truncated by a resume
@@ -154,16 +176,101 @@ class JsonlFollower(threading.Thread):
             except json.JSONDecodeError:
                 continue
             step = int(row.pop("step", 0))
-            log_metrics(self.client, self.run_id, flatten(row), step=step)
+            metrics = flatten(row)
+            if self.resumed_at and step <= self.resumed_at:
+                metrics = {k: v for k, v in metrics.items() if self.already_logged(k) < step}
+            if metrics:
+                log_metrics(self.client, self.run_id, metrics, step=step)
 
     def run(self) -> None:
         while not self.done.wait(self.period):
-            self.drain()
+            if self.ensure_run():
+                self.drain()
 
-    def stop(self) -> None:
+    def stop(self) -> str:
         self.done.set()
         self.join()
+        self.ensure_run(final=True)
         self.drain()
+        return self.run_id
+
+
+ATTEMPT_RECORD = "mlflow_run.json"  # beside the stage's attempt file: which MLflow run its training uses
+
+
+def read_json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class StageRunOpener:
+    """Creates the stage's MLflow child run, or reopens the run of the training it continues.
+
+    Without an attempt file the run is created at once. With one (the train
+    stage's attempt.json: action resume | extend | start, reason, uid, from_step),
+    the run is opened once the stage has written it: a resumed or extended
+    training whose uid matches the recorded run continues that run (its metrics
+    go on at the same steps); anything else gets a new run. The decision is
+    set as tags (start, start_reason) and the run id recorded in mlflow_run.json.
+    """
+
+    def __init__(self, client, exp: str, args, parent: str | None, command: list[str]):
+        self.client, self.exp, self.args, self.parent, self.command = client, exp, args, parent, command
+        self.attempt_file = Path(args.attempt) if args.attempt else None
+        if self.attempt_file:
+            self.attempt_file.unlink(missing_ok=True)  # the stage writes this attempt's own
+
+    def __call__(self, final: bool = False) -> tuple[str, int] | None:
+        attempt = read_json_or_none(self.attempt_file) if self.attempt_file else None
+        if self.attempt_file and attempt is None and not final:
+            return None
+        run_id, skip = None, 0
+        record_path = self.attempt_file.with_name(ATTEMPT_RECORD) if self.attempt_file else None
+        record = read_json_or_none(record_path) if record_path else None
+        if attempt and attempt.get("action") in ("resume", "extend") and record and record.get("uid") == attempt["uid"]:
+            run_id = self._reopen(record["run_id"])
+            skip = int(attempt.get("from_step", 0)) if run_id else 0
+        if run_id is None:
+            tags = {"stage": self.args.stage}
+            if self.parent:
+                tags["mlflow.parentRunId"] = self.parent
+            run_id = _retry(self.client.create_run, self.exp, run_name=self.args.stage, tags=tags).info.run_id
+        self._log_params(run_id)
+        if attempt:
+            for key, value in (("start", attempt.get("action")), ("start_reason", attempt.get("why")),
+                               ("run_uid", attempt.get("uid"))):
+                _retry(self.client.set_tag, run_id, key, str(value)[:5000])
+            if record_path:
+                tmp = record_path.with_name(record_path.name + f".tmp-{os.getpid()}")
+                tmp.write_text(json.dumps({"run_id": run_id, "uid": attempt.get("uid")}) + "\n")
+                os.replace(tmp, record_path)
+        return run_id, skip
+
+    def _reopen(self, run_id: str) -> str | None:
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # deleted, or another tracking store: start a new run
+            return None
+        if run.info.lifecycle_stage != "active":
+            return None
+        _retry(self.client.update_run, run_id, status="RUNNING")
+        attempts = int(run.data.tags.get("attempts", "1")) + 1
+        _retry(self.client.set_tag, run_id, "attempts", str(attempts))
+        if self.parent and self.parent != run.data.tags.get("mlflow.parentRunId"):
+            _retry(self.client.set_tag, run_id, "resumed_under_parent", self.parent)
+        return run_id
+
+    def _log_params(self, run_id: str) -> None:
+        from mlflow.entities import Param
+
+        have = self.client.get_run(run_id).data.params
+        # a continued run keeps its first values (MLflow params are write-once); the
+        # settings that decide resuming are equal by construction, runtime ones may differ
+        params = [Param(k, v) for k, v in cli_params(self.command).items() if k not in have]
+        for i in range(0, len(params), 100):
+            _retry(self.client.log_batch, run_id, params=params[i:i + 100])
 
 
 def run_logged(command: list[str], log: Path, secret: bytes | None) -> int:
@@ -229,24 +336,13 @@ def run_stage(args: argparse.Namespace) -> int:
     parent = None
     if args.parent_file and Path(args.parent_file).exists():
         parent = Path(args.parent_file).read_text().strip()
-    tags = {"stage": args.stage}
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run_id = _retry(client.create_run, exp, run_name=args.stage, tags=tags).info.run_id
-    from mlflow.entities import Param
-
-    params = [Param(k, v) for k, v in cli_params(command).items()]
-    for i in range(0, len(params), 100):
-        _retry(client.log_batch, run_id, params=params[i:i + 100])
-
-    follower = JsonlFollower(client, run_id, args.jsonl) if args.jsonl else None
-    if follower:
-        follower.start()
+    follower = JsonlFollower(client, StageRunOpener(client, exp, args, parent, command), args.jsonl)
+    follower.ensure_run()
+    follower.start()
     start = time.time()
     status = run_logged(command, log, secret or None)
     wall = time.time() - start
-    if follower:
-        follower.stop()
+    run_id = follower.stop()
 
     ok = status == 0
     try:
@@ -299,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     run.add_argument("--experiment", default=None, help="default: $MLFLOW_EXPERIMENT_NAME or alexnet")
     run.add_argument("--redact-env", help="environment variable whose value is masked in the log")
+    run.add_argument("--attempt", help="the stage's attempt file (train: attempt.json); a resumed training "
+                                       "continues its MLflow run")
     run.add_argument("--no-tracking", action="store_true", help="only run and log the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

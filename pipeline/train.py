@@ -28,9 +28,11 @@ on GPUs by default. Only rank 0 writes files.
 
 Outputs (docs/formats.md): checkpoints/last.pt every epoch, best.pt (by
 centre-crop validation top-1 error), metrics.jsonl, curve.png, train.json.
-A rerun continues from last.pt when it was made with the same model, recipe
-and augmentation (epochs may grow), reproducing the uninterrupted run's
-losses step for step on the CPU; --fresh starts over.
+A rerun continues from last.pt only after an interruption (reproducing the
+uninterrupted run's losses step for step on the CPU) or to extend a finished
+run whose epochs were raised; changed inputs (content fingerprints in the
+checkpoint), changed settings, or a rerun of a finished run start over
+(`plan_start`; the replaced run is moved to previous/). --fresh starts over.
 
 Evidence (bench/RESULTS-train.md): on 2 CPU cores the demo (width 0.25,
 batch 128) trains at about 200 images/s, 5 s per epoch, compute-bound.
@@ -48,8 +50,10 @@ import json
 import os
 import random
 import resource
+import shutil
 import sys
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +67,8 @@ from tqdm import tqdm
 from pipeline.checkpoint import (CheckpointError, build_model, keep_best, load_checkpoint,
                                  model_from_checkpoint, restore_best, rng_state, save_checkpoint,
                                  set_rng_state)
-from pipeline.io import read_classes, write_json
+from pipeline.fingerprint import LABELS, changed_inputs, input_fingerprints
+from pipeline.io import read_classes, read_json, write_json
 from pipeline.metrics import true_class_rank
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "fit", "model_from_checkpoint", "launch_from_env", "main"]
@@ -336,11 +341,14 @@ def param_digest(model: torch.nn.Module) -> str:
 class Trainer:
     """The recipe's state (model, SGD, plateau, counters) and one method per phase of an epoch."""
 
-    def __init__(self, model, cfg: TrainConfig, out_dir, num_classes: int, env: Dist, devices: list[str]):
+    def __init__(self, model, cfg: TrainConfig, out_dir, num_classes: int, env: Dist, devices: list[str],
+                 inputs: dict | None = None):
         self.model, self.cfg, self.env, self.devices, self.num_classes = model, cfg, env, devices, num_classes
         self.out_dir = Path(out_dir)
         self.ckpt_dir, self.jsonl = self.out_dir / "checkpoints", self.out_dir / "metrics.jsonl"
-        self.last = self.ckpt_dir / "last.pt"
+        self.last, self.finished = self.ckpt_dir / "last.pt", self.ckpt_dir / FINISHED_FILE
+        self.inputs = inputs
+        self.attempt: dict = {}
         on_gpu = devices[0].startswith("cuda")
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and on_gpu)
         self.channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and on_gpu)
@@ -379,17 +387,16 @@ class Trainer:
 
     # -- start: resume or start over, then wrap for DDP / compile
 
-    def resume(self, fresh: bool) -> bool:
-        """Continue from last.pt when it was made with this model, recipe and augmentation."""
-        if fresh or not self.last.exists():
-            return False
-        ckpt = load_checkpoint(self.last)
-        old = {k: ckpt["config"].get(k) for k in self.key}
-        if old != self.key or ckpt["epoch"] > self.cfg.epochs:
-            why = ", ".join(f"{k} differs" for k in self.key if old.get(k) != self.key[k]) \
-                or f"it is at epoch {ckpt['epoch']}, past the {self.cfg.epochs} asked for"
-            self.say(f"not resuming from {self.last} ({why}); starting over")
-            return False
+    def resume(self, fresh: bool) -> str:
+        """Decide how this attempt starts (see `plan_start`) and load last.pt when it continues."""
+        ckpt = load_checkpoint(self.last) if self.last.exists() and not fresh else None
+        finished = read_json(self.finished) if ckpt is not None and self.finished.exists() else None
+        action, why = plan_start(ckpt, finished, self.key, self.inputs, self.cfg.epochs, self.last, fresh)
+        self.say(why)
+        self.attempt = {"action": action, "why": why, "uid": uuid.uuid4().hex, "from_step": 0, "from_epoch": 0}
+        if action == "start":
+            return action
+        self.attempt.update(uid=ckpt.get("uid"), from_step=ckpt["step"], from_epoch=ckpt["epoch"])
         self.model.load_state_dict(ckpt["model"])
         if ckpt.get("layout") == len(self.devices):
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -406,22 +413,23 @@ class Trainer:
         else:  # another replica count: each rank needs its own stream
             seed_everything(self.cfg.seed + 1000 * self.state["epoch"] + self.env.rank)
         self.saved = {"epoch": self.state["epoch"], "step": self.state["step"]}
-        self.say(f"resuming from {self.last}: epoch {self.state['epoch']}, step {self.state['step']}")
-        return True
+        return action
 
     def start(self, fresh: bool) -> None:
-        resumed = self.resume(fresh)
+        action = self.resume(fresh)
         if self.env.world > 1:  # every rank has read last.pt before rank 0 tidies up
             dist.barrier()
         if self.env.main:
+            if action == "start":
+                kept = set_aside(self.out_dir)
+                if kept:
+                    self.say(f"the replaced run's checkpoints and metrics are kept in {kept} "
+                             "until the next start-over")
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            if resumed:
+            if action != "start":
                 truncate_jsonl(self.jsonl, self.state["step"], self.state["epoch"])
                 restore_best(self.ckpt_dir, self.state["best"]["epoch"])
-            else:
-                self.jsonl.unlink(missing_ok=True)
-                for old in [*self.ckpt_dir.glob("epoch-*.pt"), self.ckpt_dir / "best.pt", self.last]:
-                    old.unlink(missing_ok=True)
+            write_json(self.out_dir / ATTEMPT_FILE, self.attempt)
         if self.env.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -507,10 +515,11 @@ class Trainer:
             append_jsonl(self.jsonl, {"step": state["step"], "epoch": epoch, "val_top1_err": val1,
                                       "val_top5_err": val5, "epoch_train_loss": sum(losses) / len(losses),
                                       "lr": lr, "epoch_time_s": epoch_s, "peak_mem_mb": peak_memory_mb(self.devices)})
-            config = {**self.key, "world_size": self.env.world}
+            config = {**self.key, "world_size": self.env.world, "inputs": self.inputs}
             save_checkpoint(self.last, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                                         "plateau": self.plateau.state_dict(), "rng": rngs, "config": config,
-                                        "layout": len(self.devices), **state})
+                                        "layout": len(self.devices), "uid": self.attempt["uid"],
+                                        "target_epochs": self.cfg.epochs, **state})
             if better:
                 keep_best(self.ckpt_dir, epoch)
             plot_curve(self.jsonl, self.out_dir / "curve.png")
@@ -534,21 +543,27 @@ class Trainer:
         if self.env.main:
             if not (self.out_dir / "curve.png").exists():
                 plot_curve(self.jsonl, self.out_dir / "curve.png")
-            write_json(self.out_dir / "train.json", summary)  # last: its presence means the stage finished
+            write_json(self.out_dir / "train.json", summary)  # its presence means the stage finished
+            # and this marks the checkpoint's run as finished: a later rerun starts over (or extends)
+            write_json(self.finished, {"uid": self.attempt["uid"], "epoch": self.state["epoch"],
+                                       "step": self.state["step"]})
             self.say(f"trained {summary['epochs']} epochs: best val top-1 {summary['best_val_top1_err']:.2f}% "
                      f"(epoch {summary['best_epoch']}), {summary['images_per_s']:.0f} images/s")
         return summary
 
 
 def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes: int,
-        env: Dist | None = None, devices: list[str] | None = None, fresh: bool = False) -> dict:
+        env: Dist | None = None, devices: list[str] | None = None, fresh: bool = False,
+        inputs: dict | None = None) -> dict:
     """Train `model` (already built, on its devices) with the recipe; returns the train.json summary.
 
     Loaders: `train_loader.epoch(e)` yields (images, labels) for epoch e;
     iterating `eval_loader` yields (images, labels, keys) once over this rank's
-    validation share. Resumes from out_dir/checkpoints/last.pt when it fits.
+    validation share. `inputs`: the fingerprints of the data (pipeline/fingerprint.py),
+    stored in the checkpoints. Continues from out_dir/checkpoints/last.pt only
+    after an interruption, or to extend a finished run (`plan_start`).
     """
-    t = Trainer(model, cfg, out_dir, num_classes, env or Dist(), devices or ["cpu"])
+    t = Trainer(model, cfg, out_dir, num_classes, env or Dist(), devices or ["cpu"], inputs)
     t.start(fresh)
     steps = t.steps_per_epoch(train_loader)
     t_start, wall0 = time.perf_counter(), t.state["totals"]["wall_s"]
@@ -563,6 +578,67 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
         t.end_epoch(epoch, lr, losses, val1, val5, time.perf_counter() - t_epoch,
                     wall0 + time.perf_counter() - t_start)
     return t.finish()
+
+
+# ---------------------------------------------------------------- resume or start over
+
+ATTEMPT_FILE = "attempt.json"    # how the latest attempt started (read by pipeline/track.py)
+FINISHED_FILE = "finished.json"  # in checkpoints/: the run of last.pt reached its end
+SECTIONS = {"model": "the model", "recipe": "the recipe", "augment": "the augmentation"}
+
+
+def plan_start(ckpt: dict | None, finished: dict | None, key: dict, inputs: dict | None, epochs: int,
+               last: Path, fresh: bool = False) -> tuple[str, str]:
+    """(action, reason): "resume" after an interruption, "extend" a finished run, or "start" over.
+
+    A run continues only from a run that was interrupted (no finished mark for
+    last.pt's run) on the same inputs and settings, or from a finished one whose
+    train.epochs was raised (the one change that asks to extend it). Any other
+    rerun (changed data or settings, --forcerun, an upstream rerun) starts over.
+    """
+    if fresh:
+        return "start", "starting over: --fresh"
+    if ckpt is None:
+        return "start", f"starting: no checkpoint at {last}"
+    changed = changed_inputs(ckpt["config"].get("inputs"), inputs)
+    if changed:
+        what = " and ".join(LABELS[k] for k in changed[:2]) + (" (and more)" if len(changed) > 2 else "")
+        return "start", f"starting over: {what} {'differ' if len(changed) > 1 else 'differs'} from the checkpoint's"
+    old = {k: ckpt["config"].get(k) or {} for k in key}
+    for section, label in SECTIONS.items():
+        diffs = [f"{k} {old[section].get(k)!r} -> {v!r}" for k, v in key[section].items() if old[section].get(k) != v]
+        if diffs:
+            return "start", f"starting over: {label} differs from the checkpoint's ({', '.join(diffs)})"
+    epoch, step = ckpt["epoch"], ckpt["step"]
+    if epoch > epochs:
+        return "start", f"starting over: {last} is at epoch {epoch}, past the {epochs} asked for"
+    done = bool(finished) and finished.get("uid") == ckpt.get("uid") and finished.get("epoch") == epoch
+    if done and epochs > epoch:
+        return "extend", f"extending the finished run from epoch {epoch} to {epochs} (train.epochs was raised)"
+    if done:
+        return "start", (f"starting over: the run in {last} had finished (epoch {epoch}); a rerun retrains, "
+                         "raise train.epochs to extend a finished run instead")
+    return "resume", f"resuming after an interruption from {last}: epoch {epoch}, step {step}"
+
+
+def set_aside(out_dir: Path) -> Path | None:
+    """Move a replaced run's checkpoints and metrics to out_dir/previous (one generation kept).
+
+    The new run then writes into an empty folder, and a kill before its first
+    checkpoint cannot leave it continuing the old run's weights.
+    """
+    olds = [out_dir / n for n in ("checkpoints", "metrics.jsonl", "curve.png", "train.json")]
+    olds = [p for p in olds if p.exists()]
+    if not (out_dir / "checkpoints" / "last.pt").exists():
+        for p in olds:  # nothing worth keeping: leftovers of a run killed before its first epoch
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return None
+    previous = out_dir / "previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for p in olds:
+        os.replace(p, previous / p.name)
+    return previous
 
 
 def diverged(step, epoch, value, last: Path, saved: dict | None) -> TrainingDiverged:
@@ -611,6 +687,8 @@ def summarize(t: Trainer, digests: list[str]) -> dict:
         "world_size": t.env.world, "devices": t.devices, "precision": "bf16" if t.bf16 else "fp32",
         "channels_last": t.channels_last, "replica_digests": digests,
         "replicas_in_sync": len(set(digests)) == 1,
+        "start": t.attempt.get("action"), "start_reason": t.attempt.get("why"), "run_uid": t.attempt.get("uid"),
+        "inputs": t.inputs,
     }
 
 
@@ -629,7 +707,8 @@ def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig
             seed_everything(cfg.seed + env.rank)
         device = str(getattr(model, "input_device", devices[0]))
         train_loader, eval_loader = make_loaders(cfg, manifest, pca_json, mean_image, env, device)
-        return fit(model, train_loader, eval_loader, cfg, out_dir, num_classes, env, devices, fresh)
+        inputs = input_fingerprints(manifest, pca_json, mean_image, classes_tsv)
+        return fit(model, train_loader, eval_loader, cfg, out_dir, num_classes, env, devices, fresh, inputs)
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -645,7 +724,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mean-image", required=True, help="results/pca/mean_image.npy")
     p.add_argument("--classes", required=True, help="results/fetch/classes.tsv")
     p.add_argument("--out-dir", required=True, help="results/train")
-    p.add_argument("--fresh", action="store_true", help="ignore checkpoints/last.pt and start over")
+    p.add_argument("--fresh", action="store_true", help="start over even after an interruption")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):

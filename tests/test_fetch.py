@@ -282,6 +282,19 @@ def test_part_file_of_an_earlier_run_is_resumed(server, demo_dir, tmp_path):
     assert (tmp_path / "fetch" / NAMES["train"]).read_bytes() == data and not part.exists()
 
 
+def test_part_file_from_another_url_is_not_resumed(server, demo_dir, tmp_path):
+    # dataset.archives.train.url changed after an interrupted download: its bytes must not be spliced in
+    data = (demo_dir / NAMES["train"]).read_bytes()
+    part = tmp_path / "fetch" / "downloads" / f"{NAMES['train']}.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 1000)
+    part.with_name(part.name + ".url").write_text("https://elsewhere.example/old.tar\n")
+    fetch.fetch_archives(tmp_path / "fetch", **http_args(server, demo_dir, train_md5=None))
+    assert "Range" not in server.requests_for(NAMES["train"])[0]
+    assert (tmp_path / "fetch" / NAMES["train"]).read_bytes() == data
+    assert not list((tmp_path / "fetch" / "downloads").glob("*.part*"))
+
+
 def test_auth_header_bearer_and_custom(server, demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FETCH_TEST_TOKEN", TOKEN)
     server.auth = ("Authorization", f"Bearer {TOKEN}")

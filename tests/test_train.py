@@ -164,12 +164,90 @@ def test_killed_run_resumes_and_reproduces_the_losses(data, reference, tmp_path)
 
     done = subprocess.run(cli(data, out, epochs=3), env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming from {out / 'checkpoints' / 'last.pt'}: epoch {killed_at}" in done.stderr
+    assert f"resuming after an interruption from {out / 'checkpoints' / 'last.pt'}: epoch {killed_at}" in done.stderr
     steps = [r["step"] for r in rows(out) if "train_loss" in r]
     assert steps == sorted(set(steps)) == list(range(1, 37))  # no step logged twice
     assert losses(out) == losses(ref_out)  # the same trajectory, bit for bit
     val = lambda o: [(r["epoch"], r["val_top1_err"]) for r in rows(o) if "val_top1_err" in r]  # noqa: E731
     assert val(out) == val(ref_out)
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _attempt(out: Path) -> dict:
+    return json.loads((out / "attempt.json").read_text())
+
+
+def test_rerun_of_a_finished_run_trains_again_and_keeps_the_old_one(data, reference, tmp_path):
+    ref_out, _ = reference
+    out = _copy_run(ref_out, tmp_path / "run")
+    old_last = load_checkpoint(out / "checkpoints" / "last.pt")
+    done = subprocess.run(cli(data, out, epochs=3), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "starting over: the run in" in done.stderr and "had finished (epoch 3)" in done.stderr
+    assert _attempt(out)["action"] == "start" and _attempt(out)["uid"] != old_last["uid"]
+    assert [r["step"] for r in rows(out) if "train_loss" in r] == list(range(1, 37))  # it trained, from step 1
+    assert losses(out) == losses(ref_out)  # same seed, same data: the same run again
+    new_last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert new_last["uid"] == _attempt(out)["uid"] != old_last["uid"]
+    # the replaced run is set aside, not destroyed
+    kept = load_checkpoint(out / "previous" / "checkpoints" / "last.pt")
+    assert kept["uid"] == old_last["uid"] and (out / "previous" / "metrics.jsonl").exists()
+
+
+def test_raising_epochs_extends_a_finished_run(data, reference, tmp_path):
+    ref_out, _ = reference
+    out = _copy_run(ref_out, tmp_path / "run")
+    done = subprocess.run(cli(data, out, epochs=4), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "extending the finished run from epoch 3 to 4 (train.epochs was raised)" in done.stderr
+    ext = losses(out)
+    assert sorted(ext) == list(range(1, 49)) and {k: ext[k] for k in range(1, 37)} == losses(ref_out)
+    assert json.loads((out / "train.json").read_text())["start"] == "extend"
+    assert not (out / "previous").exists()
+
+
+def test_changed_input_starts_over(data, reference, tmp_path):
+    ref_out, _ = reference
+    out = _copy_run(ref_out, tmp_path / "run")
+    changed = dict(data, pca=tmp_path / "pca.json")
+    pca = json.loads(Path(data["pca"]).read_text())
+    pca["eigval"] = [1600.0, 900.0, 600.0]
+    write_json(changed["pca"], pca)
+    done = subprocess.run(cli(changed, out, epochs=4), env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # epochs was raised too, but on other data the old weights are not worth extending
+    assert "starting over: the PCA differs from the checkpoint's" in done.stderr
+    assert sorted(losses(out)) == list(range(1, 49))
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["inputs"]["pca"] != \
+        load_checkpoint(out / "previous" / "checkpoints" / "last.pt")["config"]["inputs"]["pca"]
+
+
+def test_plan_start_decisions(tmp_path):
+    from pipeline.train import plan_start
+
+    cfg = TrainConfig(**SMALL)
+    key, inputs, last = cfg.key(CLASSES), {k: "x" for k in ("manifest", "shards", "pca", "mean_image", "classes")}, \
+        tmp_path / "last.pt"
+    ckpt = {"config": {**key, "inputs": inputs}, "epoch": 3, "step": 36, "uid": "a"}
+    plan = lambda c=ckpt, f=None, k=key, i=inputs, e=3, fresh=False: plan_start(c, f, k, i, e, last, fresh)  # noqa: E731
+    assert plan()[0] == "resume" and "interruption" in plan()[1]  # no finished mark: it was killed after epoch 3
+    assert plan(f={"uid": "a", "epoch": 3})[0] == "start"
+    assert plan(f={"uid": "other", "epoch": 3})[0] == "resume"  # the mark of an earlier run
+    assert plan(f={"uid": "a", "epoch": 3}, e=5)[0] == "extend"
+    assert plan(e=2) == ("start", f"starting over: {last} is at epoch 3, past the 2 asked for")
+    assert plan(c=None)[0] == "start" and plan(fresh=True) == ("start", "starting over: --fresh")
+    other = dict(inputs, shards="y", classes="z")
+    assert plan(i=other) == ("start", "starting over: the training and validation shards and the class list "
+                                      "differ from the checkpoint's")
+    assert plan(c={**ckpt, "config": key})[0] == "start"  # a checkpoint with no fingerprints (older version)
+    lr = TrainConfig(**{**SMALL, "lr": 0.02}).key(CLASSES)
+    assert plan(k=lr) == ("start", "starting over: the recipe differs from the checkpoint's (lr 0.01 -> 0.02)")
 
 
 def test_plateau_divides_lr_by_ten_after_patience_epochs():

@@ -4,13 +4,19 @@ One run of `snakemake --cores 2` in a temporary folder, then checks on what it
 left: outputs, the MLflow store, rerun behaviour, the report and the linter.
 """
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY, snakemake
+from conftest import REPO, TINY, snakemake, tool_env
 
 STAGES = ["demo", "fetch", "resize", "pca", "augment", "train", "evaluate"]
 
@@ -59,6 +65,143 @@ def test_changed_quality_reruns_resize_and_downstream_not_fetch(run_dir):
     assert "pca" in rules and "train" in rules and "evaluate" in rules
     assert any(r.startswith("resize") for r in rules)
     assert not {"demo", "fetch", "index"} & rules
+
+
+# --- what a rerun of the train job does (each on its own copy of the finished run)
+
+def copy_run(run_dir: Path, dst: Path, with_train: bool = True) -> Path:
+    """A copy of the finished demo run; without results/train and results/evaluate if asked."""
+    def skip(folder, names):
+        return {"train", "evaluate"} & set(names) if Path(folder) == run_dir / "results" else set()
+
+    shutil.copytree(run_dir, dst, symlinks=True, ignore=None if with_train else skip)
+    return dst
+
+
+def train_rows(work: Path) -> list[dict]:
+    return [json.loads(l) for l in (work / "results/train/metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(work: Path) -> dict[int, float]:
+    return {r["step"]: r["train_loss"] for r in train_rows(work) if "train_loss" in r}
+
+
+def train_state(work: Path) -> dict:
+    from pipeline.checkpoint import load_checkpoint
+
+    return load_checkpoint(work / "results/train/checkpoints/last.pt")
+
+
+def train_mlflow_runs(work: Path) -> list:
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    exp = client.get_experiment_by_name("alexnet")
+    return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "train"]
+
+
+def test_changed_quality_retrains_on_the_new_shards(run_dir, tmp_path):
+    from pipeline.fingerprint import input_fingerprints
+
+    work = copy_run(run_dir, tmp_path / "q")
+    before = train_state(work)
+    override = work / "quality.yaml"
+    override.write_text("resize:\n  jpeg_quality: 80\n")
+    snakemake(work, "--cores", "2", "--configfile", str(TINY), str(override))
+    log = (work / "results/logs/train.log").read_text()
+    # the PCA is unchanged: its statistics come from the pixels before JPEG encoding
+    assert "starting over: the shard manifest and the training and validation shards differ" in log, log[-3000:]
+    assert "resuming" not in log and "epoch 1/2" in log  # it trained, from the first epoch
+    results = work / "results"
+    after = train_state(work)
+    assert after["uid"] != before["uid"] and after["epoch"] == 2
+    # trained on the new data: the checkpoint's fingerprints are those of the new shards and PCA
+    now = input_fingerprints(results / "shards/manifest.json", results / "pca/pca.json",
+                             results / "pca/mean_image.npy", results / "fetch/classes.tsv")
+    assert after["config"]["inputs"] == now != before["config"]["inputs"]
+    assert sorted(train_losses(work))[0] == 1
+    from pipeline.checkpoint import load_checkpoint  # evaluation scored the new run's best epoch
+
+    assert load_checkpoint(results / "train/checkpoints/best.pt")["uid"] == after["uid"]
+    runs = train_mlflow_runs(work)
+    assert len(runs) == 2 and {r.data.tags.get("start") for r in runs} == {"start"}
+
+
+def test_forcerun_train_retrains_the_same_run(run_dir, tmp_path):
+    work = copy_run(run_dir, tmp_path / "f")
+    before = train_state(work)
+    snakemake(work, "--cores", "2", "--configfile", str(TINY), "--forcerun", "train")
+    log = (work / "results/logs/train.log").read_text()
+    assert "had finished (epoch 2); a rerun retrains" in log, log[-3000:]
+    assert train_state(work)["uid"] != before["uid"]
+    assert train_losses(work) == train_losses(run_dir)  # trained again from scratch: same seed, same losses
+    assert (work / "results/train/previous/checkpoints/last.pt").exists()
+    runs = train_mlflow_runs(work)
+    assert len(runs) == 2 and [r.data.tags["start"] for r in runs] == ["start", "start"]
+
+
+def _epochs_override(work: Path, epochs: int) -> Path:
+    path = work / f"epochs{epochs}.yaml"
+    path.write_text(f"train:\n  epochs: {epochs}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def extended(run_dir, tmp_path_factory):
+    """The finished 2-epoch run with train.epochs raised to 6."""
+    work = copy_run(run_dir, tmp_path_factory.mktemp("extend") / "e")
+    snakemake(work, "--cores", "2", "--configfile", str(TINY), str(_epochs_override(work, 6)))
+    return work
+
+
+def test_raising_epochs_continues_the_finished_run(run_dir, extended):
+    log = (extended / "results/logs/train.log").read_text()
+    assert "extending the finished run from epoch 2 to 6 (train.epochs was raised)" in log, log[-3000:]
+    original, ext = train_losses(run_dir), train_losses(extended)
+    steps = max(original)
+    assert {k: ext[k] for k in original} == original and sorted(ext) == list(range(1, 3 * steps + 1))
+    runs = train_mlflow_runs(extended)
+    assert len(runs) == 1  # the same MLflow run goes on
+    run = runs[0]
+    assert run.data.tags["start"] == "extend" and run.data.tags["attempts"] == "2" and run.info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{extended}/mlflow.db")
+    history = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(history) == sorted(ext)  # each step once, continuing at the same step numbers
+
+
+def test_killed_training_resumes_the_same_trajectory(run_dir, extended, tmp_path):
+    """Killed mid-run under Snakemake, then `--rerun-incomplete`: it continues, losses as uninterrupted."""
+    work = copy_run(run_dir, tmp_path / "k", with_train=False)
+    (work / "mlflow.db").unlink()
+    configs = ["--configfile", str(TINY), str(_epochs_override(work, 6))]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2", *configs]
+    proc = subprocess.Popen(cmd, cwd=work, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    jsonl, attempt = work / "results/train/metrics.jsonl", work / "results/train/attempt.json"
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            lines = jsonl.read_text().splitlines()[:-1] if attempt.exists() and jsonl.exists() else []
+            epochs = {json.loads(l).get("epoch") for l in lines if "val_top1_err" in l}
+            if 2 in epochs and 6 not in epochs:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the workflow ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = train_state(work)
+    assert 2 <= killed["epoch"] < 6 and not (work / "results/train/train.json").exists()
+
+    snakemake(work, "--unlock", *configs)  # a SIGKILL leaves Snakemake's lock behind, as a power loss would
+    snakemake(work, "--cores", "2", *configs, "--rerun-incomplete")
+    log = (work / "results/logs/train.log").read_text()
+    assert f"resuming after an interruption from results/train/checkpoints/last.pt: epoch {killed['epoch']}" in log
+    assert train_state(work)["uid"] == killed["uid"]
+    assert train_losses(work) == train_losses(extended)  # the same losses, step for step
+    runs = train_mlflow_runs(work)
+    assert len(runs) == 1 and runs[0].data.tags["start"] == "resume" and runs[0].info.status == "FINISHED"
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    history = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")}
+    assert history == set(train_losses(work))
 
 
 def test_forcerun_pca_reruns_pca_and_what_follows(run_dir):

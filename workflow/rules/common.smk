@@ -88,7 +88,8 @@ os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", TRACKING["experiment"])
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, parent_metrics=None, redact_env=None):
+def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, parent_metrics=None, redact_env=None,
+            attempt=None):
     """Shell prefix that runs a stage command in its MLflow child run, output to {log}."""
     parts = ["python -m pipeline.track run", f"--stage {stage}", "--log {log}"]
     if not TRACKING["enabled"]:
@@ -106,6 +107,8 @@ def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, parent_me
         parts.append(f"--parent-metrics {parent_metrics}")
     if redact_env:
         parts.append(f"--redact-env {redact_env}")
+    if attempt:
+        parts.append(f"--attempt {attempt}")
     return " ".join(parts) + " -- "
 
 

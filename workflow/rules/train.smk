@@ -1,16 +1,30 @@
 # Training (pipeline/train.py): the paper's recipe (section 5) on model/alexnet.py.
 #
+# What a rerun of this job does (the stage decides, logs one line saying why,
+# and the MLflow run gets it as the tags start / start_reason):
+# - after an interruption (killed, preempted, crashed; `--rerun-incomplete`
+#   where Snakemake asks for it) it continues from checkpoints/last.pt and
+#   reproduces the uninterrupted run's losses; its MLflow run continues too;
+# - after changed inputs (shards, manifest, PCA, mean image, class list: the
+#   checkpoint stores their content fingerprints) or changed settings it
+#   starts over;
+# - a rerun of a run that had finished (--forcerun train, -R train, a rerun of
+#   anything upstream) starts over;
+# - raising train.epochs on a finished run extends it to the new count, in
+#   the same MLflow run: the one change that asks to continue.
+# Starting over moves the replaced run's checkpoints and metrics to
+# train/previous/ (one generation kept); its best model stays logged in MLflow.
+#
 # Why best.pt is declared but last.pt is not: Snakemake deletes a job's
 # declared outputs before it runs the job again (after a kill, with
-# --rerun-incomplete) and after the job fails. The state a rerun needs
+# --rerun-incomplete) and after the job fails. The state a resume needs
 # therefore lives in files this rule does not declare: checkpoints/last.pt
-# (rewritten every epoch), checkpoints/epoch-NNN.pt (the best epoch so far)
-# and metrics.jsonl. A rerun finds last.pt and continues the same trajectory;
-# best.pt, a hard link to epoch-NNN.pt, is declared so that evaluation depends
-# on it, and the rerun recreates it. train.json is written last.
-# A rerun caused by changed params starts over unless the model, recipe and
-# augmentation are unchanged (then only epochs may have grown, and the run
-# continues to the new count).
+# (rewritten every epoch), checkpoints/epoch-NNN.pt (the best epoch so far),
+# checkpoints/finished.json (the mark of a run that reached its end) and
+# metrics.jsonl. best.pt, a hard link to epoch-NNN.pt, is declared so that
+# evaluation depends on it, and a resume recreates it. train.json is written
+# last; attempt.json and mlflow_run.json record how the latest attempt
+# started and which MLflow run it logs to.
 #
 # GPUs: resources gpu=N is only a counter; the stage picks its devices itself.
 # With more GPUs than one replica uses (train.devices: one device, or two for
@@ -62,7 +76,8 @@ rule train:
         "lr {params.lr}) on {params.devices}"
     shell:
         tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
-                jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}")
+                jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}",
+                attempt=f"{RESULTS}/train/attempt.json")
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
         "--devices {params.devices} --width {params.width} --init {params.init} "

@@ -1,0 +1,60 @@
+"""Content fingerprints of the training stage's inputs.
+
+A checkpoint records them, so a later run can tell whether it would continue
+training on the same data: a changed shard, PCA, mean image or class list
+means the old weights were fitted to something else, and the run starts over.
+
+Shards are fingerprinted by their DALI index (every member's offset and size)
+and their byte size, not by hashing the tars: at ImageNet scale the tars are
+about 140 GB (minutes to hash on every start), while any re-encoding (another
+JPEG quality, another resize) changes the sizes the index records. The
+manifest, which records the resize settings of every shard, is hashed whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+# what each fingerprint covers, as a log line names it
+LABELS = {"manifest": "the shard manifest", "shards": "the training and validation shards",
+          "pca": "the PCA", "mean_image": "the mean image", "classes": "the class list"}
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shards_digest(manifest: str | os.PathLike) -> str:
+    """One digest over every listed shard's name, size and .idx content, train then val."""
+    manifest = Path(manifest)
+    listing = json.loads(manifest.read_text())
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        for entry in listing[split]["shards"]:
+            tar = manifest.parent / (entry if isinstance(entry, str) else entry["tar"])
+            idx = manifest.parent / entry["idx"] if isinstance(entry, dict) and "idx" in entry \
+                else tar.with_suffix(".idx")
+            h.update(f"{split}/{tar.name}:{tar.stat().st_size}:".encode())
+            h.update(file_digest(idx).encode() if idx.exists() else b"no-index")
+    return h.hexdigest()
+
+
+def input_fingerprints(manifest, pca_json, mean_image, classes) -> dict[str, str]:
+    """{name: sha256} for the train stage's inputs (names as in LABELS)."""
+    return {"manifest": file_digest(manifest), "shards": shards_digest(manifest),
+            "pca": file_digest(pca_json), "mean_image": file_digest(mean_image), "classes": file_digest(classes)}
+
+
+def changed_inputs(old: dict | None, new: dict | None) -> list[str]:
+    """Names of the inputs whose fingerprints differ (all of them when one side has none)."""
+    if old == new:
+        return []
+    if not old or not new:
+        return list(LABELS)
+    return [k for k in LABELS if old.get(k) != new.get(k)]
