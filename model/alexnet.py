@@ -36,8 +36,9 @@ Options:
                      fc7, 0 elsewhere (section 5).
     init="caffe"     Caffe's bvlc_alexnet fillers: those biases 0.1, and fc6/fc7
                      weights N(0, 0.005); Caffe reported a flat loss with 1.
-    init="paper_scaled"
-                     the paper's init with the full network's per-layer gain
+    init="width_scaled"
+                     this project's own rescaling, not the paper's init: the
+                     paper's init with the full network's per-layer gain
                      kept at any width: std 0.01/sqrt(width) in conv2..fc8,
                      whose fan-in scales with the width; identical to "paper"
                      at width 1.0. Narrow nets need it: at width 0.25 the
@@ -45,6 +46,10 @@ Options:
                      logits to ~1e-4 and the demo stays at chance
                      (bench/RESULTS-train.md).
     dropout          probability in fc6 and fc7 (section 4.2: 0.5).
+    dropout_style="paper"
+                     section 4.2: kept units unscaled in training, outputs
+                     x(1-p) at test. "inverted": torch's nn.Dropout (kept
+                     units x 1/(1-p) in training, identity at test).
 
 Random initial weights are drawn on the CPU in the grouped layout, so one
 seed gives the same network in either layout and on any device.
@@ -74,9 +79,39 @@ INITS = {
     "caffe": {"conv1": (0.01, 0.0), "conv2": (0.01, 0.1), "conv3": (0.01, 0.0), "conv4": (0.01, 0.1),
               "conv5": (0.01, 0.1), "fc6": (0.005, 0.1), "fc7": (0.005, 0.1), "fc8": (0.01, 0.0)},
 }
-INITS["paper_scaled"] = INITS["paper"]
-WIDTH_SCALED_INITS = {"paper_scaled"}  # std / sqrt(width) where the fan-in grows with the width
+INITS["width_scaled"] = INITS["paper"]
+INITS["paper_scaled"] = INITS["paper"]  # its earlier name, so older checkpoints still load
+WIDTH_SCALED_INITS = {"width_scaled", "paper_scaled"}  # std / sqrt(width) where the fan-in grows with the width
 FIXED_FAN_IN = {"conv1"}  # reads the 3-channel image whatever the width
+
+
+DROPOUT_STYLES = ("paper", "inverted")
+
+
+class PaperDropout(nn.Module):
+    """Dropout as in section 4.2: zero each unit with probability p while training,
+    keep the others unscaled, and multiply every output by 1 - p at test time.
+
+    torch's nn.Dropout ("inverted") instead scales the kept units by 1/(1-p) in
+    training and does nothing at test time. The two give the same test-time
+    function only for weights rescaled by 1-p; with the paper's init (std 0.01,
+    biases 1) the inverted form doubles fc7's input to fc8 while training, so
+    an fc8 update moves the logits about 4x as far (bench/RESULTS-train.md).
+    """
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.p:
+            return x
+        if self.training:
+            return x * torch.empty_like(x).bernoulli_(1 - self.p)
+        return x * (1 - self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}, unscaled while training, x(1-p) at test (paper, section 4.2)"
 
 
 def count_parameters(module):
@@ -140,7 +175,7 @@ class AlexNet(nn.Module):
     """AlexNet(num_classes, width, devices, lrn, overlapping_pool, init, dropout): see the module docstring."""
 
     def __init__(self, num_classes=1000, width=1.0, devices=None, lrn=True, overlapping_pool=True,
-                 init="paper", dropout=0.5):
+                 init="paper", dropout=0.5, dropout_style="paper"):
         super().__init__()
         if devices is None:
             devices = []
@@ -166,7 +201,10 @@ class AlexNet(nn.Module):
         # section 3.3: LRN within each column (two groups when one module holds both)
         self.lrn = LocalResponseNorm(groups=2 // n_cols) if lrn else nn.Identity()
         self.pool = nn.MaxPool2d(k, s)
-        self.dropout = nn.Dropout(dropout)
+        if dropout_style not in DROPOUT_STYLES:
+            raise ValueError(f"dropout_style: one of {DROPOUT_STYLES}, got {dropout_style!r}")
+        self.dropout = nn.Dropout(dropout) if dropout_style == "inverted" else PaperDropout(dropout)
+        self.observer = None  # callable(layer name, activation after ReLU); None: nothing extra runs
 
         # state_dict in the grouped layout whatever the placement
         self.register_state_dict_post_hook(_grouped_state_dict)
@@ -203,15 +241,29 @@ class AlexNet(nn.Module):
     def forward(self, x):
         # one list entry per column module; section 3.2: the columns meet only
         # where _both gathers them (conv3, fc6, fc7, fc8). Section 3.3: LRN after ReLU.
-        cols, act = self.columns, lambda t: F.relu(t, inplace=True)
-        xs = [self.pool(self.lrn(act(c.conv1(x.to(c.device))))) for c in cols]
-        xs = [self.pool(self.lrn(act(_conv(c.conv2, x)))) for c, x in zip(cols, xs)]
-        xs = [act(c.conv3(_both(xs, c.device))) for c in cols]
-        xs = [act(_conv(c.conv4, x)) for c, x in zip(cols, xs)]
-        xs = [torch.flatten(self.pool(act(_conv(c.conv5, x))), 1) for c, x in zip(cols, xs)]
-        xs = [self.dropout(act(c.fc6(_both(xs, c.device)))) for c in cols]
-        xs = [self.dropout(act(c.fc7(_both(xs, c.device)))) for c in cols]
-        return self.fc8(_both(xs, self.output_device))
+        cols, act = self.columns, self._relu
+        xs = [self.pool(self.lrn(act("conv1", c.conv1(x.to(c.device))))) for c in cols]
+        xs = [self.pool(self.lrn(act("conv2", _conv(c.conv2, x)))) for c, x in zip(cols, xs)]
+        xs = [act("conv3", c.conv3(_both(xs, c.device))) for c in cols]
+        xs = [act("conv4", _conv(c.conv4, x)) for c, x in zip(cols, xs)]
+        xs = [torch.flatten(self.pool(act("conv5", _conv(c.conv5, x))), 1) for c, x in zip(cols, xs)]
+        xs = [self.dropout(act("fc6", c.fc6(_both(xs, c.device)))) for c in cols]
+        xs = [self.dropout(act("fc7", c.fc7(_both(xs, c.device)))) for c in cols]
+        h = _both(xs, self.output_device)
+        # fc8 in float32 even under bf16 autocast: bf16 logits (8-bit mantissa)
+        # tie often among 1000 classes, and a tie counts against the true class
+        # in top-k (pipeline/metrics.py), so validation and best.pt would drift
+        with torch.autocast(h.device.type, enabled=False):
+            logits = self.fc8(h.to(self.fc8.weight.dtype))
+        if self.observer is not None:
+            self.observer("fc8", logits)
+        return logits
+
+    def _relu(self, layer, t):
+        t = F.relu(t, inplace=True)
+        if self.observer is not None:  # pipeline/health.py: per-layer activation figures
+            self.observer(layer, t)
+        return t
 
 
 def _grouped_state_dict(module, state_dict, prefix, local_metadata):

@@ -118,6 +118,8 @@ def build_model(model_config: dict, devices: list[str] | None = None) -> torch.n
     """AlexNet from a checkpoint's model config, on one device or split over two."""
     from model.alexnet import AlexNet
 
+    # checkpoints from before dropout_style existed were trained with torch's inverted dropout
+    model_config = {"dropout_style": "inverted", **model_config}
     return AlexNet(**model_config, devices=list(devices) if devices else ["cpu"])
 
 

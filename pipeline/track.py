@@ -176,6 +176,10 @@ class JsonlFollower(threading.Thread):
             except json.JSONDecodeError:
                 continue
             step = int(row.pop("step", 0))
+            if "warning" in row:  # a health warning of the stage: a tag the run list shows
+                _retry(self.client.set_tag, self.run_id, f"warning.{row['warning']}",
+                       str(row.get("message", ""))[:5000])
+                continue
             metrics = flatten(row)
             if self.resumed_at and step <= self.resumed_at:
                 metrics = {k: v for k, v in metrics.items() if self.already_logged(k) < step}

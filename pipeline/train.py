@@ -67,14 +67,16 @@ from tqdm import tqdm
 from pipeline.checkpoint import (CheckpointError, build_model, keep_best, load_checkpoint,
                                  model_from_checkpoint, restore_best, rng_state, save_checkpoint,
                                  set_rng_state)
+from pipeline.health import HealthMonitor, LossWatch
 from pipeline.fingerprint import LABELS, changed_inputs, input_fingerprints
 from pipeline.io import read_classes, read_json, write_json
 from pipeline.metrics import true_class_rank
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train", "fit", "model_from_checkpoint", "launch_from_env", "main"]
 
-MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout")
-RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "lr_factor", "patience", "seed")
+MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout", "dropout_style")
+RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "decay", "lr_factor", "patience", "seed",
+               "warmup_steps")
 AUGMENT_KEYS = ("lighting", "lighting_std", "normalize")
 
 
@@ -94,15 +96,18 @@ class TrainConfig:
     overlapping_pool: bool = True   # section 3.4: 3x3 pools with stride 2
     init: str = "paper"             # paper: biases 1 in conv2,4,5, fc6,7 | caffe: 0.1 (section 5)
     dropout: float = 0.5            # section 4.2
+    dropout_style: str = "paper"    # paper: x(1-p) at test (section 4.2) | inverted: torch's 1/(1-p) in training
     # recipe, section 5
     batch_size: int = 128           # global batch: divided over the DDP replicas
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0005
+    decay: str = "weights"          # weights: decay on weights only (paper, cuda-convnet, Caffe) | all: biases too
     lr_factor: float = 0.1          # the lr is divided by 10 ...
     patience: int = 2               # ... after this many epochs without a lower val error, plus one
     epochs: int = 90
     seed: int = 0
+    warmup_steps: int = 0           # not the paper's: lr ramps linearly from lr/K to lr over the first K steps
     # augmentation (pipeline/augment.py AugmentSettings)
     lighting: str = "paper"
     lighting_std: float = 0.1
@@ -112,7 +117,9 @@ class TrainConfig:
     precision: str = "auto"         # auto (bf16 on GPU) | fp32 | bf16
     channels_last: str = "auto"     # auto (on GPU) | true | false
     compile: bool = False
-    log_every: int = 10             # steps between metrics.jsonl lines
+    log_every: int = 10             # steps between metrics.jsonl lines (and health figures)
+    monitor: bool = True            # per-layer health figures each log line (pipeline/health.py)
+    flat_after: int = 1000          # steps after which a loss still at ln(classes) is warned about
     workers: int = 2                # DALI threads per replica
     threads: int = 0                # torch CPU threads per replica (0: torch's default)
 
@@ -320,6 +327,25 @@ def validate(model, eval_loader, env: Dist, to_inputs, autocast, topk: int) -> t
     return 100.0 * (1 - hits[0].item() / hits[2].item()), 100.0 * (1 - hits[1].item() / hits[2].item())
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on the weights only (decay: weights), or on every parameter (all).
+
+    The paper's update rule decays "the weight w"; cuda-convnet2's layer
+    parameters set the decay (wc) on weights only, and Caffe's bvlc_alexnet
+    gives biases decay_mult 0. Biases start at 1 in five layers (section 5),
+    so decaying them would pull those units toward inactivity.
+    """
+    if cfg.decay not in ("weights", "all"):
+        raise TrainConfigError(f"train.decay {cfg.decay!r}: expected weights or all")
+    params = list(model.named_parameters())
+    decayed = [p for n, p in params if cfg.decay == "all" or n.endswith("weight")]
+    kept = [p for n, p in params if not (cfg.decay == "all" or n.endswith("weight"))]
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
+    if kept:
+        groups.append({"params": kept, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
 def make_plateau(optimizer, factor: float, patience: int):
     """lr *= factor after `patience` epochs in a row without a strictly lower error, plus one.
 
@@ -358,11 +384,13 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.topk = min(5, num_classes)
         self.key = cfg.key(num_classes)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(model, cfg)
         self.plateau = make_plateau(self.optimizer, cfg.lr_factor, cfg.patience)
         self.state = {"epoch": 0, "step": 0, "best": {"epoch": None, "val_top1_err": None, "val_top5_err": None},
-                      "totals": {"train_images": 0, "train_s": 0.0, "wall_s": 0.0}, "history": []}
+                      "totals": {"train_images": 0, "train_s": 0.0, "wall_s": 0.0}, "history": [], "warnings": []}
+        self.watch = LossWatch(num_classes, flat_after=cfg.flat_after)
+        # rank 0 watches its own replica (gradients are the same on every rank after DDP's all-reduce)
+        self.monitor = HealthMonitor(model, activations=not cfg.compile) if cfg.monitor and env.main else None
         self.saved = None  # epoch and step of the checkpoint on disk
         self.train_model = model
 
@@ -401,12 +429,14 @@ class Trainer:
         if ckpt.get("layout") == len(self.devices):
             self.optimizer.load_state_dict(ckpt["optimizer"])
         else:  # the two layouts list their parameters differently (model/alexnet.py)
-            self.optimizer.param_groups[0]["lr"] = ckpt["optimizer"]["param_groups"][0]["lr"]
+            for group in self.optimizer.param_groups:
+                group["lr"] = ckpt["optimizer"]["param_groups"][0]["lr"]
             self.say(f"{self.last} was saved from a {ckpt.get('layout')}-device layout; "
                      "momentum restarts from zero on this one")
         self.plateau.load_state_dict(ckpt["plateau"])
         for k in self.state:
-            self.state[k] = ckpt[k]
+            self.state[k] = ckpt.get(k, self.state[k])
+        self.watch.given = {w["kind"] for w in self.state["warnings"]}
         rngs = ckpt["rng"]
         if len(rngs) == self.env.world:
             set_rng_state(rngs[self.env.rank])
@@ -463,26 +493,42 @@ class Trainer:
         for i, batch in enumerate(loader.epoch(epoch)):
             if i == steps:
                 break
+            ends_window = (state["step"] + 1) % cfg.log_every == 0 or i == steps - 1
+            if self.monitor and ends_window:
+                self.monitor.arm()
             images, labels = self.to_inputs(*batch)
             with self.autocast():
                 logits = self.train_model(images)
             loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            warm = self.warmup_factor(state["step"])
+            if warm < 1.0:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * warm
             self.optimizer.step()
+            if warm < 1.0:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             state["step"] += 1
             window.add(loss, logits, labels, self.topk)
             bar.update(per_step)
-            if state["step"] % cfg.log_every == 0 or i == steps - 1:
-                row, step_losses = self.log_window(window, epoch, lr)
+            if ends_window:
+                health = self.monitor.collect(self.optimizer) if self.monitor else None
+                row, step_losses = self.log_window(window, epoch, lr * warm, health)
                 losses += step_losses
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:g}")
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr * warm:g}")
                 window = Window(state["step"] + 1)
         bar.close()
         return losses
 
-    def log_window(self, window: "Window", epoch: int, lr: float) -> tuple[dict, list[float]]:
-        """The window's metrics line (written by rank 0) and its per-step losses."""
+    def warmup_factor(self, step: int) -> float:
+        """Share of the lr used at 0-based `step`: (step + 1) / K over the first K steps, then 1."""
+        k = self.cfg.warmup_steps
+        return (step + 1) / k if step < k else 1.0
+
+    def log_window(self, window: "Window", epoch: int, lr: float, health: dict | None = None) -> tuple[dict, list[float]]:
+        """The window's metrics line (written by rank 0), its health warnings, and its per-step losses."""
         losses, e1, e5, n, secs = window.reduce(self.env)
         bad = [j for j, v in enumerate(losses) if not np.isfinite(v)]
         if bad:
@@ -491,9 +537,22 @@ class Trainer:
         self.state["totals"]["train_s"] += secs
         row = {"step": self.state["step"], "epoch": epoch, "train_loss": sum(losses) / len(losses),
                "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs}
+        if health:
+            row["health"] = health
         if self.env.main:
             append_jsonl(self.jsonl, row)
+        for kind, message in self.watch.check_loss(self.state["step"], row["train_loss"]):
+            self.warn(kind, message, epoch)
         return row, losses
+
+    def warn(self, kind: str, message: str, epoch: int) -> None:
+        """A health warning: the log, metrics.jsonl (an MLflow tag), train.json."""
+        if any(w["kind"] == kind for w in self.state["warnings"]):
+            return
+        self.state["warnings"].append({"kind": kind, "step": self.state["step"], "epoch": epoch, "message": message})
+        self.say(f"warning: {message}")
+        if self.env.main:
+            append_jsonl(self.jsonl, {"step": self.state["step"], "epoch": epoch, "warning": kind, "message": message})
 
     def end_epoch(self, epoch: int, lr: float, losses: list[float], val1: float, val5: float, epoch_s: float,
                   wall_s: float) -> None:
@@ -529,10 +588,10 @@ class Trainer:
                  + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""))
         chance = self.chance_top1_err
         if collapse_epoch(state["history"], chance) == epoch:
-            self.say(f"warning: validation top-1 error is back at chance ({val1:.2f}%, chance {chance:.2f}%) "
-                     f"after {state['best']['val_top1_err']:.2f}% at epoch {state['best']['epoch']}: the "
-                     "network has collapsed and rarely recovers. best.pt keeps the best epoch (evaluation "
-                     "uses it); another train.seed or a lower train.lr may train further.")
+            self.warn("collapse", f"epoch {epoch}: validation top-1 error is back at chance ({val1:.2f}%, chance "
+                      f"{chance:.2f}%) after {state['best']['val_top1_err']:.2f}% at epoch {state['best']['epoch']}: "
+                      "the network has collapsed and rarely recovers. best.pt keeps the best epoch (evaluation "
+                      "uses it); train.warmup_steps, another train.seed or a lower train.lr may train further.", epoch)
 
     def finish(self) -> dict:
         digests = [param_digest(self.model)]
@@ -687,6 +746,7 @@ def summarize(t: Trainer, digests: list[str]) -> dict:
         "world_size": t.env.world, "devices": t.devices, "precision": "bf16" if t.bf16 else "fp32",
         "channels_last": t.channels_last, "replica_digests": digests,
         "replicas_in_sync": len(set(digests)) == 1,
+        "warnings": state["warnings"],
         "start": t.attempt.get("action"), "start_reason": t.attempt.get("why"), "run_uid": t.attempt.get("uid"),
         "inputs": t.inputs,
     }

@@ -58,3 +58,18 @@ def test_imagenet_preset_is_valid_schema():
 
     errors = list(Draft202012Validator(schema).iter_errors(merge(base, preset)))
     assert not errors, errors
+
+
+def test_nested_command_line_overrides_take_the_schema_types(tmp_path):
+    # Snakemake hands nested --config values over as strings ('5'): they are read as the schema's types
+    proc = snakemake(tmp_path, "-n", "-p", "--config", 'train={"epochs": 5, "lr": 0.02, "compile": true}',
+                     "resize={\"jpeg_quality\": 85}", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "--epochs 5 " in out and "--lr 0.02 " in out and "--compile " in out and "--jpeg-quality 85" in out
+
+
+def test_nested_override_of_the_wrong_type_still_fails(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--config", 'train={"epochs": "many"}', check=False)
+    assert proc.returncode != 0
+    assert "config key train.epochs: 'many' is not of type 'integer'" in proc.stderr

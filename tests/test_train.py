@@ -134,7 +134,8 @@ def test_training_lowers_loss_and_writes_outputs(reference):
     assert {"model", "optimizer", "plateau", "rng", "config"} <= set(last)
     assert {"torch", "numpy", "python"} <= set(last["rng"][0])
     assert last["config"]["model"] == {"num_classes": CLASSES, "width": 0.0625, "lrn": True,
-                                       "overlapping_pool": True, "init": "caffe", "dropout": 0.5}
+                                       "overlapping_pool": True, "init": "caffe", "dropout": 0.5,
+                                       "dropout_style": "paper"}
     assert last["config"]["augment"] == {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
 
 

@@ -13,9 +13,47 @@ from snakemake.utils import validate
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
 
+def _accepts(schema, value):
+    try:
+        jsonschema.Draft202012Validator(schema).validate(value)
+        return True
+    except jsonschema.ValidationError:
+        return False
+
+
+def coerce_to_schema(cfg, schema, root=None):
+    """Read string leaves as YAML where the schema wants a number, boolean or null.
+
+    `snakemake --config 'train={"epochs": 5}'` hands nested values over as
+    strings ('5'); without this, every numeric override fails validation. A
+    string is replaced only when the schema rejects it and accepts its YAML
+    reading, so a wrong value ('high' for an integer) still fails, naming the key.
+    """
+    root = root or schema
+    props = schema.get("properties", {})
+    for key, value in list(cfg.items()) if isinstance(cfg, dict) else []:
+        sub = props.get(key)
+        if sub is None:
+            continue
+        if "$ref" in sub:  # only local refs: #/$defs/name
+            sub = {**root["$defs"][sub["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+        if isinstance(value, dict):
+            coerce_to_schema(value, sub, root)
+        elif isinstance(value, str):
+            sub = {**sub, "$defs": root.get("$defs", {})}
+            if not _accepts(sub, value):
+                try:
+                    parsed = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    continue
+                if not isinstance(parsed, str) and _accepts(sub, parsed):
+                    cfg[key] = parsed
+
+
 def check_config(cfg):
     """Fail before any job runs, naming the key and what it expects."""
     schema = yaml.safe_load(SCHEMA.read_text())
+    coerce_to_schema(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for err in sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path)):

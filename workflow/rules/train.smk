@@ -48,6 +48,11 @@ rule train:
         devices=train_devices(),
         width=TRAIN["width"],
         init=TRAIN["init"],
+        dropout_style=TRAIN["dropout_style"],
+        decay=TRAIN["decay"],
+        warmup_steps=TRAIN["warmup_steps"],
+        monitor="--monitor" if TRAIN["monitor"] else "--no-monitor",
+        flat_after=TRAIN["flat_after"],
         batch_size=TRAIN["batch_size"],
         lr=TRAIN["lr"],
         momentum=TRAIN["momentum"],
@@ -81,6 +86,8 @@ rule train:
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
         "--devices {params.devices} --width {params.width} --init {params.init} "
+        "--dropout-style {params.dropout_style} --decay {params.decay} --warmup-steps {params.warmup_steps} "
+        "{params.monitor} --flat-after {params.flat_after} "
         "--batch-size {params.batch_size} --lr {params.lr} --momentum {params.momentum} "
         "--weight-decay {params.weight_decay} --lr-factor {params.lr_factor} "
         "--patience {params.patience} --epochs {params.epochs} --seed {params.seed} "

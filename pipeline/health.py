@@ -1,0 +1,131 @@
+"""Training health: per-layer figures and the warnings a user needs within minutes.
+
+Every `every` steps (the metrics window) the monitor records, per layer
+(conv1..conv5, fc6, fc7; fc8 = the logits):
+
+    act_mean, act_std   of the layer's output after its ReLU (fc8: the logits)
+    dead                share of ReLU outputs that are zero in that batch
+    grad_norm           L2 norm of the weight gradient (bias included)
+    update_ratio        |update| / |weight|: the step SGD took, relative to the weights
+
+On the other steps the observer returns at once, so the cost is a few
+reductions over one batch's activations per window (bench/RESULTS-train.md,
+"Health monitor cost"). The update is read from SGD's momentum buffer after
+the step (torch's SGD moves the weights by lr * buffer), so no copy of the
+weights is needed.
+
+Warnings (`check_loss`), each given once per run, with the step and a hint:
+    explosion   the window's mean loss is above `explode_factor` * ln(classes)
+                (a network at init sits near ln(classes); the paper's recipe at
+                full width on the demo reached 14.6 = 6.3 ln 10)
+    flat        the mean loss is still within `flat_margin` of ln(classes)
+                after `flat_after` steps: the network has not started to learn
+    collapse    validation error back at chance after learning (pipeline/train.py)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+def _layer_modules(model) -> list[tuple[str, torch.nn.Module]]:
+    """(layer name, module) for every column's share of each layer, and fc8."""
+    out = []
+    for column in getattr(model, "columns", []):
+        out += [(name, getattr(column, name)) for name in LAYERS[:-1]]
+    out.append(("fc8", model.fc8))
+    return out
+
+
+class HealthMonitor:
+    """Per-layer figures of one armed step: activations (through the model's observer) and norms.
+
+    activations=False (a torch.compile'd model, whose graph should not carry
+    the observer) keeps only the gradient and update figures.
+    """
+
+    def __init__(self, model, activations: bool = True):
+        self.model, self.armed = model, False
+        self.modules = _layer_modules(model)
+        self.sums: dict[str, torch.Tensor] = {}
+        if activations:
+            model.observer = self.observe
+
+    def observe(self, name: str, y: torch.Tensor) -> None:
+        """Sum, sum of squares, zeros and count of a layer's output (after ReLU; fc8: the logits)."""
+        if not self.armed:
+            return
+        with torch.no_grad():
+            y = y.detach().float()
+            zeros = (y == 0).sum().float() if name != "fc8" else torch.zeros((), device=y.device)
+            s = torch.stack([y.sum(), y.square().sum(), zeros, torch.tensor(float(y.numel()), device=y.device)])
+            s = s.to("cpu", torch.float64)
+            self.sums[name] = self.sums[name] + s if name in self.sums else s  # the two columns add up
+
+    def arm(self) -> None:
+        """Record the next forward pass (call before the step's forward)."""
+        self.armed, self.sums = True, {}
+
+    def collect(self, optimizer) -> dict[str, dict[str, float]]:
+        """Per-layer figures of the armed step; call after optimizer.step()."""
+        self.armed = False
+        out: dict[str, dict[str, float]] = {}
+        sums, self.sums = self.sums, {}
+        for name, (s, s2, zeros, n) in ((k, v.tolist()) for k, v in sums.items()):
+            mean = s / n
+            out[name] = {"act_mean": mean, "act_std": math.sqrt(max(s2 / n - mean * mean, 0.0))}
+            if name != "fc8":
+                out[name]["dead"] = zeros / n
+        lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        norms: dict[str, list[float]] = {}
+        for name, module in self.modules:
+            acc = norms.setdefault(name, [0.0, 0.0, 0.0])
+            for p in module.parameters():
+                state = optimizer.state.get(p, {})
+                buf = state.get("momentum_buffer")
+                if p.grad is not None:
+                    acc[0] += p.grad.detach().float().square().sum().item()
+                if buf is not None:
+                    acc[1] += (lr.get(id(p), 0.0) ** 2) * buf.float().square().sum().item()
+                acc[2] += p.detach().float().square().sum().item()
+        for name, (g2, u2, w2) in norms.items():
+            fig = out.setdefault(name, {})
+            fig["grad_norm"] = math.sqrt(g2)
+            fig["update_ratio"] = math.sqrt(u2) / math.sqrt(w2) if w2 > 0 else 0.0
+        return out
+
+    def remove(self) -> None:
+        if self.model.observer == self.observe:
+            self.model.observer = None
+
+
+@dataclass
+class LossWatch:
+    """The loss-based warnings; `check_loss` returns the new ones as (kind, message)."""
+
+    num_classes: int
+    flat_after: int = 1000        # steps
+    flat_margin: float = 0.05     # fraction of ln(classes)
+    explode_factor: float = 2.0   # times ln(classes)
+    given: set = field(default_factory=set)
+
+    @property
+    def chance_loss(self) -> float:
+        return math.log(self.num_classes)
+
+    def check_loss(self, step: int, loss: float) -> list[tuple[str, str]]:
+        new = []
+        chance = self.chance_loss
+        if loss > self.explode_factor * chance and "explosion" not in self.given:
+            new.append(("explosion", f"step {step}: mean loss {loss:.3g} is above {self.explode_factor:g} x "
+                        f"ln({self.num_classes}) = {self.explode_factor * chance:.3g}: the updates are too large "
+                        "for this network (train.warmup_steps or a lower train.lr)"))
+        if step >= self.flat_after and abs(loss - chance) < self.flat_margin * chance and "flat" not in self.given:
+            new.append(("flat", f"step {step}: mean loss {loss:.3f} is still at ln({self.num_classes}) = "
+                        f"{chance:.3f}: the network is not learning (check the init, lr and inputs)"))
+        self.given |= {kind for kind, _ in new}
+        return new
