@@ -56,42 +56,62 @@ class HealthMonitor:
             model.observer = self.observe
 
     def observe(self, name: str, y: torch.Tensor) -> None:
-        """Sum, sum of squares, zeros and count of a layer's output (after ReLU; fc8: the logits)."""
+        """Sum, sum of squares, zeros and count of a layer's output (after ReLU; fc8: the logits).
+
+        Kept on the activation's device: the figures of a step reach the host
+        in one transfer, in `collect` (a GPU is not synchronised per layer).
+        """
         if not self.armed:
             return
         with torch.no_grad():
-            y = y.detach().float()
-            zeros = (y == 0).sum().float() if name != "fc8" else torch.zeros((), device=y.device)
-            s = torch.stack([y.sum(), y.square().sum(), zeros, torch.tensor(float(y.numel()), device=y.device)])
-            s = s.to("cpu", torch.float64)
+            y = y.detach()
+            zeros = (y == 0).sum() if name != "fc8" else torch.zeros((), device=y.device)
+            s = torch.stack([y.sum(dtype=torch.float32), y.float().square().sum(), zeros.float(),
+                             torch.tensor(float(y.numel()), device=y.device)])
+            s = s.to(self.device, non_blocking=True)
             self.sums[name] = self.sums[name] + s if name in self.sums else s  # the two columns add up
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.fc8.weight.device
 
     def arm(self) -> None:
         """Record the next forward pass (call before the step's forward)."""
         self.armed, self.sums = True, {}
 
     def collect(self, optimizer) -> dict[str, dict[str, float]]:
-        """Per-layer figures of the armed step; call after optimizer.step()."""
+        """Per-layer figures of the armed step; call after optimizer.step(). One device-to-host copy."""
         self.armed = False
-        out: dict[str, dict[str, float]] = {}
         sums, self.sums = self.sums, {}
-        for name, (s, s2, zeros, n) in ((k, v.tolist()) for k, v in sums.items()):
+        lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        zero = torch.zeros((), device=self.device)
+        parts = []
+        with torch.no_grad():
+            for name, module in self.modules:
+                for p in module.parameters():
+                    buf = optimizer.state.get(p, {}).get("momentum_buffer")
+                    g2 = p.grad.float().square().sum() if p.grad is not None else zero
+                    u2 = buf.float().square().sum() * lr.get(id(p), 0.0) ** 2 if buf is not None else zero
+                    parts.append(torch.stack([g2.to(self.device), u2.to(self.device),
+                                              p.float().square().sum().to(self.device)]))
+            names = list(sums)
+            flat = torch.cat([torch.stack(parts).flatten(), *(sums[n] for n in names)]).cpu().double().tolist()
+        out: dict[str, dict[str, float]] = {}
+        acts = flat[3 * len(parts):]
+        for i, name in enumerate(names):
+            s, s2, zeros, n = acts[4 * i:4 * i + 4]
             mean = s / n
             out[name] = {"act_mean": mean, "act_std": math.sqrt(max(s2 / n - mean * mean, 0.0))}
             if name != "fc8":
                 out[name]["dead"] = zeros / n
-        lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
         norms: dict[str, list[float]] = {}
+        k = 0
         for name, module in self.modules:
             acc = norms.setdefault(name, [0.0, 0.0, 0.0])
-            for p in module.parameters():
-                state = optimizer.state.get(p, {})
-                buf = state.get("momentum_buffer")
-                if p.grad is not None:
-                    acc[0] += p.grad.detach().float().square().sum().item()
-                if buf is not None:
-                    acc[1] += (lr.get(id(p), 0.0) ** 2) * buf.float().square().sum().item()
-                acc[2] += p.detach().float().square().sum().item()
+            for _ in module.parameters():
+                for j in range(3):
+                    acc[j] += flat[3 * k + j]
+                k += 1
         for name, (g2, u2, w2) in norms.items():
             fig = out.setdefault(name, {})
             fig["grad_norm"] = math.sqrt(g2)
