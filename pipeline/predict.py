@@ -90,6 +90,15 @@ def ten_views(data: bytes, mean_image: np.ndarray) -> torch.Tensor:
     return torch.stack(patches + [p.flip(-1) for p in patches]).contiguous()
 
 
+def decode_failure(exc: Exception, data: bytes) -> str:
+    """Why `ten_views` could not use these bytes, in words that fit after a file name."""
+    if not data:
+        return "empty file"
+    if isinstance(exc, UnidentifiedImageError):  # its own message names a BytesIO object
+        return "not an image format PIL recognises (JPEG and PNG are)"
+    return f"not a readable image ({type(exc).__name__}: {exc})"
+
+
 def top_k(probs, classes: list[dict], k: int = 5) -> list[dict]:
     """The k most probable classes of one softmax row: index, wnid, names, probability.
 
@@ -225,10 +234,8 @@ def _read_views(path: Path, mean_image: np.ndarray) -> torch.Tensor | str:
         return f"cannot read ({exc.strerror or exc})"
     try:
         return ten_views(data, mean_image)
-    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
-        return "not an image format PIL recognises (JPEG and PNG are)" if data else "empty file"
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for undecodable bytes; each is this file's fault
-        return f"not a readable image ({type(exc).__name__}: {exc})"
+        return decode_failure(exc, data)
 
 
 def predict(inputs: list[str | os.PathLike], checkpoint=DEFAULTS["checkpoint"], mean_image=DEFAULTS["mean_image"],

@@ -4,7 +4,7 @@ Stage code never imports mlflow. Each Snakemake rule runs its stage through
 
     python -m pipeline.track run --stage pca --log results/logs/pca.log \
         [--metrics FILE.json] [--artifact PATH]... [--jsonl FILE.jsonl] \
-        [--model CHECKPOINT] [--parent-metrics FILE.json] [--redact-env NAME] \
+        [--model CHECKPOINT --mean-image NPY --classes TSV] [--parent-metrics FILE.json] [--redact-env NAME] \
         -- python -m pipeline.pca --stats ... --out-dir ...
 
 which opens a child run under the workflow invocation's parent run, runs the
@@ -306,24 +306,17 @@ def tail(path: Path, lines: int = 25) -> str:
     return "\n".join([l for l in text.splitlines() if l.strip()][-lines:])
 
 
-def log_model(tracking_uri: str | None, run_id: str, checkpoint: str) -> None:
+def log_model(tracking_uri: str | None, run_id: str, checkpoint: str, mean_image: str, classes: str) -> None:
+    """The checkpoint's network as the run's pyfunc model "model", which takes images (pipeline/image_model.py)."""
+    # four local copies at logging time would each draw a progress bar in the job's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
 
-    from pipeline.train import model_from_checkpoint
+    from pipeline.image_model import log_image_model
 
     mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
-    model, _ = model_from_checkpoint(checkpoint, devices=["cpu"])
-    model.eval()
-    example = np.zeros((1, 3, 224, 224), dtype=np.float32)
-    with torch.no_grad():
-        logits = model(torch.from_numpy(example)).float().numpy()
     with mlflow.start_run(run_id=run_id):
-        # pickle: the traced pt2 format would need torch.export to trace both layouts
-        mlflow.pytorch.log_model(model, name="model", signature=infer_signature(example, logits),
-                                 input_example=example, serialization_format="pickle")
+        log_image_model(checkpoint, mean_image, classes, name="model")
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -379,7 +372,7 @@ def log_outcome(client, run_id: str, args: argparse.Namespace, ok: bool, parent:
             elif Path(artifact).exists():
                 client.log_artifact(run_id, artifact)
         if args.model:
-            log_model(args.tracking_uri, run_id, args.model)
+            log_model(args.tracking_uri, run_id, args.model, args.mean_image, args.classes)
     if log.exists():
         client.log_artifact(run_id, str(log), "logs")
 
@@ -394,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--parent-metrics", action="append", help="JSON file logged on the parent run too")
     run.add_argument("--artifact", action="append", help="file or folder logged as an artifact")
     run.add_argument("--jsonl", help="JSONL file of step metrics, followed while the command runs")
-    run.add_argument("--model", help="training checkpoint logged as an MLflow PyTorch model")
+    run.add_argument("--model", help="training checkpoint logged as an MLflow model that classifies images "
+                                     "(needs --mean-image and --classes)")
+    run.add_argument("--mean-image", help="the pca stage's mean image, packed with --model")
+    run.add_argument("--classes", help="the fetch stage's class table, packed with --model")
     run.add_argument("--parent-file", help="file holding the parent run id (written by the Snakefile)")
     run.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     run.add_argument("--experiment", default=None, help="default: $MLFLOW_EXPERIMENT_NAME or alexnet")
@@ -404,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-tracking", action="store_true", help="only run and log the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.model and not (args.mean_image and args.classes):
+        run.error("--model needs --mean-image and --classes: the logged model preprocesses and names classes itself")
     return run_stage(args)
 
 

@@ -126,9 +126,12 @@ os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", TRACKING["experiment"])
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, parent_metrics=None, redact_env=None,
-            attempt=None):
-    """Shell prefix that runs a stage command in its MLflow child run, output to {log}."""
+def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_image=None, classes=None,
+            parent_metrics=None, redact_env=None, attempt=None):
+    """Shell prefix that runs a stage command in its MLflow child run, output to {log}.
+
+    model: a checkpoint logged as the run's MLflow model, which takes images;
+    it packs the mean image and class table given with it."""
     parts = ["python -m pipeline.track run", f"--stage {stage}", "--log {log}"]
     if not TRACKING["enabled"]:
         parts.append("--no-tracking")
@@ -140,7 +143,7 @@ def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, parent_me
     if jsonl:
         parts.append(f"--jsonl {jsonl}")
     if model:
-        parts.append(f"--model {model}")
+        parts.append(f"--model {model} --mean-image {mean_image} --classes {classes}")
     if parent_metrics:
         parts.append(f"--parent-metrics {parent_metrics}")
     if redact_env:

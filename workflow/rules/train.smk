@@ -82,6 +82,7 @@ rule train:
     shell:
         tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
                 jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}",
+                mean_image="{input.mean_image}", classes="{input.classes}",
                 attempt=f"{RESULTS}/train/attempt.json")
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
