@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.checkpoint import build_model  # noqa: E402
 from pipeline.health import LAYERS, HealthMonitor  # noqa: E402
 from pipeline.io import read_classes  # noqa: E402
-from pipeline.train import Dist, TrainConfig, make_loaders, make_optimizer, seed_everything  # noqa: E402
+from pipeline.devices import Dist, seed_everything  # noqa: E402
+from pipeline.train import TrainConfig, make_loaders, make_optimizer  # noqa: E402
 
 
 def run(args) -> dict:

@@ -7,7 +7,7 @@ left out. Two inputs:
 
     synthetic  one batch made once on the device and fed again every step:
                what model + optimizer sustain (compute bound)
-    dali       pipeline.augment.TrainLoader over shards: decode, random crop,
+    dali       pipeline.loaders.TrainLoader over shards: decode, random crop,
                flip, PCA lighting, then the step (end to end)
 
 If synthetic >> dali the input pipeline bounds training; if they are close,
@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare checkout
 
-from pipeline.train import Dist, TrainConfig, fit  # noqa: E402
+from pipeline.devices import Dist  # noqa: E402
+from pipeline.train import TrainConfig, fit  # noqa: E402
 from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
@@ -94,7 +95,7 @@ def run_case(width, batch, steps, device, source, shards, pca, precision, channe
         train_loader = SyntheticLoader(batch, steps, classes, device)
         eval_loader = OneBatchEval(train_loader)
     else:
-        from pipeline.augment import AugmentSettings, TrainLoader
+        from pipeline.loaders import AugmentSettings, TrainLoader
 
         settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
         full = TrainLoader(shards, pca, batch, settings=settings, device=device,
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
 
     shards, pca, tmp = args.shards, None, None
     if "dali" in args.input:
-        from pipeline.augment import as_pca, load_pca
+        from pipeline.loaders import as_pca, load_pca
 
         pca = load_pca(*args.pca) if args.pca else \
             as_pca(IMAGENET_PCA, np.full((256, 256, 3), IMAGENET_PCA["mean"], np.float32))

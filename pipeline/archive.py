@@ -26,9 +26,10 @@ from typing import Iterator
 import numpy as np
 
 from pipeline.io import read_classes, read_tsv, write_tsv
+from pipeline.errors import PipelineError
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(PipelineError, ValueError):
     """A tar member would escape the archive's folder or is not a plain file."""
 
 
@@ -54,7 +55,7 @@ INDEX_HEADER = ["member", "offset", "size", "label"]
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-class ArchiveIndexError(ValueError):
+class ArchiveIndexError(PipelineError, ValueError):
     """An archive, folder or label table does not have the expected layout."""
 
 

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from pipeline.io import atomic_path
+from pipeline.errors import PipelineError
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PipelineError, ValueError):
     """A checkpoint is missing, unreadable or not a training checkpoint of this project."""
 
 

@@ -1,6 +1,6 @@
 """DALI graphs for AlexNet's inputs: the training augmentation and the test views.
 
-Used by pipeline/augment.py (TrainLoader, EvalLoader), which documents the
+Used by pipeline/loaders.py (TrainLoader, EvalLoader), which documents the
 public API; this module only builds graphs. The CPU and GPU graphs differ in
 two device strings: the decoder ("cpu" or "mixed") and the mean-image
 constant ("cpu" or "gpu"); every later image operator follows its input onto

@@ -41,6 +41,7 @@ from PIL import Image, ImageDraw
 
 from pipeline.devkit import DEVKIT_DIR, GROUND_TRUTH, META, SYNSET_FIELDS, val_file_name
 from pipeline.io import atomic_path, write_json
+from pipeline.errors import PipelineError
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -166,7 +167,7 @@ GROUPS = {True: ("n00004258", "living thing, animate thing", "a living (or once 
 SHAPES = ("disc", "triangle", "square", "ring", "cross", "star", "bar", "diamond")
 
 
-class DemoError(ValueError):
+class DemoError(PipelineError, ValueError):
     """Demo settings that cannot make a dataset."""
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import scipy.io
 
 from pipeline.archive import check_member
+from pipeline.errors import PipelineError
 
 SYNSET_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
                  "wordnet_height", "num_train_images")
@@ -41,7 +42,7 @@ META = "data/meta.mat"
 GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 
 
-class ArchiveError(ValueError):
+class ArchiveError(PipelineError, ValueError):
     """An archive cannot be read to the end, or lacks what the project needs."""
 
 

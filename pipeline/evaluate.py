@@ -34,11 +34,15 @@ import torch
 from tqdm import tqdm
 
 from pipeline import report_tables
+from pipeline.checkpoint import model_from_checkpoint
+from pipeline.devices import DeviceError, launch_from_env
+from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_classes, read_json, write_json
+from pipeline.loaders import AugmentSettings, EvalLoader, load_pca, manifest_shards
 from pipeline.metrics import EvalCounts, ten_crop_probs
 
 
-class EvaluateError(ValueError):
+class EvaluateError(PipelineError, ValueError):
     """An input of the evaluation stage that cannot work (named in the message)."""
 
 
@@ -77,8 +81,6 @@ def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = Tru
 def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_size: int, device,
                 shard_id: int = 0, num_shards: int = 1, threads: int = 2):
     """The ten-crop EvalLoader with the checkpoint's normalisation."""
-    from pipeline.augment import AugmentSettings, EvalLoader, load_pca
-
     pca = load_pca(str(pca_json), str(mean_image))
     return EvalLoader(shards, pca, batch_size, views="ten", settings=AugmentSettings(**augment),
                       device=str(device), shard_id=shard_id, num_shards=num_shards, threads=threads)
@@ -87,17 +89,13 @@ def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_si
 def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out_dir, dataset_name: str = "demo",
              batch_size: int = 32, devices: str = "auto", threads: int = 2, top_confusions: int = 20) -> dict:
     """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict."""
-    from pipeline.checkpoint import model_from_checkpoint
-    from pipeline.augment import manifest_shards
-    from pipeline.train import TrainConfigError, launch_from_env
-
     t0 = time.perf_counter()
     for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
         if not Path(path).is_file():
             raise EvaluateError(f"{path} does not exist; run the {stage} stage first")
     try:
         env, devs = launch_from_env(devices)
-    except TrainConfigError as exc:
+    except DeviceError as exc:
         raise EvaluateError(f"--devices {devices!r}: {exc}") from exc
     try:
         model, meta = model_from_checkpoint(checkpoint, devices=devs)
@@ -180,18 +178,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from pipeline.augment import AugmentError
-    from pipeline.checkpoint import CheckpointError
-
     args = parse_args(argv)
-    try:
-        evaluate(args.checkpoint, args.shards_manifest, args.pca, args.mean_image, args.classes, args.out_dir,
-                 dataset_name=args.dataset_name, batch_size=args.batch_size, devices=args.devices,
-                 threads=args.threads, top_confusions=args.top_confusions)
-    except (EvaluateError, CheckpointError, AugmentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(evaluate, args.checkpoint, args.shards_manifest, args.pca, args.mean_image, args.classes,
+                   args.out_dir, dataset_name=args.dataset_name, batch_size=args.batch_size, devices=args.devices,
+                   threads=args.threads, top_confusions=args.top_confusions)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from pipeline.devkit import Devkit, ArchiveError, iter_safe_members, open_tar, read_devkit
 from pipeline.io import atomic_path, write_json, write_tsv
+from pipeline.errors import PipelineError
 
 ARCHIVES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar",
             "devkit": "ILSVRC2012_devkit_t12.tar.gz"}
@@ -62,7 +63,7 @@ BIG = 1 << 30  # show a progress bar when hashing files over 1 GiB
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 
 
-class FetchError(RuntimeError):
+class FetchError(PipelineError, RuntimeError):
     """A source that cannot be fetched or does not verify."""
 
 

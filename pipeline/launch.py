@@ -57,6 +57,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
+from pipeline.errors import PipelineError
 
 __all__ = ["LaunchError", "Launch", "plan", "split_target", "slurm_nodes", "gpus_on_node",
            "auto_nproc", "rdzv_port", "parse_scontrol_job", "job_env_from_scontrol",
@@ -66,7 +67,7 @@ MODES = ("auto", "direct", "standalone", "srun")
 BASE_PORT = 29500  # torchrun's default master port
 
 
-class LaunchError(ValueError):
+class LaunchError(PipelineError, ValueError):
     """A launch that cannot work: bad arguments or an unreadable SLURM job."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import atomic_path, read_json, write_json
+from pipeline.errors import PipelineError
 
 # fb.resnet.torch / DESIGN.md, pixels in [0,1]; eigenvectors as columns.
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
@@ -44,7 +45,7 @@ IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
 STATS_KEYS = ("pixels", "sum", "outer", "image_sum", "images")
 
 
-class PCAError(ValueError):
+class PCAError(PipelineError, ValueError):
     """Shard statistics that cannot be reduced (named in the message)."""
 
 

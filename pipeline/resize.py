@@ -61,6 +61,7 @@ from tqdm import tqdm
 from pipeline import archive
 from pipeline.io import atomic_path, read_classes, read_json, write_json
 from pipeline.shards import ShardWriter
+from pipeline.errors import PipelineError
 
 # Truncated files must raise, not decode as grey padding (PIL's default, kept explicit).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -77,7 +78,7 @@ DEFAULT_QUALITY = 90
 UINT16_IMAGES = 257  # images a uint16 image sum holds exactly (255 * 257 = 65535)
 
 
-class TooManyRejectsError(RuntimeError):
+class TooManyRejectsError(PipelineError, RuntimeError):
     """More images failed to decode than resize.max_reject_fraction allows."""
 
 

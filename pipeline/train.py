@@ -48,14 +48,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
-import resource
 import shutil
 import sys
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +62,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.checkpoint import (CheckpointError, build_model, keep_best, load_checkpoint,
-                                 model_from_checkpoint, restore_best, rng_state, save_checkpoint,
-                                 set_rng_state)
-from pipeline.health import HealthMonitor, LossWatch
+from pipeline.checkpoint import (build_model, keep_best, load_checkpoint, model_from_checkpoint,  # noqa: F401
+                                 restore_best, rng_state, save_checkpoint, set_rng_state)
+from pipeline.devices import Dist, all_sum, launch_from_env, peak_memory_mb, seed_everything
+from pipeline.errors import PipelineError, run_cli
 from pipeline.fingerprint import LABELS, changed_inputs, input_fingerprints
+from pipeline.health import HealthMonitor, LossWatch
 from pipeline.io import read_classes, read_json, write_json
+from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, load_pca, manifest_shards
 from pipeline.metrics import true_class_rank
 
-__all__ = ["TrainConfig", "TrainingDiverged", "train", "fit", "model_from_checkpoint", "launch_from_env", "main"]
+__all__ = ["TrainConfig", "TrainingDiverged", "TrainConfigError", "train", "fit", "main"]
 
 MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout", "dropout_style")
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "decay", "lr_factor", "patience", "seed",
@@ -80,11 +80,11 @@ RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "decay", "lr_fact
 AUGMENT_KEYS = ("lighting", "lighting_std", "normalize")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PipelineError, RuntimeError):
     """The training loss became inf or nan."""
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(PipelineError, ValueError):
     """A training setting or input that cannot work."""
 
 
@@ -133,59 +133,9 @@ class TrainConfig:
         return {"num_classes": num_classes, **{k: getattr(self, k) for k in MODEL_KEYS}}
 
 
-# ---------------------------------------------------------------- devices and ranks
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    torchrun: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_devices(spec: str, env: Dist) -> list[str]:
-    """One device or two, chosen inside the job (Snakemake sets no CUDA_VISIBLE_DEVICES)."""
-    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
-    if parts == ["auto"]:
-        parts = ["cuda"] if torch.cuda.is_available() else ["cpu"]
-    if len(parts) not in (1, 2) or any(not (p == "cpu" or p.startswith("cuda")) for p in parts):
-        raise TrainConfigError(f"train.devices {spec!r}: expected auto, cpu, cuda:N or two devices 'cuda:0,cuda:1'")
-    if any(p.startswith("cuda") for p in parts) and not torch.cuda.is_available():
-        raise TrainConfigError(f"train.devices {spec!r} asks for a GPU but torch sees none; use cpu or auto")
-    if env.torchrun:  # one replica per LOCAL_RANK: its own GPU, or its own pair
-        n = len(parts)
-        parts = [p if p == "cpu" else f"cuda:{n * env.local_rank + i}" for i, p in enumerate(parts)]
-    parts = ["cuda:0" if p == "cuda" else p for p in parts]
-    if torch.cuda.is_available():
-        for p in parts:
-            if p.startswith("cuda") and torch.device(p).index >= torch.cuda.device_count():
-                raise TrainConfigError(f"device {p} does not exist (torch sees {torch.cuda.device_count()} GPUs)")
-    return parts
-
-
-def launch_from_env(devices: str = "auto") -> tuple[Dist, list[str]]:
-    """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun), pick devices, join the process group."""
-    env = Dist(rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)),
-               local_rank=int(os.environ.get("LOCAL_RANK", 0)), torchrun="LOCAL_RANK" in os.environ)
-    devs = resolve_devices(devices, env)
-    if env.world > 1 and not dist.is_initialized():
-        on_gpu = devs[0].startswith("cuda")
-        if on_gpu:
-            torch.cuda.set_device(devs[0])
-        dist.init_process_group(backend="nccl" if on_gpu else "gloo",
-                                device_id=torch.device(devs[0]) if on_gpu else None)
-    return env, devs
-
-
 # ---------------------------------------------------------------- inputs
 
 def make_loaders(cfg: TrainConfig, manifest, pca_json, mean_image, env: Dist, device: str):
-    from pipeline.augment import AugmentSettings, EvalLoader, TrainLoader, load_pca, manifest_shards
-
     pca = load_pca(str(pca_json), str(mean_image))
     settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
     per_rank = cfg.batch_size // env.world
@@ -257,25 +207,6 @@ def plot_curve(jsonl: Path, png: Path) -> None:
 
 
 # ---------------------------------------------------------------- the loop
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def peak_memory_mb(devices: list[str]) -> float:
-    cuda = [d for d in devices if d.startswith("cuda")]
-    if cuda:
-        return max(torch.cuda.max_memory_allocated(d) for d in cuda) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux: the process peak
-
-
-def all_sum(t: torch.Tensor, env: Dist) -> torch.Tensor:
-    if env.world > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
 
 class Window:
     """Per-step losses and top-k hits between two log lines, kept on the device (no sync per step)."""
@@ -798,14 +729,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     cfg.channels_last = str(cfg.channels_last).lower()
-    from pipeline.augment import AugmentError  # the loaders' input errors (manifest, shards, PCA files)
-
-    try:
-        train(args.manifest, args.pca, args.mean_image, args.classes, args.out_dir, cfg, fresh=args.fresh)
-    except (TrainingDiverged, TrainConfigError, CheckpointError, AugmentError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(train, args.manifest, args.pca, args.mean_image, args.classes, args.out_dir, cfg,
+                   fresh=args.fresh)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DALI augmentation and test views (pipeline/augment.py, pipeline/dali_pipes.py), on small shards.
+"""DALI augmentation and test views (pipeline/loaders.py, pipeline/dali_pipes.py, the augment stage), on small shards.
 
 Images encode what the checks need: R = column, G = row (so a crop's offset
 and flip can be read back), B = 2 * id + 8 (which image it is); the label is
@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from pipeline import dali_pipes
-from pipeline.augment import (AugmentError, AugmentSettings, EvalLoader, TrainLoader, as_numpy, as_pca, load_pca,
-                              main, manifest_shards, read_index)
+from pipeline.augment import main
+from pipeline.loaders import (AugmentSettings, EvalLoader, LoaderError, TrainLoader, as_numpy, as_pca, load_pca,
+                              manifest_shards, read_index)
 from pipeline.shards import ShardWriter
 
 DEVICES = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
@@ -332,19 +333,19 @@ def test_eval_passes_reuse_one_pipeline_and_repeat_exactly(data):
 # ---------------------------------------------------------------- errors and the stage
 
 def test_bad_inputs_name_the_problem(data, tmp_path):
-    with pytest.raises(AugmentError, match="lighting='bright'"):
+    with pytest.raises(LoaderError, match="lighting='bright'"):
         AugmentSettings(lighting="bright")
-    with pytest.raises(AugmentError, match="views='five'"):
+    with pytest.raises(LoaderError, match="views='five'"):
         EvalLoader(data["val"], IDENTITY, 5, views="five", settings=PLAIN)
     bad = tmp_path / "pca.json"
     bad.write_text(json.dumps({"eigval": [1, 2], "eigvec": np.eye(3).tolist(), "mean": [0] * 3, "std": [1] * 3}))
-    with pytest.raises(AugmentError, match="eigval has shape"):
+    with pytest.raises(LoaderError, match="eigval has shape"):
         load_pca(bad)
-    with pytest.raises(AugmentError, match="needs the mean image"):
+    with pytest.raises(LoaderError, match="needs the mean image"):
         TrainLoader(data["train"], IDENTITY, 8)
     tar = tmp_path / "lonely-00000.tar"
     tar.write_bytes(open(data["train"][0], "rb").read())
-    with pytest.raises(AugmentError, match="lonely-00000.idx"):
+    with pytest.raises(LoaderError, match="lonely-00000.idx"):
         TrainLoader([str(tar)], IDENTITY, 8, PLAIN)
 
 
@@ -356,11 +357,11 @@ def test_manifest_shards_are_relative_to_the_manifest(tmp_path, data):
     manifest.write_text(json.dumps({"val": {"shards": [{"tar": "val/val-00000.tar"}, data["val"][0]]},
                                     "train": {"shards": []}}))
     assert manifest_shards(manifest, "val") == [str(manifest.parent / "val" / "val-00000.tar"), data["val"][0]]
-    with pytest.raises(AugmentError, match="the train split has no shards"):
+    with pytest.raises(LoaderError, match="the train split has no shards"):
         manifest_shards(manifest, "train")
-    with pytest.raises(AugmentError, match="no shard list for split 'test'.*rerun the resize stage"):
+    with pytest.raises(LoaderError, match="no shard list for split 'test'.*rerun the resize stage"):
         manifest_shards(manifest, "test")
-    with pytest.raises(AugmentError, match="no shard list"):
+    with pytest.raises(LoaderError, match="no shard list"):
         manifest_shards(tmp_path / "missing.json", "val")
 
 

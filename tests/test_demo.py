@@ -140,5 +140,5 @@ def test_cli(tmp_path, capsys):
     assert demo.main(["--out-dir", str(tmp_path), "--classes", "2", "--train-per-class", "2",
                       "--val-per-class", "1", "--large-fraction", "0"]) == 0
     assert (tmp_path / "demo.json").exists() and (tmp_path / "MD5SUMS").exists()
-    assert demo.main(["--out-dir", str(tmp_path / "x"), "--classes", "99"]) == 1
-    assert "error: demo.classes = 99" in capsys.readouterr().err
+    assert demo.main(["--out-dir", str(tmp_path / "x"), "--classes", "101"]) == 1
+    assert "error: demo.classes = 101" in capsys.readouterr().err

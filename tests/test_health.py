@@ -7,7 +7,6 @@ learning one.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -15,7 +14,8 @@ import torch
 
 from model.alexnet import AlexNet, PaperDropout
 from pipeline.health import HealthMonitor, LossWatch
-from pipeline.train import Dist, TrainConfig, fit, make_loaders, make_optimizer
+from pipeline.devices import Dist
+from pipeline.train import TrainConfig, fit, make_loaders, make_optimizer
 
 from test_train import CLASSES, SMALL, data, reference, rows  # noqa: F401  (fixtures)
 

@@ -21,8 +21,9 @@ import torch
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.io import write_json, write_tsv
 from pipeline.shards import ShardWriter
-from pipeline.train import (Dist, TrainConfig, TrainConfigError, TrainingDiverged, collapse_epoch, fit,
-                            make_loaders, make_plateau, param_digest, resolve_devices, train)
+from pipeline.devices import DeviceError, Dist, resolve_devices
+from pipeline.train import (TrainConfig, TrainingDiverged, collapse_epoch, fit, make_loaders, make_plateau,
+                            param_digest, train)
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -351,8 +352,8 @@ def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
 def test_devices_and_bad_settings():
     assert resolve_devices("cpu", Dist()) == ["cpu"]
     assert resolve_devices("auto", Dist()) == (["cuda:0"] if torch.cuda.is_available() else ["cpu"])
-    with pytest.raises(TrainConfigError, match="train.devices 'gpu'"):
+    with pytest.raises(DeviceError, match="train.devices 'gpu'"):
         resolve_devices("gpu", Dist())
     if not torch.cuda.is_available():
-        with pytest.raises(TrainConfigError, match="sees none"):
+        with pytest.raises(DeviceError, match="sees none"):
             resolve_devices("cuda:0,cuda:1", Dist())

@@ -1,0 +1,26 @@
+"""One base class for the errors a stage reports to its user, and the CLI ending that reports them.
+
+A stage raises a PipelineError subclass when its input or settings cannot
+work; the message names the file, key or value and says what to do. The
+stages' CLIs print it as one `error: ...` line and exit 1, so a Snakemake log
+shows the cause rather than a traceback. Anything else is a bug and keeps
+its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class PipelineError(Exception):
+    """An input or setting a stage cannot work with (the message says which and what to do)."""
+
+
+def run_cli(stage: Callable, *args, **kwargs) -> int:
+    """Run a stage function for a CLI: 0 on success, 1 with an `error:` line on a PipelineError."""
+    try:
+        stage(*args, **kwargs)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
