@@ -62,8 +62,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.checkpoint import (build_model, keep_best, load_checkpoint, model_from_checkpoint,  # noqa: F401
-                                 restore_best, rng_state, save_checkpoint, set_rng_state)
+from pipeline.checkpoint import (build_model, keep_best, load_checkpoint, restore_best, rng_state, save_checkpoint,
+                                 set_rng_state)
 from pipeline.devices import Dist, all_sum, launch_from_env, peak_memory_mb, seed_everything
 from pipeline.errors import PipelineError, run_cli
 from pipeline.fingerprint import LABELS, changed_inputs, input_fingerprints
@@ -412,6 +412,13 @@ class Trainer:
 
     # -- one epoch
 
+    def begin_epoch(self) -> tuple[float, float]:
+        """(start time, the epoch's lr); resets the GPUs' peak-memory counters."""
+        for d in self.devices:
+            if d.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(d)
+        return time.perf_counter(), self.optimizer.param_groups[0]["lr"]
+
     def train_epoch(self, loader, epoch: int, steps: int) -> list[float]:
         """SGD over the epoch's batches; a metrics line every log_every steps. Returns the step losses."""
         cfg, state = self.cfg, self.state
@@ -485,26 +492,34 @@ class Trainer:
         if self.env.main:
             append_jsonl(self.jsonl, {"step": self.state["step"], "epoch": epoch, "warning": kind, "message": message})
 
-    def end_epoch(self, epoch: int, lr: float, losses: list[float], val1: float, val5: float, epoch_s: float,
-                  wall_s: float) -> None:
-        """Plateau step, metrics line, checkpoints (last, best), curve."""
+    # -- the end of an epoch, in the paper's order: schedule, then save and report
+
+    def step_schedule(self, epoch: int, lr: float, val1: float, val5: float) -> bool:
+        """Section 5: divide the lr when the validation error stops improving. True if this epoch is the best."""
         state = self.state
-        self.plateau.step(val1)  # section 5: divide the lr when the validation error stops improving
+        self.plateau.step(val1)
         better = state["best"]["epoch"] is None or val1 < state["best"]["val_top1_err"]
         if better:
             state["best"] = {"epoch": epoch, "val_top1_err": val1, "val_top5_err": val5}
         state["history"].append({"epoch": epoch, "lr": lr, "val_top1_err": val1, "val_top5_err": val5})
         state["epoch"] = epoch
+        return better
+
+    def log_epoch(self, epoch: int, lr: float, losses: list[float], val1: float, val5: float, epoch_s: float) -> None:
+        if self.env.main:
+            append_jsonl(self.jsonl, {"step": self.state["step"], "epoch": epoch, "val_top1_err": val1,
+                                      "val_top5_err": val5, "epoch_train_loss": sum(losses) / len(losses),
+                                      "lr": lr, "epoch_time_s": epoch_s, "peak_mem_mb": peak_memory_mb(self.devices)})
+
+    def save(self, epoch: int, better: bool, wall_s: float) -> None:
+        """last.pt (atomically), and epoch-NNN.pt + best.pt when this epoch is the best; rank 0 writes."""
+        state = self.state
         state["totals"]["wall_s"] = wall_s
         rngs = [rng_state()]
         if self.env.world > 1:  # rank 0 writes every rank's streams
             rngs = [None] * self.env.world
             dist.all_gather_object(rngs, rng_state())
-        new_lr = self.optimizer.param_groups[0]["lr"]
         if self.env.main:
-            append_jsonl(self.jsonl, {"step": state["step"], "epoch": epoch, "val_top1_err": val1,
-                                      "val_top5_err": val5, "epoch_train_loss": sum(losses) / len(losses),
-                                      "lr": lr, "epoch_time_s": epoch_s, "peak_mem_mb": peak_memory_mb(self.devices)})
             config = {**self.key, "world_size": self.env.world, "inputs": self.inputs}
             save_checkpoint(self.last, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                                         "plateau": self.plateau.state_dict(), "rng": rngs, "config": config,
@@ -512,8 +527,14 @@ class Trainer:
                                         "target_epochs": self.cfg.epochs, **state})
             if better:
                 keep_best(self.ckpt_dir, epoch)
-            plot_curve(self.jsonl, self.out_dir / "curve.png")
         self.saved = {"epoch": epoch, "step": state["step"]}
+
+    def report_epoch(self, epoch: int, lr: float, losses: list[float], val1: float, val5: float,
+                     epoch_s: float) -> None:
+        """The curve, the epoch's log line, and the collapse warning."""
+        state, new_lr = self.state, self.optimizer.param_groups[0]["lr"]
+        if self.env.main:
+            plot_curve(self.jsonl, self.out_dir / "curve.png")
         self.say(f"epoch {epoch}/{self.cfg.epochs}: train loss {sum(losses) / len(losses):.4f}, "
                  f"val top-1 {val1:.2f}% top-5 {val5:.2f}% (centre crop), {epoch_s:.1f} s"
                  + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""))
@@ -558,15 +579,14 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
     steps = t.steps_per_epoch(train_loader)
     t_start, wall0 = time.perf_counter(), t.state["totals"]["wall_s"]
     for epoch in range(t.state["epoch"] + 1, cfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        for d in t.devices:
-            if d.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats(d)
-        lr = t.optimizer.param_groups[0]["lr"]
+        t_epoch, lr = t.begin_epoch()
         losses = t.train_epoch(train_loader, epoch, steps)
         val1, val5 = validate(t.model, eval_loader, t.env, t.to_inputs, t.autocast, t.topk)
-        t.end_epoch(epoch, lr, losses, val1, val5, time.perf_counter() - t_epoch,
-                    wall0 + time.perf_counter() - t_start)
+        better = t.step_schedule(epoch, lr, val1, val5)
+        epoch_s = time.perf_counter() - t_epoch
+        t.log_epoch(epoch, lr, losses, val1, val5, epoch_s)
+        t.save(epoch, better, wall0 + time.perf_counter() - t_start)
+        t.report_epoch(epoch, lr, losses, val1, val5, epoch_s)
     return t.finish()
 
 
