@@ -22,6 +22,7 @@ import torch
 from pipeline import dali_pipes
 from pipeline.errors import run_cli
 from pipeline.io import atomic_path, write_json
+from pipeline.schema import defaults
 from pipeline.loaders import (LIGHTING, NORMALIZE, VIEWS, AugmentSettings, as_numpy, EvalLoader, LoaderError, TrainLoader, load_pca,
                               manifest_shards)
 
@@ -133,14 +134,15 @@ def main(argv=None) -> int:
     p.add_argument("--pca", required=True, help="results/pca/pca.json")
     p.add_argument("--mean-image", required=True, help="results/pca/mean_image.npy")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--lighting", default="paper", choices=LIGHTING)
-    p.add_argument("--lighting-std", type=float, default=0.1)
-    p.add_argument("--normalize", default="mean_image", choices=NORMALIZE)
-    p.add_argument("--batch-size", type=int, default=128)
+    d, t = defaults("augment"), defaults("train")
+    p.add_argument("--lighting", default=d["lighting"], choices=LIGHTING)
+    p.add_argument("--lighting-std", type=float, default=d["lighting_std"])
+    p.add_argument("--normalize", default=d["normalize"], choices=NORMALIZE)
+    p.add_argument("--batch-size", type=int, default=t["batch_size"])
     p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--device", default="auto", help="auto (cuda:0 if available, else cpu) | cpu | cuda:N")
-    p.add_argument("--grid-samples", type=int, default=8)
-    p.add_argument("--bench-batches", type=int, default=5)
+    p.add_argument("--grid-samples", type=int, default=d["grid_samples"])
+    p.add_argument("--bench-batches", type=int, default=d["bench_batches"])
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     settings = AugmentSettings(a.lighting, a.lighting_std, a.normalize)

@@ -28,11 +28,12 @@ import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
-from pipeline.shards import CLS_WIDTH
+from model.alexnet import INPUT_SIZE
+from pipeline.shards import CLS_WIDTH, IMAGE_SIZE
 
 READER = "Reader"     # the reader's name, for the iterators' reader_name
-IMAGE = 256           # paper, section 2: images are 256x256
-CROP = 224            # paper, section 4.1: 224x224 patches
+IMAGE = IMAGE_SIZE    # paper, section 2: images are 256x256 (the shard format)
+CROP = INPUT_SIZE     # paper, section 4.1: 224x224 patches (the network's input)
 SPAN = IMAGE - CROP   # 32: offsets 0..32, 33 positions per axis
 CROP_POS = [k / SPAN for k in range(SPAN + 1)]
 

@@ -40,6 +40,7 @@ from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_classes, read_json, write_json
 from pipeline.loaders import AugmentSettings, EvalLoader, load_pca, manifest_shards
 from pipeline.metrics import EvalCounts, ten_crop_probs
+from pipeline.schema import defaults
 
 
 class EvaluateError(PipelineError, ValueError):
@@ -167,7 +168,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", required=True, help="results/fetch/classes.tsv")
     p.add_argument("--out-dir", required=True, help="results/evaluate")
     p.add_argument("--dataset-name", default="demo", help="demo | imagenet | other: labels the comparison table")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (each gives 10 views)")
+    p.add_argument("--batch-size", type=int, default=defaults("evaluate")["batch_size"],
+                   help="images per batch (each gives 10 views)")
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:N | cuda:0,cuda:1 (two-column split)")
     p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--top-confusions", type=int, default=20, help="class pairs in confusions.csv")

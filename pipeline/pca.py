@@ -13,8 +13,8 @@ Conventions (all on the 0-255 pixel scale):
 - sign: each eigenvector is flipped so that its largest-magnitude component is
   positive (eigenvectors are defined up to sign; the lighting noise
   alpha_i ~ N(0, 0.1) is symmetric, so the sign never changes training);
-- the comparison with the ImageNet constants (DESIGN.md, fb.resnet.torch, for
-  pixels in [0,1]) uses |cos| per eigenvector, sign-invariant, and the ratio
+- the comparison with the ImageNet constants (fb.resnet.torch,
+  datasets/imagenet.lua, for pixels in [0,1]) uses |cos| per eigenvector, sign-invariant, and the ratio
   of our eigenvalues to theirs rescaled by 255^2. On the demo set they differ;
   on ImageNet the cosines should be near 1.
 
@@ -37,7 +37,7 @@ import numpy as np
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.errors import PipelineError
 
-# fb.resnet.torch / DESIGN.md, pixels in [0,1]; eigenvectors as columns.
+# fb.resnet.torch (datasets/imagenet.lua: pca.eigval, pca.eigvec), pixels in [0,1]; eigenvectors as columns.
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
 IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                             [-0.5808, -0.0045, -0.8140],

@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from pipeline import archive
 from pipeline.io import atomic_path, read_classes, read_json, write_json
-from pipeline.shards import ShardWriter
+from pipeline.shards import IMAGE_SIZE, ShardWriter
 from pipeline.errors import PipelineError
 
 # Truncated files must raise, not decode as grey padding (PIL's default, kept explicit).
@@ -97,7 +97,7 @@ def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, f
     return left * fx, top * fy, (left + size) * fx, (top + size) * fy
 
 
-def downsample(data: bytes, size: int = 256) -> Image.Image:
+def downsample(data: bytes, size: int = IMAGE_SIZE) -> Image.Image:
     """Decode an image, scale its shorter side to `size`, keep the central square; RGB.
 
     Raises whatever PIL raises for undecodable data (OSError for truncated files).
@@ -132,7 +132,7 @@ class RGBStats:
     shared with the codec), +15% on 500x375 images and +8% on 1600x1200.
     """
 
-    def __init__(self, size: int = 256):
+    def __init__(self, size: int = IMAGE_SIZE):
         self.size = size
         self.images = 0
         self._products = np.zeros(6)  # RR, RG, RB, GG, GB, BB
@@ -237,7 +237,7 @@ def _remove_stale_temporaries(paths: dict[str, Path]) -> None:
 
 
 def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: str | os.PathLike,
-                 shard: int, shards: int, seed: int = 0, size: int = 256, jpeg_quality: int = DEFAULT_QUALITY,
+                 shard: int, shards: int, seed: int = 0, size: int = IMAGE_SIZE, jpeg_quality: int = DEFAULT_QUALITY,
                  max_reject_fraction: float = 0.01, stats: bool = False, split: str = "train") -> dict:
     """Write one shard (.tar, .idx), its .json and, with `stats`, its .stats.npz. Returns the .json content."""
     started = time.time()
@@ -385,7 +385,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256)
     p.add_argument("--jpeg-quality", type=int, default=DEFAULT_QUALITY)
     p.add_argument("--max-reject-fraction", type=float, default=0.01)
     p.add_argument("--stats", action="store_true", help="also write <shard>.stats.npz (training shards)")
@@ -404,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "index":
             build_index(args.split, args.source, args.classes, args.val_labels, args.out)
         elif args.command == "shard":
-            resize_shard(args.index, args.source, args.out, args.shard, args.shards, args.seed, args.size,
+            resize_shard(args.index, args.source, args.out, args.shard, args.shards, args.seed, IMAGE_SIZE,
                          args.jpeg_quality, args.max_reject_fraction, args.stats, args.split)
         else:
             write_manifest(args.shards_dir, args.train_shards, args.val_shards, args.classes, args.out,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.io import atomic_path
 
+IMAGE_SIZE = 256  # paper, section 2: every image is stored as the central 256x256 patch
 CLS_WIDTH = 6
 IDX_VERSION = "v1.2"
 

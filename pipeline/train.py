@@ -71,6 +71,7 @@ from pipeline.health import HealthMonitor, LossWatch
 from pipeline.io import read_classes, read_json, write_json
 from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, load_pca, manifest_shards
 from pipeline.metrics import true_class_rank
+from pipeline.schema import defaults
 
 __all__ = ["TrainConfig", "TrainingDiverged", "TrainConfigError", "train", "fit", "main"]
 
@@ -88,39 +89,42 @@ class TrainConfigError(PipelineError, ValueError):
     """A training setting or input that cannot work."""
 
 
+TRAIN, AUGMENT = defaults("train"), defaults("augment")  # the config schema is the one home of defaults
+
+
 @dataclass
 class TrainConfig:
     # model (model/alexnet.py)
-    width: float = 1.0              # channel multiplier; 1.0 is the paper's network
+    width: float = TRAIN["width"]              # channel multiplier; 1.0 is the paper's network
     lrn: bool = True                # section 3.3
     overlapping_pool: bool = True   # section 3.4: 3x3 pools with stride 2
-    init: str = "paper"             # paper: biases 1 in conv2,4,5, fc6,7 | caffe: 0.1 (section 5)
+    init: str = TRAIN["init"]       # paper: biases 1 in conv2,4,5, fc6,7 | caffe: 0.1 (section 5)
     dropout: float = 0.5            # section 4.2
-    dropout_style: str = "paper"    # paper: x(1-p) at test (section 4.2) | inverted: torch's 1/(1-p) in training
+    dropout_style: str = TRAIN["dropout_style"]  # paper: x(1-p) at test (section 4.2) | inverted: torch's 1/(1-p) in training
     # recipe, section 5
-    batch_size: int = 128           # global batch: divided over the DDP replicas
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0005
-    decay: str = "weights"          # weights: decay on weights only (paper, cuda-convnet, Caffe) | all: biases too
-    lr_factor: float = 0.1          # the lr is divided by 10 ...
-    patience: int = 2               # ... after this many epochs without a lower val error, plus one
-    epochs: int = 90
-    seed: int = 0
-    warmup_steps: int = 0           # not the paper's: lr ramps linearly from lr/K to lr over the first K steps
+    batch_size: int = TRAIN["batch_size"]  # global batch: divided over the DDP replicas
+    lr: float = TRAIN["lr"]
+    momentum: float = TRAIN["momentum"]
+    weight_decay: float = TRAIN["weight_decay"]
+    decay: str = TRAIN["decay"]     # weights: decay on weights only (paper, cuda-convnet, Caffe) | all: biases too
+    lr_factor: float = TRAIN["lr_factor"]  # the lr is divided by 10 ...
+    patience: int = TRAIN["patience"]  # ... after this many epochs without a lower val error, plus one
+    epochs: int = TRAIN["epochs"]
+    seed: int = TRAIN["seed"]
+    warmup_steps: int = TRAIN["warmup_steps"]  # not the paper's: lr ramps linearly from lr/K to lr over the first K steps
     # augmentation (pipeline/augment.py AugmentSettings)
-    lighting: str = "paper"
-    lighting_std: float = 0.1
-    normalize: str = "mean_image"
+    lighting: str = AUGMENT["lighting"]
+    lighting_std: float = AUGMENT["lighting_std"]
+    normalize: str = AUGMENT["normalize"]
     # runtime: may change between a run and its resumption
-    devices: str = "auto"           # auto | cpu | cuda:N | cuda:0,cuda:1
-    precision: str = "auto"         # auto (bf16 on GPU) | fp32 | bf16
+    devices: str = TRAIN["devices"]  # auto | cpu | cuda:N | cuda:0,cuda:1
+    precision: str = TRAIN["precision"]  # auto (bf16 on GPU) | fp32 | bf16
     channels_last: str = "auto"     # auto (on GPU) | true | false
-    compile: bool = False
-    log_every: int = 10             # steps between metrics.jsonl lines (and health figures)
-    monitor: bool = True            # per-layer health figures each log line (pipeline/health.py)
-    flat_after: int = 1000          # steps after which a loss still at ln(classes) is warned about
-    workers: int = 2                # DALI threads per replica
+    compile: bool = TRAIN["compile"]
+    log_every: int = TRAIN["log_every"]  # steps between metrics.jsonl lines (and health figures)
+    monitor: bool = TRAIN["monitor"]  # per-layer health figures each log line (pipeline/health.py)
+    flat_after: int = TRAIN["flat_after"]  # steps after which a loss still at ln(classes) is warned about
+    workers: int = TRAIN["workers"]  # DALI threads per replica
     threads: int = 0                # torch CPU threads per replica (0: torch's default)
 
     def key(self, num_classes: int) -> dict:

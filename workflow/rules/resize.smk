@@ -7,7 +7,8 @@
 # finished shards and a rerun redoes only the missing ones. resize: checks
 # the rejects over all shards and writes the manifest later stages read.
 # Params carry every setting that changes the shards, so editing
-# resize.jpeg_quality (or size, seed, shard counts) reruns resize and PCA only.
+# resize.jpeg_quality (or seed, shard counts) reruns resize and PCA only. The size is
+# the paper's 256 (section 2; pipeline/shards.py IMAGE_SIZE), not a setting.
 
 RESIZE = config["resize"]
 RESIZE_SHARDS = {"train": RESIZE["train_shards"], "val": RESIZE["val_shards"]}
@@ -29,7 +30,7 @@ RESIZE_SHARD_FILES = {
 }
 RESIZE_SHARD_SHELL = (
     "python -m pipeline.resize shard --split {params.split} --index {input.index} --source {params.source}"
-    " --shard {wildcards.shard} --shards {params.shards} --seed {params.seed} --size {params.size}"
+    " --shard {wildcards.shard} --shards {params.shards} --seed {params.seed}"
     " --jpeg-quality {params.jpeg_quality} --max-reject-fraction {params.max_reject_fraction}"
     " {params.stats} --out {output.tar} > {log} 2>&1"
 )
@@ -74,7 +75,6 @@ rule resize_train_shard:
         source=RESIZE_SOURCE["train"],
         shards=RESIZE_SHARDS["train"],
         seed=RESIZE["seed"],
-        size=RESIZE["size"],
         jpeg_quality=RESIZE["jpeg_quality"],
         max_reject_fraction=RESIZE["max_reject_fraction"],
     wildcard_constraints:
@@ -105,7 +105,6 @@ rule resize_val_shard:
         source=RESIZE_SOURCE["val"],
         shards=RESIZE_SHARDS["val"],
         seed=RESIZE["seed"],
-        size=RESIZE["size"],
         jpeg_quality=RESIZE["jpeg_quality"],
         max_reject_fraction=RESIZE["max_reject_fraction"],
     wildcard_constraints:
