@@ -15,10 +15,12 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/gpu-stages}
 CPU=${CPU:-0}          # 1: let it run without a GPU (devices cpu), to check the script
 WIDTH=${WIDTH:-1.0}    # the full network on a GPU
-TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-100}  # demo images per class (10 classes)
+CLASSES=${CLASSES:-10}                   # demo classes (up to 100: the harder set of bench/configs/hard100.yaml)
+TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-100}  # demo images per class
 VAL_PER_CLASS=${VAL_PER_CLASS:-20}
 BENCH_BATCHES=${BENCH_BATCHES:-20}       # batches the augment stage times
 COMPILE=${COMPILE:-1}  # 0: skip the torch.compile run
+ONLY_DATA=${ONLY_DATA:-0}  # 1: stop after the PCA stage (the data for bench/gpu_check.sh's trainability run)
 source bench/gpu_env.sh
 export CPU
 python3 - <<'EOF'
@@ -47,7 +49,7 @@ stage() {  # stage NAME COMMAND...: run, time, stop at the first failure
     echo "== $name: $((SECONDS - t0)) s"
 }
 py() { python3 -m "$@"; }
-stage demo py pipeline.demo --out-dir data/demo --seed 0 --classes 10 --train-per-class "$TRAIN_PER_CLASS" \
+stage demo py pipeline.demo --out-dir data/demo --seed 0 --classes "$CLASSES" --train-per-class "$TRAIN_PER_CLASS" \
     --val-per-class "$VAL_PER_CLASS" --large-fraction 0.1
 stage fetch py pipeline.fetch --source archives --train data/demo/ILSVRC2012_img_train.tar \
     --train-md5 data/demo/MD5SUMS --val data/demo/ILSVRC2012_img_val.tar --val-md5 data/demo/MD5SUMS \
@@ -60,7 +62,7 @@ shards() {  # shards SPLIT N [--stats]: the resize jobs of a split, in parallel 
     local split=$1 n=$2 pids=() failed=0; shift 2
     for k in $(seq 0 $((n - 1))); do
         py pipeline.resize shard --split "$split" --index $R/index/$split.tsv \
-            --source $R/fetch/ILSVRC2012_img_$split.tar --shard "$k" --shards "$n" --seed 0 --size 256 \
+            --source $R/fetch/ILSVRC2012_img_$split.tar --shard "$k" --shards "$n" --seed 0 \
             --jpeg-quality 90 --max-reject-fraction 0.01 "$@" \
             --out "$(printf '%s/shards/%s/%s-%05d.tar' $R "$split" "$split" "$k")" &
         pids+=($!)
@@ -73,6 +75,7 @@ stage resize-val shards val 2
 stage manifest py pipeline.resize manifest --shards-dir $R/shards --train-shards 4 --val-shards 2 \
     --classes $R/fetch/classes.tsv --max-reject-fraction 0.01 --out $R/shards/manifest.json
 stage pca py pipeline.pca --manifest $R/shards/manifest.json --out-dir $R/pca
+if [ "$ONLY_DATA" = 1 ]; then echo "== data ready in $WORK/$R"; exit 0; fi
 IN="--manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy"
 stage augment py pipeline.augment $IN --out-dir $R/augment --lighting paper --lighting-std 0.1 \
     --normalize mean_image --grid-samples 8 --bench-batches "$BENCH_BATCHES" --batch-size 256 --seed 1 --threads 8 \
@@ -109,5 +112,5 @@ for run in ("train", "train2col", "train-compile"):
 show("results/evaluate/metrics.json", ["devices", "checkpoint_epoch", "val_top1_err_10crop", "val_top5_err_10crop",
                                        "val_top1_err_center", "val_top5_err_center", "eval_images_per_s"])
 EOF
-grep -ih "resum" train-resume.log | head -3 || echo "== train-resume: no resume line in its log"
+grep -iE "resum|extend" train-resume.log | head -3 || echo "== train-resume: no resume line in its log"
 echo "== all stages passed"

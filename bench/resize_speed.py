@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn.datasets import load_sample_images  # noqa: E402
 
-from pipeline import archive, resize  # noqa: E402
+from pipeline import archive, images, resize  # noqa: E402
 from pipeline.io import write_tsv  # noqa: E402
 
 PY = sys.executable
@@ -324,13 +324,13 @@ def main(argv=None):
         reference = [naive(d, encode=False) for d in items]
         same_filter = [naive(d, resize.RESAMPLE, encode=False) for d in items]
         for name in ("BILINEAR", "BICUBIC", "LANCZOS"):
-            saved = resize.RESAMPLE
-            resize.RESAMPLE = Image.Resampling[name]
+            saved = images.RESAMPLE
+            images.RESAMPLE = Image.Resampling[name]
             try:
                 ms = best_ms({name: ours_resize}, {name: items}, args.rounds)[name]
                 outs = [resize.downsample(d) for d in items]
             finally:
-                resize.RESAMPLE = saved
+                images.RESAMPLE = saved
             mad, db = compare(outs, reference)
             filters[f"{kind} {name}"] = {"ms": ms, "mad_vs_naive_lanczos": mad, "psnr_vs_naive_lanczos": db}
         ours_imgs = [resize.downsample(d) for d in items]

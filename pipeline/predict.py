@@ -36,14 +36,17 @@ import torch
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
+from model.alexnet import INPUT_SIZE
 from pipeline.checkpoint import CheckpointError, build_model, model_from_checkpoint
 from pipeline.fingerprint import file_digest
+from pipeline.errors import PipelineError
 from pipeline.io import read_classes
 from pipeline.metrics import CENTER_VIEW, ten_crop_probs
-from pipeline.resize import downsample
+from pipeline.images import downsample
+from pipeline.shards import IMAGE_SIZE
 
-SIZE = 256  # the resize stage's square (paper, section 2)
-CROP = 224  # the network's input (paper, section 4.1)
+SIZE = IMAGE_SIZE  # the resize stage's square (paper, section 2)
+CROP = INPUT_SIZE  # the network's input (paper, section 4.1)
 # (x, y) of the five patches in the order of pipeline.metrics: TL, TR, BL, BR, centre;
 # the evaluate loader's crop positions 0, 1 and 0.5 of the 32-pixel margin
 PATCHES = [(0, 0), (SIZE - CROP, 0), (0, SIZE - CROP), (SIZE - CROP, SIZE - CROP),
@@ -53,7 +56,7 @@ DEFAULTS = {"checkpoint": "results/train/checkpoints/best.pt", "mean_image": "re
             "classes": "results/fetch/classes.tsv"}
 
 
-class PredictError(ValueError):
+class PredictError(PipelineError, ValueError):
     """An input of the whole run (checkpoint, mean image, classes, device) that cannot work."""
 
 

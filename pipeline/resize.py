@@ -1,7 +1,8 @@
 """Resize stage: ILSVRC images -> shuffled 256x256 webdataset shards + RGB statistics.
 
 Paper, section 2: "rescaled the image such that the shorter side was of length
-256, and then cropped out the central 256x256 patch". `downsample` does exactly
+256, and then cropped out the central 256x256 patch". `downsample`
+(pipeline/images.py, shared with pipeline/predict.py) does exactly
 that geometry (the same integer sizes and crop offset as resize-then-crop) but
 decodes less and resizes only the kept square:
 
@@ -60,13 +61,13 @@ from tqdm import tqdm
 
 from pipeline import archive
 from pipeline.io import atomic_path, read_classes, read_json, write_json
+from pipeline.images import RESAMPLE, crop_box, downsample  # noqa: F401 (crop_box, RESAMPLE: part of the stage's API)
 from pipeline.shards import IMAGE_SIZE, ShardWriter
 from pipeline.errors import PipelineError
 
 # Truncated files must raise, not decode as grey padding (PIL's default, kept explicit).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-RESAMPLE = Image.Resampling.BILINEAR
 # Quality 90 (measured on noisy 256x256 photos): 20 kB per image, 0.35x the
 # bytes of quality 100 and 0.7x those of 95, at 2.7 levels mean error (36 dB),
 # below the PCA lighting noise training adds anyway (std 0.1 * 0.2175 * 255 =
@@ -83,35 +84,6 @@ class TooManyRejectsError(PipelineError, RuntimeError):
 
 
 # --- one image ---
-
-def crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """Source box of the central size x size patch after scaling the shorter side to size.
-
-    Uses the integer geometry of resize-then-crop (scaled sides rounded, crop
-    offset floored), so resizing only this box gives the same pixels.
-    """
-    scale = size / min(width, height)
-    scaled_w, scaled_h = max(size, round(width * scale)), max(size, round(height * scale))
-    left, top = (scaled_w - size) // 2, (scaled_h - size) // 2
-    fx, fy = width / scaled_w, height / scaled_h
-    return left * fx, top * fy, (left + size) * fx, (top + size) * fy
-
-
-def downsample(data: bytes, size: int = IMAGE_SIZE) -> Image.Image:
-    """Decode an image, scale its shorter side to `size`, keep the central square; RGB.
-
-    Raises whatever PIL raises for undecodable data (OSError for truncated files).
-    """
-    im = Image.open(io.BytesIO(data))
-    width, height = im.size
-    drafted = im.draft("RGB", (size, size))  # JPEG only; None for other formats
-    im.load()
-    dct_scale = width / drafted[1][2] if drafted else 1.0
-    if im.mode != "RGB":
-        im = im.convert("RGB")  # CMYK, L, P, RGBA, PNG: before resizing (palettes can't be filtered)
-    box = tuple(v / dct_scale for v in crop_box(width, height, size))
-    return im.resize((size, size), RESAMPLE, box=box)
-
 
 def encode_jpeg(im: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
     buf = io.BytesIO()
