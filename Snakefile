@@ -31,6 +31,8 @@ onstart:
             run_name=f"workflow {config['dataset']['name']}",
             params=flat_config(config),
             tags={"dataset": config["dataset"]["name"], "command": shlex.join(sys.argv)[:5000]},
+            code_dir=workflow.basedir,
+            config=config,
         )
         print(f"MLflow: parent run {run_id} in {TRACKING_URI}", file=sys.stderr)
 

@@ -5,6 +5,8 @@ Stage code never imports mlflow. Each Snakemake rule runs its stage through
     python -m pipeline.track run --stage pca --log results/logs/pca.log \
         [--metrics FILE.json] [--artifact PATH]... [--jsonl FILE.jsonl] \
         [--model CHECKPOINT --mean-image NPY --classes TSV] [--parent-metrics FILE.json] [--redact-env NAME] \
+        [--register NAME --registered-file FILE.json --fingerprints TRAIN.json] \
+        [--tag-registered FILE.json --evaluated-checkpoint CHECKPOINT] \
         -- python -m pipeline.pca --stats ... --out-dir ...
 
 which opens a child run under the workflow invocation's parent run, runs the
@@ -22,6 +24,22 @@ jobs in a file (`--parent-file`), which works for local and cluster jobs.
 
 The value of the environment variable named by `--redact-env` (an auth
 token) is replaced by *** in everything written to the log and the terminal.
+
+Provenance. `start_parent` records, on the parent run, the workflow's git
+commit and whether its work tree had uncommitted changes (tags git_commit,
+git_dirty) and the resolved config as the artifact config.yaml; it leaves
+both beside the parent run file (config.yaml, code_version.json) for the jobs.
+
+The registry. With `--register NAME --registered-file FILE --fingerprints
+TRAIN_JSON`, the train stage's logged model becomes a new version of the
+registered model NAME, tagged with that provenance (git_commit, git_dirty,
+config: the run's copy of config.yaml) and the fingerprints of the data it
+was trained on (inputs.manifest, inputs.shards, ...: train.json's "inputs");
+FILE records the version (name, version, the checkpoint's sha256). With
+`--tag-registered FILE --evaluated-checkpoint CKPT` the evaluate stage sets
+its top-1/top-5 errors as tags on that version, if CKPT is the checkpoint it
+was made from. A registry failure leaves the stage's outputs standing: a
+warning, and the run's tag tracking_error.
 """
 from __future__ import annotations
 
@@ -37,6 +55,11 @@ from pathlib import Path
 
 REDACTED = b"***"
 DEFAULT_URI = "sqlite:///mlflow.db"
+# beside the parent run file: what the invocation ran with, for the jobs' model versions
+CONFIG_SNAPSHOT = "config.yaml"
+CODE_VERSION = "code_version.json"
+# the evaluate stage's headline errors (pipeline/evaluate.py), tags of the registered version
+EVALUATION_TAGS = ("val_top1_err_10crop", "val_top5_err_10crop", "val_top1_err_center", "val_top5_err_center")
 
 
 def _client(tracking_uri: str | None):
@@ -96,8 +119,67 @@ def cli_params(command: list[str]) -> dict[str, str]:
     return params
 
 
+def code_version(directory: str | os.PathLike) -> dict[str, str]:
+    """Tags naming the code in `directory`: git_commit, and git_dirty when it is a git checkout.
+
+    git_dirty is "true" when the work tree differs from the commit, untracked
+    files included (a new module changes what runs as much as an edited one);
+    ignored files (results, caches) do not count.
+    """
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=120)
+
+    try:
+        inside = git("rev-parse", "--is-inside-work-tree")
+        if inside.returncode != 0 or inside.stdout.strip() != "true":
+            if inside.returncode == 0 or "not a git repository" in inside.stderr:
+                return {"git_commit": "not a git checkout"}
+            # e.g. git refusing a checkout owned by another user: say so rather than guess
+            return {"git_commit": f"unknown: git in {directory} failed: {inside.stderr.strip()[:500]}"}
+        head = git("rev-parse", "--verify", "HEAD")
+        commit = head.stdout.strip() if head.returncode == 0 else "no commit yet"
+        status = git("status", "--porcelain")
+    except FileNotFoundError:
+        return {"git_commit": "unknown: git is not installed"}
+    except subprocess.TimeoutExpired as exc:
+        return {"git_commit": f"unknown: {' '.join(exc.cmd)} timed out"}
+    if status.returncode != 0:
+        return {"git_commit": commit, "git_dirty": f"unknown: git status failed: {status.stderr.strip()[:500]}"}
+    return {"git_commit": commit, "git_dirty": "true" if status.stdout.strip() else "false"}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathLike,
-                 run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+                 run_name: str, params: dict[str, str], tags: dict[str, str],
+                 code_dir: str | os.PathLike | None = None, config: dict | None = None) -> str:
+    """Create the invocation's parent run; returns its id, also written to `parent_file`.
+
+    code_dir: the workflow's folder, whose git commit and state become tags;
+    config: the resolved config, logged as the artifact config.yaml. Both are
+    also left beside `parent_file` (CODE_VERSION, CONFIG_SNAPSHOT), where the
+    train job reads them for its registered model version.
+    """
+    path = Path(parent_file)
+    tags = dict(tags)
+    if code_dir is not None:
+        code = code_version(code_dir)
+        tags.update(code)
+        if "git_dirty" in code and not code["git_commit"].startswith(("unknown", "no commit")):
+            tags["mlflow.source.git.commit"] = code["git_commit"]  # shown by the MLflow UI
+        _write_atomic(path.with_name(CODE_VERSION), json.dumps(code, indent=2) + "\n")
+    snapshot = None
+    if config is not None:
+        import yaml
+
+        snapshot = path.with_name(CONFIG_SNAPSHOT)
+        # through JSON: Snakemake's config may hold dict subclasses that safe_dump refuses
+        _write_atomic(snapshot, yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
     client = _client(tracking_uri)
     exp = experiment_id(client, experiment)
     run = _retry(client.create_run, exp, run_name=run_name, tags=tags)
@@ -106,11 +188,13 @@ def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathL
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         _retry(client.log_batch, run.info.run_id, params=items[i:i + 100])
-    path = Path(parent_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(run.info.run_id + "\n")
-    os.replace(tmp, path)
+    if snapshot is not None:
+        try:
+            client.log_artifact(run.info.run_id, str(snapshot))
+        except Exception as exc:  # an unreachable artifact store must not stop the workflow
+            print(f"warning: could not log {snapshot} on the parent run: {exc}", file=sys.stderr)
+            _retry(client.set_tag, run.info.run_id, "tracking_error", str(exc)[:5000])
+    _write_atomic(path, run.info.run_id + "\n")
     return run.info.run_id
 
 
@@ -316,7 +400,107 @@ def log_model(tracking_uri: str | None, run_id: str, checkpoint: str, mean_image
 
     mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
     with mlflow.start_run(run_id=run_id):
-        log_image_model(checkpoint, mean_image, classes, name="model")
+        return log_image_model(checkpoint, mean_image, classes, name="model")
+
+
+class RegistryError(Exception):
+    """A registry record or input file that cannot be used, named with its key."""
+
+
+def _read_record(path: Path, keys: tuple[str, ...]) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RegistryError(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise RegistryError(f"{path} holds {type(record).__name__}; expected an object with keys {list(keys)}")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise RegistryError(f"{path} has no key {missing[0]!r}; expected keys {list(keys)}")
+    return record
+
+
+def version_provenance(client, run_id: str, parent_file: str | None, fingerprints: str) -> dict[str, str]:
+    """Tags for a model version: the code and config of the invocation, the data's fingerprints.
+
+    The code version and config are the ones `start_parent` left beside the
+    parent run file; the config is logged on `run_id` (a version holds tags,
+    not files) and the tag `config` points at it. Without them (the wrapper
+    run by hand) the code version is that of the repository holding this module.
+    """
+    tags: dict[str, str] = {}
+    folder = Path(parent_file).parent if parent_file else None
+    code_file = folder / CODE_VERSION if folder else None
+    if code_file and code_file.exists():
+        tags.update(json.loads(code_file.read_text()))
+    else:
+        tags.update(code_version(Path(__file__).resolve().parents[1]))
+    config = folder / CONFIG_SNAPSHOT if folder else None
+    if config and config.exists():
+        client.log_artifact(run_id, str(config))
+        tags["config"] = f"runs:/{run_id}/{CONFIG_SNAPSHOT}"
+    else:
+        tags["config"] = "not recorded: the workflow's onstart did not leave " + (
+            str(config) if config else f"{CONFIG_SNAPSHOT} (no --parent-file)")
+    record = _read_record(Path(fingerprints), ("inputs",))
+    inputs = record["inputs"]
+    if not isinstance(inputs, dict) or not inputs:
+        raise RegistryError(f"{fingerprints}: key 'inputs' is {inputs!r}; expected the training data's "
+                            "fingerprints {manifest, shards, pca, mean_image, classes}")
+    tags.update({f"inputs.{k}": str(v) for k, v in inputs.items()})
+    return tags
+
+
+def register_version(client, run_id: str, args: argparse.Namespace, model_info) -> dict:
+    """Register the run's logged model as a new version of `args.register`; record it in args.registered_file."""
+    import mlflow
+
+    from pipeline.fingerprint import file_digest
+
+    digest = file_digest(args.model)
+    tags = {**version_provenance(client, run_id, args.parent_file, args.fingerprints), "checkpoint_sha256": digest}
+    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    version = _retry(mlflow.register_model, model_info.model_uri, args.register, tags=tags)
+    record = {"name": version.name, "version": str(version.version), "model_uri": model_info.model_uri,
+              "run_id": run_id, "checkpoint": str(args.model), "checkpoint_sha256": digest}
+    _write_atomic(Path(args.registered_file), json.dumps(record, indent=2) + "\n")
+    _retry(client.set_tag, run_id, "registered_model", f"{version.name}/{version.version}")
+    print(f"MLflow: registered {version.name} version {version.version}", file=sys.stderr)
+    return record
+
+
+def tag_registered_version(client, run_id: str, args: argparse.Namespace) -> dict | None:
+    """Set the evaluation's errors as tags on the version recorded in args.tag_registered.
+
+    Only when the evaluated checkpoint is the one that version was made from:
+    evaluate.checkpoint may name last.pt or any other file. Returns the tags set.
+    """
+    from pipeline.fingerprint import file_digest
+
+    path = Path(args.tag_registered)
+    if not path.exists():
+        print(f"note: no registered model version recorded in {path} (registration off or failed in the "
+              "train stage); the evaluation is tagged on no version", file=sys.stderr)
+        return None
+    record = _read_record(path, ("name", "version", "checkpoint_sha256"))
+    if file_digest(args.evaluated_checkpoint) != record["checkpoint_sha256"]:
+        print(f"note: {args.evaluated_checkpoint} is not the checkpoint of {record['name']} version "
+              f"{record['version']} ({path}); its tags are left as they are", file=sys.stderr)
+        return None
+    tags = {}
+    for metrics_file in args.metrics or []:
+        metrics = _read_record(Path(metrics_file), ())
+        tags.update({k: str(metrics[k]) for k in EVALUATION_TAGS if k in metrics})
+    missing = [k for k in EVALUATION_TAGS if k not in tags]
+    if missing:
+        raise RegistryError(f"no {missing[0]!r} in the --metrics files {args.metrics}; the registered version "
+                            f"is tagged with {list(EVALUATION_TAGS)}")
+    tags["evaluate_run"] = run_id
+    for key, value in tags.items():
+        _retry(client.set_model_version_tag, record["name"], record["version"], key, value)
+    print(f"MLflow: tagged {record['name']} version {record['version']} with the evaluation's errors",
+          file=sys.stderr)
+    return tags
 
 
 def run_stage(args: argparse.Namespace) -> int:
@@ -325,6 +509,9 @@ def run_stage(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise SystemExit("error: no stage command given after --")
+    if args.registered_file:
+        # a record left by an earlier training must not be taken for this one's
+        Path(args.registered_file).unlink(missing_ok=True)
     if args.no_tracking:
         return run_logged(command, log, secret or None)
 
@@ -343,10 +530,25 @@ def run_stage(args: argparse.Namespace) -> int:
 
     ok = status == 0
     try:
-        log_outcome(client, run_id, args, ok, parent, wall, log)
-    except Exception as exc:  # the stage's outputs stand even when the store misbehaves
-        print(f"warning: {args.stage} succeeded but MLflow logging failed: {exc}", file=sys.stderr)
-        _retry(client.set_tag, run_id, "tracking_error", str(exc)[:5000])
+        model_info = None
+        try:
+            model_info = log_outcome(client, run_id, args, ok, parent, wall, log)
+        except Exception as exc:  # the stage's outputs stand even when the store misbehaves
+            _tracking_failed(client, run_id, f"{args.stage} succeeded but MLflow logging failed", exc)
+        if ok and args.register:
+            try:
+                if model_info is None:
+                    raise RegistryError("no model was logged")
+                register_version(client, run_id, args, model_info)
+            except Exception as exc:
+                _tracking_failed(client, run_id, f"{args.stage} succeeded but registering its model as "
+                                                 f"{args.register} failed", exc)
+        if ok and args.tag_registered:
+            try:
+                tag_registered_version(client, run_id, args)
+            except Exception as exc:
+                _tracking_failed(client, run_id, f"{args.stage} succeeded but tagging the registered model "
+                                                 "version failed", exc)
     finally:
         _retry(client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
     if not ok:
@@ -354,9 +556,15 @@ def run_stage(args: argparse.Namespace) -> int:
     return status
 
 
+def _tracking_failed(client, run_id: str, what: str, exc: Exception) -> None:
+    print(f"warning: {what}: {exc}", file=sys.stderr)
+    _retry(client.set_tag, run_id, "tracking_error", f"{what}: {exc}"[:5000])
+
+
 def log_outcome(client, run_id: str, args: argparse.Namespace, ok: bool, parent: str | None,
-                wall: float, log: Path) -> None:
-    """Metrics, artifacts and model of a finished stage command."""
+                wall: float, log: Path):
+    """Metrics, artifacts and model of a finished stage command; returns the logged model's ModelInfo or None."""
+    model_info = None
     metrics = {"wall_time_s": wall}
     if ok and args.metrics:
         for path in args.metrics:
@@ -372,9 +580,10 @@ def log_outcome(client, run_id: str, args: argparse.Namespace, ok: bool, parent:
             elif Path(artifact).exists():
                 client.log_artifact(run_id, artifact)
         if args.model:
-            log_model(args.tracking_uri, run_id, args.model, args.mean_image, args.classes)
+            model_info = log_model(args.tracking_uri, run_id, args.model, args.mean_image, args.classes)
     if log.exists():
         client.log_artifact(run_id, str(log), "logs")
+    return model_info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,11 +606,25 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--redact-env", help="environment variable whose value is masked in the log")
     run.add_argument("--attempt", help="the stage's attempt file (train: attempt.json); a resumed training "
                                        "continues its MLflow run")
+    run.add_argument("--register", metavar="NAME", help="register the --model as a new version of the "
+                                                        "registered model NAME (needs --registered-file, --fingerprints)")
+    run.add_argument("--registered-file", help="JSON that records the registered version (written with --register)")
+    run.add_argument("--fingerprints", help="the train stage's train.json, whose 'inputs' (the training data's "
+                                            "fingerprints) become tags of the registered version")
+    run.add_argument("--tag-registered", metavar="FILE", help="a --registered-file: the --metrics' top-1/top-5 "
+                                                              "errors become tags of that version")
+    run.add_argument("--evaluated-checkpoint", help="the checkpoint the stage evaluates; with --tag-registered, "
+                                                    "the version is tagged only if it was made from this file")
     run.add_argument("--no-tracking", action="store_true", help="only run and log the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.model and not (args.mean_image and args.classes):
         run.error("--model needs --mean-image and --classes: the logged model preprocesses and names classes itself")
+    if args.register and not (args.model and args.registered_file and args.fingerprints):
+        run.error("--register needs --model (what is registered), --registered-file (where the version is "
+                  "recorded) and --fingerprints (the training data it records)")
+    if args.tag_registered and not (args.evaluated_checkpoint and args.metrics):
+        run.error("--tag-registered needs --evaluated-checkpoint and --metrics (the errors it sets as tags)")
     return run_stage(args)
 
 

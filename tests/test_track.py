@@ -1,13 +1,16 @@
 """The MLflow wrapper: child runs under a parent, params, metrics, artifacts, secrets."""
+import argparse
 import json
 import subprocess
 import sys
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from conftest import tool_env
-from pipeline.track import cli_params, flatten, start_parent
+from pipeline.fingerprint import file_digest
+from pipeline.track import RegistryError, cli_params, code_version, flatten, start_parent, tag_registered_version
 
 
 def wrap(tmp_path, *args, env=None):
@@ -70,3 +73,123 @@ def test_secret_is_masked_even_when_split_across_writes(tmp_path, split):
     assert (tmp_path / "f.log").read_text() == "auth *** done\n"
     assert token not in proc.stdout + proc.stderr
     assert token.encode() not in (tmp_path / "m.db").read_bytes()
+
+
+# --- provenance and the model registry (pipeline.track's part; the real model: tests/test_serve.py)
+
+def git(repo, *args):
+    # an identity of its own: the machine running the tests may have none configured
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def checkout(tmp_path):
+    repo = tmp_path / "code"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / ".gitignore").write_text("results/\n")
+    (repo / "stage.py").write_text("print(1)\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "first")
+    return repo
+
+
+def test_code_version_names_commit_and_uncommitted_changes(checkout, tmp_path):
+    head = git(checkout, "rev-parse", "HEAD")
+    assert code_version(checkout) == {"git_commit": head, "git_dirty": "false"}
+    (checkout / "results").mkdir()
+    (checkout / "results" / "out.json").write_text("{}")  # ignored: outputs are not code changes
+    assert code_version(checkout)["git_dirty"] == "false"
+    (checkout / "new_stage.py").write_text("print(2)\n")  # untracked code runs as much as edited code
+    assert code_version(checkout) == {"git_commit": head, "git_dirty": "true"}
+    (checkout / "new_stage.py").unlink()
+    (checkout / "stage.py").write_text("print(3)\n")
+    assert code_version(checkout)["git_dirty"] == "true"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert code_version(plain) == {"git_commit": "not a git checkout"}
+
+
+def test_parent_run_records_code_version_and_config(checkout, tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    config = {"dataset": {"name": "demo", "source": "archives"}, "train": {"epochs": 3, "lr": 0.01,
+                                                                           "devices": ["cpu"]}}
+    parent_file = tmp_path / "results" / ".tracking" / "parent_run_id"
+    run_id = start_parent(uri, "t", parent_file, "workflow", {}, {"dataset": "demo"},
+                          code_dir=checkout, config=config)
+    client = MlflowClient(uri)
+    tags = client.get_run(run_id).data.tags
+    head = git(checkout, "rev-parse", "HEAD")
+    assert (tags["git_commit"], tags["git_dirty"], tags["mlflow.source.git.commit"]) == (head, "false", head)
+    assert tags["dataset"] == "demo"
+    logged = client.download_artifacts(run_id, "config.yaml", str(tmp_path))
+    assert yaml.safe_load(open(logged)) == config
+    # left beside the parent run file for the jobs, which register model versions
+    assert json.loads((parent_file.parent / "code_version.json").read_text()) == {"git_commit": head,
+                                                                                  "git_dirty": "false"}
+    assert yaml.safe_load((parent_file.parent / "config.yaml").read_text()) == config
+    assert parent_file.read_text().strip() == run_id
+
+
+def test_evaluation_tags_the_registered_version_of_its_checkpoint_only(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    client.create_registered_model("alexnet-t")
+    version = client.create_model_version("alexnet-t", source=str(tmp_path), tags={"git_commit": "abc"})
+    (tmp_path / "best.pt").write_bytes(b"the registered weights")
+    (tmp_path / "last.pt").write_bytes(b"other weights")
+    record = tmp_path / "registered_model.json"
+    record.write_text(json.dumps({"name": "alexnet-t", "version": version.version,
+                                  "checkpoint_sha256": file_digest(tmp_path / "best.pt")}))
+    errors = {"val_top1_err_10crop": 41.5, "val_top5_err_10crop": 18.25, "val_top1_err_center": 43.0,
+              "val_top5_err_center": 20.0, "val_images": 200}
+    (tmp_path / "metrics.json").write_text(json.dumps(errors))
+
+    def tag(checkpoint, record_file=record, metrics="metrics.json"):
+        args = argparse.Namespace(tag_registered=str(record_file), evaluated_checkpoint=str(tmp_path / checkpoint),
+                                  metrics=[str(tmp_path / metrics)])
+        return tag_registered_version(client, "run-id", args)
+
+    # evaluate.checkpoint: last is not what the version holds
+    assert tag("last.pt") is None
+    assert set(client.get_model_version("alexnet-t", version.version).tags) == {"git_commit"}
+    # no record: tracking was off for training, or its registration failed
+    assert tag("best.pt", tmp_path / "none.json") is None
+    (tmp_path / "partial.json").write_text(json.dumps({"val_top1_err_10crop": 41.5}))
+    with pytest.raises(RegistryError, match=r"no 'val_top5_err_10crop' in the --metrics files \[.*partial.json'\]"):
+        tag("best.pt", metrics="partial.json")
+    record.write_text(json.dumps({"name": "alexnet-t", "version": version.version}))
+    with pytest.raises(RegistryError, match="registered_model.json has no key 'checkpoint_sha256'"):
+        tag("best.pt")
+    record.write_text(json.dumps({"name": "alexnet-t", "version": version.version,
+                                  "checkpoint_sha256": file_digest(tmp_path / "best.pt")}))
+
+    # the evaluate stage's wrapper, as the rule runs it
+    proc = wrap(tmp_path, "--stage", "evaluate", "--log", "e.log", "--metrics", "metrics.json",
+                "--tag-registered", str(record), "--evaluated-checkpoint", "best.pt", "--", "true")
+    assert proc.returncode == 0, proc.stderr
+    _, by_name = runs(tmp_path)
+    assert client.get_model_version("alexnet-t", version.version).tags == {
+        "git_commit": "abc", "val_top1_err_10crop": "41.5", "val_top5_err_10crop": "18.25",
+        "val_top1_err_center": "43.0", "val_top5_err_center": "20.0", "evaluate_run": by_name["evaluate"].info.run_id}
+
+
+def test_failed_registration_leaves_the_stage_standing(tmp_path):
+    """A model that cannot be logged is not registered: a warning and tracking_error, the stage's exit status 0."""
+    stale = tmp_path / "train" / "registered_model.json"
+    stale.parent.mkdir()
+    stale.write_text('{"name": "alexnet-t", "version": "1"}')  # an earlier training's
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "train.json").write_text(json.dumps({"inputs": {"manifest": "0" * 64}}))
+    proc = wrap(tmp_path, "--stage", "train", "--log", "t.log", "--model", "best.pt", "--mean-image", "m.npy",
+                "--classes", "c.tsv", "--register", "alexnet-t", "--registered-file", str(stale),
+                "--fingerprints", "train.json", "--", "echo", "trained")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: train succeeded but MLflow logging failed" in proc.stderr
+    assert "warning: train succeeded but registering its model as alexnet-t failed: no model was logged" in proc.stderr
+    assert not stale.exists()  # the evaluate stage must not tag the earlier training's version
+    client, by_name = runs(tmp_path)
+    run = by_name["train"]
+    assert run.info.status == "FINISHED" and "registering its model" in run.data.tags["tracking_error"]
+    assert client.search_registered_models() == []

@@ -124,14 +124,23 @@ PARENT_FILE = f"{RESULTS}/.tracking/parent_run_id"
 os.environ.setdefault("MLFLOW_TRACKING_URI", TRACKING["tracking_uri"])
 os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", TRACKING["experiment"])
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+# Each successful training registers a version of this model; the evaluate
+# stage tags the version recorded in REGISTERED_FILE with its errors.
+REGISTERED_MODEL = f"alexnet-{config['dataset']['name']}"
+REGISTERED_FILE = f"{RESULTS}/train/registered_model.json"
 
 
 def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_image=None, classes=None,
-            parent_metrics=None, redact_env=None, attempt=None):
+            parent_metrics=None, redact_env=None, attempt=None, register=None, fingerprints=None,
+            tag_registered=None, evaluated_checkpoint=None):
     """Shell prefix that runs a stage command in its MLflow child run, output to {log}.
 
     model: a checkpoint logged as the run's MLflow model, which takes images;
-    it packs the mean image and class table given with it."""
+    it packs the mean image and class table given with it. register: the
+    registered model that model becomes a new version of, tagged with the data
+    fingerprints in `fingerprints` (train.json). tag_registered: the file
+    recording that version, tagged with the `metrics` errors when
+    `evaluated_checkpoint` is the checkpoint it was made from."""
     parts = ["python -m pipeline.track run", f"--stage {stage}", "--log {log}"]
     if not TRACKING["enabled"]:
         parts.append("--no-tracking")
@@ -150,6 +159,10 @@ def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_imag
         parts.append(f"--redact-env {redact_env}")
     if attempt:
         parts.append(f"--attempt {attempt}")
+    if register:
+        parts.append(f"--register {register} --registered-file {REGISTERED_FILE} --fingerprints {fingerprints}")
+    if tag_registered:
+        parts.append(f"--tag-registered {tag_registered} --evaluated-checkpoint {evaluated_checkpoint}")
     return " ".join(parts) + " -- "
 
 

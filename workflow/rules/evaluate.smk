@@ -54,6 +54,8 @@ rule evaluate:
             metrics="{output.metrics}",
             artifacts=["{output.per_class}", "{output.confusions}", "{output.comparison}", "{output.plot}"],
             parent_metrics="{output.metrics}",
+            tag_registered=REGISTERED_FILE,
+            evaluated_checkpoint="{params.checkpoint}",
         ) + launch("pipeline.evaluate") + " --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
         " --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
         " --dataset-name {params.dataset} --batch-size {params.batch_size} --devices {params.devices}"

@@ -83,7 +83,7 @@ rule train:
         tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
                 jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}",
                 mean_image="{input.mean_image}", classes="{input.classes}",
-                attempt=f"{RESULTS}/train/attempt.json")
+                attempt=f"{RESULTS}/train/attempt.json", register=REGISTERED_MODEL, fingerprints="{output.json}")
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
         "--devices {params.devices} --width {params.width} --init {params.init} "
