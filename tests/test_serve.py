@@ -1,0 +1,212 @@
+"""The registered model serves: the train stage's wrapper logs and registers a tiny checkpoint, then
+`mlflow models serve -m models:/<name>/latest` answers over HTTP with pipeline.predict's numbers.
+
+The wrapper runs as the train rule runs it (pipeline.track run --register ...)
+under a parent run that start_parent created with a git checkout and a config,
+so the registered version carries the provenance of a real invocation.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+from PIL import Image
+
+from conftest import tool_env
+from pipeline.checkpoint import save_checkpoint
+from pipeline.fingerprint import file_digest, input_fingerprints
+from pipeline.io import write_json, write_tsv
+from pipeline.predict import predict
+from pipeline.track import RegistryError, register_version
+from test_predict import NUM_CLASSES, _checkpoint_state, _encode, _image
+from test_track import git
+
+NAME = "alexnet-serve"
+IMAGES = 3
+# The server runs the same code on the same bytes as pipeline.predict: the same
+# decode, mean subtraction and views, so what can differ is float32 arithmetic
+# in the forward pass (the server's torch may use another thread count, and CPU
+# kernels block their sums by it): a few float32 ulps, 3e-8 at most on the
+# development machine (probabilities near 0.2, ulp 1.5e-8). The JSON reply
+# carries float64 reprs, which round-trip exactly. 1e-6 leaves room for other
+# kernels and still catches a wrong view or mean image (test_predict.py: one
+# pixel's crop shift moves them by 3e-3).
+ATOL = 1e-6
+PING_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A tiny checkpoint logged and registered by the train stage's wrapper under a parent run."""
+    root = tmp_path_factory.mktemp("serve")
+    rng = np.random.default_rng(3)
+    images = root / "images"
+    images.mkdir()
+    for i in range(IMAGES):
+        (images / f"img{i}.jpg").write_bytes(_encode(Image.fromarray(_image(rng)), "JPEG", quality=95))
+
+    mean_npy, classes_tsv = root / "pca" / "mean_image.npy", root / "fetch" / "classes.tsv"
+    mean_npy.parent.mkdir()
+    np.save(mean_npy, rng.uniform(60, 200, (256, 256, 3)).astype(np.float32))
+    write_tsv(classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}"] for c in range(NUM_CLASSES)])
+    write_json(root / "pca" / "pca.json", {"mean": [120.0, 115.0, 100.0]})
+    write_json(root / "shards" / "manifest.json", {"train": {"shards": []}, "val": {"shards": []}})
+    ckpt = root / "train" / "checkpoints" / "best.pt"
+    save_checkpoint(ckpt, _checkpoint_state(mean_npy, classes_tsv))
+    inputs = input_fingerprints(root / "shards" / "manifest.json", root / "pca" / "pca.json", mean_npy, classes_tsv)
+
+    code = root / "code"
+    code.mkdir()
+    git(code, "init", "-q")
+    (code / "Snakefile").write_text("# the workflow\n")
+    git(code, "add", ".")
+    git(code, "commit", "-q", "-m", "workflow")
+    (code / "Snakefile").write_text("# the workflow, edited\n")  # run with uncommitted changes
+
+    from pipeline.track import start_parent
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    # artifacts inside the test's folder, not ./mlruns of whatever directory pytest runs in
+    client.create_experiment("serve", artifact_location=(root / "artifacts").as_uri())
+    config = {"dataset": {"name": "serve"}, "train": {"width": 0.0625, "epochs": 2}}
+    parent_file = root / "results" / ".tracking" / "parent_run_id"
+    start_parent(uri, "serve", parent_file, "workflow serve", {}, {}, code_dir=code, config=config)
+
+    # the train rule's command: the stage writes train.json with its inputs' fingerprints, then the wrapper
+    # logs best.pt as the model "model" and registers it
+    record = root / "train" / "registered_model.json"
+    stage = f"import json; json.dump({{'inputs': {inputs!r}}}, open({str(root / 'train' / 'train.json')!r}, 'w'))"
+    cmd = [sys.executable, "-m", "pipeline.track", "run", "--stage", "train", "--log", str(root / "train.log"),
+           "--tracking-uri", uri, "--experiment", "serve", "--parent-file", str(parent_file),
+           "--model", str(ckpt), "--mean-image", str(mean_npy), "--classes", str(classes_tsv),
+           "--register", NAME, "--registered-file", str(record), "--fingerprints", str(root / "train" / "train.json"),
+           "--", sys.executable, "-c", stage]
+    proc = subprocess.run(cmd, cwd=root, env=tool_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "warning" not in proc.stderr, proc.stderr[-4000:]
+    return {"root": root, "uri": uri, "client": client, "images": sorted(images.iterdir()), "checkpoint": ckpt,
+            "mean": mean_npy, "classes": classes_tsv, "inputs": inputs, "record": record, "code": code,
+            "config": config, "train_stderr": proc.stderr}
+
+
+def test_registered_version_carries_provenance(registered):
+    client, record = registered["client"], json.loads(registered["record"].read_text())
+    assert record["name"] == NAME and record["version"] == "1"
+    assert record["checkpoint_sha256"] == file_digest(registered["checkpoint"])
+    version = client.get_model_version(NAME, record["version"])
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == "train" and run.data.tags["registered_model"] == f"{NAME}/1"
+    tags = version.tags
+    assert tags["git_commit"] == git(registered["code"], "rev-parse", "HEAD") and tags["git_dirty"] == "true"
+    assert {k: v for k, v in tags.items() if k.startswith("inputs.")} == {
+        f"inputs.{k}": v for k, v in registered["inputs"].items()}
+    assert set(registered["inputs"]) == {"manifest", "shards", "pca", "mean_image", "classes"}
+    assert tags["checkpoint_sha256"] == record["checkpoint_sha256"]
+    assert tags["config"] == f"runs:/{version.run_id}/config.yaml"
+    config = client.download_artifacts(version.run_id, "config.yaml", str(registered["root"]))
+    assert yaml.safe_load(open(config)) == registered["config"]
+    # the parent run records the same code version
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert (parent.data.tags["git_commit"], parent.data.tags["git_dirty"]) == (tags["git_commit"], "true")
+
+
+def test_registration_without_fingerprints_is_refused_by_name(registered, tmp_path):
+    """train.json without "inputs" (a stage that did not record them): no version, an error naming the key."""
+    client = registered["client"]
+    (tmp_path / "train.json").write_text(json.dumps({"epochs": 2}))
+    run_id = client.get_model_version(NAME, "1").run_id
+    args = types.SimpleNamespace(model=str(registered["checkpoint"]), register=NAME, tracking_uri=registered["uri"],
+                                 parent_file=None, fingerprints=str(tmp_path / "train.json"),
+                                 registered_file=str(tmp_path / "registered_model.json"))
+    with pytest.raises(RegistryError, match=r"train.json has no key 'inputs'"):
+        register_version(client, run_id, args, types.SimpleNamespace(model_uri=f"runs:/{run_id}/model"))
+    assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == ["1"]
+    assert not (tmp_path / "registered_model.json").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, body: dict) -> tuple[int, dict | str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_served_model_answers_with_predicts_numbers(registered):
+    root, port = registered["root"], _free_port()
+    log = root / "serve.log"
+    env = tool_env(MLFLOW_TRACKING_URI=registered["uri"], OMP_NUM_THREADS="1")
+    # cwd outside the repository: the served code comes from the model's own code paths
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/latest",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + PING_TIMEOUT_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"the server exited ({server.returncode}):\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:  # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no /ping answer in {PING_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+            time.sleep(1)
+
+        files = registered["images"]
+        records = [{"image": base64.b64encode(f.read_bytes()).decode()} for f in files]
+        status, reply = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records})
+        assert status == 200, reply
+        rows = reply["predictions"]
+        expected = predict(files, registered["checkpoint"], registered["mean"], registered["classes"], device="cpu",
+                           progress=False)
+        assert len(rows) == len(expected) == IMAGES
+        for row, result in zip(rows, expected):
+            top = result["top"]
+            assert row["class_index"][0] == top[0]["index"]
+            # a near-tie would make the class order depend on the last ulp
+            assert top[0]["probability"] - top[1]["probability"] > 100 * ATOL
+            assert row["class_index"] == [t["index"] for t in top]
+            assert row["wnid"] == [t["wnid"] for t in top] and row["names"] == [t["names"] for t in top]
+            np.testing.assert_allclose(row["probability"], [t["probability"] for t in top], rtol=0, atol=ATOL)
+
+        status, reply = _post(f"http://127.0.0.1:{port}/invocations",
+                              {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
+        assert status == 400 and "row 0: not an image format PIL recognises" in reply
+    finally:
+        # the server's workers share its process group; stop them all
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        except ProcessLookupError:
+            pass
