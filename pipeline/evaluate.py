@@ -37,10 +37,11 @@ from pipeline import report_tables
 from pipeline.checkpoint import model_from_checkpoint
 from pipeline.devices import DeviceError, launch_from_env
 from pipeline.errors import PipelineError, run_cli
-from pipeline.io import read_classes, read_json, write_json
+from pipeline.io import read_classes, write_json
 from pipeline.loaders import AugmentSettings, EvalLoader, load_pca, manifest_shards
 from pipeline.metrics import EvalCounts, ten_crop_probs
 from pipeline.schema import defaults
+from pipeline.shards import ManifestError, read_manifest
 
 
 class EvaluateError(PipelineError, ValueError):
@@ -50,9 +51,9 @@ class EvaluateError(PipelineError, ValueError):
 def val_counts(manifest: str | os.PathLike) -> tuple[int, list[int] | None]:
     """Validation images in the resize manifest: the total and, where listed, per class."""
     try:
-        m = read_json(manifest)
+        m = read_manifest(manifest)
         total = int(m["val"]["images"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ManifestError, ValueError, KeyError, TypeError) as exc:
         raise EvaluateError(f"{manifest}: no validation image count ({exc}); rerun the resize stage") from exc
     per_class = [c.get("val") for c in m.get("classes", [])]
     return total, per_class if per_class and all(isinstance(n, int) for n in per_class) else None

@@ -13,9 +13,9 @@ manifest, which records the resize settings of every shard, is hashed whole.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from pathlib import Path
+
+from pipeline.shards import manifest_entries
 
 # what each fingerprint covers, as a log line names it
 LABELS = {"manifest": "the shard manifest", "shards": "the training and validation shards",
@@ -32,14 +32,10 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def shards_digest(manifest: str | os.PathLike) -> str:
     """One digest over every listed shard's name, size and .idx content, train then val."""
-    manifest = Path(manifest)
-    listing = json.loads(manifest.read_text())
     h = hashlib.sha256()
     for split in ("train", "val"):
-        for entry in listing[split]["shards"]:
-            tar = manifest.parent / (entry if isinstance(entry, str) else entry["tar"])
-            idx = manifest.parent / entry["idx"] if isinstance(entry, dict) and "idx" in entry \
-                else tar.with_suffix(".idx")
+        for entry in manifest_entries(manifest, split):
+            tar, idx = entry["tar"], entry["idx"]
             h.update(f"{split}/{tar.name}:{tar.stat().st_size}:".encode())
             h.update(file_digest(idx).encode() if idx.exists() else b"no-index")
     return h.hexdigest()

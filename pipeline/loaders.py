@@ -68,6 +68,7 @@ from pipeline import dali_pipes
 from pipeline.dali_pipes import IMAGE, READER
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
+from pipeline.shards import ManifestError, manifest_entries
 
 LIGHTING = ("paper", "sqrt", "none")
 NORMALIZE = ("mean_image", "channel")
@@ -331,14 +332,11 @@ def manifest_shards(manifest, split: str) -> list[str]:
     """
     manifest = Path(manifest)
     try:
-        entries = read_json(manifest)[split]["shards"]
-        names = [e if isinstance(e, str) else e["tar"] for e in entries]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise LoaderError(f"{manifest}: no shard list for split {split!r} ({exc!r}); "
-                           "rerun the resize stage") from exc
+        names = [e["tar"] for e in manifest_entries(manifest, split)]
+    except ManifestError as exc:
+        raise LoaderError(str(exc)) from exc
     paths = []
-    for name in names:
-        path = manifest.parent / name  # an absolute name stays as it is
+    for path in names:
         if not path.exists():
             raise LoaderError(f"{manifest}: shard {path} listed for {split} does not exist; rerun the resize stage")
         paths.append(str(path))

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import atomic_path, write_json
 from pipeline.errors import PipelineError
+from pipeline.shards import ManifestError, manifest_entries
 
 # fb.resnet.torch (datasets/imagenet.lua: pca.eigval, pca.eigvec), pixels in [0,1]; eigenvectors as columns.
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
@@ -173,9 +174,8 @@ def stats_from_manifest(manifest: str | os.PathLike) -> list[Path]:
     """The training shards' .stats.npz paths listed in results/shards/manifest.json."""
     manifest = Path(manifest)
     try:
-        shards = read_json(manifest)["train"]["shards"]
-        return [manifest.parent / s["stats"] for s in shards]
-    except (KeyError, TypeError) as exc:
+        return [e["stats"] for e in manifest_entries(manifest, "train")]
+    except (KeyError, ManifestError) as exc:
         raise PCAError(f"{manifest}: no training shard statistics listed ({exc!r}); rerun the resize stage") from None
 
 

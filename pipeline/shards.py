@@ -7,19 +7,59 @@ it is DALI's wds2idx format (`v1.2 <samples>`, then per sample
 `<ext> <offset> <size> <name>` for each member). We record the offsets while
 writing instead of rescanning the tar with wds2idx, which would cost a second
 read of the shard.
+
+The resize stage lists the shards in results/shards/manifest.json
+(docs/formats.md); `read_manifest` and `manifest_entries` are the one reader
+of that file for every stage.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 from pathlib import Path
 
-from pipeline.io import atomic_path
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_path, read_json
 
 IMAGE_SIZE = 256  # paper, section 2: every image is stored as the central 256x256 patch
 CLS_WIDTH = 6
 IDX_VERSION = "v1.2"
+
+
+class ManifestError(PipelineError, ValueError):
+    """The shard manifest is missing, unreadable or lacks what a stage needs."""
+
+
+def read_manifest(manifest: str | os.PathLike) -> dict:
+    try:
+        return read_json(manifest)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{manifest}: cannot read the shard manifest ({exc!r}); rerun the resize stage") from exc
+
+
+def manifest_entries(manifest: str | os.PathLike, split: str) -> list[dict]:
+    """The split's shard entries, with `tar`, `idx` and `stats` as paths resolved against the manifest's folder.
+
+    An entry may also be a plain path to the tar (then `idx` is the tar's .idx
+    beside it); a relative path is relative to the manifest's folder, an
+    absolute one stays as it is.
+    """
+    manifest = Path(manifest)
+    try:
+        listed = read_manifest(manifest)[split]["shards"]
+        entries = [{"tar": e} if isinstance(e, str) else dict(e) for e in listed]
+        for e in entries:
+            for key in ("tar", "idx", "stats"):
+                if e.get(key) is not None:
+                    e[key] = manifest.parent / e[key]
+            if "tar" in e:
+                e.setdefault("idx", e["tar"].with_suffix(".idx"))
+    except (ManifestError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{manifest}: no shard list for split {split!r} ({exc!r}); "
+                            "rerun the resize stage") from exc
+    return entries
 
 
 def encode_label(label: int) -> bytes:
