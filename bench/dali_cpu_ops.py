@@ -39,7 +39,7 @@ from nvidia.dali import pipeline_def
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pipeline import dali_pipes as dp  # noqa: E402
-from pipeline.loaders import index_path  # noqa: E402
+from pipeline.shards import index_path  # noqa: E402
 from synthetic import make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 VARIANTS = ["decode", "crop_float", "crop_u8", "channel", "mean_image", "mean_image_plain", "sub3_plain", "sub_only",

@@ -68,7 +68,7 @@ from pipeline import dali_pipes
 from pipeline.dali_pipes import IMAGE, READER
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
-from pipeline.shards import ManifestError, manifest_entries
+from pipeline.shards import ManifestError, index_path, manifest_entries, read_index  # noqa: F401 (index_path: API)
 
 LIGHTING = ("paper", "sqrt", "none")
 NORMALIZE = ("mean_image", "channel")
@@ -147,28 +147,6 @@ def lighting_matrix_for(settings: AugmentSettings, pca: PCA) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- shards and ranks
-
-def index_path(shard) -> Path:
-    return Path(shard).with_suffix(".idx")
-
-
-def read_index(shard, names=False):
-    """Sample count of a shard from its DALI index header; with names, the sample keys too."""
-    idx = index_path(shard)
-    try:
-        lines = idx.read_text().splitlines()
-        version, count = lines[0].split()[:2]
-        count = int(count)
-    except (OSError, IndexError, ValueError) as exc:
-        raise LoaderError(f"{idx}: missing or not a DALI wds2idx index ({exc}); rerun the resize stage") from exc
-    if len(lines) - 1 != count:
-        raise LoaderError(f"{idx}: header says {count} samples, found {len(lines) - 1} lines; rerun the resize stage")
-    if not names:
-        return count
-    if version != "v1.2":  # older indexes carry no member names: number the samples
-        return [f"{Path(shard).stem}:{i}" for i in range(count)]
-    return [line.split()[3].split(".", 1)[0] for line in lines[1:]]
-
 
 def shard_range(total: int, shard_id: int, num_shards: int) -> tuple[int, int]:
     """Samples [start, end) of reader shard shard_id (DALI's split of the concatenated shards)."""

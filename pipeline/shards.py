@@ -32,6 +32,32 @@ class ManifestError(PipelineError, ValueError):
     """The shard manifest is missing, unreadable or lacks what a stage needs."""
 
 
+class ShardIndexError(PipelineError, ValueError):
+    """A shard's .idx file is missing or does not match the format ShardWriter writes."""
+
+
+def index_path(shard) -> Path:
+    return Path(shard).with_suffix(".idx")
+
+
+def read_index(shard, names=False):
+    """Sample count of a shard from its DALI index header; with names, the sample keys too."""
+    idx = index_path(shard)
+    try:
+        lines = idx.read_text().splitlines()
+        version, count = lines[0].split()[:2]
+        count = int(count)
+    except (OSError, IndexError, ValueError) as exc:
+        raise ShardIndexError(f"{idx}: missing or not a DALI wds2idx index ({exc}); rerun the resize stage") from exc
+    if len(lines) - 1 != count:
+        raise ShardIndexError(f"{idx}: header says {count} samples, found {len(lines) - 1} lines; rerun the resize stage")
+    if not names:
+        return count
+    if version != "v1.2":  # older indexes carry no member names: number the samples
+        return [f"{Path(shard).stem}:{i}" for i in range(count)]
+    return [line.split()[3].split(".", 1)[0] for line in lines[1:]]
+
+
 def read_manifest(manifest: str | os.PathLike) -> dict:
     try:
         return read_json(manifest)
