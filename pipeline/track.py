@@ -606,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--redact-env", help="environment variable whose value is masked in the log")
     run.add_argument("--attempt", help="the stage's attempt file (train: attempt.json); a resumed training "
                                        "continues its MLflow run")
-    run.add_argument("--register", metavar="NAME", help="register the --model as a new version of the "
-                                                        "registered model NAME (needs --registered-file, --fingerprints)")
+    run.add_argument("--register", metavar="NAME", help="register the --model as a new version of the registered "
+                                                        "model NAME (needs --registered-file, --fingerprints)")
     run.add_argument("--registered-file", help="JSON that records the registered version (written with --register)")
     run.add_argument("--fingerprints", help="the train stage's train.json, whose 'inputs' (the training data's "
                                             "fingerprints) become tags of the registered version")
