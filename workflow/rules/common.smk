@@ -180,6 +180,37 @@ def flat_config(cfg, prefix=""):
 TRAIN = config["train"]
 
 
+def cli_flags(settings):
+    """A stage's settings as its CLI flags: --key value, booleans as --key / --no-key.
+
+    Rules pass them as one param, so a changed value still reruns exactly the
+    stages it feeds (Snakemake compares params), without each key being listed
+    twice in the rule.
+    """
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(flags)
+
+
+# train.* keys that are the train stage's own flags (gpus is a resource, not a flag)
+TRAIN_FLAGS = ("width", "init", "dropout_style", "decay", "warmup_steps", "batch_size", "lr", "momentum",
+               "weight_decay", "lr_factor", "patience", "epochs", "seed", "precision", "compile", "log_every",
+               "monitor", "flat_after", "workers")
+
+
+def train_settings():
+    """Every setting of the train stage, from config: train.*, the augmentation, the devices."""
+    settings = {k: TRAIN[k] for k in TRAIN_FLAGS}
+    settings.update(devices=train_devices(), channels_last=str(TRAIN["channels_last"]).lower())
+    settings.update({k: config["augment"][k] for k in ("lighting", "lighting_std", "normalize")})
+    return cli_flags(settings)
+
+
 def train_devices():
     devices = TRAIN["devices"]
     return ",".join(devices) if isinstance(devices, list) else str(devices)

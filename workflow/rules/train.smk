@@ -45,30 +45,7 @@ rule train:
         best=f"{RESULTS}/train/checkpoints/best.pt",
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
-        devices=train_devices(),
-        width=TRAIN["width"],
-        init=TRAIN["init"],
-        dropout_style=TRAIN["dropout_style"],
-        decay=TRAIN["decay"],
-        warmup_steps=TRAIN["warmup_steps"],
-        monitor="--monitor" if TRAIN["monitor"] else "--no-monitor",
-        flat_after=TRAIN["flat_after"],
-        batch_size=TRAIN["batch_size"],
-        lr=TRAIN["lr"],
-        momentum=TRAIN["momentum"],
-        weight_decay=TRAIN["weight_decay"],
-        lr_factor=TRAIN["lr_factor"],
-        patience=TRAIN["patience"],
-        epochs=TRAIN["epochs"],
-        seed=TRAIN["seed"],
-        precision=TRAIN["precision"],
-        channels_last=str(TRAIN["channels_last"]).lower(),
-        compile="--compile" if TRAIN["compile"] else "--no-compile",
-        log_every=TRAIN["log_every"],
-        workers=TRAIN["workers"],
-        lighting=config["augment"]["lighting"],
-        lighting_std=config["augment"]["lighting_std"],
-        normalize=config["augment"]["normalize"],
+        settings=train_settings(),
         # torch threads per replica, so replicas on the CPU do not oversubscribe it
         threads=lambda wildcards, threads, resources: max(1, threads // train_replicas(resources.gpu)),
     threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
@@ -77,8 +54,8 @@ rule train:
     log:
         f"{RESULTS}/logs/train.log",
     message:
-        "Training AlexNet (width {params.width}, {params.epochs} epochs, batch {params.batch_size}, "
-        "lr {params.lr}) on {params.devices}"
+        f"Training AlexNet (width {TRAIN['width']}, {TRAIN['epochs']} epochs, batch {TRAIN['batch_size']}, "
+        f"lr {TRAIN['lr']}) on {train_devices()}"
     shell:
         tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
                 jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}",
@@ -86,12 +63,4 @@ rule train:
                 attempt=f"{RESULTS}/train/attempt.json", register=REGISTERED_MODEL, fingerprints="{output.json}")
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
-        "--devices {params.devices} --width {params.width} --init {params.init} "
-        "--dropout-style {params.dropout_style} --decay {params.decay} --warmup-steps {params.warmup_steps} "
-        "{params.monitor} --flat-after {params.flat_after} "
-        "--batch-size {params.batch_size} --lr {params.lr} --momentum {params.momentum} "
-        "--weight-decay {params.weight_decay} --lr-factor {params.lr_factor} "
-        "--patience {params.patience} --epochs {params.epochs} --seed {params.seed} "
-        "--precision {params.precision} --channels-last {params.channels_last} {params.compile} "
-        "--log-every {params.log_every} --workers {params.workers} --threads {params.threads} "
-        "--lighting {params.lighting} --lighting-std {params.lighting_std} --normalize {params.normalize}"
+        "{params.settings} --threads {params.threads}"
