@@ -2,13 +2,13 @@
 # Full-width trainability on the CPU: the ImageNet preset's training settings
 # (workflow/presets/imagenet.yaml) at width 1.0 on the 100-class generated set
 # (bench/configs/hard100.yaml), for as many epochs as EPOCHS says.
-#   bash bench/full_width_cpu.sh [WORK=/tmp/hard100] [EPOCHS=6]
+#   bash bench/full_width_cpu.sh [WORK=/tmp/hard100] [EPOCHS=5]
 # About 3 minutes per epoch (31 steps of 128 images) on 2 cores. Results:
 # WORK/train/{metrics.jsonl,curve.png,train.json}; bench/RESULTS-train.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/hard100}
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-5}
 mkdir -p "$WORK"
 python -m snakemake --cores all -s Snakefile -d "$WORK" --configfile config.yaml bench/configs/hard100.yaml \
     -- results/pca/pca.json results/fetch/classes.tsv results/shards/manifest.json
