@@ -68,7 +68,8 @@ from pipeline import dali_pipes
 from pipeline.dali_pipes import IMAGE, READER
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
-from pipeline.shards import ManifestError, index_path, manifest_entries, read_index  # noqa: F401 (index_path: API)
+from pipeline.shards import ManifestError, ShardIndexError, index_path, manifest_entries
+from pipeline.shards import read_index as read_shard_index
 
 LIGHTING = ("paper", "sqrt", "none")
 NORMALIZE = ("mean_image", "channel")
@@ -147,6 +148,14 @@ def lighting_matrix_for(settings: AugmentSettings, pca: PCA) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- shards and ranks
+
+def read_index(shard, names=False):
+    """pipeline.shards.read_index, its error reported as the loaders' own (LoaderError)."""
+    try:
+        return read_shard_index(shard, names)
+    except ShardIndexError as exc:
+        raise LoaderError(str(exc)) from exc
+
 
 def shard_range(total: int, shard_id: int, num_shards: int) -> tuple[int, int]:
     """Samples [start, end) of reader shard shard_id (DALI's split of the concatenated shards)."""
