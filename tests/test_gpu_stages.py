@@ -29,7 +29,7 @@ def test_gpu_stages_script_runs_every_stage_on_the_cpu(tmp_path):
     results = tmp_path / "work" / "results"
     train = json.loads((results / "train" / "train.json").read_text())
     assert train["epochs"] == 4 and train["devices"] == ["cpu"]
-    assert "resuming from results/train/checkpoints/last.pt: epoch 3" in run.stdout
+    assert "extending the finished run from epoch 3 to 4 (train.epochs was raised)" in run.stdout
     two = json.loads((results / "train2col" / "train.json").read_text())
     assert two["devices"] == ["cpu", "cpu"] and two["epochs"] == 2
     metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
