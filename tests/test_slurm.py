@@ -126,10 +126,11 @@ def squeue(env: dict, ids: list[str]) -> dict[str, tuple[str, str, str]]:
 
 
 def without_timings(obj):
-    """JSON minus wall-clock fields (seconds, images per second) and paths, which differ between runs."""
+    """JSON minus wall-clock fields (seconds, images per second) and paths, which differ between runs,
+    and the training's run_uid, which is drawn anew for every training by design."""
     if isinstance(obj, dict):
         return {k: without_timings(v) for k, v in obj.items()
-                if not (k.endswith(("seconds", "_s")) or "per_s" in k)}
+                if not (k.endswith(("seconds", "_s")) or "per_s" in k or k == "run_uid")}
     if isinstance(obj, list):
         return [without_timings(v) for v in obj]
     return obj
