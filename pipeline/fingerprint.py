@@ -8,14 +8,16 @@ Shards are fingerprinted by their DALI index (every member's offset and size)
 and their byte size, not by hashing the tars: at ImageNet scale the tars are
 about 140 GB (minutes to hash on every start), while any re-encoding (another
 JPEG quality, another resize) changes the sizes the index records. The
-manifest, which records the resize settings of every shard, is hashed whole.
+manifest, which records the resize settings of every shard, is hashed whole
+but for its wall-clock fields (seconds per shard).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
-from pipeline.shards import manifest_entries
+from pipeline.shards import manifest_entries, read_manifest
 
 # what each fingerprint covers, as a log line names it
 LABELS = {"manifest": "the shard manifest", "shards": "the training and validation shards",
@@ -41,9 +43,25 @@ def shards_digest(manifest: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items()
+                if not (k.endswith(("seconds", "_s")) or "per_s" in k)}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def manifest_digest(manifest) -> str:
+    """The manifest's content without its wall-clock fields (a rerun of resize that wrote
+    the same shards gives the same digest)."""
+    content = _without_timings(read_manifest(manifest))
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def input_fingerprints(manifest, pca_json, mean_image, classes) -> dict[str, str]:
     """{name: sha256} for the train stage's inputs (names as in LABELS)."""
-    return {"manifest": file_digest(manifest), "shards": shards_digest(manifest),
+    return {"manifest": manifest_digest(manifest), "shards": shards_digest(manifest),
             "pca": file_digest(pca_json), "mean_image": file_digest(mean_image), "classes": file_digest(classes)}
 
 

@@ -36,7 +36,8 @@ def coerce_to_schema(cfg, schema, root=None):
         if sub is None:
             continue
         if "$ref" in sub:  # only local refs: #/$defs/name
-            sub = {**root["$defs"][sub["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+            name = os.path.basename(sub["$ref"])
+            sub = {**root["$defs"][name], **{k: v for k, v in sub.items() if k != "$ref"}}
         if isinstance(value, dict):
             coerce_to_schema(value, sub, root)
         elif isinstance(value, str):
@@ -64,8 +65,8 @@ def check_config(cfg):
         else:
             problems.append(f"config key {key}: {err.message}")
     if problems:
-        raise ValueError("invalid configuration (see workflow/schemas/config.schema.yaml):\n  "
-                         + "\n  ".join(problems))
+        listing = "\n  ".join(problems)
+        raise ValueError(f"invalid configuration (see workflow/schemas/config.schema.yaml):\n  {listing}")
     validate(cfg, SCHEMA)  # fills in the schema's defaults
 
 
@@ -75,6 +76,10 @@ def is_local(url):
 
 def local_path(url):
     return url[len("file://"):] if url.startswith("file://") else url
+
+
+ARCHIVE_SPEC = {"url": "a local path, file:// or https:// URL of the archive",
+                "md5": "32 hex digits or an md5sum-format file"}
 
 
 def check_paths(cfg):
@@ -93,10 +98,9 @@ def check_paths(cfg):
                 if key == "url" and not is_local(value):
                     continue
                 path = os.path.normpath(local_path(value))
-                if not path.startswith(demo_dir + os.sep) and not os.path.exists(path):
-                    missing.append(f"dataset.archives.{part}.{key}: {value} does not exist; expected "
-                                   + ("a local path, file:// or https:// URL of the archive" if key == "url"
-                                      else "32 hex digits or an md5sum-format file"))
+                if not path.startswith(os.path.join(demo_dir, "")) and not os.path.exists(path):
+                    missing.append(f"dataset.archives.{part}.{key}: {value} does not exist; "
+                                   f"expected {ARCHIVE_SPEC[key]}")
     else:
         for part in ("train", "val"):
             folder = ds.get("folders", {}).get(part)
@@ -104,7 +108,8 @@ def check_paths(cfg):
                 missing.append(f"dataset.folders.{part}: {folder!r} is not a folder; expected "
                                f"a tree {part}/<wnid>/*.JPEG when dataset.source is 'folders'")
     if missing:
-        raise ValueError("invalid configuration:\n  " + "\n  ".join(missing))
+        listing = "\n  ".join(missing)
+        raise ValueError(f"invalid configuration:\n  {listing}")
 
 
 try:
@@ -163,7 +168,7 @@ def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_imag
         parts.append(f"--register {register} --registered-file {REGISTERED_FILE} --fingerprints {fingerprints}")
     if tag_registered:
         parts.append(f"--tag-registered {tag_registered} --evaluated-checkpoint {evaluated_checkpoint}")
-    return " ".join(parts) + " -- "
+    return f"{' '.join(parts)} -- "
 
 
 def flat_config(cfg, prefix=""):
@@ -189,9 +194,9 @@ def cli_flags(settings):
     """
     flags = []
     for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
+        flag = f"--{key.replace('_', '-')}"
         if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
+            flags.append(flag if value else f"--no-{flag[2:]}")
         else:
             flags.append(f"{flag} {shlex.quote(str(value))}")
     return " ".join(flags)
