@@ -43,4 +43,5 @@ step eval 90 python3 bench/eval_speed.py --images 4096 --widths 1.0 --device cud
 step model 240 python3 bench/model_speed.py --device cuda --iters 30 --compile --json "$OUT/model.json"
 step train_compile 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 \
     --log-every 40 --input synthetic dali --precision bf16 --compile --workers 8 --json "$OUT/train_compile.json"
+step monitor 60 python3 bench/monitor_cost.py --device cuda --bf16 --steps 30
 exit $status
