@@ -49,6 +49,24 @@ def assert_close_to_scale(actual, expected, rel: float, msg: str = "") -> None:
     torch.testing.assert_close(actual, expected, rtol=0.0, atol=rel * scale, msg=msg or None)
 
 
+def disagreeing_alexnet_state(num_classes: int, width: float = 0.0625, seed: int = 0) -> dict:
+    """A random AlexNet state_dict whose ten views disagree: He-scaled weights, zero biases,
+    fc8 shrunk so the softmax is not one-hot (the paper's init would score every view alike)."""
+    import torch
+
+    from model.alexnet import AlexNet
+
+    torch.manual_seed(seed)
+    sd = AlexNet(num_classes=num_classes, width=width).state_dict()
+    for key, value in sd.items():
+        if key.endswith("weight"):
+            fan_in = value[0].numel()
+            value.copy_(torch.randn(value.shape) * (2.0 / fan_in) ** 0.5 * (0.02 if key.startswith("fc8") else 1.0))
+        else:
+            value.zero_()
+    return sd
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

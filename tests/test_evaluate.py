@@ -157,11 +157,12 @@ import sys  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
-from model.alexnet import AlexNet  # noqa: E402
 from pipeline.checkpoint import model_from_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.evaluate import EvaluateError, evaluate, main, make_loader, score  # noqa: E402
 from pipeline.io import write_json, write_tsv  # noqa: E402
 from pipeline.shards import ShardWriter  # noqa: E402
+
+from conftest import disagreeing_alexnet_state  # noqa: E402
 
 NUM_CLASSES = 6
 SHARD_SIZES = (4, 3)  # 7 images: not a multiple of the batch (3) on one rank or two
@@ -182,16 +183,8 @@ def _jpeg(a: np.ndarray) -> bytes:
 
 
 def _checkpoint_state(seed=0) -> dict:
-    """A random AlexNet whose ten views disagree: He-scaled weights, fc8 shrunk so the softmax is not one-hot."""
-    torch.manual_seed(seed)
-    model = AlexNet(num_classes=NUM_CLASSES, width=0.0625)
-    sd = model.state_dict()
-    for key, value in sd.items():
-        if key.endswith("weight"):
-            fan_in = value[0].numel()
-            value.copy_(torch.randn(value.shape) * (2.0 / fan_in) ** 0.5 * (0.02 if key.startswith("fc8") else 1.0))
-        else:
-            value.zero_()
+    """A random AlexNet whose ten views disagree (conftest.disagreeing_alexnet_state)."""
+    sd = disagreeing_alexnet_state(NUM_CLASSES, seed=seed)
     config = {"model": {"num_classes": NUM_CLASSES, "width": 0.0625, "lrn": True, "overlapping_pool": True,
                         "init": "paper", "dropout": 0.5}, "augment": AUGMENT, "world_size": 1}
     return {"model": sd, "config": config, "epoch": 3, "step": 12}

@@ -18,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 
-from model.alexnet import AlexNet
 from pipeline.checkpoint import model_from_checkpoint, save_checkpoint
 from pipeline.evaluate import make_loader
 from pipeline.fingerprint import file_digest
@@ -26,6 +25,8 @@ from pipeline.io import write_json, write_tsv
 from pipeline.metrics import ten_crop_probs
 from pipeline.predict import PredictError, main, predict
 from pipeline.shards import ShardWriter
+
+from conftest import disagreeing_alexnet_state
 
 NUM_CLASSES = 6
 IMAGES = 4
@@ -56,15 +57,8 @@ def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _checkpoint_state(mean_npy, classes_tsv) -> dict:
-    """A random AlexNet whose views disagree (He-scaled weights, fc8 shrunk so the softmax is not one-hot)."""
-    torch.manual_seed(0)
-    sd = AlexNet(num_classes=NUM_CLASSES, width=0.0625).state_dict()
-    for key, value in sd.items():
-        if key.endswith("weight"):
-            fan_in = value[0].numel()
-            value.copy_(torch.randn(value.shape) * (2.0 / fan_in) ** 0.5 * (0.02 if key.startswith("fc8") else 1.0))
-        else:
-            value.zero_()
+    """A random AlexNet whose views disagree (conftest.disagreeing_alexnet_state), with its inputs' digests."""
+    sd = disagreeing_alexnet_state(NUM_CLASSES)
     config = {"model": {"num_classes": NUM_CLASSES, "width": 0.0625, "lrn": True, "overlapping_pool": True,
                         "init": "paper", "dropout": 0.5, "dropout_style": "paper"},
               "augment": AUGMENT, "world_size": 1,
