@@ -29,7 +29,7 @@ from pipeline.checkpoint import build_model  # noqa: E402
 from pipeline.health import LAYERS, HealthMonitor  # noqa: E402
 from pipeline.io import read_classes  # noqa: E402
 from pipeline.devices import Dist, seed_everything  # noqa: E402
-from pipeline.train import TrainConfig, make_loaders, make_optimizer  # noqa: E402
+from pipeline.train import TrainConfig, make_loaders, make_optimizer, warmup_factor  # noqa: E402
 
 
 def run(args) -> dict:
@@ -56,7 +56,7 @@ def run(args) -> dict:
             loss = F.cross_entropy(model(images).float(), labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            warm = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else 1.0
+            warm = warmup_factor(step, cfg.warmup_steps)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * warm
             opt.step()

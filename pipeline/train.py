@@ -262,6 +262,11 @@ def validate(model, eval_loader, env: Dist, to_inputs, autocast, topk: int) -> t
     return 100.0 * (1 - hits[0].item() / hits[2].item()), 100.0 * (1 - hits[1].item() / hits[2].item())
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Share of the lr used at 0-based `step`: (step + 1) / K over the first K steps, then 1."""
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum; weight decay on the weights only (decay: weights), or on every parameter (all).
 
@@ -444,7 +449,7 @@ class Trainer:
             loss = F.cross_entropy(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            warm = self.warmup_factor(state["step"])
+            warm = warmup_factor(state["step"], cfg.warmup_steps)
             if warm < 1.0:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr * warm
@@ -463,11 +468,6 @@ class Trainer:
                 window = Window(state["step"] + 1)
         bar.close()
         return losses
-
-    def warmup_factor(self, step: int) -> float:
-        """Share of the lr used at 0-based `step`: (step + 1) / K over the first K steps, then 1."""
-        k = self.cfg.warmup_steps
-        return (step + 1) / k if step < k else 1.0
 
     def log_window(self, window: "Window", epoch: int, lr: float, health: dict | None = None) -> tuple[dict, list[float]]:
         """The window's metrics line (written by rank 0), its health warnings, and its per-step losses."""
