@@ -43,8 +43,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pipeline import dali_pipes  # noqa: E402
-from pipeline.loaders import (AugmentSettings, EvalLoader, TrainLoader, as_pca, index_path,  # noqa: E402
-                              lighting_matrix_for, load_pca)
+from pipeline.loaders import (AugmentSettings, EvalLoader, TrainLoader, index_path,  # noqa: E402
+                              lighting_matrix_for)
+from pipeline.pca_files import as_pca, load_pca  # noqa: E402
 from pipeline.shards import decode_label  # noqa: E402
 from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 

@@ -35,7 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from model.alexnet import AlexNet  # noqa: E402
-from pipeline.loaders import AugmentSettings, EvalLoader, as_pca  # noqa: E402
+from pipeline.loaders import AugmentSettings, EvalLoader  # noqa: E402
+from pipeline.pca_files import as_pca  # noqa: E402
 from pipeline.metrics import EvalCounts, ten_crop_probs  # noqa: E402
 from synthetic import IMAGENET_PCA as PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
 
     shards, pca, tmp = args.shards, None, None
     if "dali" in args.input:
-        from pipeline.loaders import as_pca, load_pca
+        from pipeline.pca_files import as_pca, load_pca
 
         pca = load_pca(*args.pca) if args.pca else \
             as_pca(IMAGENET_PCA, np.full((256, 256, 3), IMAGENET_PCA["mean"], np.float32))

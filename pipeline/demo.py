@@ -41,11 +41,13 @@ from PIL import Image, ImageDraw
 
 from pipeline.devkit import DEVKIT_DIR, GROUND_TRUTH, META, SYNSET_FIELDS, val_file_name
 from pipeline.io import atomic_path, write_json
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, run_cli
+from pipeline.schema import defaults
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
+DEMO = defaults("demo")  # the config schema is the one home of defaults
 MTIME = 1338508800  # 2012-06-01 UTC: a fixed timestamp keeps the archives byte-identical
 CANVAS = 512  # images are drawn at most this size, then upscaled
 SMALL_SIDE = (300, 500)  # long side of ordinary images, as in most of ImageNet
@@ -376,8 +378,9 @@ def check_settings(classes: int, train_per_class: int, val_per_class: int, large
         raise DemoError(f"demo.large_fraction = {large_fraction}: must lie in [0, 1]")
 
 
-def make_demo(out_dir: str | Path, seed: int = 0, classes: int = 10, train_per_class: int = 100,
-              val_per_class: int = 20, large_fraction: float = 0.1) -> dict:
+def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO["classes"],
+              train_per_class: int = DEMO["train_per_class"], val_per_class: int = DEMO["val_per_class"],
+              large_fraction: float = DEMO["large_fraction"]) -> dict:
     """Write the three archives, MD5SUMS and demo.json into `out_dir`; return the metrics."""
     check_settings(classes, train_per_class, val_per_class, large_fraction)
     t0 = time.perf_counter()
@@ -445,20 +448,19 @@ def make_demo(out_dir: str | Path, seed: int = 0, classes: int = 10, train_per_c
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.split("\n")[0])
     p.add_argument("--out-dir", required=True, help="folder for the archives (config demo.out_dir)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--train-per-class", type=int, default=100)
-    p.add_argument("--val-per-class", type=int, default=20)
-    p.add_argument("--large-fraction", type=float, default=0.1, help="share of images over 1000 px on the long side")
+    p.add_argument("--seed", type=int, default=DEMO["seed"])
+    p.add_argument("--classes", type=int, default=DEMO["classes"])
+    p.add_argument("--train-per-class", type=int, default=DEMO["train_per_class"])
+    p.add_argument("--val-per-class", type=int, default=DEMO["val_per_class"])
+    p.add_argument("--large-fraction", type=float, default=DEMO["large_fraction"], help="share of images over 1000 px on the long side")
     a = p.parse_args(argv)
-    try:
-        m = make_demo(a.out_dir, a.seed, a.classes, a.train_per_class, a.val_per_class, a.large_fraction)
-    except (ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_cli(_make_and_report, a)
+
+
+def _make_and_report(a: argparse.Namespace) -> None:
+    m = make_demo(a.out_dir, a.seed, a.classes, a.train_per_class, a.val_per_class, a.large_fraction)
     print(f"demo: {m['classes']} classes, {m['train_images']} train + {m['val_images']} val images "
           f"({m['large_images']} large) in {a.out_dir}, {m['seconds']:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 A stage raises a PipelineError subclass when its input or settings cannot
 work; the message names the file, key or value and says what to do. The
 stages' CLIs print it as one `error: ...` line and exit 1, so a Snakemake log
-shows the cause rather than a traceback. Anything else is a bug and keeps
-its traceback.
+shows the cause rather than a traceback. An OSError (disk full, permission
+denied, a file that vanished) is the machine's rather than the code's and is
+reported the same way; its message names the file. Anything else is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ class PipelineError(Exception):
 
 
 def run_cli(stage: Callable, *args, **kwargs) -> int:
-    """Run a stage function for a CLI: 0 on success, 1 with an `error:` line on a PipelineError."""
+    """Run a stage function for a CLI: 0 on success, 1 with an `error:` line on a PipelineError or OSError."""
     try:
         stage(*args, **kwargs)
-    except PipelineError as exc:
+    except (PipelineError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -38,7 +38,8 @@ from pipeline.checkpoint import model_from_checkpoint
 from pipeline.devices import DeviceError, launch_from_env
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_classes, write_json
-from pipeline.loaders import AugmentSettings, EvalLoader, load_pca, manifest_shards
+from pipeline.loaders import AugmentSettings, EvalLoader, manifest_shards
+from pipeline.pca_files import load_pca
 from pipeline.metrics import EvalCounts, ten_crop_probs
 from pipeline.schema import defaults
 from pipeline.shards import ManifestError, read_manifest

@@ -27,22 +27,17 @@ meta.mat) and fetch.json (bytes, seconds, MB/s, md5 per archive) last, so a
 failed run leaves no complete-looking output.
 
 Authentication: --auth-env names an environment variable; a value with ':'
-is sent as 'Header-Name: value', otherwise as 'Authorization: Bearer <value>'.
-Only the name travels on the command line (which tracking logs); the value is
-never printed, and it is not forwarded on redirects to another host.
-HTTP uses urllib from the standard library: Range requests and headers are all
-this needs, so no extra dependency to pin.
+is sent as 'Header-Name: value', otherwise as 'Authorization: Bearer <value>'
+(pipeline.download does the HTTP and keeps the value out of logs).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import os
 import re
 import sys
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -51,16 +46,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.devkit import Devkit, ArchiveError, iter_safe_members, open_tar, read_devkit
+from pipeline.download import CHUNK, DownloadError, auth_header, download
+from pipeline.errors import PipelineError, run_cli
 from pipeline.io import atomic_path, write_json, write_tsv
-from pipeline.errors import PipelineError
 
 ARCHIVES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar",
             "devkit": "ILSVRC2012_devkit_t12.tar.gz"}
 OUTPUTS = ("fetch.json", "classes.tsv", "val_labels.tsv")
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
-CHUNK = 1 << 20
 BIG = 1 << 30  # show a progress bar when hashing files over 1 GiB
-RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 
 
 class FetchError(PipelineError, RuntimeError):
@@ -103,144 +97,6 @@ def verify(name: str, expected: str | None, actual: str, where: str) -> None:
     elif actual != expected:
         raise FetchError(f"{name}: MD5 mismatch for {where}: expected {expected}, got {actual}; "
                          "the file is damaged or not the archive the config names")
-
-
-# ---------------------------------------------------------------- http
-
-def auth_header(env_name: str | None) -> tuple[str, str] | None:
-    """The header from the environment variable `env_name`; the value is never echoed."""
-    if not env_name:
-        return None
-    value = os.environ.get(env_name, "")
-    if not value.strip():
-        raise FetchError(f"environment variable {env_name} (dataset.auth_env) is unset or empty; "
-                         "export it with a token or 'Header-Name: value'")
-    if ":" in value:
-        key, _, val = value.partition(":")
-        key = key.strip()
-        if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", key):
-            raise FetchError(f"environment variable {env_name}: the text before ':' is not a valid "
-                             "HTTP header name; use 'Header-Name: value' or a bare token")
-        return key, val.strip()
-    return "Authorization", f"Bearer {value.strip()}"
-
-
-class _SameHostRedirect(urllib.request.HTTPRedirectHandler):
-    """Follow redirects; carry the auth header only while the host stays the same."""
-
-    def __init__(self, header: tuple[str, str] | None):
-        self.header = header
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and self.header and \
-                urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc:
-            new.add_unredirected_header(*self.header)
-        return new
-
-
-class _ShortRead(Exception):
-    pass
-
-
-def _content_range_start(headers) -> int | None:
-    m = re.match(r"bytes (\d+)-", (headers.get("Content-Range") or "").strip())
-    return int(m.group(1)) if m else None
-
-
-def _content_range_total(value: str | None) -> int | None:
-    m = re.fullmatch(r"bytes (?:\d+-\d+|\*)/(\d+)", (value or "").strip())
-    return int(m.group(1)) if m else None
-
-
-def _receive(resp, part: Path, mode: str, h, bar) -> int:
-    """Append the response body to `part`, hashing it; return the bytes received."""
-    got = 0
-    try:
-        f = open(part, mode)
-    except OSError as e:
-        raise FetchError(f"{part}: cannot write the download ({e})") from None
-    with f, bar:
-        while chunk := resp.read(CHUNK):
-            try:
-                f.write(chunk)
-            except OSError as e:
-                raise FetchError(f"{part}: cannot write the download ({e})") from None
-            h.update(chunk)
-            got += len(chunk)
-            bar.update(len(chunk))
-    return got
-
-
-def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries: int = 5,
-             backoff: float = 2.0, timeout: float = 60.0) -> tuple[str, int]:
-    """Download `url` to `dest`.part, resuming what is there; return (md5, bytes).
-
-    The caller verifies the md5 and renames the .part file; a dropped
-    connection is resumed from the bytes already written (HTTP Range).
-    """
-    part = dest.with_name(dest.name + ".part")
-    source = part.with_name(part.name + ".url")  # where the .part's bytes came from
-    if part.exists() and source.exists() and source.read_text().strip() != url:
-        # another URL's bytes (dataset.archives.*.url changed): never splice two files
-        print(f"{dest.name}: discarding {part.name}, begun from {source.read_text().strip()}", file=sys.stderr)
-        part.unlink()
-    source.write_text(url + "\n")
-    opener = urllib.request.build_opener(_SameHostRedirect(auth))
-    h = hashlib.md5()
-    have = part.stat().st_size if part.exists() else 0
-    if have:
-        with open(part, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-        print(f"{dest.name}: resuming at byte {have}", file=sys.stderr)
-    failures = 0
-    while True:
-        req = urllib.request.Request(url)
-        if auth:
-            req.add_unredirected_header(*auth)
-        if have:
-            req.add_header("Range", f"bytes={have}-")
-        start = have
-        try:
-            with opener.open(req, timeout=timeout) as resp:
-                if have and (resp.status != 206 or _content_range_start(resp.headers) != have):
-                    have, h = 0, hashlib.md5()  # the server ignored the Range: start over
-                length = resp.headers.get("Content-Length")
-                expect = int(length) if length is not None else None
-                total = have + expect if expect is not None else None
-                got = _receive(resp, part, "ab" if have else "wb", h,
-                               tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                                    desc=dest.name, file=sys.stderr, disable=None))
-                have += got
-                # http.client returns a short body without raising when the peer closes early.
-                if expect is not None and got < expect:
-                    raise _ShortRead(f"connection closed after {got} of {expect} bytes")
-            return h.hexdigest(), have
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have and _content_range_total(e.headers.get("Content-Range")) == have:
-                return h.hexdigest(), have  # the .part file was already complete
-            if e.code == 416:
-                part.unlink(missing_ok=True)
-                have, h = 0, hashlib.md5()
-                error = e
-            elif e.code in RETRYABLE_HTTP:
-                error = e
-            else:
-                hint = " (check the credentials in the variable dataset.auth_env names)" if e.code in (401, 403) else ""
-                raise FetchError(f"{url}: HTTP {e.code} {e.reason}{hint}") from None
-        except (OSError, http.client.HTTPException, _ShortRead) as e:  # URLError is an OSError
-            error = e
-        if part.exists():
-            have = part.stat().st_size  # bytes flushed before the drop
-        failures = 0 if have > start else failures + 1
-        if failures > retries:
-            raise FetchError(f"{url}: download failed {failures} times in a row ({error}); "
-                             f"{have} bytes kept in {part}: rerun to resume")
-        delay = backoff * max(failures, 1) if failures else 0.0
-        print(f"{dest.name}: {error}; resuming at byte {have}" + (f" in {delay:.0f} s" if delay else ""),
-              file=sys.stderr)
-        time.sleep(delay)
 
 
 # ---------------------------------------------------------------- sources
@@ -286,7 +142,7 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
             actual, size = expected, dest.stat().st_size
         else:
             dest.unlink(missing_ok=True)
-            actual, size = download(url, dest, auth_header(auth_env), retries=retries)
+            actual, size = _download(key, url, dest, auth_env, retries)
             part = dest.with_name(dest.name + ".part")
             if expected is not None and actual != expected:
                 part.unlink()
@@ -310,6 +166,20 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
     print(f"{name}: {size / 1e6:.1f} MB {'verified' if metrics['verified'] else 'unverified'} "
           f"in {seconds:.1f} s ({metrics['mb_per_s']} MB/s)", file=sys.stderr)
     return Fetched(key, path, link_to, owned, metrics)
+
+
+def _download(key: str, url: str, dest: Path, auth_env: str | None, retries: int) -> tuple[str, int]:
+    """Download one archive; a failure names the config key to look at."""
+    try:
+        auth = auth_header(auth_env)
+    except DownloadError as e:
+        raise FetchError(f"{e} (dataset.auth_env names it)") from None
+    try:
+        return download(url, dest, auth, retries=retries)
+    except DownloadError as e:
+        hint = ("check the credentials in the variable dataset.auth_env names" if e.status in (401, 403)
+                else f"dataset.archives.{key}.url")
+        raise FetchError(f"{e} ({hint})") from None
 
 
 def check_val_archive(path: Path, devkit: Devkit) -> int:
@@ -459,23 +329,22 @@ def main(argv=None) -> int:
     p.add_argument("--retries", type=int, default=5, help="reconnects without progress before giving up")
     p.add_argument("--out-dir", required=True)
     a = p.parse_args(argv)
-    try:
-        if a.source == "folders":
-            if not (a.train_dir and a.val_dir):
-                p.error("--source folders needs --train-dir and --val-dir")
-            m = fetch_folders(a.out_dir, a.train_dir, a.val_dir, a.devkit, a.devkit_md5, a.auth_env, a.retries)
-        else:
-            missing = [f"--{k}" for k in ARCHIVES if not getattr(a, k)]
-            if missing:
-                p.error(f"--source archives needs {' '.join(missing)}")
-            m = fetch_archives(a.out_dir, a.train, a.val, a.devkit, a.train_md5, a.val_md5, a.devkit_md5,
-                               a.auth_env, a.retries)
-    except (ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if a.source == "folders" and not (a.train_dir and a.val_dir):
+        p.error("--source folders needs --train-dir and --val-dir")
+    missing = [f"--{k}" for k in ARCHIVES if not getattr(a, k)]
+    if a.source == "archives" and missing:
+        p.error(f"--source archives needs {' '.join(missing)}")
+    return run_cli(_fetch_and_report, a)
+
+
+def _fetch_and_report(a: argparse.Namespace) -> None:
+    if a.source == "folders":
+        m = fetch_folders(a.out_dir, a.train_dir, a.val_dir, a.devkit, a.devkit_md5, a.auth_env, a.retries)
+    else:
+        m = fetch_archives(a.out_dir, a.train, a.val, a.devkit, a.train_md5, a.val_md5, a.devkit_md5,
+                           a.auth_env, a.retries)
     print(f"fetch: {m['classes']} classes, {m['val_images']} val images ({m['source']}) in {a.out_dir}, "
           f"{m['seconds']:.1f} s")
-    return 0
 
 
 if __name__ == "__main__":

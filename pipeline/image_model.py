@@ -50,8 +50,8 @@ from PIL import Image
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.io import read_classes
-from pipeline.predict import (Classifier, PredictError, check_normalization, decode_failure, load_mean_image,
-                              ten_views, top_k)
+from pipeline.pca_files import load_mean_image
+from pipeline.predict import Classifier, PredictError, check_normalization, decode_failure, ten_views, top_k
 
 TOP = 5
 OUTPUT_COLUMNS = ("class_index", "wnid", "names", "probability")

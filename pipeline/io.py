@@ -13,6 +13,12 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import PipelineError
+
+
+class TableError(PipelineError, ValueError):
+    """A table (classes.tsv) that does not hold what the stage that writes it writes."""
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -54,6 +60,11 @@ def read_classes(path: str | os.PathLike) -> list[dict[str, str]]:
     """The class table written by fetch: index, wnid, names; in index order."""
     rows = read_tsv(path)
     for i, row in enumerate(rows):
-        if int(row["index"]) != i:
-            raise ValueError(f"{path}: row {i + 1} has index {row['index']}, expected {i}")
+        try:
+            index = int(row["index"])
+        except (KeyError, TypeError, ValueError):
+            raise TableError(f"{path}: row {i + 1} has no integer 'index' column ({row}); "
+                             "expected the fetch stage's classes.tsv (index, wnid, names)") from None
+        if index != i:
+            raise TableError(f"{path}: row {i + 1} has index {row['index']}, expected {i}; rerun the fetch stage")
     return rows

@@ -1,6 +1,7 @@
 """DALI data loaders for training and evaluation (paper, section 4.1), shared by the stages.
 
-    from pipeline.loaders import AugmentSettings, TrainLoader, EvalLoader, load_pca, manifest_shards
+    from pipeline.loaders import AugmentSettings, TrainLoader, EvalLoader, manifest_shards
+    from pipeline.pca_files import load_pca
     s = AugmentSettings(lighting="paper", lighting_std=0.1, normalize="mean_image")
     pca = load_pca("results/pca/pca.json", "results/pca/mean_image.npy")
     loader = TrainLoader(shards, pca, batch_size, settings=s, device="cuda:0", seed=0,
@@ -56,7 +57,6 @@ decoding; on 2 CPU cores 2.5x a PIL + numpy DataLoader (3.0x per CPU-second).
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +65,9 @@ import numpy as np
 import torch
 
 from pipeline import dali_pipes
-from pipeline.dali_pipes import IMAGE, READER
+from pipeline.dali_pipes import READER
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.pca_files import PCA, as_pca
 from pipeline.shards import ManifestError, ShardIndexError, index_path, manifest_entries
 from pipeline.shards import read_index as read_shard_index
 
@@ -93,51 +93,6 @@ class AugmentSettings:
             raise LoaderError(f"normalize={self.normalize!r}: expected one of {NORMALIZE}")
         if not (math.isfinite(self.lighting_std) and self.lighting_std >= 0):
             raise LoaderError(f"lighting_std={self.lighting_std!r}: expected a number >= 0")
-
-
-@dataclass
-class PCA:
-    """The PCA stage's output, 0-255 scale: eigvec[:, i] belongs to eigval[i]."""
-    eigval: np.ndarray              # (3,), descending
-    eigvec: np.ndarray              # (3, 3), eigenvectors as columns
-    mean: np.ndarray                # (3,)
-    std: np.ndarray                 # (3,)
-    mean_image: np.ndarray | None   # (256, 256, 3) float32
-
-
-def load_pca(pca_json, mean_image_npy=None) -> PCA:
-    """Read results/pca/pca.json (and mean_image.npy), checking shapes and values."""
-    try:
-        d = read_json(pca_json)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LoaderError(f"{pca_json}: cannot read the PCA statistics ({exc}); rerun the pca stage") from exc
-    return as_pca(d, mean_image_npy, source=str(pca_json))
-
-
-def as_pca(d, mean_image=None, source="pca") -> PCA:
-    """A PCA from a dict (pca.json's keys) or a PCA; mean_image: array or .npy path."""
-    if isinstance(d, PCA):
-        return d
-    want = {"eigval": (3,), "eigvec": (3, 3), "mean": (3,), "std": (3,)}
-    arrays = {}
-    for key, shape in want.items():
-        try:
-            a = np.asarray(d[key], np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LoaderError(f"{source}: key {key!r} missing or not numeric ({exc}); rerun the pca stage") from exc
-        if a.shape != shape or not np.all(np.isfinite(a)):
-            raise LoaderError(f"{source}: {key} has shape {a.shape}, expected finite values of shape {shape}")
-        arrays[key] = a
-    if np.any(arrays["eigval"] < 0) or np.any(arrays["std"] <= 0):
-        raise LoaderError(f"{source}: eigval must be >= 0 and std > 0 (got {arrays['eigval']}, {arrays['std']})")
-    if mean_image is not None and not isinstance(mean_image, np.ndarray):
-        try:
-            mean_image = np.load(mean_image)
-        except (OSError, ValueError) as exc:
-            raise LoaderError(f"{mean_image}: cannot read the mean image ({exc}); rerun the pca stage") from exc
-    if mean_image is not None and mean_image.shape != (IMAGE, IMAGE, 3):
-        raise LoaderError(f"mean image has shape {mean_image.shape}, expected ({IMAGE}, {IMAGE}, 3)")
-    return PCA(mean_image=None if mean_image is None else mean_image.astype(np.float32), **arrays)
 
 
 def lighting_matrix_for(settings: AugmentSettings, pca: PCA) -> np.ndarray:

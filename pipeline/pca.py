@@ -30,12 +30,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.io import atomic_path, write_json
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, run_cli
+from pipeline.io import atomic_path
+from pipeline.pca_files import write_pca_files
 from pipeline.shards import ManifestError, manifest_entries
 
 # fb.resnet.torch (datasets/imagenet.lua: pca.eigval, pca.eigvec), pixels in [0,1]; eigenvectors as columns.
@@ -54,7 +56,11 @@ def reduce_stats(paths) -> dict[str, np.ndarray]:
     """Sum the arrays of several .stats.npz files (exact: integer values in float64)."""
     total = None
     for path in paths:
-        with np.load(path) as npz:
+        try:
+            npz = np.load(path)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise PCAError(f"{path}: cannot read the shard statistics ({exc}); rerun the resize stage") from None
+        with npz:
             missing = [k for k in STATS_KEYS if k not in npz]
             if missing:
                 raise PCAError(f"{path}: missing arrays {missing}; expected {list(STATS_KEYS)} "
@@ -130,7 +136,7 @@ def plot_pca(result: dict, mean_image: np.ndarray, path: str | os.PathLike) -> N
 
 
 def run_pca(stats_paths, out_dir: str | os.PathLike) -> dict:
-    """Write pca.json, mean_image.npy and pca.png into out_dir; return the pca.json content."""
+    """Write pca.png, mean_image.npy and pca.json (pipeline.pca_files) into out_dir; return pca.json's content."""
     out_dir = Path(out_dir)
     stats = reduce_stats(stats_paths)
     pca = rgb_pca(stats)
@@ -160,11 +166,9 @@ def run_pca(stats_paths, out_dir: str | os.PathLike) -> dict:
             **{f"imagenet_eigval_ratio_{i + 1}": float(v) for i, v in enumerate(cmp["eigval_ratio"])},
         },
     }
-    with atomic_path(out_dir / "mean_image.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, mean_image)
     plot_pca(result, mean_image, out_dir / "pca.png")
-    write_json(out_dir / "pca.json", result)
-    print(f"{out_dir / 'pca.json'}: {result['images']} images, eigval "
+    pca_json = write_pca_files(out_dir, result, mean_image)
+    print(f"{pca_json}: {result['images']} images, eigval "
           + ", ".join(f"{v:.1f}" for v in result["eigval"])
           + "; |cos| to ImageNet " + ", ".join(f"{v:.3f}" for v in cmp["cosine"]), file=sys.stderr)
     return result
@@ -186,13 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--stats", nargs="+", help=".stats.npz files")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
-    try:
-        paths = args.stats if args.stats else stats_from_manifest(args.manifest)
-        run_pca(paths, args.out_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(lambda: run_pca(args.stats or stats_from_manifest(args.manifest), args.out_dir))
 
 
 if __name__ == "__main__":

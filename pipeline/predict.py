@@ -41,6 +41,7 @@ from pipeline.checkpoint import CheckpointError, build_model, model_from_checkpo
 from pipeline.fingerprint import file_digest
 from pipeline.errors import PipelineError
 from pipeline.io import read_classes
+from pipeline.pca_files import load_mean_image
 from pipeline.metrics import CENTER_VIEW, ten_crop_probs
 from pipeline.images import downsample
 from pipeline.shards import IMAGE_SIZE
@@ -61,18 +62,6 @@ class PredictError(PipelineError, ValueError):
 
 
 # ---------------------------------------------------------------- one image
-
-
-def load_mean_image(path: str | os.PathLike) -> np.ndarray:
-    """The pca stage's mean image: float32 (256, 256, 3) on the 0-255 scale."""
-    try:
-        mean = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise PredictError(f"mean image {path} cannot be read ({exc}); run the pca stage first") from exc
-    if mean.shape != (SIZE, SIZE, 3) or not np.issubdtype(mean.dtype, np.floating):
-        raise PredictError(f"mean image {path} holds {mean.dtype} {mean.shape}; expected float (256, 256, 3) "
-                           "(results/pca/mean_image.npy)")
-    return np.ascontiguousarray(mean, dtype=np.float32)
 
 
 def normalized_image(data: bytes, mean_image: np.ndarray) -> np.ndarray:
@@ -313,7 +302,7 @@ def main(argv=None) -> int:
     try:
         results = predict(args.inputs, args.checkpoint, args.mean_image, args.classes, centre=args.centre,
                           top=args.top, batch_size=args.batch_size, device=args.device, on_error=report)
-    except PredictError as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -63,7 +63,8 @@ from pipeline import archive
 from pipeline.io import atomic_path, read_classes, read_json, write_json
 from pipeline.images import RESAMPLE, crop_box, downsample  # noqa: F401 (crop_box, RESAMPLE: part of the stage's API)
 from pipeline.shards import IMAGE_SIZE, ShardWriter
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, run_cli
+from pipeline.schema import defaults
 
 # Truncated files must raise, not decode as grey padding (PIL's default, kept explicit).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -75,8 +76,13 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # the 1.28 M training images; and the usual re-encoding quality of ImageNet
 # loaders. The round trip is zero-mean, so it does not bias the statistics,
 # which are of the pixels before encoding.
-DEFAULT_QUALITY = 90
+RESIZE = defaults("resize")  # the config schema is the one home of defaults
+DEFAULT_QUALITY = RESIZE["jpeg_quality"]
 UINT16_IMAGES = 257  # images a uint16 image sum holds exactly (255 * 257 = 65535)
+
+
+class ResizeError(PipelineError, ValueError):
+    """Arguments that name no shard of the split."""
 
 
 class TooManyRejectsError(PipelineError, RuntimeError):
@@ -155,7 +161,7 @@ class RGBStats:
 def shard_rows(n: int, shard: int, shards: int, seed: int) -> np.ndarray:
     """Index rows of shard `shard` of `shards`: a slice of one seeded permutation."""
     if not 0 <= shard < shards:
-        raise ValueError(f"shard {shard} is outside 0..{shards - 1}")
+        raise ResizeError(f"--shard {shard} is outside 0..{shards - 1} (--shards {shards})")
     perm = np.random.default_rng(seed).permutation(n)
     return perm[shard * n // shards: (shard + 1) * n // shards]
 
@@ -210,7 +216,7 @@ def _remove_stale_temporaries(paths: dict[str, Path]) -> None:
 
 def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: str | os.PathLike,
                  shard: int, shards: int, seed: int = 0, size: int = IMAGE_SIZE, jpeg_quality: int = DEFAULT_QUALITY,
-                 max_reject_fraction: float = 0.01, stats: bool = False, split: str = "train") -> dict:
+                 max_reject_fraction: float = RESIZE["max_reject_fraction"], stats: bool = False, split: str = "train") -> dict:
     """Write one shard (.tar, .idx), its .json and, with `stats`, its .stats.npz. Returns the .json content."""
     started = time.time()
     paths = shard_paths(out_tar)
@@ -356,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", required=True)
     p.add_argument("--shard", type=int, required=True)
     p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=RESIZE["seed"])
     p.add_argument("--jpeg-quality", type=int, default=DEFAULT_QUALITY)
-    p.add_argument("--max-reject-fraction", type=float, default=0.01)
+    p.add_argument("--max-reject-fraction", type=float, default=RESIZE["max_reject_fraction"])
     p.add_argument("--stats", action="store_true", help="also write <shard>.stats.npz (training shards)")
     p.add_argument("--out", required=True, help="<split>-<k>.tar; .idx, .json, .stats.npz go beside it")
 
@@ -367,23 +373,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-shards", type=int, required=True)
     p.add_argument("--val-shards", type=int, required=True)
     p.add_argument("--classes", required=True)
-    p.add_argument("--max-reject-fraction", type=float, default=0.01)
+    p.add_argument("--max-reject-fraction", type=float, default=RESIZE["max_reject_fraction"])
     p.add_argument("--out", required=True)
 
     args = parser.parse_args(argv)
-    try:
-        if args.command == "index":
-            build_index(args.split, args.source, args.classes, args.val_labels, args.out)
-        elif args.command == "shard":
-            resize_shard(args.index, args.source, args.out, args.shard, args.shards, args.seed, IMAGE_SIZE,
-                         args.jpeg_quality, args.max_reject_fraction, args.stats, args.split)
-        else:
-            write_manifest(args.shards_dir, args.train_shards, args.val_shards, args.classes, args.out,
-                           args.max_reject_fraction)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(_run_command, args)
+
+
+def _run_command(args: argparse.Namespace) -> None:
+    if args.command == "index":
+        build_index(args.split, args.source, args.classes, args.val_labels, args.out)
+    elif args.command == "shard":
+        resize_shard(args.index, args.source, args.out, args.shard, args.shards, args.seed, IMAGE_SIZE,
+                     args.jpeg_quality, args.max_reject_fraction, args.stats, args.split)
+    else:
+        write_manifest(args.shards_dir, args.train_shards, args.val_shards, args.classes, args.out,
+                       args.max_reject_fraction)
 
 
 if __name__ == "__main__":

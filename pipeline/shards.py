@@ -36,6 +36,10 @@ class ShardIndexError(PipelineError, ValueError):
     """A shard's .idx file is missing or does not match the format ShardWriter writes."""
 
 
+class ShardWriteError(PipelineError, ValueError):
+    """A sample the shard format cannot hold (its key or label), named in the message."""
+
+
 def index_path(shard) -> Path:
     return Path(shard).with_suffix(".idx")
 
@@ -90,7 +94,7 @@ def manifest_entries(manifest: str | os.PathLike, split: str) -> list[dict]:
 
 def encode_label(label: int) -> bytes:
     if not 0 <= label < 10**CLS_WIDTH:
-        raise ValueError(f"label {label} does not fit {CLS_WIDTH} digits")
+        raise ShardWriteError(f"label {label} does not fit {CLS_WIDTH} digits")
     return f"{label:0{CLS_WIDTH}d}".encode()
 
 
@@ -127,9 +131,9 @@ class ShardWriter:
 
     def add(self, key: str, jpeg: bytes, label: int) -> None:
         if "." in key or "/" in key:
-            raise ValueError(f"shard key {key!r} must not contain '.' or '/'")
+            raise ShardWriteError(f"shard key {key!r} must not contain '.' or '/'")
         if key in self._keys:
-            raise ValueError(f"duplicate shard key {key!r} in {self.path}")
+            raise ShardWriteError(f"duplicate shard key {key!r} in {self.path}")
         self._keys.add(key)
         parts = []
         for ext, data in (("jpg", jpeg), ("cls", encode_label(label))):

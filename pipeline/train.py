@@ -69,7 +69,8 @@ from pipeline.errors import PipelineError, run_cli
 from pipeline.fingerprint import LABELS, changed_inputs, input_fingerprints
 from pipeline.health import HealthMonitor, LossWatch
 from pipeline.io import read_classes, read_json, write_json
-from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, load_pca, manifest_shards
+from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, manifest_shards
+from pipeline.pca_files import load_pca
 from pipeline.metrics import true_class_rank
 from pipeline.schema import defaults
 

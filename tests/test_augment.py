@@ -18,8 +18,9 @@ from PIL import Image
 
 from pipeline import dali_pipes
 from pipeline.augment import main
-from pipeline.loaders import (AugmentSettings, EvalLoader, LoaderError, TrainLoader, as_numpy, as_pca, load_pca,
-                              manifest_shards, read_index)
+from pipeline.loaders import (AugmentSettings, EvalLoader, LoaderError, TrainLoader, as_numpy, manifest_shards,
+                              read_index)
+from pipeline.pca_files import PCAFileError, as_pca, load_pca
 from pipeline.shards import ShardWriter
 
 DEVICES = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
@@ -339,7 +340,7 @@ def test_bad_inputs_name_the_problem(data, tmp_path):
         EvalLoader(data["val"], IDENTITY, 5, views="five", settings=PLAIN)
     bad = tmp_path / "pca.json"
     bad.write_text(json.dumps({"eigval": [1, 2], "eigvec": np.eye(3).tolist(), "mean": [0] * 3, "std": [1] * 3}))
-    with pytest.raises(LoaderError, match="eigval has shape"):
+    with pytest.raises(PCAFileError, match="eigval has shape"):
         load_pca(bad)
     with pytest.raises(LoaderError, match="needs the mean image"):
         TrainLoader(data["train"], IDENTITY, 8)
