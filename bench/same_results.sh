@@ -29,7 +29,8 @@ run() {  # run TREE OUT
 run /tmp/same-tree /tmp/same-before
 run "$REPO" /tmp/same-after
 cd /tmp
-for f in same-before/shards/train/*.tar same-before/shards/train/*.idx same-before/shards/train/*.stats.npz; do cmp $f same-after/${f#same-before/} && echo "identical ${f#same-before/}"; done
+for f in same-before/shards/train/*.tar same-before/shards/train/*.idx same-before/shards/train/*.stats.npz \
+         same-before/pca/mean_image.npy; do cmp $f same-after/${f#same-before/} && echo "identical ${f#same-before/}"; done
 python3 - <<'PY'
 import json
 a, b = json.load(open("/tmp/same-before/pca/pca.json")), json.load(open("/tmp/same-after/pca/pca.json"))

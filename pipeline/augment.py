@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 import torch
 
 from pipeline import dali_pipes
@@ -61,10 +63,6 @@ def cycle_eval(loader: EvalLoader):
 
 def save_grid(train: TrainLoader, samples: int, png) -> None:
     """Originals with the crop box drawn, beside the augmented patch with normalisation undone."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
 
     pipe = train.pipeline(0, batch_size=samples, expose=True)
@@ -73,7 +71,8 @@ def save_grid(train: TrainLoader, samples: int, png) -> None:
     s, pca = train.settings, train.pca
     cols = 2 if samples > 1 else 1
     rows = -(-samples // cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(4.4 * cols, 2.3 * rows), squeeze=False)
+    fig = Figure(figsize=(4.4 * cols, 2.3 * rows))
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(samples):
@@ -97,7 +96,6 @@ def save_grid(train: TrainLoader, samples: int, png) -> None:
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def augment(manifest, pca_json, mean_image, out_dir, settings: AugmentSettings | None = None,

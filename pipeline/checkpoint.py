@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model.alexnet import AlexNet
 from pipeline.io import atomic_path
 from pipeline.errors import PipelineError
 
@@ -117,8 +118,6 @@ def restore_best(ckpt_dir: str | os.PathLike, epoch: int | None) -> None:
 
 def build_model(model_config: dict, devices: list[str] | None = None) -> torch.nn.Module:
     """AlexNet from a checkpoint's model config, on one device or split over two."""
-    from model.alexnet import AlexNet
-
     # checkpoints from before dropout_style existed were trained with torch's inverted dropout
     model_config = {"dropout_style": "inverted", **model_config}
     return AlexNet(**model_config, devices=list(devices) if devices else ["cpu"])

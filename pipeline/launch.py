@@ -57,6 +57,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
+
+import torch
+
 from pipeline.errors import PipelineError
 
 __all__ = ["LaunchError", "Launch", "plan", "split_target", "slurm_nodes", "gpus_on_node",
@@ -263,10 +266,6 @@ def complete_slurm_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def torch_gpus() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

@@ -63,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
 from pipeline import dali_pipes
 from pipeline.dali_pipes import READER
@@ -159,8 +160,6 @@ class _Loader:
 
     @staticmethod
     def _iterator(pipe, policy):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
         return DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER, auto_reset=False,
                                    last_batch_policy=getattr(LastBatchPolicy, policy))
 

@@ -18,6 +18,7 @@ than what topk-order counting reports, never smaller.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 TEN_CROP_VIEWS = 10
 CENTER_VIEW = 4  # [TL, TR, BL, BR, C, flipped...]: the unflipped centre patch
@@ -113,8 +114,6 @@ class EvalCounts:
 
     def all_reduce(self) -> None:
         """Sum the tallies over all ranks of the default process group."""
-        import torch.distributed as dist
-
         for tensor in self.tensors.values():
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 

@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import atomic_path
@@ -105,10 +106,6 @@ def imagenet_comparison(eigval: np.ndarray, eigvec: np.ndarray) -> dict[str, lis
 
 def plot_pca(result: dict, mean_image: np.ndarray, path: str | os.PathLike) -> None:
     """Colour swatches mean + t*sqrt(l_i)*p_i (t = -2..2) for ours and ImageNet's; the mean image."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     mean = np.asarray(result["mean"])
     steps = np.linspace(-2, 2, 9)
@@ -121,7 +118,8 @@ def plot_pca(result: dict, mean_image: np.ndarray, path: str | os.PathLike) -> N
             colours = mean + steps[:, None] * np.sqrt(max(eigval[i], 0.0)) * eigvec[:, i]
             rows.append(np.clip(colours, 0, 255) / 255.0)
             labels.append(f"{name} PC{i + 1}  λ={eigval[i]:.0f}")
-    fig, (ax_sw, ax_mean) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig = Figure(figsize=(11, 4.2))
+    ax_sw, ax_mean = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
     ax_sw.imshow(np.stack(rows), aspect="auto", interpolation="nearest")
     ax_sw.set_yticks(range(len(labels)), labels)
     ax_sw.set_xticks(range(len(steps)), [f"{t:+.1f}σ" for t in steps])
@@ -132,7 +130,6 @@ def plot_pca(result: dict, mean_image: np.ndarray, path: str | os.PathLike) -> N
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def run_pca(stats_paths, out_dir: str | os.PathLike) -> dict:

@@ -14,6 +14,7 @@ import csv
 import os
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from pipeline.io import atomic_path
 
@@ -132,10 +133,6 @@ def write_comparison(path: str | os.PathLike, metrics: dict) -> None:
 
 def plot_per_class(path: str | os.PathLike, rows: list[list], title: str) -> None:
     """Bar chart of per-class top-1 accuracy (ten-crop and centre); sorted, unlabelled bars beyond 40 classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r[3]]
     acc10 = np.array([float(r[4]) for r in rows])
@@ -143,7 +140,8 @@ def plot_per_class(path: str | os.PathLike, rows: list[list], title: str) -> Non
     labelled = len(rows) <= 40
     order = np.arange(len(rows)) if labelled else np.argsort(-acc10, kind="stable")
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(rows)) if labelled else 10.0, 4.0))
+    fig = Figure(figsize=(max(6.0, 0.35 * len(rows)) if labelled else 10.0, 4.0))
+    ax = fig.subplots()
     if labelled:
         ax.bar(x - 0.2, acc10[order], width=0.4, label="ten-crop")
         ax.bar(x + 0.2, accc[order], width=0.4, label="centre")
@@ -159,4 +157,3 @@ def plot_per_class(path: str | os.PathLike, rows: list[list], title: str) -> Non
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

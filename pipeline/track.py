@@ -25,6 +25,17 @@ jobs in a file (`--parent-file`), which works for local and cluster jobs.
 The value of the environment variable named by `--redact-env` (an auth
 token) is replaced by *** in everything written to the log and the terminal.
 
+A tracking server with a login (docs/cluster.md). The credentials come only
+from the environment, where MLflow reads them: MLFLOW_TRACKING_USERNAME and
+MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN). An http(s) tracking URI
+with a user:password@ part is refused, since a URI is printed, stored as a
+parameter and seen in process lists. Their values are masked in the stage
+logs, and a user:password@ of any URL (a database URI, a download URL) is
+replaced by ***@ in what is stored as parameters and tags. A request the
+server refuses (HTTP 401: no or wrong login; 403: no permission on the
+experiment or registered model) ends in one `error:` line naming the server
+and what to set or ask for (TrackingAccessError), not a traceback.
+
 Provenance. `start_parent` records, on the parent run, the workflow's git
 commit and whether its work tree had uncommitted changes (tags git_commit,
 git_dirty) and the resolved config as the artifact config.yaml; it leaves
@@ -47,14 +58,23 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from pipeline.errors import PipelineError
 
 REDACTED = b"***"
 DEFAULT_URI = "sqlite:///mlflow.db"
+# where MLflow's client reads a tracking server's login; the only place it may come from
+USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
+# the user:password@ (or token@) of a URL anywhere in a text
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s]+@")
 # beside the parent run file: what the invocation ran with, for the jobs' model versions
 CONFIG_SNAPSHOT = "config.yaml"
 CODE_VERSION = "code_version.json"
@@ -62,10 +82,109 @@ CODE_VERSION = "code_version.json"
 EVALUATION_TAGS = ("val_top1_err_10crop", "val_top5_err_10crop", "val_top1_err_center", "val_top5_err_center")
 
 
+class TrackingAccessError(PipelineError):
+    """The tracking server refused a request: no login, a wrong one, or no permission."""
+
+
+def _secrets() -> list[str]:
+    """The tracking password and token, where set."""
+    # a value this short would mask ordinary characters of every text instead of a secret
+    return [v for v in (os.environ.get(PASSWORD_ENV, ""), os.environ.get(TOKEN_ENV, "")) if len(v) >= 4]
+
+
+def redact(text) -> str:
+    """`text` with the user:password@ of its URLs and the tracking password or token replaced by ***."""
+    text = _USERINFO.sub(r"\1***@", str(text))
+    for secret in _secrets():
+        text = text.replace(secret, "***")
+    return text
+
+
+def _redact_tree(obj):
+    if isinstance(obj, dict):
+        return {k: _redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redact_tree(v) for v in obj]
+    return redact(obj) if isinstance(obj, str) else obj
+
+
+def resolve_uri(tracking_uri: str | None) -> str:
+    """The tracking URI to use: the given one, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db.
+
+    An http(s) URI carrying a login is refused: the environment is the one
+    place for it (a database URI keeps its password; it is masked where stored).
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and "@" in parts.netloc:
+        raise PipelineError(
+            f"the tracking URI {redact(uri)} holds a login: remove the user:password@ part from "
+            f"tracking.tracking_uri or MLFLOW_TRACKING_URI and export {USERNAME_ENV} and {PASSWORD_ENV} "
+            "instead (a URI is printed and recorded with the runs; the environment is not)")
+    return uri
+
+
+def refusal(exc: BaseException, tracking_uri: str, resource: str | None = None) -> TrackingAccessError | None:
+    """The error to report for a request the tracking server refused (401 or 403); None for other failures.
+
+    resource: what the request needed permission on, for a 403 (e.g. "experiment 'alexnet'").
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # artifact uploads wrap requests' HTTPError
+        seen.add(id(exc))
+        code = getattr(exc, "error_code", None)
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if code == "UNAUTHENTICATED" or status == 401:
+            return TrackingAccessError(_login_refused(redact(tracking_uri)))
+        if code == "PERMISSION_DENIED" or status == 403:
+            user = os.environ.get(USERNAME_ENV)
+            who = f"user {user!r}" if user else "this login"
+            on = resource or "the experiment or registered model it writes to"
+            return TrackingAccessError(
+                f"the MLflow tracking server {redact(tracking_uri)} denies {who} permission on {on}: ask its "
+                "owner or the server's admin for EDIT permission on it, or (for an experiment) set "
+                "tracking.experiment to one of your own")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _login_refused(server: str) -> str:
+    user, password, token = (os.environ.get(n) for n in (USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV))
+    if user and password:
+        return (f"the MLflow tracking server {server} refused the login of user {user!r} given by {USERNAME_ENV} "
+                f"and {PASSWORD_ENV}: check both (the server's admin can reset the password)")
+    if token and not (user or password):
+        return (f"the MLflow tracking server {server} refused the token in {TOKEN_ENV}; with the server's own "
+                f"logins, export {USERNAME_ENV} and {PASSWORD_ENV} instead")
+    missing = " and ".join(n for n, v in ((USERNAME_ENV, user), (PASSWORD_ENV, password)) if not v)
+    return (f"the MLflow tracking server {server} needs a login: export {USERNAME_ENV} and {PASSWORD_ENV} in "
+            f"the shell that starts the workflow ({missing} not set), never in config.yaml or on the command line")
+
+
+def explain(exc: BaseException, tracking_uri: str, resource: str | None = None) -> str:
+    """What a failed tracking request says to the user, with no login in it."""
+    refused = refusal(exc, tracking_uri, resource)
+    return str(refused) if refused is not None else redact(exc)
+
+
+@contextmanager
+def server_access(tracking_uri: str, resource: str | None = None):
+    """Turns a refused request inside the block into TrackingAccessError (see `refusal`)."""
+    try:
+        yield
+    except TrackingAccessError:
+        raise
+    except Exception as exc:
+        refused = refusal(exc, tracking_uri, resource)
+        if refused is None:
+            raise
+        raise refused from None  # MLflow's own text adds only the endpoint
+
+
 def _client(tracking_uri: str | None):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    return MlflowClient(tracking_uri=resolve_uri(tracking_uri))
 
 
 def _retry(fn, *args, attempts: int = 8, **kwargs):
@@ -85,8 +204,11 @@ def experiment_id(client, name: str) -> str:
         return exp.experiment_id
     try:
         return client.create_experiment(name)
-    except Exception:  # created by someone else meanwhile
-        return client.get_experiment_by_name(name).experiment_id
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # created by someone else meanwhile
+        if exp is None:  # or not: a refusal, say; that is the error to report
+            raise
+        return exp.experiment_id
 
 
 def flatten(obj, prefix: str = "") -> dict[str, float]:
@@ -114,7 +236,7 @@ def cli_params(command: list[str]) -> dict[str, str]:
                     i += 1
                 else:
                     value = "true"
-            params[name.replace("-", "_")] = value[:6000]  # mlflow's param value limit
+            params[name.replace("-", "_")] = redact(value)[:6000]  # mlflow's param value limit
         i += 1
     return params
 
@@ -164,9 +286,14 @@ def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathL
     config: the resolved config, logged as the artifact config.yaml. Both are
     also left beside `parent_file` (CODE_VERSION, CONFIG_SNAPSHOT), where the
     train job reads them for its registered model version.
+
+    A user:password@ in the params, tags or config (the tracking or a
+    download URI; the command line in a tag) is stored as ***@.
+    A refused request raises TrackingAccessError.
     """
+    uri = resolve_uri(tracking_uri)
     path = Path(parent_file)
-    tags = dict(tags)
+    tags = {k: redact(v) for k, v in tags.items()}
     if code_dir is not None:
         code = code_version(code_dir)
         tags.update(code)
@@ -179,21 +306,24 @@ def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathL
 
         snapshot = path.with_name(CONFIG_SNAPSHOT)
         # through JSON: Snakemake's config may hold dict subclasses that safe_dump refuses
-        _write_atomic(snapshot, yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False))
-    client = _client(tracking_uri)
-    exp = experiment_id(client, experiment)
-    run = _retry(client.create_run, exp, run_name=run_name, tags=tags)
+        config = _redact_tree(json.loads(json.dumps(config)))
+        _write_atomic(snapshot, yaml.safe_dump(config, sort_keys=False))
+    client = _client(uri)
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        _retry(client.log_batch, run.info.run_id, params=items[i:i + 100])
-    if snapshot is not None:
-        try:
-            client.log_artifact(run.info.run_id, str(snapshot))
-        except Exception as exc:  # an unreachable artifact store must not stop the workflow
-            print(f"warning: could not log {snapshot} on the parent run: {exc}", file=sys.stderr)
-            _retry(client.set_tag, run.info.run_id, "tracking_error", str(exc)[:5000])
+    with server_access(uri, f"experiment {experiment!r}"):
+        exp = experiment_id(client, experiment)
+        run = _retry(client.create_run, exp, run_name=run_name, tags=tags)
+        items = [Param(k, redact(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            _retry(client.log_batch, run.info.run_id, params=items[i:i + 100])
+        if snapshot is not None:
+            try:
+                client.log_artifact(run.info.run_id, str(snapshot))
+            except Exception as exc:  # an unreachable artifact store must not stop the workflow
+                message = explain(exc, uri, f"experiment {experiment!r}")
+                print(f"warning: could not log {snapshot} on the parent run: {message}", file=sys.stderr)
+                _retry(client.set_tag, run.info.run_id, "tracking_error", message[:5000])
     _write_atomic(path, run.info.run_id + "\n")
     return run.info.run_id
 
@@ -201,7 +331,9 @@ def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathL
 def end_parent(tracking_uri: str, parent_file: str | os.PathLike, status: str) -> None:
     path = Path(parent_file)
     if path.exists():
-        _retry(_client(tracking_uri).set_terminated, path.read_text().strip(), status)
+        uri = resolve_uri(tracking_uri)
+        with server_access(uri, "the workflow's parent run"):
+            _retry(_client(uri).set_terminated, path.read_text().strip(), status)
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -271,9 +403,14 @@ class JsonlFollower(threading.Thread):
                 log_metrics(self.client, self.run_id, metrics, step=step)
 
     def run(self) -> None:
-        while not self.done.wait(self.period):
-            if self.ensure_run():
-                self.drain()
+        try:
+            while not self.done.wait(self.period):
+                if self.ensure_run():
+                    self.drain()
+        except Exception as exc:
+            # no traceback from this thread: stop() tries again from the wrapper's own thread,
+            # which reports a lasting failure (a refused login) as one error
+            print(f"warning: live metrics stopped until the stage ends: {redact(exc)}", file=sys.stderr)
 
     def stop(self) -> str:
         self.done.set()
@@ -362,17 +499,19 @@ class StageRunOpener:
 
 
 def run_logged(command: list[str], log: Path, secret: bytes | None) -> int:
-    """Run `command`, copying its output to `log` and stderr, secrets masked."""
+    """Run `command`, copying its output to `log` and stderr, masked: `secret`, the tracking password and token."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    keep = len(secret) - 1 if secret else 0
+    # longest first: a secret that contains another is masked whole
+    secrets = sorted({s for s in [secret, *(v.encode() for v in _secrets())] if s}, key=len, reverse=True)
+    keep = len(secrets[0]) - 1 if secrets else 0
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         pending = b""
         while True:
             chunk = os.read(proc.stdout.fileno(), 65536)
             pending += chunk
-            if secret:
-                pending = pending.replace(secret, REDACTED)
+            for s in secrets:
+                pending = pending.replace(s, REDACTED)
             # hold back a tail that could be the start of a split secret
             cut = len(pending) if not chunk else max(0, len(pending) - keep)
             ready, pending = pending[:cut], pending[cut:]
@@ -398,7 +537,7 @@ def log_model(tracking_uri: str | None, run_id: str, checkpoint: str, mean_image
 
     from pipeline.image_model import log_image_model
 
-    mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    mlflow.set_tracking_uri(resolve_uri(tracking_uri))
     with mlflow.start_run(run_id=run_id):
         return log_image_model(checkpoint, mean_image, classes, name="model")
 
@@ -459,7 +598,7 @@ def register_version(client, run_id: str, args: argparse.Namespace, model_info) 
 
     digest = file_digest(args.model)
     tags = {**version_provenance(client, run_id, args.parent_file, args.fingerprints), "checkpoint_sha256": digest}
-    mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    mlflow.set_tracking_uri(resolve_uri(args.tracking_uri))
     version = _retry(mlflow.register_model, model_info.model_uri, args.register, tags=tags)
     record = {"name": version.name, "version": str(version.version), "model_uri": model_info.model_uri,
               "run_id": run_id, "checkpoint": str(args.model), "checkpoint_sha256": digest}
@@ -515,50 +654,65 @@ def run_stage(args: argparse.Namespace) -> int:
     if args.no_tracking:
         return run_logged(command, log, secret or None)
 
-    client = _client(args.tracking_uri)
-    exp = experiment_id(client, args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "alexnet"))
-    parent = None
-    if args.parent_file and Path(args.parent_file).exists():
-        parent = Path(args.parent_file).read_text().strip()
-    follower = JsonlFollower(client, StageRunOpener(client, exp, args, parent, command), args.jsonl)
-    follower.ensure_run()
+    uri = resolve_uri(args.tracking_uri)
+    args.tracking_uri = uri
+    client = _client(uri)
+    experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "alexnet")
+    # checked before the command runs: a refused login should not wait for days of training
+    on_experiment = f"experiment {experiment!r}"
+    with server_access(uri, on_experiment):
+        exp = experiment_id(client, experiment)
+        parent = None
+        if args.parent_file and Path(args.parent_file).exists():
+            parent = Path(args.parent_file).read_text().strip()
+        follower = JsonlFollower(client, StageRunOpener(client, exp, args, parent, command), args.jsonl)
+        follower.ensure_run()
     follower.start()
     start = time.time()
     status = run_logged(command, log, secret or None)
     wall = time.time() - start
-    run_id = follower.stop()
+    with server_access(uri, on_experiment):
+        run_id = follower.stop()
 
     ok = status == 0
+
+    def failed(what: str, exc: Exception, resource: str = on_experiment) -> None:
+        _tracking_failed(client, run_id, what, explain(exc, uri, resource))
+
     try:
         model_info = None
         try:
             model_info = log_outcome(client, run_id, args, ok, parent, wall, log)
         except Exception as exc:  # the stage's outputs stand even when the store misbehaves
-            _tracking_failed(client, run_id, f"{args.stage} succeeded but MLflow logging failed", exc)
+            failed(f"{args.stage} succeeded but MLflow logging failed", exc)
         if ok and args.register:
             try:
                 if model_info is None:
                     raise RegistryError("no model was logged")
                 register_version(client, run_id, args, model_info)
             except Exception as exc:
-                _tracking_failed(client, run_id, f"{args.stage} succeeded but registering its model as "
-                                                 f"{args.register} failed", exc)
+                failed(f"{args.stage} succeeded but registering its model as {args.register} failed", exc,
+                       f"registered model {args.register!r}")
         if ok and args.tag_registered:
             try:
                 tag_registered_version(client, run_id, args)
             except Exception as exc:
-                _tracking_failed(client, run_id, f"{args.stage} succeeded but tagging the registered model "
-                                                 "version failed", exc)
+                failed(f"{args.stage} succeeded but tagging the registered model version failed", exc,
+                       f"the registered model recorded in {args.tag_registered}")
     finally:
-        _retry(client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
+        with server_access(uri, on_experiment):
+            _retry(client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
     if not ok:
         print(f"\n{args.stage} failed (exit {status}); last lines of {log}:\n{tail(log)}", file=sys.stderr)
     return status
 
 
-def _tracking_failed(client, run_id: str, what: str, exc: Exception) -> None:
-    print(f"warning: {what}: {exc}", file=sys.stderr)
-    _retry(client.set_tag, run_id, "tracking_error", f"{what}: {exc}"[:5000])
+def _tracking_failed(client, run_id: str, what: str, why: str) -> None:
+    print(f"warning: {what}: {why}", file=sys.stderr)
+    try:
+        _retry(client.set_tag, run_id, "tracking_error", f"{what}: {why}"[:5000])
+    except Exception as exc:  # the same refusal, most likely; the warning above says it
+        print(f"warning: could not set the tag tracking_error on run {run_id} either: {redact(exc)}", file=sys.stderr)
 
 
 def log_outcome(client, run_id: str, args: argparse.Namespace, ok: bool, parent: str | None,
@@ -625,7 +779,11 @@ def main(argv: list[str] | None = None) -> int:
                   "recorded) and --fingerprints (the training data it records)")
     if args.tag_registered and not (args.evaluated_checkpoint and args.metrics):
         run.error("--tag-registered needs --evaluated-checkpoint and --metrics (the errors it sets as tags)")
-    return run_stage(args)
+    try:
+        return run_stage(args)
+    except PipelineError as exc:  # a refused login or permission: one line, as the stages report theirs
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -60,6 +60,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from pipeline.checkpoint import (build_model, keep_best, load_checkpoint, restore_best, rng_state, save_checkpoint,
@@ -68,7 +70,7 @@ from pipeline.devices import Dist, all_sum, launch_from_env, peak_memory_mb, see
 from pipeline.errors import PipelineError, run_cli
 from pipeline.fingerprint import LABELS, changed_inputs, input_fingerprints
 from pipeline.health import HealthMonitor, LossWatch
-from pipeline.io import read_classes, read_json, write_json
+from pipeline.io import atomic_path, read_classes, read_json, write_json
 from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, manifest_shards
 from pipeline.pca_files import load_pca
 from pipeline.metrics import true_class_rank
@@ -125,7 +127,7 @@ class TrainConfig:
     log_every: int = TRAIN["log_every"]  # steps between metrics.jsonl lines (and health figures)
     monitor: bool = TRAIN["monitor"]  # per-layer health figures each log line (pipeline/health.py)
     flat_after: int = TRAIN["flat_after"]  # steps after which a loss still at ln(classes) is warned about
-    workers: int = TRAIN["workers"]  # DALI threads per replica
+    workers: int = 2                # DALI threads per replica: a runtime knob (rule train's dali_threads)
     threads: int = 0                # torch CPU threads per replica (0: torch's default)
 
     def key(self, num_classes: int) -> dict:
@@ -177,16 +179,11 @@ def truncate_jsonl(path: Path, step: int, epoch: int) -> None:
 
 def plot_curve(jsonl: Path, png: Path) -> None:
     """Train loss and validation error against epoch, lr drops marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from pipeline.io import atomic_path
-
     rows = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()]
     steps = [r for r in rows if "train_loss" in r]
     epochs = [r for r in rows if "val_top1_err" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     if steps and epochs:  # steps -> fractional epochs, from each epoch's last step
         ends = [(0, 0)] + [(r["step"], r["epoch"]) for r in epochs]
         xs = np.interp([r["step"] for r in steps], [s for s, _ in ends], [e for _, e in ends])
@@ -208,7 +205,6 @@ def plot_curve(jsonl: Path, png: Path) -> None:
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- the loop
@@ -402,8 +398,6 @@ class Trainer:
                 restore_best(self.ckpt_dir, self.state["best"]["epoch"])
             write_json(self.out_dir / ATTEMPT_FILE, self.attempt)
         if self.env.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             one_gpu = self.input_device.type == "cuda" and len(self.devices) == 1
             self.train_model = DDP(self.model, device_ids=[self.input_device] if one_gpu else None)
         if self.cfg.compile:

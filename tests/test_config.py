@@ -73,3 +73,13 @@ def test_nested_override_of_the_wrong_type_still_fails(tmp_path):
     proc = snakemake(tmp_path, "-n", "--config", 'train={"epochs": "many"}', check=False)
     assert proc.returncode != 0
     assert "config key train.epochs: 'many' is not of type 'integer'" in proc.stderr
+
+
+def test_runtime_knobs_are_resources_and_a_moved_key_says_where_it_went(tmp_path):
+    proc = dry_run(tmp_path, {"train": {"workers": 3}})
+    assert proc.returncode != 0
+    assert "config key train.workers is gone" in proc.stderr and "dali_threads" in proc.stderr
+    # DALI threads come from the job's cores, or --set-resources, without touching the config
+    proc = snakemake(tmp_path, "-n", "-p", "--set-resources", "train:dali_threads=5", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--workers 5" in proc.stdout + proc.stderr

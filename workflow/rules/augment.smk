@@ -22,25 +22,17 @@ rule augment:
                     labels={"figure": "augmented training samples"}),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
-        lighting=AUGMENT["lighting"],
-        lighting_std=AUGMENT["lighting_std"],
-        normalize=AUGMENT["normalize"],
-        grid_samples=AUGMENT["grid_samples"],
-        bench_batches=AUGMENT["bench_batches"],
-        batch_size=config["train"]["batch_size"],
-        seed=config["train"]["seed"],
-    threads: config["train"]["workers"]  # DALI CPU threads, as in training
+        # the training pipeline at the training batch size and seed
+        settings=settings_flags("augment", batch_size=config["train"]["batch_size"], seed=config["train"]["seed"]),
+    threads: 8  # DALI CPU threads (at most --cores; a profile's set-threads changes it)
     resources:
         gpu=min(1, config["train"]["gpus"]),
     log:
         f"{RESULTS}/logs/augment.log",
     message:
-        "Building the DALI training and test pipelines (lighting {params.lighting}, "
-        "normalize {params.normalize}): sample grid and throughput"
+        f"Building the DALI training and test pipelines (lighting {AUGMENT['lighting']}, "
+        f"normalize {AUGMENT['normalize']}): sample grid and throughput"
     shell:
         tracked("augment", metrics="{output.json}", artifacts=["{output.grid}", "{output.json}"])
         + "python -m pipeline.augment --manifest {input.manifest} --pca {input.pca} "
-        "--mean-image {input.mean_image} --out-dir {params.out_dir} --lighting {params.lighting} "
-        "--lighting-std {params.lighting_std} --normalize {params.normalize} "
-        "--grid-samples {params.grid_samples} --bench-batches {params.bench_batches} "
-        "--batch-size {params.batch_size} --seed {params.seed} --threads {threads} --device auto"
+        "--mean-image {input.mean_image} --out-dir {params.out_dir} {params.settings} --threads {threads} --device auto"

@@ -51,8 +51,17 @@ def coerce_to_schema(cfg, schema, root=None):
                     cfg[key] = parsed
 
 
+# Keys that left the config, and where their job went.
+MOVED_KEYS = {("train", "workers"): "DALI threads are a runtime knob now, the resource dali_threads of rule "
+                                    "train (--set-resources train:dali_threads=N, or a profile); "
+                                    "augment and evaluate use their job's threads"}
+
+
 def check_config(cfg):
     """Fail before any job runs, naming the key and what it expects."""
+    for (section, key), where in MOVED_KEYS.items():
+        if key in (cfg.get(section) or {}):
+            raise ValueError(f"config key {section}.{key} is gone: {where}; delete it from your config")
     schema = yaml.safe_load(SCHEMA.read_text())
     coerce_to_schema(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
@@ -202,18 +211,35 @@ def cli_flags(settings):
     return " ".join(flags)
 
 
-# train.* keys that are the train stage's own flags (gpus is a resource, not a flag)
-TRAIN_FLAGS = ("width", "init", "dropout_style", "decay", "warmup_steps", "batch_size", "lr", "momentum",
-               "weight_decay", "lr_factor", "patience", "epochs", "seed", "precision", "compile", "log_every",
-               "monitor", "flat_after", "workers")
+def settings_flags(section, keys=None, exclude=(), **extra):
+    """config[section]'s settings (`keys`, or all but `exclude`) and `extra` ones, as one flags param."""
+    keys = keys or [k for k in config[section] if k not in exclude]
+    return cli_flags({**{k: config[section][k] for k in keys}, **extra})
+
+
+# augment.* keys the training and evaluation pipelines read (grid_samples and bench_batches are the augment
+# stage's own)
+AUGMENT_FLAGS = ("lighting", "lighting_std", "normalize")
 
 
 def train_settings():
-    """Every setting of the train stage, from config: train.*, the augmentation, the devices."""
-    settings = {k: TRAIN[k] for k in TRAIN_FLAGS}
-    settings.update(devices=train_devices(), channels_last=str(TRAIN["channels_last"]).lower())
-    settings.update({k: config["augment"][k] for k in ("lighting", "lighting_std", "normalize")})
-    return cli_flags(settings)
+    """Every setting of the train stage, from config: train.*, the augmentation, the devices.
+
+    train.gpus is a resource (how many GPUs the job holds), not a flag."""
+    return cli_flags({**{k: v for k, v in TRAIN.items() if k not in ("gpus", "devices", "channels_last")},
+                      "devices": train_devices(), "channels_last": str(TRAIN["channels_last"]).lower(),
+                      **{k: config["augment"][k] for k in AUGMENT_FLAGS}})
+
+
+def dali_threads(wildcards, threads):
+    """DALI CPU threads per training replica: a runtime knob, not a setting.
+
+    Each sample's augmentation is drawn from the seed, not from the thread that
+    runs it, so the thread count never changes the images (identical batches
+    with 1 and 3 threads on the demo shards). Half the job's cores, 2 to 8:
+    2 threads hold a GPU back, 8 feed it (bench/RESULTS-augment.md). Override
+    with --set-resources train:dali_threads=N or in a profile."""
+    return min(8, max(2, threads // 2))
 
 
 def train_devices():

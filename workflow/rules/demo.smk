@@ -17,16 +17,11 @@ rule demo:
         json=f"{DEMO['out_dir']}/demo.json",
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
-        seed=DEMO["seed"],
-        classes=DEMO["classes"],
-        train_per_class=DEMO["train_per_class"],
-        val_per_class=DEMO["val_per_class"],
-        large_fraction=DEMO["large_fraction"],
+        settings=settings_flags("demo", exclude=("out_dir",)),
     log:
         f"{RESULTS}/logs/demo.log",
     message:
-        "Drawing the demo dataset: {params.classes} classes, seed {params.seed}, into {params.out_dir}"
+        f"Drawing the demo dataset: {DEMO['classes']} classes, seed {DEMO['seed']}, into {{params.out_dir}}"
     shell:
-        tracked("demo", metrics="{output.json}") + "python -m pipeline.demo --out-dir {params.out_dir}"
-        " --seed {params.seed} --classes {params.classes} --train-per-class {params.train_per_class}"
-        " --val-per-class {params.val_per_class} --large-fraction {params.large_fraction}"
+        tracked("demo", metrics="{output.json}")
+        + "python -m pipeline.demo --out-dir {params.out_dir} {params.settings}"

@@ -36,14 +36,13 @@ rule evaluate:
         checkpoint=lambda wildcards, input: (
             os.path.join(os.path.dirname(input.checkpoint), "checkpoints", "last.pt")
             if EVALUATE["checkpoint"] == "last" else input.checkpoint),
-        dataset=config["dataset"]["name"],
-        batch_size=EVALUATE["batch_size"],
-        devices=train_devices(),  # the training devices (common.smk)
-        threads=config["train"]["workers"],
+        # evaluate.batch_size, on the training devices (common.smk)
+        settings=settings_flags("evaluate", ("batch_size",), dataset_name=config["dataset"]["name"],
+                                devices=train_devices()),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     resources:
         gpu=config["train"]["gpus"],
-    threads: config["train"]["workers"]
+    threads: 8  # DALI CPU threads (at most --cores; a profile's set-threads changes it)
     log:
         f"{RESULTS}/logs/evaluate.log",
     message:
@@ -58,5 +57,4 @@ rule evaluate:
             evaluated_checkpoint="{params.checkpoint}",
         ) + launch("pipeline.evaluate") + " --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
         " --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
-        " --dataset-name {params.dataset} --batch-size {params.batch_size} --devices {params.devices}"
-        " --threads {params.threads} --out-dir {params.out_dir}"
+        " {params.settings} --threads {threads} --out-dir {params.out_dir}"

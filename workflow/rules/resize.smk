@@ -28,11 +28,11 @@ RESIZE_SHARD_FILES = {
     (split, suffix): expand(f"{RESULTS}/shards/{split}/{split}-{{k:05d}}{suffix}", k=range(RESIZE_SHARDS[split]))
     for split in ("train", "val") for suffix in (".tar", ".idx", ".json", ".stats.npz")
 }
+# resize.* settings of one shard; the shard counts are per split
+RESIZE_SHARD_SETTINGS = ("seed", "jpeg_quality", "max_reject_fraction")
 RESIZE_SHARD_SHELL = (
     "python -m pipeline.resize shard --split {params.split} --index {input.index} --source {params.source}"
-    " --shard {wildcards.shard} --shards {params.shards} --seed {params.seed}"
-    " --jpeg-quality {params.jpeg_quality} --max-reject-fraction {params.max_reject_fraction}"
-    " {params.stats} --out {output.tar} > {log} 2>&1"
+    " --shard {wildcards.shard} {params.settings} {params.stats} --out {output.tar} > {log} 2>&1"
 )
 
 
@@ -74,9 +74,7 @@ rule resize_train_shard:
         stats="--stats",
         source=RESIZE_SOURCE["train"],
         shards=RESIZE_SHARDS["train"],
-        seed=RESIZE["seed"],
-        jpeg_quality=RESIZE["jpeg_quality"],
-        max_reject_fraction=RESIZE["max_reject_fraction"],
+        settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE_SHARDS["train"]),
     wildcard_constraints:
         shard=r"\d{5}",
     resources:
@@ -104,9 +102,7 @@ rule resize_val_shard:
         stats="",
         source=RESIZE_SOURCE["val"],
         shards=RESIZE_SHARDS["val"],
-        seed=RESIZE["seed"],
-        jpeg_quality=RESIZE["jpeg_quality"],
-        max_reject_fraction=RESIZE["max_reject_fraction"],
+        settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE_SHARDS["val"]),
     wildcard_constraints:
         shard=r"\d{5}",
     resources:
@@ -132,15 +128,12 @@ rule resize:
         manifest=f"{RESULTS}/shards/manifest.json",
     params:
         shards_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-        train_shards=RESIZE_SHARDS["train"],
-        val_shards=RESIZE_SHARDS["val"],
-        max_reject_fraction=RESIZE["max_reject_fraction"],
+        settings=settings_flags("resize", ("train_shards", "val_shards", "max_reject_fraction")),
     log:
         f"{RESULTS}/logs/resize.log",
     message:
-        "Checking the rejects over all {params.train_shards} + {params.val_shards} shards and writing the manifest"
+        f"Checking the rejects over all {RESIZE_SHARDS['train']} + {RESIZE_SHARDS['val']} shards and writing the manifest"
     shell:
         tracked("resize", metrics="{output.manifest}", artifacts=["{output.manifest}"])
-        + "python -m pipeline.resize manifest --shards-dir {params.shards_dir} --train-shards {params.train_shards}"
-        " --val-shards {params.val_shards} --classes {input.classes}"
-        " --max-reject-fraction {params.max_reject_fraction} --out {output.manifest}"
+        + "python -m pipeline.resize manifest --shards-dir {params.shards_dir} --classes {input.classes}"
+        " {params.settings} --out {output.manifest}"

@@ -51,6 +51,7 @@ rule train:
     threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
     resources:
         gpu=TRAIN["gpus"],
+        dali_threads=dali_threads,  # runtime, not a param: the images do not depend on it (common.smk)
     log:
         f"{RESULTS}/logs/train.log",
     message:
@@ -63,4 +64,4 @@ rule train:
                 attempt=f"{RESULTS}/train/attempt.json", register=REGISTERED_MODEL, fingerprints="{output.json}")
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
-        "{params.settings} --threads {params.threads}"
+        "{params.settings} --threads {params.threads} --workers {resources.dali_threads}"
