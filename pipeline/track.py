@@ -156,9 +156,10 @@ def _login_refused(server: str) -> str:
     if token and not (user or password):
         return (f"the MLflow tracking server {server} refused the token in {TOKEN_ENV}; with the server's own "
                 f"logins, export {USERNAME_ENV} and {PASSWORD_ENV} instead")
-    missing = " and ".join(n for n, v in ((USERNAME_ENV, user), (PASSWORD_ENV, password)) if not v)
-    return (f"the MLflow tracking server {server} needs a login: export {USERNAME_ENV} and {PASSWORD_ENV} in "
-            f"the shell that starts the workflow ({missing} not set), never in config.yaml or on the command line")
+    unset = [n for n, v in ((USERNAME_ENV, user), (PASSWORD_ENV, password)) if not v]
+    which = f" ({unset[0]} is not set)" if len(unset) == 1 else ""
+    return (f"the MLflow tracking server {server} needs a login{which}: export {USERNAME_ENV} and {PASSWORD_ENV} "
+            "in the shell that starts the workflow, never in config.yaml or on the command line")
 
 
 def explain(exc: BaseException, tracking_uri: str, resource: str | None = None) -> str:

@@ -9,8 +9,10 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import tool_env
+from pipeline.errors import PipelineError
 from pipeline.fingerprint import file_digest
-from pipeline.track import RegistryError, cli_params, code_version, flatten, start_parent, tag_registered_version
+from pipeline.track import (RegistryError, TrackingAccessError, cli_params, code_version, flatten, redact, refusal,
+                            resolve_uri, start_parent, tag_registered_version)
 
 
 def wrap(tmp_path, *args, env=None):
@@ -29,6 +31,43 @@ def test_cli_params_and_flatten():
     assert cli_params(["python", "-m", "x", "--out-dir", "r", "--quality=90", "--fast"]) == {
         "out_dir": "r", "quality": "90", "fast": "true"}
     assert flatten({"a": 1, "b": {"c": 2.5, "d": "s", "e": True}, "f": float("nan")}) == {"a": 1.0, "b.c": 2.5}
+
+
+def test_logins_are_masked_in_what_is_stored(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pa55-word")
+    assert redact("postgresql://u:pw@db/x and https://tok@h/a@b and sqlite:////a@b/c.db, pa55-word") == (
+        "postgresql://***@db/x and https://***@h/a@b and sqlite:////a@b/c.db, ***")
+    assert cli_params(["x", "--url", "http://user:pw@host/file.tar"]) == {"url": "http://***@host/file.tar"}
+    with pytest.raises(PipelineError, match=r"the tracking URI http://\*\*\*@host:5000 holds a login"):
+        resolve_uri("http://u:pa55-word@host:5000")
+    assert resolve_uri("postgresql://u:pw@db/x") == "postgresql://u:pw@db/x"  # the database's own login
+
+
+def test_refused_requests_become_one_error_naming_what_to_set(monkeypatch):
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_DOES_NOT_EXIST, UNAUTHENTICATED
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    unauthenticated = MlflowException("401 != 200", error_code=UNAUTHENTICATED)
+    denied = MlflowException("403 != 200", error_code=PERMISSION_DENIED)
+    missing = refusal(unauthenticated, "http://h:5000")
+    assert isinstance(missing, TrackingAccessError) and isinstance(missing, PipelineError)
+    assert str(missing).startswith("the MLflow tracking server http://h:5000 needs a login: export "
+                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "bob")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
+    assert "refused the login of user 'bob'" in str(refusal(unauthenticated, "http://h:5000"))
+    assert str(refusal(denied, "http://h:5000", "registered model 'alexnet-x'")).startswith(
+        "the MLflow tracking server http://h:5000 denies user 'bob' permission on registered model 'alexnet-x'")
+    # an artifact upload refused: requests' HTTPError, maybe inside another exception
+    response = requests.Response()
+    response.status_code = 401
+    wrapped = MlflowException("could not upload")
+    wrapped.__cause__ = requests.HTTPError("401 Client Error", response=response)
+    assert "refused the login of user 'bob'" in str(refusal(wrapped, "http://h:5000"))
+    assert refusal(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST), "http://h:5000") is None
 
 
 def test_child_run_under_parent_with_params_metrics_artifacts(tmp_path):
