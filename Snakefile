@@ -24,7 +24,7 @@ include: "workflow/rules/evaluate.smk"
 
 onstart:
     if TRACKING["enabled"]:
-        from pipeline.track import start_parent
+        from pipeline.track import redact, start_parent
 
         run_id = start_parent(
             TRACKING_URI, TRACKING["experiment"], PARENT_FILE,
@@ -34,7 +34,7 @@ onstart:
             code_dir=workflow.basedir,
             config=config,
         )
-        print(f"MLflow: parent run {run_id} in {TRACKING_URI}", file=sys.stderr)
+        print(f"MLflow: parent run {run_id} in {redact(TRACKING_URI)}", file=sys.stderr)
 
 
 onsuccess:

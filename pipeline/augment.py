@@ -98,8 +98,12 @@ def save_grid(train: TrainLoader, samples: int, png) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
+AUGMENT, TRAIN = defaults("augment"), defaults("train")  # the config schema is the one home of defaults
+
+
 def augment(manifest, pca_json, mean_image, out_dir, settings: AugmentSettings | None = None,
-            batch_size=128, threads=2, device="auto", grid_samples=8, bench_batches=5, seed=0) -> dict:
+            batch_size=TRAIN["batch_size"], threads=2, device="auto", grid_samples=AUGMENT["grid_samples"],
+            bench_batches=AUGMENT["bench_batches"], seed=TRAIN["seed"]) -> dict:
     """The stage: grid.png of augmented training samples and augment.json with throughput."""
     settings = settings or AugmentSettings()
     device = ("cuda:0" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--pca", required=True, help="results/pca/pca.json")
     p.add_argument("--mean-image", required=True, help="results/pca/mean_image.npy")
     p.add_argument("--out-dir", required=True)
-    d, t = defaults("augment"), defaults("train")
+    d, t = AUGMENT, TRAIN
     p.add_argument("--lighting", default=d["lighting"], choices=LIGHTING)
     p.add_argument("--lighting-std", type=float, default=d["lighting_std"])
     p.add_argument("--normalize", default=d["normalize"], choices=NORMALIZE)
@@ -142,7 +146,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", help="auto (cuda:0 if available, else cpu) | cpu | cuda:N")
     p.add_argument("--grid-samples", type=int, default=d["grid_samples"])
     p.add_argument("--bench-batches", type=int, default=d["bench_batches"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=t["seed"])
     a = p.parse_args(argv)
     settings = AugmentSettings(a.lighting, a.lighting_std, a.normalize)
     return run_cli(augment, a.manifest, a.pca, a.mean_image, a.out_dir, settings, a.batch_size, a.threads,

@@ -44,6 +44,8 @@ from pipeline.metrics import EvalCounts, ten_crop_probs
 from pipeline.schema import defaults
 from pipeline.shards import ManifestError, read_manifest
 
+EVALUATE = defaults("evaluate")  # the config schema is the one home of defaults
+
 
 class EvaluateError(PipelineError, ValueError):
     """An input of the evaluation stage that cannot work (named in the message)."""
@@ -90,7 +92,8 @@ def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_si
 
 
 def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out_dir, dataset_name: str = "demo",
-             batch_size: int = 32, devices: str = "auto", threads: int = 2, top_confusions: int = 20) -> dict:
+             batch_size: int = EVALUATE["batch_size"], devices: str = "auto", threads: int = 2,
+             top_confusions: int = 20) -> dict:
     """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict."""
     t0 = time.perf_counter()
     for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
@@ -170,7 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", required=True, help="results/fetch/classes.tsv")
     p.add_argument("--out-dir", required=True, help="results/evaluate")
     p.add_argument("--dataset-name", default="demo", help="demo | imagenet | other: labels the comparison table")
-    p.add_argument("--batch-size", type=int, default=defaults("evaluate")["batch_size"],
+    p.add_argument("--batch-size", type=int, default=EVALUATE["batch_size"],
                    help="images per batch (each gives 10 views)")
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:N | cuda:0,cuda:1 (two-column split)")
     p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
