@@ -62,7 +62,7 @@ from tqdm import tqdm
 from pipeline import archive
 from pipeline.io import atomic_path, read_classes, read_json, write_json
 from pipeline.images import RESAMPLE, crop_box, downsample  # noqa: F401 (crop_box, RESAMPLE: part of the stage's API)
-from pipeline.shards import IMAGE_SIZE, ShardWriter
+from pipeline.shards import IMAGE_SIZE, ShardWriter, manifest_entry
 from pipeline.errors import PipelineError, run_cli
 from pipeline.schema import defaults
 
@@ -289,15 +289,6 @@ def split_shard_jsons(shards_dir: str | os.PathLike, split: str, shards: int) ->
     return [Path(shards_dir) / split / f"{split}-{k:05d}.json" for k in range(shards)]
 
 
-def _manifest_entry(report: dict, base: Path) -> dict:
-    """A shard's line in the manifest; paths relative to the manifest's folder."""
-    entry = {k: report[k] for k in ("images", "rejected", "bytes", "seconds")}
-    for key in ("tar", "idx", "stats"):
-        if report[key] is not None:
-            entry[key] = os.path.relpath(report[key], base)
-    return entry
-
-
 def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards: int,
                    classes: str | os.PathLike, out: str | os.PathLike, max_reject_fraction: float) -> dict:
     """Reduce the shard .json files into results/shards/manifest.json; check all rejects together."""
@@ -315,7 +306,7 @@ def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards:
             "inputs": sum(r["inputs"] for r in reports),
             "rejected": sum(r["rejected"] for r in reports),
             "bytes": sum(r["bytes"] for r in reports),
-            "shards": [_manifest_entry(r, Path(out).parent) for r in reports],
+            "shards": [manifest_entry(r, out) for r in reports],
             "rejects": [dict(rej, shard=os.path.relpath(r["tar"], Path(out).parent)) for r in reports
                         for rej in r["rejects"]],
         }

@@ -69,6 +69,18 @@ def read_manifest(manifest: str | os.PathLike) -> dict:
         raise ManifestError(f"{manifest}: cannot read the shard manifest ({exc!r}); rerun the resize stage") from exc
 
 
+def manifest_entry(report: dict, manifest: str | os.PathLike) -> dict:
+    """A shard's entry in the manifest, from its .json report: the inverse of manifest_entries.
+
+    Paths are stored relative to the manifest's folder, so results/ can move as a whole.
+    """
+    entry = {k: report[k] for k in ("images", "rejected", "bytes", "seconds")}
+    for key in ("tar", "idx", "stats"):
+        if report[key] is not None:
+            entry[key] = os.path.relpath(report[key], Path(manifest).parent)
+    return entry
+
+
 def manifest_entries(manifest: str | os.PathLike, split: str) -> list[dict]:
     """The split's shard entries, with `tar`, `idx` and `stats` as paths resolved against the manifest's folder.
 
