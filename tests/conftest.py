@@ -1,9 +1,14 @@
 """Shared test helpers: the repository root and a runner for the real workflow."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +25,44 @@ def tool_env(**extra: str) -> dict[str, str]:
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(cmd: list[str], ready_url: str, log: Path, timeout: float, stop_timeout: float = 30, **popen):
+    """Start a server (its own process group, output to `log`), wait for `ready_url` to answer 200,
+    yield the process; stop the whole group afterwards (a server's workers share it)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[2:5]} exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(ready_url, timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:  # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no answer from {ready_url} in {timeout} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:

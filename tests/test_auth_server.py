@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -29,13 +25,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import TINY, REPO, tool_env
-from pipeline.checkpoint import save_checkpoint
+from conftest import REPO, TINY, free_port, running_server, tool_env
 from pipeline.errors import PipelineError
-from pipeline.fingerprint import input_fingerprints
-from pipeline.io import write_json, write_tsv
 from pipeline.track import TrackingAccessError, resolve_uri, start_parent
-from test_predict import NUM_CLASSES, _checkpoint_state
+from test_predict import trained_run_files
 
 pytest.importorskip("flask_wtf", reason="mlflow[auth] (envs/common.txt) is not installed")
 
@@ -47,12 +40,6 @@ LOGIN_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRA
 HEALTH_TIMEOUT_S = 120
 # everything the tests saw printed, checked for passwords at the end
 PRINTED: list[str] = []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(user: str | None = None, password: str | None = None, **extra: str) -> dict[str, str]:
@@ -101,45 +88,20 @@ def server(tmp_path_factory):
                    # each request checks the password with PBKDF2, a second or two of a busy test CPU;
                    # the server's cache of good logins saves it for the next ones
                    "auth_cache_ttl_seconds = 600\n")
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    log = root / "server.log"
     env = _env(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
-    with open(log, "wb") as out:
-        # one worker: each one loads all of mlflow, and this is a test machine's CPU
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-             "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the MLflow server exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:  # not listening yet
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /health answer in {HEALTH_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+    # one worker: each one loads all of mlflow, and this is a test machine's CPU
+    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+           "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # stop_timeout 3: a graceful stop waits half a minute for uvicorn's background job runner,
+    # which nothing here needs
+    with running_server(cmd, f"{uri}/health", root / "server.log", HEALTH_TIMEOUT_S, stop_timeout=3,
+                        cwd=root, env=env):
         for user in ("alice", "bob"):
             _create_user(uri, user)
         yield {"uri": uri, "root": root}
-    finally:
-        # uvicorn's worker shares the server's process group; a graceful stop waits for its
-        # background job runner for half a minute, and nothing here needs one
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
 
 
 def _wrap(server, work, *args, env) -> subprocess.CompletedProcess:
@@ -154,16 +116,8 @@ def _wrap(server, work, *args, env) -> subprocess.CompletedProcess:
 def trained(server, tmp_path_factory):
     """alice's workflow: the parent run, then the train stage's wrapper logging and registering a tiny model."""
     work = tmp_path_factory.mktemp("auth-work")
-    rng = np.random.default_rng(5)
-    mean_npy, classes_tsv = work / "pca" / "mean_image.npy", work / "fetch" / "classes.tsv"
-    mean_npy.parent.mkdir()
-    np.save(mean_npy, rng.uniform(60, 200, (256, 256, 3)).astype(np.float32))
-    write_tsv(classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}"] for c in range(NUM_CLASSES)])
-    write_json(work / "pca" / "pca.json", {"mean": [120.0, 115.0, 100.0]})
-    write_json(work / "shards" / "manifest.json", {"train": {"shards": []}, "val": {"shards": []}})
-    ckpt = work / "train" / "checkpoints" / "best.pt"
-    save_checkpoint(ckpt, _checkpoint_state(mean_npy, classes_tsv))
-    inputs = input_fingerprints(work / "shards" / "manifest.json", work / "pca" / "pca.json", mean_npy, classes_tsv)
+    files = trained_run_files(work, np.random.default_rng(5))
+    ckpt, mean_npy, classes_tsv, inputs = files["checkpoint"], files["mean"], files["classes"], files["inputs"]
 
     parent_file = work / "results" / ".tracking" / "parent_run_id"
     # what the Snakefile's onstart passes, with a database URI holding a password among the params

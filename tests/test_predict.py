@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipeline.checkpoint import model_from_checkpoint, save_checkpoint
 from pipeline.evaluate import make_loader
-from pipeline.fingerprint import file_digest
+from pipeline.fingerprint import file_digest, input_fingerprints
 from pipeline.io import write_json, write_tsv
 from pipeline.metrics import ten_crop_probs
 from pipeline.predict import PredictError, main, predict
@@ -64,6 +64,21 @@ def _checkpoint_state(mean_npy, classes_tsv) -> dict:
               "augment": AUGMENT, "world_size": 1,
               "inputs": {"mean_image": file_digest(mean_npy), "classes": file_digest(classes_tsv)}}
     return {"model": sd, "config": config, "epoch": 2, "step": 8}
+
+
+def trained_run_files(root, rng) -> dict:
+    """What a finished training leaves for the tracking tests: best.pt, the PCA and fetch files it read, and
+    train.json's input fingerprints (a random mean image; the shards' manifest lists no shards)."""
+    mean_npy, classes_tsv = root / "pca" / "mean_image.npy", root / "fetch" / "classes.tsv"
+    mean_npy.parent.mkdir()
+    np.save(mean_npy, rng.uniform(60, 200, (256, 256, 3)).astype(np.float32))
+    write_tsv(classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}"] for c in range(NUM_CLASSES)])
+    write_json(root / "pca" / "pca.json", {"mean": [120.0, 115.0, 100.0]})
+    write_json(root / "shards" / "manifest.json", {"train": {"shards": []}, "val": {"shards": []}})
+    ckpt = root / "train" / "checkpoints" / "best.pt"
+    save_checkpoint(ckpt, _checkpoint_state(mean_npy, classes_tsv))
+    inputs = input_fingerprints(root / "shards" / "manifest.json", root / "pca" / "pca.json", mean_npy, classes_tsv)
+    return {"checkpoint": ckpt, "mean": mean_npy, "classes": classes_tsv, "inputs": inputs}
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import types
 import urllib.error
 import urllib.request
@@ -25,13 +21,11 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import tool_env
-from pipeline.checkpoint import save_checkpoint
-from pipeline.fingerprint import file_digest, input_fingerprints
-from pipeline.io import write_json, write_tsv
+from conftest import free_port, running_server, tool_env
+from pipeline.fingerprint import file_digest
 from pipeline.predict import predict
 from pipeline.track import RegistryError, register_version
-from test_predict import NUM_CLASSES, _checkpoint_state, _encode, _image
+from test_predict import _encode, _image, trained_run_files
 from test_track import git
 
 NAME = "alexnet-serve"
@@ -58,15 +52,8 @@ def registered(tmp_path_factory):
     for i in range(IMAGES):
         (images / f"img{i}.jpg").write_bytes(_encode(Image.fromarray(_image(rng)), "JPEG", quality=95))
 
-    mean_npy, classes_tsv = root / "pca" / "mean_image.npy", root / "fetch" / "classes.tsv"
-    mean_npy.parent.mkdir()
-    np.save(mean_npy, rng.uniform(60, 200, (256, 256, 3)).astype(np.float32))
-    write_tsv(classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}"] for c in range(NUM_CLASSES)])
-    write_json(root / "pca" / "pca.json", {"mean": [120.0, 115.0, 100.0]})
-    write_json(root / "shards" / "manifest.json", {"train": {"shards": []}, "val": {"shards": []}})
-    ckpt = root / "train" / "checkpoints" / "best.pt"
-    save_checkpoint(ckpt, _checkpoint_state(mean_npy, classes_tsv))
-    inputs = input_fingerprints(root / "shards" / "manifest.json", root / "pca" / "pca.json", mean_npy, classes_tsv)
+    files = trained_run_files(root, rng)
+    ckpt, mean_npy, classes_tsv, inputs = files["checkpoint"], files["mean"], files["classes"], files["inputs"]
 
     code = root / "code"
     code.mkdir()
@@ -139,12 +126,6 @@ def test_registration_without_fingerprints_is_refused_by_name(registered, tmp_pa
     assert not (tmp_path / "registered_model.json").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict) -> tuple[int, dict | str]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -156,30 +137,12 @@ def _post(url: str, body: dict) -> tuple[int, dict | str]:
 
 
 def test_served_model_answers_with_predicts_numbers(registered):
-    root, port = registered["root"], _free_port()
-    log = root / "serve.log"
+    root, port = registered["root"], free_port()
     env = tool_env(MLFLOW_TRACKING_URI=registered["uri"], OMP_NUM_THREADS="1")
     # cwd outside the repository: the served code comes from the model's own code paths
-    with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/latest",
-             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + PING_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"the server exited ({server.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:  # not listening yet
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /ping answer in {PING_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(1)
-
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/latest",
+           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    with running_server(cmd, f"http://127.0.0.1:{port}/ping", root / "serve.log", PING_TIMEOUT_S, cwd=root, env=env):
         files = registered["images"]
         records = [{"image": base64.b64encode(f.read_bytes()).decode()} for f in files]
         status, reply = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records})
@@ -200,13 +163,3 @@ def test_served_model_answers_with_predicts_numbers(registered):
         status, reply = _post(f"http://127.0.0.1:{port}/invocations",
                               {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
         assert status == 400 and "row 0: not an image format PIL recognises" in reply
-    finally:
-        # the server's workers share its process group; stop them all
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        except ProcessLookupError:
-            pass
