@@ -220,6 +220,15 @@ def test_same_seed_same_batches_other_epoch_or_seed_differs(data):
     assert not same(first_batches(a, 0), first_batches(make(1), 0))
 
 
+def test_thread_count_never_changes_the_batches(data):
+    # why DALI threads are a runtime knob (the resource dali_threads), not a setting that reruns training
+    pca = load_pca_dict(data)
+    make = lambda threads: TrainLoader(data["train"], pca, 8, AugmentSettings(), seed=5, threads=threads)  # noqa: E731
+    one, three = make(1), make(3)
+    for epoch in (0, 1):
+        assert same(first_batches(one, epoch), first_batches(three, epoch))
+
+
 def test_restart_at_epoch_reproduces_the_continuing_run(data):
     pca = load_pca_dict(data)
     running = TrainLoader(data["train"], pca, 8, AugmentSettings(), seed=7)
