@@ -8,6 +8,8 @@ ENV ?= envs/cpu.txt
 PIP_EXTRA ?=
 CORES ?= all
 SNAKEMAKE_ARGS ?=
+# test files run on two processes (pytest-xdist): much of the suite waits on subprocesses and servers
+TEST_WORKERS ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install demo test lint report clean
@@ -24,7 +26,7 @@ demo: install
 	snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
 test: install
-	pytest -q tests
+	pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: install
 	snakemake --lint
