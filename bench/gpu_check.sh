@@ -9,7 +9,8 @@
 # Order: the full-width trainability run (the ImageNet preset's training
 # settings on the 100-class generated set, at least 2,000 steps; curve and
 # per-layer health figures copied to $OUT), training end to end (the 15,000
-# images/s target), the stages on the GPU (bench/gpu_stages.sh), the DALI
+# images/s target), the stages on the GPU (bench/gpu_stages.sh), whether
+# DALI's thread count changes the GPU loaders' batches (bench/dali_threads.py), the DALI
 # pipelines, evaluation, the model layouts with torch.compile. A step is skipped when less than 30 s of the budget is
 # left, and cut at what is left.
 set -uo pipefail
@@ -36,6 +37,7 @@ step trainability 240 env OUT="$OUT" bash bench/gpu_trainability.sh
 step train 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --log-every 40 \
     --input synthetic dali --precision bf16 fp32 --workers 8 --json "$OUT/train.json"
 step stages 240 env WORK=/tmp/gpu-stages bash bench/gpu_stages.sh
+step threads 60 python3 bench/dali_threads.py --results /tmp/gpu-stages/results --device cuda:0 --threads 2 8
 step augment 120 python3 bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --threads 8 \
     --batches 50 --no-torch --json "$OUT/augment.json"
 step eval 90 python3 bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --threads 8 \
