@@ -42,7 +42,8 @@ def main() -> int:
     a = p.parse_args()
     r = Path(a.results)
     pca = load_pca(r / "pca" / "pca.json", r / "pca" / "mean_image.npy")
-    train, val = manifest_shards(r / "shards" / "manifest.json", "train"), manifest_shards(r / "shards" / "manifest.json", "val")
+    manifest = r / "shards" / "manifest.json"
+    train, val = manifest_shards(manifest, "train"), manifest_shards(manifest, "val")
     got = {}
     for t in a.threads:
         tl = TrainLoader(train, pca, 16, AugmentSettings(), device=a.device, seed=5, threads=t)

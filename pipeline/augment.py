@@ -25,8 +25,8 @@ from pipeline import dali_pipes
 from pipeline.errors import run_cli
 from pipeline.io import atomic_path, write_json
 from pipeline.schema import defaults
-from pipeline.loaders import (LIGHTING, NORMALIZE, VIEWS, AugmentSettings, as_numpy, EvalLoader, LoaderError, TrainLoader,
-                              manifest_shards)
+from pipeline.loaders import (LIGHTING, NORMALIZE, VIEWS, AugmentSettings, EvalLoader, LoaderError, TrainLoader,
+                              as_numpy, manifest_shards)
 from pipeline.pca_files import load_pca
 
 

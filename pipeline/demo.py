@@ -452,7 +452,8 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=DEMO["classes"])
     p.add_argument("--train-per-class", type=int, default=DEMO["train_per_class"])
     p.add_argument("--val-per-class", type=int, default=DEMO["val_per_class"])
-    p.add_argument("--large-fraction", type=float, default=DEMO["large_fraction"], help="share of images over 1000 px on the long side")
+    p.add_argument("--large-fraction", type=float, default=DEMO["large_fraction"],
+                   help="share of images over 1000 px on the long side")
     a = p.parse_args(argv)
     return run_cli(_make_and_report, a)
 

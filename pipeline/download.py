@@ -42,13 +42,13 @@ def auth_header(env_name: str | None) -> tuple[str, str] | None:
     value = os.environ.get(env_name, "")
     if not value.strip():
         raise DownloadError(f"environment variable {env_name} is unset or empty; "
-                         "export it with a token or 'Header-Name: value'")
+                            "export it with a token or 'Header-Name: value'")
     if ":" in value:
         key, _, val = value.partition(":")
         key = key.strip()
         if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", key):
             raise DownloadError(f"environment variable {env_name}: the text before ':' is not a valid "
-                             "HTTP header name; use 'Header-Name: value' or a bare token")
+                                "HTTP header name; use 'Header-Name: value' or a bare token")
         return key, val.strip()
     return "Authorization", f"Bearer {value.strip()}"
 
@@ -110,7 +110,7 @@ def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries:
     part = dest.with_name(dest.name + ".part")
     source = part.with_name(part.name + ".url")  # where the .part's bytes came from
     if part.exists() and source.exists() and source.read_text().strip() != url:
-        # another URL's bytes (dataset.archives.*.url changed): never splice two files
+        # another URL's bytes (the source changed since): never splice two files
         print(f"{dest.name}: discarding {part.name}, begun from {source.read_text().strip()}", file=sys.stderr)
         part.unlink()
     source.write_text(url + "\n")
@@ -163,7 +163,7 @@ def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries:
         failures = 0 if have > start else failures + 1
         if failures > retries:
             raise DownloadError(f"{url}: download failed {failures} times in a row ({error}); "
-                             f"{have} bytes kept in {part}: rerun to resume")
+                                f"{have} bytes kept in {part}: rerun to resume")
         delay = backoff * max(failures, 1) if failures else 0.0
         print(f"{dest.name}: {error}; resuming at byte {have}" + (f" in {delay:.0f} s" if delay else ""),
               file=sys.stderr)
