@@ -76,6 +76,7 @@ import yaml
 
 from pipeline.errors import PipelineError
 from pipeline.fingerprint import file_digest
+from pipeline.io import read_json, write_json, write_text
 
 REDACTED = b"***"
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -279,13 +280,6 @@ def code_version(directory: str | os.PathLike) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": "true" if status.stdout.strip() else "false"}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathLike,
                  run_name: str, params: dict[str, str], tags: dict[str, str],
                  code_dir: str | os.PathLike | None = None, config: dict | None = None) -> str:
@@ -308,13 +302,13 @@ def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathL
         tags.update(code)
         if "git_dirty" in code and not code["git_commit"].startswith(("unknown", "no commit")):
             tags["mlflow.source.git.commit"] = code["git_commit"]  # shown by the MLflow UI
-        _write_atomic(path.with_name(CODE_VERSION), json.dumps(code, indent=2) + "\n")
+        write_json(path.with_name(CODE_VERSION), code)
     snapshot = None
     if config is not None:
         snapshot = path.with_name(CONFIG_SNAPSHOT)
         # through JSON: Snakemake's config may hold dict subclasses that safe_dump refuses
         config = _redact_tree(json.loads(json.dumps(config)))
-        _write_atomic(snapshot, yaml.safe_dump(config, sort_keys=False))
+        write_text(snapshot, yaml.safe_dump(config, sort_keys=False))
     client = _client(uri)
     from mlflow.entities import Param
 
@@ -331,7 +325,7 @@ def start_parent(tracking_uri: str, experiment: str, parent_file: str | os.PathL
                 message = explain(exc, uri, f"experiment {experiment!r}")
                 print(f"warning: could not log {snapshot} on the parent run: {message}", file=sys.stderr)
                 _retry(client.set_tag, run.info.run_id, "tracking_error", message[:5000])
-    _write_atomic(path, run.info.run_id + "\n")
+    write_text(path, run.info.run_id + "\n")
     return run.info.run_id
 
 
@@ -432,7 +426,7 @@ ATTEMPT_RECORD = "mlflow_run.json"  # beside the stage's attempt file: which MLf
 
 def read_json_or_none(path: Path):
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -607,7 +601,7 @@ def register_version(client, run_id: str, args: argparse.Namespace, model_info) 
     version = _retry(mlflow.register_model, model_info.model_uri, args.register, tags=tags)
     record = {"name": version.name, "version": str(version.version), "model_uri": model_info.model_uri,
               "run_id": run_id, "checkpoint": str(args.model), "checkpoint_sha256": digest}
-    _write_atomic(Path(args.registered_file), json.dumps(record, indent=2) + "\n")
+    write_json(Path(args.registered_file), record)
     _retry(client.set_tag, run_id, "registered_model", f"{version.name}/{version.version}")
     print(f"MLflow: registered {version.name} version {version.version}", file=sys.stderr)
     return record

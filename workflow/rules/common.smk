@@ -226,9 +226,9 @@ def train_settings():
     """Every setting of the train stage, from config: train.*, the augmentation, the devices.
 
     train.gpus is a resource (how many GPUs the job holds), not a flag."""
-    return cli_flags({**{k: v for k, v in TRAIN.items() if k not in ("gpus", "devices", "channels_last")},
-                      "devices": train_devices(), "channels_last": str(TRAIN["channels_last"]).lower(),
-                      **{k: config["augment"][k] for k in AUGMENT_FLAGS}})
+    return settings_flags("train", exclude=("gpus", "devices", "channels_last"), devices=train_devices(),
+                          channels_last=str(TRAIN["channels_last"]).lower(),
+                          **{k: config["augment"][k] for k in AUGMENT_FLAGS})
 
 
 def dali_threads(wildcards, threads):
