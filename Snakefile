@@ -20,6 +20,7 @@ include: "workflow/rules/pca.smk"
 include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/forecast.smk"
 
 
 onstart:
@@ -55,4 +56,5 @@ rule all:
     input:
         f"{RESULTS}/augment/augment.json",
         f"{RESULTS}/evaluate/metrics.json",
+        [f"{RESULTS}/forecast/forecast.json"] if config["preflight"]["forecast"] else [],
     default_target: True

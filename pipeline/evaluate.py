@@ -62,8 +62,10 @@ def val_counts(manifest: str | os.PathLike) -> tuple[int, list[int] | None]:
     return total, per_class if per_class and all(isinstance(n, int) for n in per_class) else None
 
 
-def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = True) -> tuple[EvalCounts, float]:
-    """Tallies over every (N, 10, 3, 224, 224) batch of `loader`, and the seconds it took."""
+def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = True,
+          max_images: int = 0) -> tuple[EvalCounts, float]:
+    """Tallies over every (N, 10, 3, 224, 224) batch of `loader` (or the batches that reach
+    `max_images`, when above 0), and the seconds it took."""
     counts = EvalCounts(num_classes, device=model.output_device)  # plain tensors: they are summed later
     input_device = model.input_device
     start = time.perf_counter()
@@ -78,6 +80,8 @@ def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = Tru
             probs_10crop, probs_center = ten_crop_probs(model, images.to(input_device, non_blocking=True))
             counts.update(probs_10crop, probs_center, labels)
             bar.update(len(labels))
+            if 0 < max_images <= counts.images:
+                break
     if input_device.type == "cuda":
         torch.cuda.synchronize(input_device)
     return counts, time.perf_counter() - start
@@ -93,8 +97,12 @@ def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_si
 
 def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out_dir, dataset_name: str = "demo",
              batch_size: int = EVALUATE["batch_size"], devices: str = "auto", threads: int = 2,
-             top_confusions: int = 20) -> dict:
-    """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict."""
+             top_confusions: int = 20, max_images: int = EVALUATE["max_images"]) -> dict:
+    """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict.
+
+    max_images > 0 scores only about that many (whole batches; a rehearsal's cap, so the
+    preflight measures the ten-crop speed without scoring 50,000 images on a CPU): metrics.json
+    then says partial: true and the per-class counts are not checked."""
     t0 = time.perf_counter()
     for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
         if not Path(path).is_file():
@@ -113,7 +121,8 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
                                 f"has {num_classes} outputs; evaluate a checkpoint trained on this dataset")
         loader = make_loader(manifest_shards(shards_manifest, "val"), pca_json, mean_image, config.get("augment", {}),
                              batch_size, model.input_device, env.rank, env.world, threads)
-        counts, loop_s = score(model, loader, num_classes, progress=env.main)
+        rank_cap = -(-max_images // env.world) if max_images > 0 else 0
+        counts, loop_s = score(model, loader, num_classes, progress=env.main, max_images=rank_cap)
         if env.world > 1:
             counts.all_reduce()
             loop = torch.tensor([loop_s], dtype=torch.float64, device=counts.tensors["images"].device)
@@ -121,13 +130,18 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
             loop_s = loop.item()
         expected, per_class = val_counts(shards_manifest)
         scored = counts.tensors["class_images"].tolist()
-        if counts.images != expected or (per_class is not None and scored != per_class):
+        partial = max_images > 0 and counts.images < expected
+        if counts.images > expected:
+            raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists only {expected}")
+        if not partial and (counts.images != expected or (per_class is not None and scored != per_class)):
             raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists {expected}"
                                 + ("" if counts.images != expected else " with other per-class counts")
                                 + "; every image must be scored exactly once (check the val shards and their .idx files)")
         metrics = {
             **counts.errors(),
             "val_images": counts.images,
+            "partial": partial,
+            "val_images_listed": expected,
             "classes": num_classes,
             "checkpoint_epoch": meta.get("epoch"),
             "eval_seconds": time.perf_counter() - t0,
@@ -178,6 +192,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:N | cuda:0,cuda:1 (two-column split)")
     p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--top-confusions", type=int, default=20, help="class pairs in confusions.csv")
+    p.add_argument("--max-images", type=int, default=EVALUATE["max_images"],
+                   help="0: every validation image; N: about the first N only (a rehearsal: metrics say partial)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -188,7 +204,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     return run_cli(evaluate, args.checkpoint, args.shards_manifest, args.pca, args.mean_image, args.classes,
                    args.out_dir, dataset_name=args.dataset_name, batch_size=args.batch_size, devices=args.devices,
-                   threads=args.threads, top_confusions=args.top_confusions)
+                   threads=args.threads, top_confusions=args.top_confusions, max_images=args.max_images)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ def dataset_label(dataset: str, num_classes: int, images: int) -> str:
             return "ILSVRC-2012 validation"
         return (f"ILSVRC-2012 validation subset ({images} images, {num_classes} classes) "
                 "— not the full set, not directly comparable")
+    if dataset == "preflight":
+        return (f"preflight (generated ImageNet-shaped data, {num_classes} classes, {images} images) "
+                "— a rehearsal, not comparable")
     if dataset == "demo":
         return f"demo (synthetic, {num_classes} classes) — not comparable to ImageNet"
     return f"{dataset} ({num_classes} classes, {images} images) — not ILSVRC-2012, not comparable"
@@ -120,6 +123,9 @@ def comparison_markdown(metrics: dict) -> str:
         "reflections, softmax outputs averaged (paper, section 4.1). Centre: the single "
         "centre patch, from the same pass. Ties count against the true class.",
     ]
+    if metrics.get("partial"):
+        lines += ["", f"**Partial:** {metrics['images']} of the {metrics['val_images_listed']} validation images "
+                      "were scored (evaluate.max_images, a rehearsal's cap): the errors are not the set's."]
     if label != "ILSVRC-2012 validation":
         lines += ["", f"**Not comparable:** this run used {label.split(' — ')[0]}, not the "
                       "ILSVRC-2012 validation set; the published rows are there for orientation only."]

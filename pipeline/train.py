@@ -80,7 +80,7 @@ __all__ = ["TrainConfig", "TrainingDiverged", "TrainConfigError", "train", "fit"
 
 MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout", "dropout_style")
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "decay", "lr_factor", "patience", "seed",
-               "warmup_steps")
+               "warmup_steps", "steps_per_epoch")
 AUGMENT_KEYS = ("lighting", "lighting_std", "normalize")
 
 
@@ -113,6 +113,7 @@ class TrainConfig:
     lr_factor: float = TRAIN["lr_factor"]  # the lr is divided by 10 ...
     patience: int = TRAIN["patience"]  # ... after this many epochs without a lower val error, plus one
     epochs: int = TRAIN["epochs"]
+    steps_per_epoch: int = TRAIN["steps_per_epoch"]  # 0: every full batch; N: at most N (the preflight's cap)
     seed: int = TRAIN["seed"]
     warmup_steps: int = TRAIN["warmup_steps"]  # not the paper's: lr ramps linearly from lr/K to lr over the first K steps
     # augmentation (pipeline/augment.py AugmentSettings)
@@ -412,7 +413,8 @@ class Trainer:
         if steps.item() == 0:
             raise TrainConfigError(f"the training loader yields no batch of {self.cfg.batch_size // self.env.world} "
                                    "images; lower train.batch_size")
-        return int(steps.item())
+        cap = self.cfg.steps_per_epoch
+        return min(int(steps.item()), cap) if cap > 0 else int(steps.item())
 
     # -- one epoch
 
@@ -693,6 +695,7 @@ def summarize(t: Trainer, digests: list[str]) -> dict:
         "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
         "parameters": sum(p.numel() for p in t.model.parameters()),
         "num_classes": t.num_classes, "width": cfg.width, "batch_size": cfg.batch_size,
+        "steps_per_epoch_cap": cfg.steps_per_epoch,
         "world_size": t.env.world, "devices": t.devices, "precision": "bf16" if t.bf16 else "fp32",
         "channels_last": t.channels_last, "replica_digests": digests,
         "replicas_in_sync": len(set(digests)) == 1,

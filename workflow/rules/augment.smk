@@ -27,6 +27,8 @@ rule augment:
     threads: 8  # DALI CPU threads (at most --cores; a profile's set-threads changes it)
     resources:
         gpu=min(1, config["train"]["gpus"]),
+    benchmark:
+        f"{RESULTS}/benchmarks/augment.tsv"
     log:
         f"{RESULTS}/logs/augment.log",
     message:

@@ -36,13 +36,15 @@ rule evaluate:
         checkpoint=lambda wildcards, input: (
             os.path.join(os.path.dirname(input.checkpoint), "checkpoints", "last.pt")
             if EVALUATE["checkpoint"] == "last" else input.checkpoint),
-        # evaluate.batch_size, on the training devices (common.smk)
-        settings=settings_flags("evaluate", ("batch_size",), dataset_name=config["dataset"]["name"],
+        # evaluate.batch_size and max_images, on the training devices (common.smk)
+        settings=settings_flags("evaluate", ("batch_size", "max_images"), dataset_name=config["dataset"]["name"],
                                 devices=train_devices()),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     resources:
         gpu=config["train"]["gpus"],
     threads: 8  # DALI CPU threads (at most --cores; a profile's set-threads changes it)
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate.tsv"
     log:
         f"{RESULTS}/logs/evaluate.log",
     message:

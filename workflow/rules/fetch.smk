@@ -54,6 +54,8 @@ rule fetch:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
         dataset=FETCH_DATASET["name"],
         source=FETCH_DATASET["source"],
+    benchmark:
+        f"{RESULTS}/benchmarks/fetch.tsv"
     log:
         f"{RESULTS}/logs/fetch.log",
     message:

@@ -19,6 +19,8 @@ rule pca:
                    labels={"figure": "RGB eigenvectors and mean image"}),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
+    benchmark:
+        f"{RESULTS}/benchmarks/pca.tsv"
     log:
         f"{RESULTS}/logs/pca.log",
     message:

@@ -49,6 +49,8 @@ rule index:
         source=lambda wildcards, input: RESIZE_SOURCE[wildcards.split](wildcards, input),
     wildcard_constraints:
         split="train|val",
+    benchmark:
+        f"{RESULTS}/benchmarks/index/{{split}}.tsv"
     log:
         f"{RESULTS}/logs/index/{{split}}.log",
     message:
@@ -79,6 +81,8 @@ rule resize_train_shard:
         shard=r"\d{5}",
     resources:
         mem_mb=1024,
+    benchmark:
+        f"{RESULTS}/benchmarks/resize/train-{{shard}}.tsv"
     log:
         f"{RESULTS}/logs/resize/train-{{shard}}.log",
     message:
@@ -107,6 +111,8 @@ rule resize_val_shard:
         shard=r"\d{5}",
     resources:
         mem_mb=1024,
+    benchmark:
+        f"{RESULTS}/benchmarks/resize/val-{{shard}}.tsv"
     log:
         f"{RESULTS}/logs/resize/val-{{shard}}.log",
     message:
@@ -129,6 +135,8 @@ rule resize:
     params:
         shards_dir=lambda wildcards, output: os.path.dirname(output.manifest),
         settings=settings_flags("resize", ("train_shards", "val_shards", "max_reject_fraction")),
+    benchmark:
+        f"{RESULTS}/benchmarks/resize.tsv"
     log:
         f"{RESULTS}/logs/resize.log",
     message:

@@ -52,6 +52,8 @@ rule train:
     resources:
         gpu=TRAIN["gpus"],
         dali_threads=dali_threads,  # runtime, not a param: the images do not depend on it (common.smk)
+    benchmark:
+        f"{RESULTS}/benchmarks/train.tsv"
     log:
         f"{RESULTS}/logs/train.log",
     message:

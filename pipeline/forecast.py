@@ -1,0 +1,359 @@
+"""Forecast of the real ImageNet run from what a preflight measured on this machine.
+
+    python -m pipeline.forecast --results results/preflight --cores 16 \
+        --train-images 1281167 --val-images 50000 --epochs 90 --out-dir results/preflight/forecast
+
+The preflight (workflow/presets/preflight.yaml) runs the ImageNet preset's
+chain on generated ImageNet-shaped data: the same 1024 + 64 shards, the same
+network, recipe and devices, fewer images and a capped training. Every job's
+Snakemake benchmark file (wall and CPU seconds, peak memory) and the stages'
+own reports give costs per image, per job and per run; this module scales
+them to the real set's counts (ILSVRC-2012: 1,281,167 training and 50,000
+validation images, 90 epochs) and writes forecast.json (docs/formats.md)
+and forecast.md, a table per stage: time, peak memory, disk.
+
+How each stage scales (bench/RESULTS-scale.md measures which costs grow
+with the images and which are fixed):
+- fetch: hashing the archives at the measured MB/s; the download itself
+  depends on the network and is only sized;
+- index: seconds per indexed image;
+- resize shards: per job, a fixed start-up (the job's wall time minus the
+  stage's own seconds) plus seconds per image; the jobs share the cores,
+  so the stage's wall time is their sum over the cores; peak memory is one
+  job's peak times the jobs that run at once;
+- resize manifest, PCA, augment: fixed per shard count (the preflight has the
+  real count), taken as measured;
+- train: the steady images/s (log windows after the first) over the real
+  epochs, plus one validation pass per epoch at the measured rate;
+- evaluate: ten-crop images/s over the real validation set, plus its fixed
+  start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError, run_cli
+from pipeline.io import read_json, write_json, write_text
+
+# ILSVRC-2012 (the official archives' counts and byte sizes)
+IMAGENET = {"train_images": 1_281_167, "val_images": 50_000, "epochs": 90,
+            "archive_bytes": {"train": 147_897_477_120, "val": 6_744_924_160, "devkit": 2_568_145}}
+GB = 1e9
+
+
+class ForecastError(PipelineError, ValueError):
+    """A preflight output the forecast needs is missing or unreadable."""
+
+
+# ---------------------------------------------------------------- reading what was measured
+
+def read_benchmark(path: Path) -> dict:
+    """One Snakemake benchmark file: wall seconds, CPU seconds, peak RSS in MB (the last repeat)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        row = rows[-1]
+        return {"wall_s": float(row["s"]), "cpu_s": _number(row.get("cpu_time")),
+                "max_rss_mb": _number(row.get("max_rss"))}
+    except (OSError, IndexError, KeyError, ValueError) as exc:
+        raise ForecastError(f"{path}: not a readable Snakemake benchmark file ({exc}); rerun the preflight") from exc
+
+
+def _number(text) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):  # Snakemake writes NA where it could not measure (a job too short to sample)
+        return None
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.is_file():
+        raise ForecastError(f"{path} does not exist; the preflight's {stage} stage must run first")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def measure(results: str | os.PathLike) -> dict:
+    """What the preflight in `results` measured, per stage, from its reports and benchmark files."""
+    res = Path(results)
+    bench = res / "benchmarks"
+    manifest = read_json(_need(res / "shards" / "manifest.json", "resize"))
+    m: dict = {"train_images": manifest["train"]["images"], "val_images": manifest["val"]["images"],
+               "train_shards": len(manifest["train"]["shards"]), "val_shards": len(manifest["val"]["shards"])}
+
+    fetch = read_json(_need(res / "fetch" / "fetch.json", "fetch"))
+    archives = {k: fetch[k] for k in ("train", "val", "devkit") if isinstance(fetch.get(k), dict) and fetch[k].get("bytes")}
+    hashed = sum(v["bytes"] for v in archives.values())
+    hash_s = sum(v.get("seconds", 0.0) for v in archives.values())
+    m["fetch"] = {"job": read_benchmark(_need(bench / "fetch.tsv", "fetch")), "archive_bytes": hashed,
+                  "hash_mb_per_s": hashed / 1e6 / hash_s if hash_s > 0 else None}
+
+    m["index"] = {split: {"job": read_benchmark(_need(bench / "index" / f"{split}.tsv", "index")),
+                          "bytes": (res / "index" / f"{split}.tsv").stat().st_size}
+                  for split in ("train", "val")}
+
+    shards = {}
+    for split in ("train", "val"):
+        jobs = []
+        for entry in manifest[split]["shards"]:
+            name = Path(entry["tar"] if isinstance(entry, dict) else entry).stem
+            report = read_json(_need(res / "shards" / split / f"{name}.json", "resize"))
+            job = read_benchmark(_need(bench / "resize" / f"{name}.tsv", "resize"))
+            stats = res / "shards" / split / f"{name}.stats.npz"
+            jobs.append({"images": report["images"], "inputs": report["inputs"], "own_s": report["seconds"],
+                         "bytes": report["bytes"], "stats_bytes": stats.stat().st_size if stats.exists() else 0,
+                         **job})
+        shards[split] = jobs
+    m["resize"] = shards
+    m["resize_manifest"] = {"job": read_benchmark(_need(bench / "resize.tsv", "resize"))}
+    m["pca"] = {"job": read_benchmark(_need(bench / "pca.tsv", "pca")),
+                "bytes": sum(p.stat().st_size for p in (res / "pca").glob("*") if p.is_file())}
+    augment = read_json(_need(res / "augment" / "augment.json", "augment"))
+    m["augment"] = {"job": read_benchmark(_need(bench / "augment.tsv", "augment")),
+                    "train_images_per_s": augment.get("train_images_per_s"), "threads": augment.get("threads"),
+                    "device": augment.get("device")}
+    m["train"] = measure_train(res / "train", read_benchmark(_need(bench / "train.tsv", "train")))
+    ev = read_json(_need(res / "evaluate" / "metrics.json", "evaluate"))
+    m["evaluate"] = {"job": read_benchmark(_need(bench / "evaluate.tsv", "evaluate")),
+                     "images": ev["val_images"], "images_per_s": ev["eval_images_per_s"],
+                     "seconds": ev["eval_seconds"], "devices": ev.get("devices")}
+    return m
+
+
+def measure_train(train_dir: Path, job: dict) -> dict:
+    """Steady training images/s (windows after the first, which holds start-up and compilation),
+    validation images/s (an epoch's time minus its training windows), checkpoint and log sizes."""
+    summary = read_json(_need(train_dir / "train.json", "train"))
+    rows = read_jsonl(_need(train_dir / "metrics.jsonl", "train"))
+    windows = [r for r in rows if "images_per_s" in r and "train_loss" in r]
+    epochs = [r for r in rows if "epoch_time_s" in r]
+    if not windows or not epochs:
+        raise ForecastError(f"{train_dir / 'metrics.jsonl'}: no training window or epoch line; rerun the train stage")
+    steady = windows[1:] or windows
+    batch = summary["batch_size"]
+    step_of = {id(w): w["step"] - (windows[i - 1]["step"] if i else 0) for i, w in enumerate(windows)}
+    img = lambda ws: sum(step_of[id(w)] * batch for w in ws)  # noqa: E731
+    secs = lambda ws: sum(step_of[id(w)] * batch / w["images_per_s"] for w in ws)  # noqa: E731
+    last_epoch = epochs[-1]
+    in_epoch = [w for w in windows if w["epoch"] == last_epoch["epoch"]]
+    val_s = max(last_epoch["epoch_time_s"] - secs(in_epoch), 1e-9)
+    ckpt_dir = train_dir / "checkpoints"
+    checkpoint_bytes = max((p.stat().st_size for p in ckpt_dir.glob("*.pt")), default=0)
+    return {"job": job, "steps": summary["steps"], "batch_size": batch, "devices": summary.get("devices"),
+            "precision": summary.get("precision"), "world_size": summary.get("world_size"),
+            "images_per_s": img(steady) / secs(steady), "steady_windows": len(steady),
+            "first_window_images_per_s": windows[0]["images_per_s"],
+            "val_images_per_s": None, "val_s_per_epoch": val_s,
+            "peak_device_mem_mb": max((e.get("peak_mem_mb") or 0) for e in epochs),
+            "checkpoint_bytes": checkpoint_bytes,
+            "jsonl_bytes_per_window": (train_dir / "metrics.jsonl").stat().st_size / max(1, len(rows)),
+            "log_every": (windows[1]["step"] - windows[0]["step"]) if len(windows) > 1 else windows[0]["step"],
+            "num_classes": summary.get("num_classes"), "width": summary.get("width")}
+
+
+# ---------------------------------------------------------------- scaling to the real set
+
+def _stage(name: str, seconds: float, peak_mb: float | None, disk_bytes: float, how: str,
+           **extra) -> tuple[str, dict]:
+    return name, {"seconds": seconds, "hours": seconds / 3600,
+                  "peak_memory_gb": None if peak_mb is None else peak_mb / 1024,
+            "disk_gb": disk_bytes / GB, "how": how, **extra}
+
+
+def _fit_jobs(jobs: list[dict]) -> tuple[float, float, float]:
+    """(start-up seconds per job, seconds per input image, peak MB of a job) of the resize shard jobs."""
+    startup = sum(max(0.0, j["wall_s"] - j["own_s"]) for j in jobs) / len(jobs)
+    per_image = sum(j["own_s"] for j in jobs) / max(1, sum(j["inputs"] for j in jobs))
+    peaks = [j["max_rss_mb"] for j in jobs if j["max_rss_mb"] is not None]
+    return startup, per_image, max(peaks) if peaks else None
+
+
+def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: int = IMAGENET["val_images"],
+             epochs: int = IMAGENET["epochs"], cores: int = 1, archive_bytes: int | None = None,
+             steps_per_epoch: int = 0, eval_images: int | None = None) -> dict:
+    """Per-stage time, peak memory and disk for `train_images` + `val_images` images over
+    `epochs` epochs, from the measurements `m` (see `measure`), on `cores` cores.
+
+    steps_per_epoch and eval_images cap the training and the evaluation as a preflight
+    does, so that one preflight can forecast another (bench/forecast_accuracy.py)."""
+    n = {"train": train_images, "val": val_images}
+    scale = {s: n[s] / max(1, m[f"{s}_images"]) for s in n}
+    archive_bytes = sum(IMAGENET["archive_bytes"].values()) if archive_bytes is None else archive_bytes
+    stages = []
+
+    f = m["fetch"]
+    verify_s = archive_bytes / 1e6 / f["hash_mb_per_s"] if f.get("hash_mb_per_s") else f["job"]["wall_s"]
+    stages.append(_stage("fetch", verify_s + f["job"]["wall_s"], f["job"]["max_rss_mb"], archive_bytes,
+                         "MD5 of the archives at the measured rate; the download (its size under disk) "
+                         "depends on your network and is not included",
+                         download_gb=archive_bytes / GB))
+
+    # a job's start-up (interpreter, imports, Snakemake's wrapper), as the resize shard jobs measured it,
+    # does not grow with the images; the rest of a one-job stage does
+    startup = _fit_jobs(m["resize"]["train"])[0]
+    for split in ("train", "val"):
+        ix = m["index"][split]
+        work = max(0.0, ix["job"]["wall_s"] - startup)
+        stages.append(_stage(f"index {split}", startup + work * scale[split], ix["job"]["max_rss_mb"],
+                             ix["bytes"] * scale[split], f"{startup:.1f} s start-up + the rest x images"))
+
+    for split in ("train", "val"):
+        jobs = m["resize"][split]
+        startup, per_image, job_mb = _fit_jobs(jobs)
+        count = len(jobs)
+        per_job_images = n[split] / count
+        job_s = startup + per_image * per_job_images
+        wall = count * job_s / max(1, min(cores, count))
+        shard_bytes = sum(j["bytes"] for j in jobs) / max(1, sum(j["images"] for j in jobs)) * n[split]
+        stats_bytes = sum(j["stats_bytes"] for j in jobs)
+        peak = None if job_mb is None else job_mb * min(cores, count)
+        stages.append(_stage(f"resize {split}", wall, peak, shard_bytes + stats_bytes,
+                             f"{count} jobs on {min(cores, count)} cores: {startup:.2f} s start-up + "
+                             f"{per_image * 1000:.2f} ms per image each",
+                             jobs=count, job_seconds=job_s, startup_s_per_job=startup,
+                             seconds_per_image=per_image, startup_share=startup / job_s if job_s else 0.0))
+
+    for key, name in (("resize_manifest", "resize manifest"), ("pca", "pca"), ("augment", "augment")):
+        job = m[key]["job"]
+        stages.append(_stage(name, job["wall_s"], job["max_rss_mb"], m[key].get("bytes", 0),
+                             "fixed per shard count: as measured"))
+
+    t = m["train"]
+    per_epoch = math.floor(train_images / t["batch_size"])
+    steps = (min(per_epoch, steps_per_epoch) if steps_per_epoch else per_epoch) * epochs
+    train_s = steps * t["batch_size"] / t["images_per_s"]
+    val_rate = m["val_images"] / t["val_s_per_epoch"]
+    val_s = epochs * val_images / val_rate
+    lines = steps / t["log_every"] + epochs
+    # last.pt, the best epoch's file (best.pt is a hard link), and one replaced run kept in previous/
+    train_disk = 4 * t["checkpoint_bytes"] + lines * t["jsonl_bytes_per_window"]
+    stages.append(_stage("train", train_s + val_s, t["job"]["max_rss_mb"], train_disk,
+                         f"{steps} steps at {t['images_per_s']:.1f} images/s (steady) + a validation pass "
+                         f"per epoch at {val_rate:.1f} images/s",
+                         steps=steps, images_per_s=t["images_per_s"], validation_images_per_s=val_rate,
+                         peak_device_memory_gb=t["peak_device_mem_mb"] / 1024))
+
+    e = m["evaluate"]
+    fixed = max(0.0, e["job"]["wall_s"] - e["images"] / e["images_per_s"])
+    scored = val_images if eval_images is None else min(val_images, eval_images)
+    stages.append(_stage("evaluate", fixed + scored / e["images_per_s"], e["job"]["max_rss_mb"], 0,
+                         f"ten-crop at {e['images_per_s']:.1f} images/s + {fixed:.0f} s start-up"))
+
+    stages = dict(stages)
+    total_s = sum(s["seconds"] for s in stages.values())
+    input_rate = m["augment"]["train_images_per_s"]
+    return {
+        "target": {"train_images": train_images, "val_images": val_images, "epochs": epochs,
+                   "archive_gb": archive_bytes / GB},
+        "assumed": {"cores": cores, "train_devices": t["devices"], "precision": t["precision"],
+                    "replicas": t["world_size"], "width": t["width"]},
+        "stages": stages,
+        "total": {"seconds": total_s, "hours": total_s / 3600, "days": total_s / 86400,
+                  "disk_gb": sum(s["disk_gb"] for s in stages.values()),
+                  "peak_memory_gb": max((s["peak_memory_gb"] for s in stages.values()
+                                         if s["peak_memory_gb"] is not None), default=None)},
+        "input_bound": {
+            "dali_images_per_s": input_rate, "dali_threads": m["augment"]["threads"],
+            "train_images_per_s": t["images_per_s"],
+            "verdict": ("input-bound: the DALI pipeline delivers fewer images/s than the training consumes; "
+                        "give the train job more cores (resource dali_threads)")
+            if input_rate and input_rate < t["images_per_s"] else
+            "compute-bound: the DALI pipeline delivers more images/s than the training consumes"},
+    }
+
+
+# ---------------------------------------------------------------- reporting
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _gb(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1f} GB"
+
+
+def table(fc: dict) -> str:
+    """forecast.md: the readable table the log and the report show."""
+    tg, a = fc["target"], fc["assumed"]
+    lines = [f"# Forecast of the real run on this machine",
+             "",
+             f"{tg['train_images']:,} training + {tg['val_images']:,} validation images, {tg['epochs']} epochs; "
+             f"{a['cores']} cores, training on {', '.join(map(str, a['train_devices'] or []))} "
+             f"({a['precision']}, {a['replicas']} replica(s), width {a['width']}).",
+             "",
+             "| stage | time | peak memory | disk | how |",
+             "| --- | ---: | ---: | ---: | --- |"]
+    for name, s in fc["stages"].items():
+        lines.append(f"| {name} | {_duration(s['seconds'])} | {_gb(s['peak_memory_gb'])} "
+                     f"| {s['disk_gb']:.1f} GB | {s['how']} |")
+    t = fc["total"]
+    lines += [f"| **total** | **{_duration(t['seconds'])}** | {_gb(t['peak_memory_gb'])} "
+              f"| {t['disk_gb']:.1f} GB | stages one after another |",
+              "", f"Input pipeline: {fc['input_bound']['verdict']} "
+                  f"({fc['input_bound']['dali_images_per_s']:.0f} against "
+                  f"{fc['input_bound']['train_images_per_s']:.0f} images/s, "
+                  f"{fc['input_bound']['dali_threads']} DALI threads)."]
+    if fc.get("rehearsal"):
+        lines += ["", "What the preflight changed from the ImageNet preset: " + "; ".join(fc["rehearsal"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def flat_metrics(fc: dict) -> dict[str, float]:
+    """The headline figures under names that read well in MLflow's parent run (forecast.<stage>.hours)."""
+    out = {f"forecast.{name.replace(' ', '_')}.{key}": s[key] for name, s in fc["stages"].items()
+           for key in ("hours", "peak_memory_gb", "disk_gb") if s[key] is not None}
+    out.update({f"forecast.total.{key}": fc["total"][key] for key in ("hours", "days", "disk_gb", "peak_memory_gb")
+                if fc["total"][key] is not None})
+    out["forecast.train.images_per_s"] = fc["stages"]["train"]["images_per_s"]
+    return out
+
+
+def write_forecast(results, out_dir, cores: int, train_images: int, val_images: int, epochs: int,
+                   rehearsal: list[str] = ()) -> dict:
+    """The stage: measure the preflight in `results`, forecast the real run, write forecast.json and .md."""
+    m = measure(results)
+    fc = forecast(m, train_images, val_images, epochs, cores)
+    fc["measured_on"] = {k: m[k] for k in ("train_images", "val_images", "train_shards", "val_shards")}
+    fc["rehearsal"] = list(rehearsal)
+    out = Path(out_dir)
+    text = table(fc)
+    write_text(out / "forecast.md", text)
+    write_json(out / "metrics.json", flat_metrics(fc))
+    write_json(out / "forecast.json", fc)  # last: its presence marks a finished forecast
+    print(text, file=sys.stderr)
+    return fc
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.forecast", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", required=True, help="the preflight's results folder (paths.results)")
+    p.add_argument("--out-dir", required=True, help="where forecast.json and forecast.md go")
+    p.add_argument("--cores", type=int, required=True, help="cores the real run will have (snakemake --cores)")
+    p.add_argument("--train-images", type=int, default=IMAGENET["train_images"])
+    p.add_argument("--val-images", type=int, default=IMAGENET["val_images"])
+    p.add_argument("--epochs", type=int, default=IMAGENET["epochs"])
+    p.add_argument("--rehearsal", action="append", default=[], help="a change the preflight made (repeatable)")
+    a = p.parse_args(argv)
+    return run_cli(write_forecast, a.results, a.out_dir, a.cores, a.train_images, a.val_images, a.epochs,
+                   a.rehearsal)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
