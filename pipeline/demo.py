@@ -1,38 +1,54 @@
 """A small ILSVRC-2012-shaped dataset, drawn from a seed, in the official formats.
 
     python -m pipeline.demo --out-dir data/demo --seed 0 --classes 10 \
-        --train-per-class 100 --val-per-class 20 --large-fraction 0.1
+        --train-per-class 100 --val-per-class 20 --large-fraction 0.1 \
+        [--sizes demo|imagenet] [--workers N]
 
-writes, byte for byte the same for the same arguments:
+writes, byte for byte the same for the same arguments (whatever --workers):
 - ILSVRC2012_img_train.tar: one <wnid>.tar per class, each of <wnid>_<n>.JPEG;
 - ILSVRC2012_img_val.tar: flat ILSVRC2012_val_<8 digits>.JPEG, classes mixed;
 - ILSVRC2012_devkit_t12.tar.gz: data/meta.mat (struct array `synsets` with
   the real fields; leaves first with ILSVRC2012_ID 1..N, then a few non-leaf
   ancestors) and data/ILSVRC2012_validation_ground_truth.txt;
-- MD5SUMS (md5sum format) and demo.json (counts, bytes, seconds).
+- MD5SUMS (md5sum format) and demo.json (settings, counts of images, quirks
+  and sizes, bytes, seconds).
 
-The classes are real ImageNet wnids (the ten Imagenette classes first). Their
-ILSVRC2012_IDs are a seeded permutation that is never sorted-wnid order, as in
-the real devkit, so the ID -> sorted-index mapping is exercised. Each class
-has its own hue, shape and texture (stripes at a class angle); position,
-scale, rotation, background colour and noise are random per image, so no
-single pixel gives the class away but a small CNN learns it in a few epochs.
-The real set's quirks are copied: in train one CMYK JPEG, one grayscale JPEG
-and one PNG named .JPEG; in val one grayscale JPEG. A share of the images
-(large_fraction) is over 1000 px on the long side; those are drawn at 512 px
-and upscaled, which keeps generation cheap (about 10 s for 10 x 120 images).
+The classes are real ILSVRC-2012 wnids: the ten Imagenette classes, 90 more,
+then (up to 1000) the rest of the 1000 in sorted-wnid order, with their words
+and gloss from pipeline/data/ilsvrc2012_classes.tsv. With all 1000 classes the
+ILSVRC2012_IDs are the devkit's own; a subset has no order of its own, so it
+gets a seeded permutation that is never sorted-wnid order, as in the real
+devkit, so the ID -> sorted-index mapping is exercised.
+
+Each class has its own look: up to 100 classes, a hue of its own, a shape and
+stripes at a class angle; beyond 100, hues that close would be unlearnable,
+so a factorised code takes over (10 hue bins x 8 shapes x 13 textures).
+Position, scale, rotation, background colour and noise are random per image,
+so no single pixel gives the class away but a small CNN learns it.
+
+sizes `demo` (the default): long sides 300-500 px, a share (large_fraction)
+1001-1600 px, and in train one CMYK JPEG, one grayscale JPEG and one PNG
+named .JPEG, in val one grayscale JPEG, as the real set has. sizes
+`imagenet`, for a rehearsal of the real run: ImageNet's mix of sizes and
+aspect ratios with a multi-megapixel tail, and the quirks at their real
+rarity (at least one of each per split). Images are drawn at most 512 px and
+upscaled, which keeps generation cheap (about 5 s for 10 x 120 images), but
+encoded at their full size, so reading them costs what ImageNet's do.
 """
 from __future__ import annotations
 
 import argparse
 import colorsys
+import contextlib
 import gzip
 import hashlib
 import io
 import math
+import multiprocessing
 import sys
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +69,39 @@ CANVAS = 512  # images are drawn at most this size, then upscaled
 SMALL_SIDE = (300, 500)  # long side of ordinary images, as in most of ImageNet
 LARGE_SIDE = (1001, 1600)
 JPEG_QUALITY = 90
+SIZES = ("demo", "imagenet")
+
+# sizes: imagenet. Long side 500 px (Flickr's "medium" size, most of ILSVRC) is the mode; a share is smaller,
+# large_fraction is over 1000 px and a fifth of those are camera originals of several megapixels. Over
+# 10,000 draws of image_size with large_fraction 0.03 (seed 0): mean 421 x 364 px, 2.9 % over 1000 px,
+# 62 camera originals (0.6 %, 5.3 MP or more), 39 % at 500 px, 22 % portrait, median 379 x 333. The
+# quoted ILSVRC mean is about 400 x 350; a 500 px share of 26 % would meet it, but 500 px would then be
+# the common case no longer, and the tail over 1000 px, which sets the cost of reading, is the same.
+MEDIUM_SIDE = 500
+MEDIUM_SHARE = 0.4  # of the images not over 1000 px
+SMALLER_SIDE = (150, 500)
+IMAGENET_LARGE_SIDE = (1001, 2601)
+MULTI_MP_SIDE = (2800, 4501)  # at 3:2 or squarer, 2800 px on the long side is over 5 MP
+MULTI_MP_SHARE = 0.2  # of the large images
+MULTI_MP_PIXELS = 3_000_000
+ASPECTS = (4 / 3, 3 / 2, 1.0, 5 / 4)
+ASPECT_WEIGHTS = (0.5, 0.3, 0.1, 0.1)  # 4:3 and 3:2 cameras dominate Flickr
+PORTRAIT_SHARE = 0.25
+
+# Quirks of the real train set (1,281,167 images): 22 CMYK JPEGs and one PNG named .JPEG (the lists in
+# TensorFlow's models/research/inception build_imagenet_data.py, from github.com/cytsai/ilsvrc-cmyk-image-list).
+# No sourced count of its grayscale JPEGs was found, so the rate is 0 and each split keeps the one
+# every split carries anyway. Val takes the same rates: its one CMYK JPEG in 50,000 (the same list)
+# matches, and it has no PNG, but the rehearsal reads one in each split. sizes: demo keeps its fixed
+# quirks (DEMO_QUIRKS).
+ILSVRC_TRAIN_IMAGES = 1_281_167
+QUIRK_RATES = {"cmyk": 22 / ILSVRC_TRAIN_IMAGES, "gray": 0.0, "png": 1 / ILSVRC_TRAIN_IMAGES}
+DEMO_QUIRKS = (("cmyk", "gray", "png"), ("gray",))  # train, val
 
 GLOSS_NOT_KEPT = "an ILSVRC-2012 class (the demo keeps its wnid and words, not its gloss)"
-# (wnid, words, gloss, living): real ImageNet synsets; the Imagenette ten first.
-CLASSES = [
+# (wnid, words, gloss, living): real ImageNet synsets; the Imagenette ten first. The demo's first 100
+# classes, fixed so that demos of up to 100 classes keep their bytes.
+DEMO_CLASSES = [
     ("n01440764", "tench, Tinca tinca", "freshwater dace-like game fish of Europe and western Asia", True),
     ("n02102040", "English springer, English springer spaniel", "a breed of springer spaniel", True),
     ("n02979186", "cassette player", "electronic equipment for playing cassettes", False),
@@ -162,11 +207,42 @@ CLASSES = [
     ("n01819313", "sulphur-crested cockatoo, Kakatoe galerita, Cacatua galerita", GLOSS_NOT_KEPT, True),
     ("n01820546", "lorikeet", GLOSS_NOT_KEPT, True),
 ]
+CLASS_TABLE = Path(__file__).resolve().parent / "data" / "ilsvrc2012_classes.tsv"
+FIRST_NON_ANIMAL = "n02666196"  # abacus: every ILSVRC-2012 wnid sorted before it is an animal
+PLANT_PREFIXES = ("n11", "n12", "n13")  # plants and fungi
+
+
+def ilsvrc2012_classes(path: Path = CLASS_TABLE) -> list[tuple[int, str, str, str]]:
+    """(ILSVRC2012_ID, wnid, words, gloss) of the 1000 classes, in ILSVRC2012_ID order."""
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")]
+    header, body = rows[0], rows[1:]
+    if header != ["ilsvrc2012_id", "wnid", "words", "gloss"] or len(body) != 1000:
+        raise ValueError(f"{path}: expected the header ilsvrc2012_id wnid words gloss and 1000 rows")
+    return [(int(i), wnid, words, gloss) for i, wnid, words, gloss in body]
+
+
+def _living(wnid: str) -> bool:
+    return wnid < FIRST_NON_ANIMAL or wnid.startswith(PLANT_PREFIXES)
+
+
+ILSVRC2012 = ilsvrc2012_classes()
+_FIRST = {wnid for wnid, *_ in DEMO_CLASSES}
+# Every class the demo can draw: its first 100, then the other ILSVRC-2012 classes in sorted-wnid order.
+CLASSES = DEMO_CLASSES + [(wnid, words, gloss, _living(wnid))
+                          for _, wnid, words, gloss in sorted(ILSVRC2012, key=lambda r: r[1]) if wnid not in _FIRST]
 # Non-leaf ancestors (not classes), listed after the leaves as in the real meta.mat.
 ROOT = ("n00001740", "entity", "that which is perceived or known or inferred to have its own distinct existence")
 GROUPS = {True: ("n00004258", "living thing, animate thing", "a living (or once living) entity"),
           False: ("n00021939", "artifact, artefact", "a man-made object taken as a whole")}
 SHAPES = ("disc", "triangle", "square", "ring", "cross", "star", "bar", "diamond")
+# Looks of more than 100 classes: a code of hue bin x shape x texture (10 x 8 x 13 = 1040 codes). A
+# texture is plain or stripes at one of 6 angles and 2 periods. The angles lie in [0, pi/2], so a
+# horizontal flip (a -> pi - a), the training's augmentation, never turns one into another.
+HUE_BINS = 10
+STRIPE_ANGLES = tuple(math.pi / 2 * j / 5 for j in range(6))
+STRIPE_PERIODS = (0.035, 0.08)  # of the short side: about 9 and 20 px once resized to 256
+TEXTURES = (None,) + tuple((a, p) for a in STRIPE_ANGLES for p in STRIPE_PERIODS)
 
 
 class DemoError(PipelineError, ValueError):
@@ -212,9 +288,25 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 def class_look(k: int, n_classes: int) -> dict:
     """The class's hue, shape and texture; fixed per class, not per image."""
+    if n_classes > len(DEMO_CLASSES):
+        return coded_look(k)
     return {"hue": k / n_classes, "shape": SHAPES[k % len(SHAPES)],
             "stripes": (k // len(SHAPES)) % 2 == 1 or k % 3 == 2,
             "stripe_angle": math.pi * ((k * 0.381966) % 1.0)}
+
+
+def coded_look(k: int) -> dict:
+    """Class k's look as a code of hue bin, shape and texture; distinct for k < 1040.
+
+    With 1000 hues 0.001 apart nothing is learnable; each factor of the code
+    is, and each one learned takes the loss below ln(1000)."""
+    hue_bin, rest = k % HUE_BINS, k // HUE_BINS
+    shape, texture = SHAPES[rest % len(SHAPES)], TEXTURES[rest // len(SHAPES)]
+    look = {"hue": (hue_bin + 0.5) / HUE_BINS, "hue_jitter": 0.2 / HUE_BINS,  # well inside the bin
+            "shape": shape, "stripes": texture is not None}
+    if texture is not None:
+        look["stripe_angle"], look["stripe_period"] = texture
+    return look
 
 
 def noise_pool(seed: int) -> np.ndarray:
@@ -236,7 +328,7 @@ def draw_image(rng: np.random.Generator, look: dict, n_classes: int, size: tuple
         draw.ellipse([cx - r, cy - r, cx + r, cy + r],
                      fill=_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.9)))
     # Object: the class's shape in the class's hue, at a random place, size, angle.
-    jitter = 0.25 / n_classes
+    jitter = look.get("hue_jitter", 0.25 / n_classes)
     colour = _rgb(look["hue"] + rng.uniform(-jitter, jitter), rng.uniform(0.65, 1.0), rng.uniform(0.6, 1.0))
     mask = Image.new("L", (w, h), 0)
     mdraw = ImageDraw.Draw(mask)
@@ -244,15 +336,9 @@ def draw_image(rng: np.random.Generator, look: dict, n_classes: int, size: tuple
         r = rng.uniform(0.18, 0.35) * min(w, h) * (0.6 if i else 1.0)
         cx, cy = rng.uniform(0.25, 0.75) * w, rng.uniform(0.25, 0.75) * h
         _draw_shape(mdraw, look["shape"], cx, cy, r, rng.uniform(0, 2 * math.pi))
+    fg = Image.new("RGB", (w, h), colour)
     if look["stripes"]:
-        period = rng.uniform(0.04, 0.07) * min(w, h)
-        a = look["stripe_angle"] + rng.uniform(-0.2, 0.2)
-        yy, xx = np.ogrid[:h, :w]
-        dark = ((xx * math.cos(a) + yy * math.sin(a)) / period) % 1.0 < 0.5
-        shade = np.array([colour, [int(c * 0.45) for c in colour]], np.uint8)
-        fg = Image.fromarray(shade[dark.astype(np.uint8)])
-    else:
-        fg = Image.new("RGB", (w, h), colour)
+        fg.paste(tuple(int(c * 0.45) for c in colour), mask=_stripe_mask(*_stripes(rng, look, min(w, h)), w, h))
     img = np.asarray(Image.composite(fg, bg, mask), np.int16)
     oy, ox = int(rng.integers(0, noise.shape[0] - h + 1)), int(rng.integers(0, noise.shape[1] - w + 1))
     img = img + noise[oy:oy + h, ox:ox + w]
@@ -262,10 +348,43 @@ def draw_image(rng: np.random.Generator, look: dict, n_classes: int, size: tuple
     return out
 
 
-def image_size(rng: np.random.Generator, large: bool) -> tuple[int, int]:
+def _stripes(rng: np.random.Generator, look: dict, side: int) -> tuple[float, float]:
+    """Stripe period (px) and angle of one image; a coded look fixes both up to a little jitter."""
+    if "stripe_period" in look:
+        # jitter well under half the gap between the code's angles (pi/10) and periods
+        return look["stripe_period"] * rng.uniform(0.9, 1.1) * side, look["stripe_angle"] + rng.uniform(-0.08, 0.08)
+    return rng.uniform(0.04, 0.07) * side, look["stripe_angle"] + rng.uniform(-0.2, 0.2)
+
+
+def _stripe_mask(period: float, angle: float, w: int, h: int) -> Image.Image:
+    """Mode-1 mask of the dark stripes."""
+    yy, xx = np.ogrid[:h, :w]
+    phase = xx * math.cos(angle) + yy * math.sin(angle)
+    phase /= period
+    # phase - floor(phase) equals numpy's phase % 1.0 bit for bit (both round the same exact value once)
+    # at a sixth of the cost; a mode-1 mask and paste beat indexing a colour table likewise
+    frac = np.floor(phase)
+    np.subtract(phase, frac, out=frac)
+    return Image.fromarray(frac < 0.5)
+
+
+def image_size(rng: np.random.Generator, large: bool, sizes: str = "demo") -> tuple[int, int]:
+    """(width, height) of one image; `large`: over 1000 px on the long side."""
+    if sizes == "imagenet":
+        return _imagenet_size(rng, large)
     long_side = int(rng.integers(*LARGE_SIDE)) if large else int(rng.integers(*SMALL_SIDE))
     short_side = int(round(long_side / rng.choice([1.0, 4 / 3, 3 / 2, 1.25])))
     return (long_side, short_side) if rng.random() < 0.75 else (short_side, long_side)
+
+
+def _imagenet_size(rng: np.random.Generator, large: bool) -> tuple[int, int]:
+    if large:
+        side = MULTI_MP_SIDE if rng.random() < MULTI_MP_SHARE else IMAGENET_LARGE_SIDE
+        long_side = int(rng.integers(*side))
+    else:
+        long_side = MEDIUM_SIDE if rng.random() < MEDIUM_SHARE else int(rng.integers(*SMALLER_SIDE))
+    short_side = int(round(long_side / ASPECTS[rng.choice(len(ASPECTS), p=ASPECT_WEIGHTS)]))
+    return (short_side, long_side) if rng.random() < PORTRAIT_SHARE else (long_side, short_side)
 
 
 def encode(img: Image.Image, quirk: str | None) -> bytes:
@@ -347,7 +466,11 @@ def synsets(wnids_by_id: list[int], n_train: int) -> tuple[list[dict], list[dict
 
 
 def _id_order(rng: np.random.Generator, n: int) -> list[int]:
-    """Class numbers in ILSVRC2012_ID order: a permutation that is not sorted-wnid order."""
+    """Class numbers in ILSVRC2012_ID order: the devkit's own for all 1000 classes, else a
+    seeded permutation that is not sorted-wnid order."""
+    if n == len(CLASSES):
+        number = {wnid: k for k, (wnid, *_) in enumerate(CLASSES)}
+        return [number[wnid] for _, wnid, _, _ in ILSVRC2012]
     by_wnid = sorted(range(n), key=lambda k: CLASSES[k][0])
     order = [by_wnid[i] for i in rng.permutation(n)]
     if order == by_wnid:
@@ -368,7 +491,15 @@ def _pick(rng: np.random.Generator, total: int, count: int, exclude=()) -> list[
     return [int(i) for i in rng.choice(pool, size=min(count, len(pool)), replace=False)]
 
 
-def check_settings(classes: int, train_per_class: int, val_per_class: int, large_fraction: float) -> None:
+def quirk_list(sizes: str, split: int, n_images: int) -> tuple[str, ...]:
+    """The quirks one split carries (split 0 train, 1 val), one entry per image."""
+    if sizes == "demo":
+        return DEMO_QUIRKS[split]
+    return tuple(q for q, rate in QUIRK_RATES.items() for _ in range(max(1, round(rate * n_images))))
+
+
+def check_settings(classes: int, train_per_class: int, val_per_class: int, large_fraction: float,
+                   sizes: str = "demo", workers: int = 1) -> None:
     if not 2 <= classes <= len(CLASSES):
         raise DemoError(f"demo.classes = {classes}: the demo has 2 to {len(CLASSES)} classes")
     if train_per_class < 2 or val_per_class < 1:
@@ -376,54 +507,111 @@ def check_settings(classes: int, train_per_class: int, val_per_class: int, large
                         "need at least 2 training images per class (three carry the quirks) and 1 val image")
     if not 0.0 <= large_fraction <= 1.0:
         raise DemoError(f"demo.large_fraction = {large_fraction}: must lie in [0, 1]")
+    if sizes not in SIZES:
+        raise DemoError(f"demo.sizes = {sizes!r}: must be one of {', '.join(SIZES)}")
+    if workers < 1:
+        raise DemoError(f"--workers {workers}: need at least 1")
 
 
-def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO["classes"],
-              train_per_class: int = DEMO["train_per_class"], val_per_class: int = DEMO["val_per_class"],
-              large_fraction: float = DEMO["large_fraction"]) -> dict:
-    """Write the three archives, MD5SUMS and demo.json into `out_dir`; return the metrics."""
-    check_settings(classes, train_per_class, val_per_class, large_fraction)
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    looks = [class_look(k, classes) for k in range(classes)]
-    noise = noise_pool(seed)
-    n_train, n_val = classes * train_per_class, classes * val_per_class
+# ---------------------------------------------------------------- rendering
 
-    def plan(split: int, total: int, quirks: tuple[str, ...]):
-        rng = np.random.default_rng([seed, split, 0])
-        large = set(_pick(rng, total, max(1, round(large_fraction * total)) if large_fraction > 0 else 0))
-        return large, dict(zip(_pick(rng, total, len(quirks), exclude=large), quirks))
+@dataclass(frozen=True)
+class Split:
+    """Which images of one split are large and which carry a quirk (image number -> quirk)."""
+    large: frozenset
+    quirks: dict
 
-    def render(split: int, g: int, k: int, large: set, quirks: dict) -> bytes:
-        rng = np.random.default_rng([seed, split, 1, g])
-        return encode(draw_image(rng, looks[k], classes, image_size(rng, g in large), noise), quirks.get(g))
+    def quirk_counts(self) -> dict[str, int]:
+        placed = list(self.quirks.values())
+        return {q: placed.count(q) for q in QUIRK_RATES}
 
-    # Train: class k's images are g = k * train_per_class + i.
-    large_train, quirk_train = plan(0, n_train, ("cmyk", "gray", "png"))
-    names_rng = np.random.default_rng([seed, 0, 2])
-    with atomic_path(out / TRAIN_TAR) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for k in sorted(range(classes), key=lambda k: CLASSES[k][0]):
-            wnid = CLASSES[k][0]
-            numbers = np.sort(names_rng.choice(np.arange(1, max(20000, 2 * train_per_class)),
-                                               train_per_class, replace=False))
-            inner = [(f"{wnid}_{n}.JPEG", render(0, k * train_per_class + i, k, large_train, quirk_train))
-                     for i, n in enumerate(numbers)]
+
+def plan_split(seed: int, split: int, total: int, large_fraction: float, quirks: tuple[str, ...]) -> Split:
+    rng = np.random.default_rng([seed, split, 0])
+    large = set(_pick(rng, total, max(1, round(large_fraction * total)) if large_fraction > 0 else 0))
+    return Split(frozenset(large), dict(zip(_pick(rng, total, len(quirks), exclude=large), quirks)))
+
+
+@dataclass(frozen=True)
+class Job:
+    """All an image needs besides its (split, number, class): sent once to each worker."""
+    seed: int
+    classes: int
+    sizes: str
+    looks: tuple
+    splits: tuple  # Split of train, of val
+
+
+class Renderer:
+    """(split, image number, class) -> (file bytes, (width, height)); each image has its own
+    random stream, so the bytes depend neither on the order nor on the process that draws it."""
+
+    def __init__(self, job: Job):
+        self.job, self.noise = job, noise_pool(job.seed)
+
+    def __call__(self, task: tuple[int, int, int]) -> tuple[bytes, tuple[int, int]]:
+        split, g, k = task
+        plan = self.job.splits[split]
+        rng = np.random.default_rng([self.job.seed, split, 1, g])
+        size = image_size(rng, g in plan.large, self.job.sizes)
+        img = draw_image(rng, self.job.looks[k], self.job.classes, size, self.noise)
+        return encode(img, plan.quirks.get(g)), size
+
+
+_WORKER: Renderer | None = None
+
+
+def _start_worker(job: Job) -> None:
+    global _WORKER
+    _WORKER = Renderer(job)
+
+
+def _render_in_worker(task: tuple[int, int, int]) -> tuple[bytes, tuple[int, int]]:
+    return _WORKER(task)
+
+
+@contextlib.contextmanager
+def rendering(job: Job, workers: int):
+    """A function of an iterable of tasks that yields their images in task order."""
+    if workers == 1:
+        yield lambda tasks: map(Renderer(job), tasks)
+        return
+    with multiprocessing.Pool(workers, _start_worker, (job,)) as pool:
+        yield lambda tasks: pool.imap(_render_in_worker, tasks, chunksize=8)
+
+
+def size_stats(sizes: list[tuple[int, int]]) -> dict:
+    """Mean width and height, share over 1000 px on the long side, and the count of camera
+    originals (long side MULTI_MP_SIDE, each MULTI_MP_PIXELS or more)."""
+    arr = np.array(sizes, dtype=np.int64).reshape(-1, 2)
+    return {"mean_width": round(float(arr[:, 0].mean()), 1), "mean_height": round(float(arr[:, 1].mean()), 1),
+            "share_over_1000px": round(float((arr.max(1) > 1000).mean()), 4),
+            "multi_megapixel": int((arr.max(1) >= MULTI_MP_SIDE[0]).sum())}
+
+
+# ---------------------------------------------------------------- the dataset
+
+def _write_train(path: Path, images, by_wnid: list[int], numbers: list[np.ndarray], sizes: list) -> None:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for k, class_numbers in zip(by_wnid, numbers):
+            wnid, inner = CLASSES[k][0], []
+            for n in class_numbers:
+                data, size = next(images)
+                inner.append((f"{wnid}_{n}.JPEG", data))
+                sizes.append(size)
             _add(tar, f"{wnid}.tar", _tar_bytes(inner))
 
-    # Val: classes interleaved by a seeded shuffle; labels go to the ground truth.
-    large_val, quirk_val = plan(1, n_val, ("gray",))
-    val_classes = np.random.default_rng([seed, 1, 2]).permutation(np.repeat(np.arange(classes), val_per_class))
-    with atomic_path(out / VAL_TAR) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for g, k in enumerate(val_classes):
-            _add(tar, val_file_name(g + 1), render(1, g, int(k), large_val, quirk_val))
 
-    # Devkit.
-    id_order = _id_order(np.random.default_rng([seed, 2]), classes)
-    leaves, groups = synsets(id_order, train_per_class)
-    id_of_class = {s["class"]: s["id"] for s in leaves}
-    ground_truth = "".join(f"{id_of_class[int(k)]}\n" for k in val_classes).encode()
-    with atomic_path(out / DEVKIT_TAR) as tmp:
+def _write_val(path: Path, images, n_val: int, sizes: list) -> None:
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for g in range(n_val):
+            data, size = next(images)
+            _add(tar, val_file_name(g + 1), data)
+            sizes.append(size)
+
+
+def _write_devkit(path: Path, leaves: list[dict], groups: list[dict], ground_truth: bytes) -> None:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for d in (f"{DEVKIT_DIR}/", f"{DEVKIT_DIR}/data/"):
@@ -431,15 +619,56 @@ def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO
             _add(tar, f"{DEVKIT_DIR}/{META}", meta_mat(leaves, groups))
             _add(tar, f"{DEVKIT_DIR}/{GROUND_TRUTH}", ground_truth)
 
+
+def val_order(seed: int, classes: int, val_per_class: int) -> list[int]:
+    """The class of each val image, in file-number order: classes interleaved by a seeded shuffle."""
+    return [int(k) for k in np.random.default_rng([seed, 1, 2]).permutation(np.repeat(np.arange(classes), val_per_class))]
+
+
+def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO["classes"],
+              train_per_class: int = DEMO["train_per_class"], val_per_class: int = DEMO["val_per_class"],
+              large_fraction: float = DEMO["large_fraction"], sizes: str = DEMO["sizes"], workers: int = 1) -> dict:
+    """Write the three archives, MD5SUMS and demo.json into `out_dir`; return the metrics.
+
+    `workers` processes draw the images; the bytes do not depend on it."""
+    check_settings(classes, train_per_class, val_per_class, large_fraction, sizes, workers)
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_train, n_val = classes * train_per_class, classes * val_per_class
+    job = Job(seed, classes, sizes, tuple(class_look(k, classes) for k in range(classes)),
+              (plan_split(seed, 0, n_train, large_fraction, quirk_list(sizes, 0, n_train)),
+               plan_split(seed, 1, n_val, large_fraction, quirk_list(sizes, 1, n_val))))
+
+    # Train: class k's images are g = k * train_per_class + i, written in sorted-wnid order.
+    by_wnid = sorted(range(classes), key=lambda k: CLASSES[k][0])
+    names_rng = np.random.default_rng([seed, 0, 2])
+    numbers = [np.sort(names_rng.choice(np.arange(1, max(20000, 2 * train_per_class)), train_per_class,
+                                        replace=False)) for _ in by_wnid]
+    val_classes = val_order(seed, classes, val_per_class)
+    tasks = [(0, k * train_per_class + i, k) for k in by_wnid for i in range(train_per_class)] + \
+            [(1, g, k) for g, k in enumerate(val_classes)]
+    drawn: list[tuple[int, int]] = []
+    with rendering(job, workers) as render:
+        images = iter(render(tasks))
+        _write_train(out / TRAIN_TAR, images, by_wnid, numbers, drawn)
+        _write_val(out / VAL_TAR, images, n_val, drawn)
+
+    leaves, groups = synsets(_id_order(np.random.default_rng([seed, 2]), classes), train_per_class)
+    id_of_class = {s["class"]: s["id"] for s in leaves}
+    _write_devkit(out / DEVKIT_TAR, leaves, groups, "".join(f"{id_of_class[k]}\n" for k in val_classes).encode())
+
     md5s = {name: _md5(out / name) for name in (TRAIN_TAR, VAL_TAR, DEVKIT_TAR)}
     with atomic_path(out / "MD5SUMS") as tmp:
         tmp.write_text("".join(f"{md5}  {name}\n" for name, md5 in md5s.items()))
     metrics = {
-        "seed": seed, "classes": classes, "train_images": n_train, "val_images": n_val,
-        "large_images": len(large_train) + len(large_val), "non_leaf_synsets": len(groups),
+        "seed": seed, "classes": classes, "sizes": sizes, "train_images": n_train, "val_images": n_val,
+        "large_images": len(job.splits[0].large) + len(job.splits[1].large), **size_stats(drawn),
+        "quirks": {"train": job.splits[0].quirk_counts(), "val": job.splits[1].quirk_counts()},
+        "non_leaf_synsets": len(groups),
         "train_bytes": (out / TRAIN_TAR).stat().st_size, "val_bytes": (out / VAL_TAR).stat().st_size,
         "devkit_bytes": (out / DEVKIT_TAR).stat().st_size,
-        "seconds": round(time.perf_counter() - t0, 3), "md5": md5s,
+        "workers": workers, "seconds": round(time.perf_counter() - t0, 3), "md5": md5s,
     }
     write_json(out / "demo.json", metrics)
     return metrics
@@ -454,14 +683,20 @@ def main(argv=None) -> int:
     p.add_argument("--val-per-class", type=int, default=DEMO["val_per_class"])
     p.add_argument("--large-fraction", type=float, default=DEMO["large_fraction"],
                    help="share of images over 1000 px on the long side")
+    p.add_argument("--sizes", default=DEMO["sizes"],
+                   help="demo: the demo's sizes and quirks | imagenet: ImageNet's size mix, quirks at their rarity")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes that draw the images (a runtime knob: the bytes do not depend on it)")
     a = p.parse_args(argv)
     return run_cli(_make_and_report, a)
 
 
 def _make_and_report(a: argparse.Namespace) -> None:
-    m = make_demo(a.out_dir, a.seed, a.classes, a.train_per_class, a.val_per_class, a.large_fraction)
+    m = make_demo(a.out_dir, a.seed, a.classes, a.train_per_class, a.val_per_class, a.large_fraction,
+                  a.sizes, a.workers)
     print(f"demo: {m['classes']} classes, {m['train_images']} train + {m['val_images']} val images "
-          f"({m['large_images']} large) in {a.out_dir}, {m['seconds']:.1f} s")
+          f"({m['large_images']} large, mean {m['mean_width']:.0f} x {m['mean_height']:.0f} px) in {a.out_dir}, "
+          f"{m['seconds']:.1f} s on {m['workers']} worker(s)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
-"""The demo dataset: official ILSVRC-2012 layouts, determinism, the real set's quirks."""
+"""The demo dataset: official ILSVRC-2012 layouts, determinism, the real set's quirks; the
+ImageNet-shaped variant (1000 real classes, ImageNet's sizes and quirk rarity)."""
 import hashlib
 import io
+import json
+import math
 import re
 import tarfile
 
@@ -10,7 +13,7 @@ import scipy.io
 from PIL import Image
 
 from pipeline import demo
-from pipeline.devkit import SYNSET_FIELDS
+from pipeline.devkit import SYNSET_FIELDS, parse_meta, read_devkit
 
 SIZES = dict(classes=4, train_per_class=6, val_per_class=3, large_fraction=0.1)
 
@@ -133,6 +136,10 @@ def test_bad_settings_are_refused(tmp_path):
         demo.make_demo(tmp_path, classes=len(demo.CLASSES) + 1)
     with pytest.raises(demo.DemoError, match="large_fraction"):
         demo.make_demo(tmp_path, large_fraction=1.5)
+    with pytest.raises(demo.DemoError, match="demo.sizes"):
+        demo.make_demo(tmp_path, sizes="huge")
+    with pytest.raises(demo.DemoError, match="workers"):
+        demo.make_demo(tmp_path, workers=0)
     assert not any(tmp_path.iterdir())
 
 
@@ -140,5 +147,118 @@ def test_cli(tmp_path, capsys):
     assert demo.main(["--out-dir", str(tmp_path), "--classes", "2", "--train-per-class", "2",
                       "--val-per-class", "1", "--large-fraction", "0"]) == 0
     assert (tmp_path / "demo.json").exists() and (tmp_path / "MD5SUMS").exists()
-    assert demo.main(["--out-dir", str(tmp_path / "x"), "--classes", "101"]) == 1
-    assert "error: demo.classes = 101" in capsys.readouterr().err
+    assert demo.main(["--out-dir", str(tmp_path / "x"), "--classes", "1001"]) == 1
+    assert "error: demo.classes = 1001" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- ImageNet-shaped: 1000 classes, sizes imagenet
+
+def test_class_table_holds_the_1000_classes():
+    table = demo.ilsvrc2012_classes()
+    assert [i for i, *_ in table] == list(range(1, 1001))
+    assert table[0][1] == "n02119789" and table[448][1] == "n01440764"  # kit fox is ID 1, tench ID 449
+    wnids = {w for _, w, _, _ in table}
+    assert {w for w, *_ in demo.DEMO_CLASSES} <= wnids
+    assert len(demo.CLASSES) == 1000 and {w for w, *_ in demo.CLASSES} == wnids
+    assert demo.CLASSES[:100] == demo.DEMO_CLASSES
+    rest = [w for w, *_ in demo.CLASSES[100:]]
+    assert rest == sorted(rest)
+    words = {w: (words, gloss) for _, w, words, gloss in table}
+    assert all(words[w] == (n, g) for w, n, g, _ in demo.CLASSES[100:])
+    living = {w: alive for w, _, _, alive in demo.CLASSES}
+    assert sum(living[w] for w in wnids if w < "n02666196") == 398  # the ILSVRC-2012 animals
+    assert living["n13054560"] and living["n11939491"]  # bolete, daisy
+    assert not living["n02666196"] and not living["n15075141"] and not living["n09472597"]  # abacus, toilet tissue, volcano
+
+
+def test_looks_are_distinct_codes_at_1000_classes():
+    looks = [demo.class_look(k, 1000) for k in range(1000)]
+    codes = {(round(lk["hue"] * demo.HUE_BINS - 0.5), lk["shape"], lk.get("stripe_angle"), lk.get("stripe_period"))
+             for lk in looks}
+    assert len(codes) == 1000
+    assert {c[0] for c in codes} == set(range(10)) and {c[1] for c in codes} == set(demo.SHAPES)
+    assert len({c[2:] for c in codes}) == 13
+    # stripe angles in [0, pi/2]: a horizontal flip (a -> pi - a) maps none onto another
+    assert all(0 <= lk["stripe_angle"] <= math.pi / 2 for lk in looks if lk["stripes"])
+    assert all(lk["hue_jitter"] <= 0.25 / demo.HUE_BINS for lk in looks)  # hue stays inside its bin
+    assert demo.class_look(3, 100) == demo.class_look(3, 100) and "stripe_period" not in demo.class_look(3, 100)
+
+
+def test_imagenet_size_mix():
+    rng = np.random.default_rng(0)
+    sizes = [demo.image_size(rng, rng.random() < 0.03, "imagenet") for _ in range(10000)]
+    stats = demo.size_stats(sizes)
+    assert 380 <= stats["mean_width"] <= 460 and 330 <= stats["mean_height"] <= 400
+    assert 0.02 <= stats["share_over_1000px"] <= 0.04
+    assert 30 <= stats["multi_megapixel"] <= 100  # a fifth of the 3 %
+    arr = np.array(sizes)
+    long_side, short_side = arr.max(1), arr.min(1)
+    assert np.bincount(long_side).argmax() == 500 and 0.3 <= (long_side == 500).mean() <= 0.5
+    assert long_side.min() >= 150 and long_side.max() <= 4500
+    assert 0.15 <= (arr[:, 1] > arr[:, 0]).mean() <= 0.3  # about a quarter portrait
+    ratios = {round(r, 2) for r in long_side / short_side}
+    assert all(min(abs(r - a) for a in (4 / 3, 3 / 2, 1.0, 5 / 4)) < 0.02 for r in ratios)
+    originals = arr[long_side >= 2800]
+    assert (originals.prod(1) >= demo.MULTI_MP_PIXELS).all()
+    # the demo's own mix is unchanged
+    demo_sizes = np.array([demo.image_size(rng, False) for _ in range(1000)]).max(1)
+    assert demo_sizes.min() >= 300 and demo_sizes.max() < 500
+
+
+def test_quirks_at_their_real_rarity():
+    assert demo.quirk_list("imagenet", 0, 1281167).count("cmyk") == 22
+    assert demo.quirk_list("imagenet", 0, 1281167).count("png") == 1
+    assert sorted(demo.quirk_list("imagenet", 1, 50)) == ["cmyk", "gray", "png"]  # a small set carries one of each
+    assert demo.quirk_list("demo", 0, 10**6) == ("cmyk", "gray", "png") and demo.quirk_list("demo", 1, 10) == ("gray",)
+
+
+@pytest.fixture(scope="module")
+def imagenet_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo1000")
+    demo.make_demo(out, seed=0, classes=1000, train_per_class=2, val_per_class=1, large_fraction=0.001,
+                   sizes="imagenet")
+    return out
+
+
+def test_1000_classes_carry_the_real_devkit(imagenet_dir):
+    kit = read_devkit(imagenet_dir / demo.DEVKIT_TAR)
+    table = demo.ilsvrc2012_classes()
+    assert kit.id_to_wnid == {i: w for i, w, _, _ in table}  # the devkit's own IDs
+    assert kit.id_to_wnid[1] == "n02119789" and kit.id_to_wnid[449] == "n01440764"
+    assert [kit.id_to_wnid[i] for i in range(1, 1001)] != kit.wnids  # not sorted-wnid order
+    synsets, _ = meta(imagenet_dir)
+    assert len(synsets) > 1000 and all(int(s[0]["num_children"][0, 0]) > 0 for s in synsets[1000:])
+    with tarfile.open(imagenet_dir / demo.DEVKIT_TAR, "r:gz") as tar:
+        leaves = parse_meta(tar.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read(), "meta.mat")
+    assert len(leaves) == 1000
+    # val ground truth: file n holds an image of class val_order[n - 1]
+    drawn = [demo.CLASSES[k][0] for k in demo.val_order(0, 1000, 1)]
+    assert [kit.id_to_wnid[i] for i in kit.val_ids] == drawn
+    assert [kit.wnids[label] for _, label in kit.val_rows()] == drawn
+
+
+def test_1000_classes_archives_and_metrics(imagenet_dir):
+    outer = [m.name for m, _ in members(imagenet_dir / demo.TRAIN_TAR)]
+    assert outer == [f"{w}.tar" for w in sorted(w for w, *_ in demo.CLASSES)]
+    kinds = {"cmyk": 0, "gray": 0, "png": 0}
+    sides = []
+    for _, _, data in train_images(imagenet_dir):
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        kinds["png"] += img.format == "PNG"
+        kinds["cmyk"] += img.mode == "CMYK"
+        kinds["gray"] += img.mode == "L"
+        sides.append(max(img.size))
+    metrics = json.loads((imagenet_dir / "demo.json").read_text())
+    assert kinds == metrics["quirks"]["train"] == {"cmyk": 1, "gray": 1, "png": 1}
+    assert metrics["quirks"]["val"] == {"cmyk": 1, "gray": 1, "png": 1}
+    assert any(s > 1000 for s in sides)  # encoded at full size, not at the drawing canvas
+    assert metrics["sizes"] == "imagenet" and metrics["workers"] == 1 and metrics["large_images"] == 3
+    assert {"mean_width", "mean_height", "share_over_1000px", "multi_megapixel"} <= set(metrics)
+
+
+def test_workers_do_not_change_a_byte(tmp_path):
+    settings = dict(seed=5, classes=120, train_per_class=2, val_per_class=1, large_fraction=0.02, sizes="imagenet")
+    one = demo.make_demo(tmp_path / "one", workers=1, **settings)
+    two = demo.make_demo(tmp_path / "two", workers=2, **settings)
+    assert one["md5"] == two["md5"] and two["workers"] == 2
+    assert (tmp_path / "one" / "MD5SUMS").read_bytes() == (tmp_path / "two" / "MD5SUMS").read_bytes()

@@ -45,7 +45,7 @@ SBIN = os.pathsep.join(["/usr/sbin", "/sbin"])
 PLUGIN_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account",
                 "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
 # One CPU thread count for both runs, so training on the CPU is bit-for-bit comparable.
-THREADS = ["--set-threads", "train=2", "evaluate=1"]
+THREADS = ["--set-threads", "train=2", "evaluate=1", "demo=1"]
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: (?!all\))(\w+)\)")
 

@@ -2,6 +2,8 @@
 # from a seed, in the official archive formats, so the whole chain runs with
 # no download. It is meant for dataset.name: demo, whose dataset.archives point
 # at these files; with other sources nothing asks for them and it never runs.
+# demo.sizes: imagenet draws ImageNet's size mix and quirks for a rehearsal of
+# the real run, up to all 1000 classes.
 
 DEMO = config["demo"]
 
@@ -18,10 +20,15 @@ rule demo:
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
         settings=settings_flags("demo", exclude=("out_dir",)),
+    # processes that draw the images: a runtime knob, the bytes do not depend on it; Snakemake caps a
+    # rule's threads at --cores
+    threads: 64
+    benchmark:
+        f"{RESULTS}/benchmarks/demo.tsv"
     log:
         f"{RESULTS}/logs/demo.log",
     message:
         f"Drawing the demo dataset: {DEMO['classes']} classes, seed {DEMO['seed']}, into {{params.out_dir}}"
     shell:
         tracked("demo", metrics="{output.json}")
-        + "python -m pipeline.demo --out-dir {params.out_dir} {params.settings}"
+        + "python -m pipeline.demo --out-dir {params.out_dir} {params.settings} --workers {threads}"

@@ -1,10 +1,17 @@
 # Forecast of the real run (pipeline/forecast.py), at the end of a preflight
 # (workflow/presets/preflight.yaml sets preflight.forecast: true): the
 # benchmark files of every job and the stages' own reports, scaled to the
-# real set's counts, on the cores this invocation has. Changing --cores
-# changes the forecast, so the cores are a param: the forecast reruns.
+# real set's counts, with as many jobs at once as this invocation runs (its
+# --cores, or its --jobs on a cluster). Changing them changes the forecast,
+# so they are a param: the forecast reruns.
 
 PREFLIGHT = config["preflight"]
+
+
+def parallel_jobs():
+    """Jobs this invocation runs at once: --cores locally, at most --jobs on a cluster."""
+    nodes = workflow.nodes
+    return min(workflow.cores, nodes) if isinstance(nodes, int) and nodes > 0 else workflow.cores
 
 
 def preflight_changes():
@@ -35,7 +42,7 @@ rule forecast:
     params:
         results=RESULTS,
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
-        cores=workflow.cores,
+        cores=lambda wildcards: parallel_jobs(),
         settings=settings_flags("preflight", ("train_images", "val_images", "epochs")),
         rehearsal=lambda wildcards: " ".join(f"--rehearsal {shlex.quote(c)}" for c in preflight_changes()),
     log:
