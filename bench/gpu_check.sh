@@ -6,7 +6,9 @@
 # table is printed as it finishes, so a cut-off call still reports the steps
 # before it.
 #   DALI_WHEELS=/tmp BUDGET=540 bash bench/gpu_check.sh
-# Order: the full-width trainability run (the ImageNet preset's training
+# Order: the preflight at ImageNet's shape (bench/gpu_preflight.sh: 1000
+# classes, 1024 + 64 shards, width 1.0, bf16, DALI on the GPU; the forecast of
+# the real run on this GPU and the loss leaving ln(1000)), the full-width trainability run (the ImageNet preset's training
 # settings on the 100-class generated set, at least 2,000 steps; curve and
 # per-layer health figures copied to $OUT), training end to end (the 15,000
 # images/s target), the stages on the GPU (bench/gpu_stages.sh), whether
@@ -33,6 +35,7 @@ step() {  # step NAME SECONDS COMMAND...: run with at most SECONDS (or what the 
     if [ "$rc" -ne 0 ]; then tail -15 "$OUT/$name.log"; echo "== $name: FAILED ($rc)"; status=1; fi
     echo "== $name: $rc after $SECONDS s in all"
 }
+step preflight 240 env OUT="$OUT" bash bench/gpu_preflight.sh
 step trainability 240 env OUT="$OUT" bash bench/gpu_trainability.sh
 step train 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --log-every 40 \
     --input synthetic dali --precision bf16 fp32 --workers 8 --json "$OUT/train.json"

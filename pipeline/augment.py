@@ -25,6 +25,7 @@ from pipeline import dali_pipes
 from pipeline.errors import run_cli
 from pipeline.io import atomic_path, write_json
 from pipeline.schema import defaults
+from pipeline.shards import read_manifest
 from pipeline.loaders import (LIGHTING, NORMALIZE, VIEWS, AugmentSettings, EvalLoader, LoaderError, TrainLoader,
                               as_numpy, manifest_shards)
 from pipeline.pca_files import load_pca
@@ -61,9 +62,9 @@ def cycle_eval(loader: EvalLoader):
         yield from loader
 
 
-def save_grid(train: TrainLoader, samples: int, png) -> None:
-    """Originals with the crop box drawn, beside the augmented patch with normalisation undone."""
-
+def save_grid(train: TrainLoader, samples: int, png, class_names: list[str] = ()) -> None:
+    """Originals with the crop box drawn, beside the augmented patch with normalisation undone;
+    each titled with its class index and, where given, name (an index alone says little at 1000 classes)."""
 
     pipe = train.pipeline(0, batch_size=samples, expose=True)
     images, labels, decoded, pos_x, pos_y, mirror, offset = (as_numpy(t) for t in pipe.run())
@@ -87,7 +88,9 @@ def save_grid(train: TrainLoader, samples: int, png) -> None:
         a, b = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
         a.imshow(decoded[i])
         a.add_patch(Rectangle((ox - 0.5, oy - 0.5), dali_pipes.CROP, dali_pipes.CROP, fill=False, ec="yellow", lw=1.5))
-        a.set_title(f"class {int(labels[i, 0])}: crop at x={ox} y={oy}", fontsize=7)
+        label = int(labels[i, 0])
+        name = f" {class_names[label].split(',')[0][:22]}" if label < len(class_names) else ""
+        a.set_title(f"class {label}{name}: crop at x={ox} y={oy}", fontsize=7)
         b.imshow(np.clip(np.rint(patch), 0, 255).astype(np.uint8))
         light = ", ".join(f"{v:+.1f}" for v in offset[i].ravel())
         b.set_title(f"{'flipped, ' if flip else ''}lighting RGB ({light})", fontsize=7)
@@ -111,7 +114,8 @@ def augment(manifest, pca_json, mean_image, out_dir, settings: AugmentSettings |
     train = TrainLoader(manifest_shards(manifest, "train"), pca, batch_size, settings, device, seed, threads=threads)
     val = manifest_shards(manifest, "val")
     out_dir = Path(out_dir)
-    save_grid(train, grid_samples, out_dir / "grid.png")
+    names = [c.get("names", "") for c in read_manifest(manifest).get("classes", [])]
+    save_grid(train, grid_samples, out_dir / "grid.png", names)
     if len(train) == 0:
         raise LoaderError(f"{manifest}: {train.total} training images make no batch of {batch_size}; lower train.batch_size")
     sync = train.gpu

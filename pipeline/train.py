@@ -47,6 +47,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -178,8 +179,9 @@ def truncate_jsonl(path: Path, step: int, epoch: int) -> None:
     os.replace(tmp, path)
 
 
-def plot_curve(jsonl: Path, png: Path) -> None:
-    """Train loss and validation error against epoch, lr drops marked."""
+def plot_curve(jsonl: Path, png: Path, num_classes: int | None = None) -> None:
+    """Train loss and validation error against epoch, lr drops marked; with `num_classes`, the
+    chance levels: ln(classes) for the loss, (1 - 1/classes) for the top-1 error."""
     rows = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()]
     steps = [r for r in rows if "train_loss" in r]
     epochs = [r for r in rows if "val_top1_err" in r]
@@ -189,9 +191,15 @@ def plot_curve(jsonl: Path, png: Path) -> None:
         ends = [(0, 0)] + [(r["step"], r["epoch"]) for r in epochs]
         xs = np.interp([r["step"] for r in steps], [s for s, _ in ends], [e for _, e in ends])
         ax.plot(xs, [r["train_loss"] for r in steps], color="tab:blue", lw=0.8, label="train loss")
+    if num_classes:
+        ax.axhline(math.log(num_classes), color="tab:blue", ls="--", lw=0.7, alpha=0.6,
+                   label=f"chance loss, ln({num_classes})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss (cross-entropy)")
     ax2 = ax.twinx()
+    if num_classes:
+        ax2.axhline(100.0 * (1 - 1 / num_classes), color="tab:red", ls="--", lw=0.7, alpha=0.6,
+                    label="chance top-1 error")
     ex = [r["epoch"] for r in epochs]
     ax2.plot(ex, [r["val_top1_err"] for r in epochs], "o-", color="tab:red", label="val top-1 error")
     ax2.plot(ex, [r["val_top5_err"] for r in epochs], "s--", color="tab:orange", label="val top-5 error")
@@ -535,7 +543,7 @@ class Trainer:
         """The curve, the epoch's log line, and the collapse warning."""
         state, new_lr = self.state, self.optimizer.param_groups[0]["lr"]
         if self.env.main:
-            plot_curve(self.jsonl, self.out_dir / "curve.png")
+            plot_curve(self.jsonl, self.out_dir / "curve.png", self.num_classes)
         self.say(f"epoch {epoch}/{self.cfg.epochs}: train loss {sum(losses) / len(losses):.4f}, "
                  f"val top-1 {val1:.2f}% top-5 {val5:.2f}% (centre crop), {epoch_s:.1f} s"
                  + (f"; lr {lr:g} -> {new_lr:g}" if new_lr < lr else ""))
@@ -554,7 +562,7 @@ class Trainer:
         summary = summarize(self, digests)
         if self.env.main:
             if not (self.out_dir / "curve.png").exists():
-                plot_curve(self.jsonl, self.out_dir / "curve.png")
+                plot_curve(self.jsonl, self.out_dir / "curve.png", self.num_classes)
             write_json(self.out_dir / "train.json", summary)  # its presence means the stage finished
             # and this marks the checkpoint's run as finished: a later rerun starts over (or extends)
             write_json(self.finished, {"uid": self.attempt["uid"], "epoch": self.state["epoch"],

@@ -35,3 +35,20 @@ def test_gpu_stages_script_runs_every_stage_on_the_cpu(tmp_path):
     metrics = json.loads((results / "evaluate" / "metrics.json").read_text())
     assert metrics["val_images"] == 40 and metrics["checkpoint_epoch"] == 4
     assert (results / "augment" / "grid.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_gpu_preflight_script_forecasts_on_the_cpu(tmp_path):
+    """bench/gpu_preflight.sh (the preflight without Snakemake, for the GPU host) at test size."""
+    out = tmp_path / "out"
+    env = {**os.environ, "CPU": "1", "WIDTH": "0.0625", "TRAIN_PER_CLASS": "2", "TRAIN_SHARDS": "8",
+           "VAL_SHARDS": "2", "STEPS": "3", "EPOCHS": "1", "BATCH": "16", "LOG_EVERY": "1", "EVAL_IMAGES": "16",
+           "CORES": "2", "WORK": str(tmp_path / "work"), "OUT": str(out),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = subprocess.run(["bash", str(REPO / "bench" / "gpu_preflight.sh")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    forecast = json.loads((out / "preflight-forecast-forecast.json").read_text())
+    assert forecast["measured_on"] == {"train_images": 2000, "val_images": 1000, "train_shards": 8, "val_shards": 2}
+    assert forecast["stages"]["resize train"]["jobs"] == 8 and forecast["stages"]["train"]["images_per_s"] > 0
+    assert "== loss: first window" in run.stdout and "== preflight:" in run.stdout
