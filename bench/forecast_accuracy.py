@@ -6,8 +6,8 @@ SMALL_RESULTS and BIG_RESULTS are the results folders of two preflights on
 the same machine (bench/preflight_scale.sh runs 10 and 40 images per class).
 The forecast from the small one is made for the big one's image counts, its
 training cap and evaluation cap; beside it, what the big one measured: each
-stage's job seconds from its Snakemake benchmark files (the resize stage's
-jobs summed and spread over the cores, as the forecast does), and, with
+stage's job seconds from its Snakemake benchmark files (the resize shards as
+the elapsed time from the first shard's start to the last one's end), and, with
 --wall-s, the big invocation's wall time without the data generation
 (which the forecast does not cover). Prints a markdown table.
 """
@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.forecast import forecast, measure, read_benchmark  # noqa: E402
 
 
-def actual_seconds(m: dict, cores: int) -> dict[str, float]:
-    """What the big preflight spent per stage, in the forecast's stage names."""
+def actual_seconds(m: dict) -> dict[str, float]:
+    """What the big preflight spent per stage, in the forecast's stage names; the resize shards of
+    both splits as one elapsed time (from the first shard's start to the last one's end)."""
     out = {"fetch": m["fetch"]["job"]["wall_s"]}
     for split in ("train", "val"):
         out[f"index {split}"] = m["index"][split]["job"]["wall_s"]
-        jobs = m["resize"][split]
-        out[f"resize {split}"] = sum(j["wall_s"] for j in jobs) / max(1, min(cores, len(jobs)))
+    out["resize shards"] = m["resize_elapsed_s"]
     for key, name in (("resize_manifest", "resize manifest"), ("pca", "pca"), ("augment", "augment"),
                       ("train", "train"), ("evaluate", "evaluate")):
         out[name] = m[key]["job"]["wall_s"]
@@ -48,13 +48,16 @@ def main(argv=None) -> int:
     fc = forecast(small, big["train_images"], big["val_images"], epochs=train_json["epochs"], cores=a.cores,
                   archive_bytes=big["fetch"]["archive_bytes"], steps_per_epoch=train_json["steps_per_epoch_cap"],
                   eval_images=eval_json["val_images"])
-    actual = actual_seconds(big, a.cores)
+    actual = actual_seconds(big)
+    stages = dict(fc["stages"])
+    train_shards, val_shards = stages.pop("resize train"), stages.pop("resize val")
+    stages = {"resize shards": {"seconds": train_shards["seconds"] + val_shards["seconds"]}, **stages}
     print(f"Forecast from {small['train_images']} + {small['val_images']} images for "
           f"{big['train_images']} + {big['val_images']} images, {a.cores} cores\n")
     print("| stage | forecast (s) | measured (s) | off by |")
     print("| --- | ---: | ---: | ---: |")
     total_f = total_a = 0.0
-    for name, stage in fc["stages"].items():
+    for name, stage in stages.items():
         f = stage["seconds"]
         total_f, total_a = total_f + f, total_a + actual[name]
         print(f"| {name} | {f:.1f} | {actual[name]:.1f} | {100 * (f - actual[name]) / actual[name]:+.0f}% |")
@@ -67,15 +70,12 @@ def main(argv=None) -> int:
     self_fc = forecast(big, big["train_images"], big["val_images"], 1, a.cores)
     for split in ("train", "val"):
         s, b = fc["stages"][f"resize {split}"], self_fc
-        print(f"\nresize {split}: start-up {startup_per_job(small, split):.2f} s/job (small) vs "
-              f"{startup_per_job(big, split):.2f} (big); {s['seconds_per_image'] * 1000:.2f} ms/image (small) vs "
-              f"{b['stages'][f'resize {split}']['seconds_per_image'] * 1000:.2f} (big)")
+        bs = b["stages"][f"resize {split}"]
+        print(f"\nresize {split}: {s['startup_s_per_job']:.2f} s per job (small) vs {bs['startup_s_per_job']:.2f} (big); "
+              f"{s['seconds_per_image'] * 1000:.2f} ms per image (small) vs {bs['seconds_per_image'] * 1000:.2f} (big); "
+              f"scheduling {s['scheduling_s_per_job']:.2f} s per job (small) vs {bs['scheduling_s_per_job']:.2f} (big)")
     return 0
 
-
-def startup_per_job(m: dict, split: str) -> float:
-    jobs = m["resize"][split]
-    return sum(max(0.0, j["wall_s"] - j["own_s"]) for j in jobs) / len(jobs)
 
 
 if __name__ == "__main__":

@@ -111,10 +111,14 @@ def measure(results: str | os.PathLike) -> dict:
             job = read_benchmark(_need(bench / "resize" / f"{name}.tsv", "resize"))
             stats = res / "shards" / split / f"{name}.stats.npz"
             jobs.append({"images": report["images"], "inputs": report["inputs"], "own_s": report["seconds"],
+                         "loop_s": report.get("loop_seconds", report["seconds"]),
                          "bytes": report["bytes"], "stats_bytes": stats.stat().st_size if stats.exists() else 0,
                          **job})
         shards[split] = jobs
     m["resize"] = shards
+    # from the first shard's start to the last one's end, inside the jobs: with the jobs' own wall
+    # times it gives Snakemake's scheduling gap per job
+    m["resize_elapsed_s"] = manifest["totals"]["wall_seconds"]
     m["resize_manifest"] = {"job": read_benchmark(_need(bench / "resize.tsv", "resize"))}
     m["pca"] = {"job": read_benchmark(_need(bench / "pca.tsv", "pca")),
                 "bytes": sum(p.stat().st_size for p in (res / "pca").glob("*") if p.is_file())}
@@ -131,37 +135,50 @@ def measure(results: str | os.PathLike) -> dict:
 
 
 def measure_train(train_dir: Path, job: dict) -> dict:
-    """Steady training images/s (windows after the first, which holds start-up and compilation),
-    validation images/s (an epoch's time minus its training windows), checkpoint and log sizes."""
+    """Steady training images/s (log windows after the first, which holds start-up and compilation),
+    validation images/s (each epoch's time minus its training windows), checkpoint writing per epoch,
+    the job's fixed rest (start-up, the first window's warm-up, the model logged to MLflow), and the
+    sizes of a checkpoint and a metrics line."""
     summary = read_json(_need(train_dir / "train.json", "train"))
     rows = read_jsonl(_need(train_dir / "metrics.jsonl", "train"))
     windows = [r for r in rows if "images_per_s" in r and "train_loss" in r]
     epochs = [r for r in rows if "epoch_time_s" in r]
     if not windows or not epochs:
         raise ForecastError(f"{train_dir / 'metrics.jsonl'}: no training window or epoch line; rerun the train stage")
-    steady = windows[1:] or windows
     batch = summary["batch_size"]
-    step_of = {id(w): w["step"] - (windows[i - 1]["step"] if i else 0) for i, w in enumerate(windows)}
-    img = lambda ws: sum(step_of[id(w)] * batch for w in ws)  # noqa: E731
-    secs = lambda ws: sum(step_of[id(w)] * batch / w["images_per_s"] for w in ws)  # noqa: E731
-    last_epoch = epochs[-1]
-    in_epoch = [w for w in windows if w["epoch"] == last_epoch["epoch"]]
-    val_s = max(last_epoch["epoch_time_s"] - secs(in_epoch), 1e-9)
+    prev = [0] + [w["step"] for w in windows[:-1]]
+    images = [(w["step"] - p) * batch for w, p in zip(windows, prev)]
+    secs = [n / w["images_per_s"] for n, w in zip(images, windows)]
+    steady = slice(1, None) if len(windows) > 1 else slice(None)
+    rate = sum(images[steady]) / sum(secs[steady])
+    val_s = sum(e["epoch_time_s"] - sum(s for s, w in zip(secs, windows) if w["epoch"] == e["epoch"])
+                for e in epochs)
+    save_s = summary.get("checkpoint_time_s", 0.0)
+    warm_up = secs[0] - images[0] / rate
+    fixed = max(0.0, job["wall_s"] - sum(secs) - val_s - save_s) + max(0.0, warm_up)
     ckpt_dir = train_dir / "checkpoints"
-    checkpoint_bytes = max((p.stat().st_size for p in ckpt_dir.glob("*.pt")), default=0)
     return {"job": job, "steps": summary["steps"], "batch_size": batch, "devices": summary.get("devices"),
             "precision": summary.get("precision"), "world_size": summary.get("world_size"),
-            "images_per_s": img(steady) / secs(steady), "steady_windows": len(steady),
+            "images_per_s": rate, "steady_windows": len(windows[steady]),
             "first_window_images_per_s": windows[0]["images_per_s"],
-            "val_images_per_s": None, "val_s_per_epoch": val_s,
+            "epochs": len(epochs), "val_s_per_epoch": max(val_s, 1e-9) / len(epochs),
+            "save_s_per_epoch": save_s / len(epochs), "fixed_s": fixed,
             "peak_device_mem_mb": max((e.get("peak_mem_mb") or 0) for e in epochs),
-            "checkpoint_bytes": checkpoint_bytes,
+            "checkpoint_bytes": max((p.stat().st_size for p in ckpt_dir.glob("*.pt")), default=0),
             "jsonl_bytes_per_window": (train_dir / "metrics.jsonl").stat().st_size / max(1, len(rows)),
             "log_every": (windows[1]["step"] - windows[0]["step"]) if len(windows) > 1 else windows[0]["step"],
             "num_classes": summary.get("num_classes"), "width": summary.get("width")}
 
 
 # ---------------------------------------------------------------- scaling to the real set
+
+def scheduling_gap(m: dict, cores: int) -> float:
+    """Seconds per resize job that the cores sat idle between jobs (Snakemake's scheduling and
+    bookkeeping): the resize phase's elapsed time on its cores, minus the jobs' own wall times."""
+    jobs = m["resize"]["train"] + m["resize"]["val"]
+    busy = sum(j["wall_s"] for j in jobs)
+    return max(0.0, (m.get("resize_elapsed_s", 0.0) * max(1, min(cores, len(jobs))) - busy) / len(jobs))
+
 
 def _stage(name: str, seconds: float, peak_mb: float | None, disk_bytes: float, how: str,
            **extra) -> tuple[str, dict]:
@@ -171,9 +188,11 @@ def _stage(name: str, seconds: float, peak_mb: float | None, disk_bytes: float, 
 
 
 def _fit_jobs(jobs: list[dict]) -> tuple[float, float, float]:
-    """(start-up seconds per job, seconds per input image, peak MB of a job) of the resize shard jobs."""
-    startup = sum(max(0.0, j["wall_s"] - j["own_s"]) for j in jobs) / len(jobs)
-    per_image = sum(j["own_s"] for j in jobs) / max(1, sum(j["inputs"] for j in jobs))
+    """(fixed seconds per job, seconds per input image, peak MB of a job) of the resize shard jobs:
+    the image loop is per image; the rest of the job's wall time (interpreter and imports, the index
+    rows, the statistics file) is per job."""
+    startup = sum(max(0.0, j["wall_s"] - j["loop_s"]) for j in jobs) / len(jobs)
+    per_image = sum(j["loop_s"] for j in jobs) / max(1, sum(j["inputs"] for j in jobs))
     peaks = [j["max_rss_mb"] for j in jobs if j["max_rss_mb"] is not None]
     return startup, per_image, max(peaks) if peaks else None
 
@@ -207,20 +226,21 @@ def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: 
         stages.append(_stage(f"index {split}", startup + work * scale[split], ix["job"]["max_rss_mb"],
                              ix["bytes"] * scale[split], f"{startup:.1f} s start-up + the rest x images"))
 
+    gap = scheduling_gap(m, cores)
     for split in ("train", "val"):
         jobs = m["resize"][split]
         startup, per_image, job_mb = _fit_jobs(jobs)
         count = len(jobs)
         per_job_images = n[split] / count
         job_s = startup + per_image * per_job_images
-        wall = count * job_s / max(1, min(cores, count))
+        wall = count * (job_s + gap) / max(1, min(cores, count))
         shard_bytes = sum(j["bytes"] for j in jobs) / max(1, sum(j["images"] for j in jobs)) * n[split]
         stats_bytes = sum(j["stats_bytes"] for j in jobs)
         peak = None if job_mb is None else job_mb * min(cores, count)
         stages.append(_stage(f"resize {split}", wall, peak, shard_bytes + stats_bytes,
-                             f"{count} jobs on {min(cores, count)} cores: {startup:.2f} s start-up + "
-                             f"{per_image * 1000:.2f} ms per image each",
-                             jobs=count, job_seconds=job_s, startup_s_per_job=startup,
+                             f"{count} jobs on {min(cores, count)} cores: {startup:.2f} s per job + "
+                             f"{per_image * 1000:.2f} ms per image, {gap:.2f} s scheduling per job",
+                             jobs=count, job_seconds=job_s, startup_s_per_job=startup, scheduling_s_per_job=gap,
                              seconds_per_image=per_image, startup_share=startup / job_s if job_s else 0.0))
 
     for key, name in (("resize_manifest", "resize manifest"), ("pca", "pca"), ("augment", "augment")):
@@ -233,13 +253,14 @@ def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: 
     steps = (min(per_epoch, steps_per_epoch) if steps_per_epoch else per_epoch) * epochs
     train_s = steps * t["batch_size"] / t["images_per_s"]
     val_rate = m["val_images"] / t["val_s_per_epoch"]
-    val_s = epochs * val_images / val_rate
+    val_s = epochs * (val_images / val_rate + t["save_s_per_epoch"]) + t["fixed_s"]
     lines = steps / t["log_every"] + epochs
     # last.pt, the best epoch's file (best.pt is a hard link), and one replaced run kept in previous/
     train_disk = 4 * t["checkpoint_bytes"] + lines * t["jsonl_bytes_per_window"]
     stages.append(_stage("train", train_s + val_s, t["job"]["max_rss_mb"], train_disk,
-                         f"{steps} steps at {t['images_per_s']:.1f} images/s (steady) + a validation pass "
-                         f"per epoch at {val_rate:.1f} images/s",
+                         f"{steps} steps at {t['images_per_s']:.1f} images/s (steady) + per epoch a validation "
+                         f"pass at {val_rate:.1f} images/s and {t['save_s_per_epoch']:.1f} s of checkpoint + "
+                         f"{t['fixed_s']:.0f} s start-up",
                          steps=steps, images_per_s=t["images_per_s"], validation_images_per_s=val_rate,
                          peak_device_memory_gb=t["peak_device_mem_mb"] / 1024))
 

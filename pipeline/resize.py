@@ -226,6 +226,7 @@ def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: s
     acc = RGBStats(size) if stats else None
     rejects: list[dict] = []
     labels: dict[int, int] = {}
+    loop_started = time.perf_counter()
     try:
         with ShardWriter(paths["tar"]) as writer:
             for j in tqdm(range(len(idx)), desc=f"{split} shard {shard}/{shards}", unit="img", disable=None):
@@ -244,6 +245,7 @@ def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: s
             _check_rejects(rejects, len(idx), max_reject_fraction, f"{paths['tar']}")
     finally:
         src.close()
+    loop_seconds = time.perf_counter() - loop_started  # per image; the rest is per shard (index, statistics)
     if acc is not None:
         acc.write(paths["stats"])
     seconds = time.time() - started
@@ -254,7 +256,8 @@ def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: s
         "stats": str(paths["stats"]) if acc is not None else None,
         "inputs": len(idx), "images": images, "rejected": len(rejects), "rejects": rejects,
         "bytes": paths["tar"].stat().st_size,
-        "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else 0.0,
+        "seconds": seconds, "loop_seconds": loop_seconds,
+        "images_per_s": images / seconds if seconds > 0 else 0.0,
         "started": started, "finished": started + seconds,
         "labels": {str(k): v for k, v in sorted(labels.items())},
         "settings": {"size": size, "jpeg_quality": jpeg_quality, "seed": seed, "shards": shards,

@@ -594,7 +594,10 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
         better = t.step_schedule(epoch, lr, val1, val5)
         epoch_s = time.perf_counter() - t_epoch
         t.log_epoch(epoch, lr, losses, val1, val5, epoch_s)
+        t_save = time.perf_counter()
         t.save(epoch, better, wall0 + time.perf_counter() - t_start)
+        totals = t.state["totals"]  # checkpoints written before this counter existed lack it
+        totals["save_s"] = totals.get("save_s", 0.0) + time.perf_counter() - t_save
         t.report_epoch(epoch, lr, losses, val1, val5, epoch_s)
     return t.finish()
 
@@ -701,6 +704,7 @@ def summarize(t: Trainer, digests: list[str]) -> dict:
         "lr_drops": [h["epoch"] for h, nxt in zip(hist, hist[1:]) if nxt["lr"] < h["lr"]],
         "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
         "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
+        "checkpoint_time_s": totals.get("save_s", 0.0),
         "parameters": sum(p.numel() for p in t.model.parameters()),
         "num_classes": t.num_classes, "width": cfg.width, "batch_size": cfg.batch_size,
         "steps_per_epoch_cap": cfg.steps_per_epoch,

@@ -111,7 +111,8 @@ def test_forecast_reaches_the_parent_run(run_dir):
 # --- the scaling, on made-up measurements
 
 def measured(per_image=0.02, startup=1.0, jobs=4, images=400) -> dict:
-    shard = lambda n: {"images": n, "inputs": n, "own_s": per_image * n, "wall_s": startup + per_image * n,  # noqa: E731
+    shard = lambda n: {"images": n, "inputs": n, "own_s": per_image * n, "loop_s": per_image * n,  # noqa: E731
+                       "wall_s": startup + per_image * n,
                        "bytes": 30_000 * n, "stats_bytes": 100, "cpu_s": 0.0, "max_rss_mb": 200.0}
     job = {"wall_s": 10.0, "cpu_s": 10.0, "max_rss_mb": 300.0}
     return {
@@ -119,10 +120,12 @@ def measured(per_image=0.02, startup=1.0, jobs=4, images=400) -> dict:
         "fetch": {"job": job, "archive_bytes": 1e6, "hash_mb_per_s": 500.0},
         "index": {s: {"job": job, "bytes": 1000} for s in ("train", "val")},
         "resize": {"train": [shard(images // jobs) for _ in range(jobs)], "val": [shard(images // 4)]},
+        "resize_elapsed_s": 0.0,  # no scheduling gap (test_scheduling_gap sets one)
         "resize_manifest": {"job": job}, "pca": {"job": job, "bytes": 10}, "augment": {"job": job,
                                                                                       "train_images_per_s": 900.0, "threads": 4, "device": "cpu"},
         "train": {"job": job, "steps": 12, "batch_size": 128, "devices": ["cpu"], "precision": "fp32",
                   "world_size": 1, "images_per_s": 100.0, "val_s_per_epoch": 1.0, "peak_device_mem_mb": 0,
+                  "epochs": 1, "save_s_per_epoch": 2.0, "fixed_s": 30.0,
                   "checkpoint_bytes": 5e8, "jsonl_bytes_per_window": 100.0, "log_every": 4, "width": 1.0},
         "evaluate": {"job": {**job, "wall_s": 12.0}, "images": 100, "images_per_s": 10.0, "seconds": 11.0},
     }
@@ -142,10 +145,20 @@ def test_forecast_scales_per_image_costs_and_spreads_jobs_over_cores():
     assert r2["disk_gb"] == pytest.approx(2 * 30_000 * 10_000 / 1e9 + 2 * 4 * 100 / 1e9, rel=0.01)
     t1 = one["stages"]["train"]
     assert t1["steps"] == 10_000 // 128 * 2
-    # training at 100 images/s plus a validation pass per epoch at 100 images/s (measured: 100 in 1 s)
-    assert t1["seconds"] == pytest.approx(t1["steps"] * 128 / 100.0 + 2 * 1000 / 100.0)
+    # training at 100 images/s, per epoch a validation pass at 100 images/s (measured: 100 in 1 s) and
+    # 2 s of checkpoint, and the job's 30 s of start-up once
+    assert t1["seconds"] == pytest.approx(t1["steps"] * 128 / 100.0 + 2 * (1000 / 100.0 + 2.0) + 30.0)
     assert one["stages"]["evaluate"]["seconds"] == pytest.approx((12.0 - 10.0) + 1000 / 10.0)
     assert one["input_bound"]["verdict"].startswith("compute-bound")
+
+
+def test_scheduling_gap_is_added_per_job():
+    m = measured(per_image=0.02, startup=1.0, jobs=4, images=400)
+    busy = sum(j["wall_s"] for j in m["resize"]["train"] + m["resize"]["val"])  # 5 jobs
+    m["resize_elapsed_s"] = (busy + 5 * 0.5) / 2  # on 2 cores, idle 0.5 s per job
+    assert fc.scheduling_gap(m, cores=2) == pytest.approx(0.5)
+    r = fc.forecast(m, train_images=10_000, val_images=1000, epochs=1, cores=2)["stages"]["resize train"]
+    assert r["seconds"] == pytest.approx(4 * (1.0 + 0.02 * 2500 + 0.5) / 2)
 
 
 def test_forecast_says_input_bound_when_dali_is_slower():
