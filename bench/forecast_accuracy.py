@@ -67,6 +67,14 @@ def main(argv=None) -> int:
         wall = a.wall_s - demo
         print(f"| **invocation wall, without the data generation** | {total_f:.1f} | {wall:.1f} "
               f"| {100 * (total_f - wall) / wall:+.0f}% |")
+    small_actual = actual_seconds(small)
+    ratio = big["train_images"] / small["train_images"]
+    print(f"\nCost growth: each stage's measured seconds at both sizes ({ratio:.0f}x the images; training and "
+          "evaluation are capped at the same steps and images in both)\n")
+    print("| stage | small (s) | big (s) | big / small |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in actual:
+        print(f"| {name} | {small_actual[name]:.1f} | {actual[name]:.1f} | {actual[name] / max(small_actual[name], 1e-9):.2f} |")
     self_fc = forecast(big, big["train_images"], big["val_images"], 1, a.cores)
     for split in ("train", "val"):
         s, b = fc["stages"][f"resize {split}"], self_fc

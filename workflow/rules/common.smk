@@ -264,3 +264,22 @@ def launch(module):
     over one replica's GPUs."""
     return (f"python -m pipeline.launch --gpus {{resources.gpu}} --gpus-per-process {gpus_per_replica()} "
             f"-- python -m {module}")
+
+
+# The preflight's forecast (rule forecast)
+def parallel_jobs():
+    """Jobs this invocation runs at once: --cores locally, at most --jobs on a cluster."""
+    nodes = workflow.nodes
+    return min(workflow.cores, nodes) if isinstance(nodes, int) and nodes > 0 else workflow.cores
+
+
+def preflight_changes():
+    """What the rehearsal changed from the ImageNet preset, for every report it writes."""
+    changes = [f"generated ImageNet-shaped data ({config['demo']['classes']} classes, "
+               f"{config['demo']['train_per_class']} + {config['demo']['val_per_class']} images per class, "
+               f"{config['demo'].get('sizes', 'demo')} size mix)"]
+    if TRAIN["steps_per_epoch"]:
+        changes.append(f"{TRAIN['epochs']} epoch(s) of at most {TRAIN['steps_per_epoch']} steps")
+    if config["evaluate"]["max_images"]:
+        changes.append(f"evaluation of the first {config['evaluate']['max_images']} validation images only")
+    return changes

@@ -5,26 +5,6 @@
 # --cores, or its --jobs on a cluster). Changing them changes the forecast,
 # so they are a param: the forecast reruns.
 
-PREFLIGHT = config["preflight"]
-
-
-def parallel_jobs():
-    """Jobs this invocation runs at once: --cores locally, at most --jobs on a cluster."""
-    nodes = workflow.nodes
-    return min(workflow.cores, nodes) if isinstance(nodes, int) and nodes > 0 else workflow.cores
-
-
-def preflight_changes():
-    """What the rehearsal changed from the ImageNet preset, for every report it writes."""
-    changes = [f"generated ImageNet-shaped data ({config['demo']['classes']} classes, "
-               f"{config['demo']['train_per_class']} + {config['demo']['val_per_class']} images per class, "
-               f"{config['demo'].get('sizes', 'demo')} size mix)"]
-    if TRAIN["steps_per_epoch"]:
-        changes.append(f"{TRAIN['epochs']} epoch(s) of at most {TRAIN['steps_per_epoch']} steps")
-    if config["evaluate"]["max_images"]:
-        changes.append(f"evaluation of the first {config['evaluate']['max_images']} validation images only")
-    return changes
-
 
 rule forecast:
     conda:
@@ -40,7 +20,7 @@ rule forecast:
         table=report(f"{RESULTS}/forecast/forecast.md", category="Forecast",
                      labels={"table": "time, memory and disk of the real run"}),
     params:
-        results=RESULTS,
+        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.manifest)),
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
         cores=lambda wildcards: parallel_jobs(),
         settings=settings_flags("preflight", ("train_images", "val_images", "epochs")),
