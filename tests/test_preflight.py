@@ -108,6 +108,13 @@ def test_forecast_reaches_the_parent_run(run_dir):
     assert parents[0].data.metrics["forecast.total.hours"] == pytest.approx(f["total"]["hours"])
 
 
+def test_report_shows_the_forecast(run_dir):
+    """snakemake --report (no --cores given) over the preflight's jobs, the forecast table in it."""
+    snakemake(run_dir, "--configfile", *map(str, PRESETS), "--report", "report.html")
+    html = (run_dir / "report.html").read_text(errors="replace")
+    assert "forecast.md" in html and "Forecast" in html
+
+
 # --- the scaling, on made-up measurements
 
 def measured(per_image=0.02, startup=1.0, jobs=4, images=400) -> dict:

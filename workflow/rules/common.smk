@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -268,9 +269,14 @@ def launch(module):
 
 # The preflight's forecast (rule forecast)
 def parallel_jobs():
-    """Jobs this invocation runs at once: --cores locally, at most --jobs on a cluster."""
+    """Jobs this invocation runs at once: --cores locally, at most --jobs on a cluster; this
+    machine's cores where no --cores was given (snakemake --report, a dry run)."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:
+        cores = os.cpu_count() or 1
     nodes = workflow.nodes
-    return min(workflow.cores, nodes) if isinstance(nodes, int) and nodes > 0 else workflow.cores
+    return min(cores, nodes) if isinstance(nodes, int) and nodes > 0 else cores
 
 
 def preflight_changes():
