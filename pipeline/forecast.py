@@ -315,26 +315,27 @@ def _gb(value: float | None) -> str:
 
 
 def table(fc: dict) -> str:
-    """forecast.md: the readable table the log and the report show."""
-    tg, a = fc["target"], fc["assumed"]
-    lines = [f"# Forecast of the real run on this machine",
+    """forecast.md: the total first (the MLflow UI shows a markdown file in a box of fixed height),
+    then one short row per stage, then how each stage was scaled."""
+    tg, a, t = fc["target"], fc["assumed"], fc["total"]
+    devices = ", ".join(map(str, a["train_devices"] or []))
+    lines = ["# Forecast of the real run on this machine",
              "",
-             f"{tg['train_images']:,} training + {tg['val_images']:,} validation images, {tg['epochs']} epochs; "
-             f"{a['cores']} cores, training on {', '.join(map(str, a['train_devices'] or []))} "
+             f"**{_duration(t['seconds'])} in all, {t['disk_gb']:.0f} GB of disk, {_gb(t['peak_memory_gb'])} of memory "
+             f"at most**, for {tg['train_images']:,} training + {tg['val_images']:,} validation images and "
+             f"{tg['epochs']} epochs, with {a['cores']} jobs at once and training on {devices} "
              f"({a['precision']}, {a['replicas']} replica(s), width {a['width']}).",
              "",
-             "| stage | time | peak memory | disk | how |",
-             "| --- | ---: | ---: | ---: | --- |"]
+             f"Input pipeline: {fc['input_bound']['verdict']} ({fc['input_bound']['dali_images_per_s']:.0f} against "
+             f"{fc['input_bound']['train_images_per_s']:.0f} images/s, {fc['input_bound']['dali_threads']} DALI threads).",
+             "",
+             "| stage | time | peak memory | disk |",
+             "| --- | ---: | ---: | ---: |"]
     for name, s in fc["stages"].items():
-        lines.append(f"| {name} | {_duration(s['seconds'])} | {_gb(s['peak_memory_gb'])} "
-                     f"| {s['disk_gb']:.1f} GB | {s['how']} |")
-    t = fc["total"]
-    lines += [f"| **total** | **{_duration(t['seconds'])}** | {_gb(t['peak_memory_gb'])} "
-              f"| {t['disk_gb']:.1f} GB | stages one after another |",
-              "", f"Input pipeline: {fc['input_bound']['verdict']} "
-                  f"({fc['input_bound']['dali_images_per_s']:.0f} against "
-                  f"{fc['input_bound']['train_images_per_s']:.0f} images/s, "
-                  f"{fc['input_bound']['dali_threads']} DALI threads)."]
+        lines.append(f"| {name} | {_duration(s['seconds'])} | {_gb(s['peak_memory_gb'])} | {s['disk_gb']:.1f} GB |")
+    lines += [f"| **total** | **{_duration(t['seconds'])}** | {_gb(t['peak_memory_gb'])} | {t['disk_gb']:.1f} GB |",
+              "", "How each stage was scaled (stages run one after another; memory is the stage's peak):", ""]
+    lines += [f"- {name}: {s['how']}" for name, s in fc["stages"].items()]
     if fc.get("rehearsal"):
         lines += ["", "What the preflight changed from the ImageNet preset: " + "; ".join(fc["rehearsal"]) + "."]
     return "\n".join(lines) + "\n"

@@ -164,20 +164,30 @@ def plot_per_class(path: str | os.PathLike, rows: list[list], title: str) -> Non
                       f"median {np.median(acc10):.1f}%)", fontsize=8)
         side.axis("off")
         side.text(0.0, 1.0, _extremes_text(rows, acc10, order), va="top", ha="left", family="monospace",
-                  fontsize=7, transform=side.transAxes)
+                  fontsize=8, transform=side.transAxes)
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(-2, 102)  # a curve at 0% or 100% stays visible
     ax.set_title(title, fontsize=9, loc="left")
     ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=130)
+
+
+MIN_IMAGES_TO_RANK = 5  # a class's accuracy from fewer images is too coarse to call it easy or hard
 
 
 def _extremes_text(rows: list[list], acc10: np.ndarray, order: np.ndarray, n: int = 12) -> str:
-    """The easiest and hardest classes by name, ten-crop accuracy first."""
+    """The easiest and hardest classes by name, ten-crop accuracy first; or why there is no ranking."""
+    images = np.array([int(r[3]) for r in rows])
+    if np.median(images) < MIN_IMAGES_TO_RANK or acc10.min() == acc10.max():
+        return (f"no ranking of classes:\n{int(np.median(images))} validation image(s) per class "
+                f"(median),\naccuracies from {acc10.min():.1f} to {acc10.max():.1f}%;\n"
+                f"a ranking needs {MIN_IMAGES_TO_RANK}+ images per class\nand accuracies that differ")
+
     def line(i):
-        return f"{acc10[i]:5.1f}%  {str(rows[i][2] or rows[i][1])[:34]}"
+        name = str(rows[i][2] or rows[i][1]).split(",")[0]  # the synset's first word names it
+        return f"{acc10[i]:5.1f}%  {name[:30]}"
     easiest = [line(i) for i in order[:n]]
     hardest = [line(i) for i in order[::-1][:n]]
     return "\n".join([f"easiest {len(easiest)} (ten-crop top-1 accuracy)", *easiest, "",

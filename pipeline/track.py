@@ -4,7 +4,8 @@ Stage code never imports mlflow. Each Snakemake rule runs its stage through
 
     python -m pipeline.track run --stage pca --log results/logs/pca.log \
         [--metrics FILE.json] [--artifact PATH]... [--jsonl FILE.jsonl] \
-        [--model CHECKPOINT --mean-image NPY --classes TSV] [--parent-metrics FILE.json] [--redact-env NAME] \
+        [--model CHECKPOINT --mean-image NPY --classes TSV] [--parent-metrics FILE.json] \
+        [--parent-note FILE.md] [--redact-env NAME] \
         [--register NAME --registered-file FILE.json --fingerprints TRAIN.json] \
         [--tag-registered FILE.json --evaluated-checkpoint CHECKPOINT] \
         -- python -m pipeline.pca --stats ... --out-dir ...
@@ -725,6 +726,8 @@ def log_outcome(client, run_id: str, args: argparse.Namespace, ok: bool, parent:
     if ok and parent and args.parent_metrics:
         for path in args.parent_metrics:
             log_metrics(client, parent, flatten(json.loads(Path(path).read_text())))
+    if ok and parent and args.parent_note:  # the run's description: the first thing its page shows
+        client.set_tag(parent, "mlflow.note.content", Path(args.parent_note).read_text()[:5000])
     if ok:
         for artifact in args.artifact or []:
             if Path(artifact).is_dir():
@@ -746,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log", required=True, help="file that receives the command's output")
     run.add_argument("--metrics", action="append", help="JSON file whose numeric leaves are logged as metrics")
     run.add_argument("--parent-metrics", action="append", help="JSON file logged on the parent run too")
+    run.add_argument("--parent-note", help="markdown file that becomes the parent run's description")
     run.add_argument("--artifact", action="append", help="file or folder logged as an artifact")
     run.add_argument("--jsonl", help="JSONL file of step metrics, followed while the command runs")
     run.add_argument("--model", help="training checkpoint logged as an MLflow model that classifies images "

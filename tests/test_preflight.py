@@ -106,6 +106,8 @@ def test_forecast_reaches_the_parent_run(run_dir):
     parents = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1
     assert parents[0].data.metrics["forecast.total.hours"] == pytest.approx(f["total"]["hours"])
+    # the forecast table is the parent run's description, the top of its page in the MLflow UI
+    assert parents[0].data.tags["mlflow.note.content"].startswith("# Forecast of the real run")
 
 
 def test_report_shows_the_forecast(run_dir):

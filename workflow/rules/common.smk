@@ -146,7 +146,7 @@ REGISTERED_FILE = f"{RESULTS}/train/registered_model.json"
 
 
 def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_image=None, classes=None,
-            parent_metrics=None, redact_env=None, attempt=None, register=None, fingerprints=None,
+            parent_metrics=None, parent_note=None, redact_env=None, attempt=None, register=None, fingerprints=None,
             tag_registered=None, evaluated_checkpoint=None):
     """Shell prefix that runs a stage command in its MLflow child run, output to {log}.
 
@@ -170,6 +170,8 @@ def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_imag
         parts.append(f"--model {model} --mean-image {mean_image} --classes {classes}")
     if parent_metrics:
         parts.append(f"--parent-metrics {parent_metrics}")
+    if parent_note:
+        parts.append(f"--parent-note {parent_note}")
     if redact_env:
         parts.append(f"--redact-env {redact_env}")
     if attempt:

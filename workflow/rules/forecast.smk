@@ -31,6 +31,6 @@ rule forecast:
         "Forecasting the real run ({params.cores} cores) from the preflight's costs"
     shell:
         tracked("forecast", metrics="{output.metrics}", artifacts=["{output.table}", "{output.json}"],
-                parent_metrics="{output.metrics}")
+                parent_metrics="{output.metrics}", parent_note="{output.table}")
         + "python -m pipeline.forecast --results {params.results} --out-dir {params.out_dir} "
         "--cores {params.cores} {params.settings} {params.rehearsal}"
