@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import sys
@@ -78,7 +79,6 @@ def _need(path: Path, stage: str) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    import json
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
@@ -92,7 +92,8 @@ def measure(results: str | os.PathLike) -> dict:
                "train_shards": len(manifest["train"]["shards"]), "val_shards": len(manifest["val"]["shards"])}
 
     fetch = read_json(_need(res / "fetch" / "fetch.json", "fetch"))
-    archives = {k: fetch[k] for k in ("train", "val", "devkit") if isinstance(fetch.get(k), dict) and fetch[k].get("bytes")}
+    archives = {k: fetch[k] for k in ("train", "val", "devkit")
+                if isinstance(fetch.get(k), dict) and fetch[k].get("bytes")}
     hashed = sum(v["bytes"] for v in archives.values())
     hash_s = sum(v.get("seconds", 0.0) for v in archives.values())
     m["fetch"] = {"job": read_benchmark(_need(bench / "fetch.tsv", "fetch")), "archive_bytes": hashed,
