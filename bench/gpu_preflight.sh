@@ -6,7 +6,8 @@
 # every command timed into a Snakemake-format benchmark file (bench/timed.py)
 # so pipeline/forecast.py forecasts the real run from it. On a GPU it trains
 # longer than the preset's 12 steps (EPOCHS x up to STEPS steps) to show the
-# loss leaving ln(1000) and to give the steady images/s.
+# loss leaving ln(1000) (on a CPU, 300 full-width steps had not: bench/RESULTS-scale.md)
+# and to give the steady images/s.
 #   OUT=gpu-results bash bench/gpu_preflight.sh                 (part of bench/gpu_check.sh)
 #   CPU=1 WIDTH=0.0625 TRAIN_PER_CLASS=2 TRAIN_SHARDS=8 VAL_SHARDS=2 STEPS=3 EPOCHS=1 BATCH=16 \
 #       bash bench/gpu_preflight.sh                              (a check of the script on a CPU)
@@ -22,7 +23,7 @@ TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-10}
 VAL_PER_CLASS=${VAL_PER_CLASS:-1}
 TRAIN_SHARDS=${TRAIN_SHARDS:-1024}
 VAL_SHARDS=${VAL_SHARDS:-64}
-EPOCHS=${EPOCHS:-8}          # 8 x 78 steps at 10 images per class: the loss leaves ln(1000)
+EPOCHS=${EPOCHS:-25}         # 25 x 78 = 1,950 steps at 10 images per class: on a CPU 300 steps stayed at ln(1000)
 STEPS=${STEPS:-0}            # 0: every batch of an epoch
 BATCH=${BATCH:-128}
 LOG_EVERY=${LOG_EVERY:-20}
