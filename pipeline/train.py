@@ -607,6 +607,9 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
 ATTEMPT_FILE = "attempt.json"    # how the latest attempt started (read by pipeline/track.py)
 FINISHED_FILE = "finished.json"  # in checkpoints/: the run of last.pt reached its end
 SECTIONS = {"model": "the model", "recipe": "the recipe", "augment": "the augmentation"}
+# settings that joined a checkpoint's key later, with the value older checkpoints were trained with,
+# so an interrupted run from before still resumes
+ADDED_KEYS = {"recipe": {"steps_per_epoch": 0}}
 
 
 def plan_start(ckpt: dict | None, finished: dict | None, key: dict, inputs: dict | None, epochs: int,
@@ -628,7 +631,8 @@ def plan_start(ckpt: dict | None, finished: dict | None, key: dict, inputs: dict
         return "start", f"starting over: {what} {'differ' if len(changed) > 1 else 'differs'} from the checkpoint's"
     old = {k: ckpt["config"].get(k) or {} for k in key}
     for section, label in SECTIONS.items():
-        diffs = [f"{k} {old[section].get(k)!r} -> {v!r}" for k, v in key[section].items() if old[section].get(k) != v]
+        was = {**ADDED_KEYS.get(section, {}), **old[section]}
+        diffs = [f"{k} {was.get(k)!r} -> {v!r}" for k, v in key[section].items() if was.get(k) != v]
         if diffs:
             return "start", f"starting over: {label} differs from the checkpoint's ({', '.join(diffs)})"
     epoch, step = ckpt["epoch"], ckpt["step"]

@@ -117,6 +117,18 @@ def test_report_shows_the_forecast(run_dir):
     assert "forecast.md" in html and "Forecast" in html
 
 
+def test_a_checkpoint_from_before_the_step_cap_still_resumes(tmp_path):
+    """train.steps_per_epoch joined the checkpoint's key later: an older checkpoint trained with none (0)."""
+    from pipeline.train import TrainConfig, plan_start
+    key = TrainConfig().key(10)
+    old = {section: dict(values) for section, values in key.items()}
+    del old["recipe"]["steps_per_epoch"]
+    ckpt = {"config": {**old, "inputs": None}, "epoch": 1, "step": 10, "uid": "u"}
+    assert plan_start(ckpt, None, key, None, 5, tmp_path / "last.pt")[0] == "resume"
+    capped = {**key, "recipe": {**key["recipe"], "steps_per_epoch": 12}}
+    assert plan_start(ckpt, None, capped, None, 5, tmp_path / "last.pt")[0] == "start"
+
+
 # --- the scaling, on made-up measurements
 
 def measured(per_image=0.02, startup=1.0, jobs=4, images=400) -> dict:
