@@ -111,7 +111,7 @@ def measure(results: str | os.PathLike) -> dict:
             report = read_json(_need(res / "shards" / split / f"{name}.json", "resize"))
             job = read_benchmark(_need(bench / "resize" / f"{name}.tsv", "resize"))
             stats = res / "shards" / split / f"{name}.stats.npz"
-            jobs.append({"images": report["images"], "inputs": report["inputs"], "own_s": report["seconds"],
+            jobs.append({"images": report["images"], "inputs": report["inputs"],
                          "loop_s": report.get("loop_seconds", report["seconds"]),
                          "first_s": report.get("first_image_seconds", 0.0),
                          "bytes": report["bytes"], "stats_bytes": stats.stat().st_size if stats.exists() else 0,

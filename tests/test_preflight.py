@@ -132,7 +132,7 @@ def test_a_checkpoint_from_before_the_step_cap_still_resumes(tmp_path):
 # --- the scaling, on made-up measurements
 
 def measured(per_image=0.02, startup=1.0, jobs=4, images=400) -> dict:
-    shard = lambda n: {"images": n, "inputs": n, "own_s": per_image * n, "loop_s": per_image * n,  # noqa: E731
+    shard = lambda n: {"images": n, "inputs": n, "loop_s": per_image * n,  # noqa: E731
                        "wall_s": startup + per_image * n,
                        "bytes": 30_000 * n, "stats_bytes": 100, "cpu_s": 0.0, "max_rss_mb": 200.0}
     job = {"wall_s": 10.0, "cpu_s": 10.0, "max_rss_mb": 300.0}
