@@ -35,23 +35,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import sys
 import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline import sources
 from pipeline.devkit import Devkit, ArchiveError, iter_safe_members, open_tar, read_devkit
 from pipeline.download import CHUNK, DownloadError, auth_header, download
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import atomic_path, write_json, write_tsv
+from pipeline.sources import ARCHIVES, is_md5_digest, is_remote, md5sum_line
 
-ARCHIVES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar",
-            "devkit": "ILSVRC2012_devkit_t12.tar.gz"}
 OUTPUTS = ("fetch.json", "classes.tsv", "val_labels.tsv")
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png"}
 BIG = 1 << 30  # show a progress bar when hashing files over 1 GiB
@@ -79,15 +77,15 @@ def expected_md5(spec: str | None, name: str) -> str | None:
     """The digest `spec` gives for the archive `name`: a hex digest or an md5sum file."""
     if not spec:
         return None
-    if re.fullmatch(r"[0-9a-fA-F]{32}", spec):
+    if is_md5_digest(spec):
         return spec.lower()
-    path = Path(spec)
+    path = Path(sources.local_path(spec))
     if not path.is_file():
         raise FetchError(f"md5 {spec!r} is neither a 32-hex digest nor an existing md5sum file")
     for line in path.read_text().splitlines():
-        m = re.fullmatch(r"([0-9a-fA-F]{32}) [ *](.+)", line.strip())
-        if m and os.path.basename(m.group(2)) == name:
-            return m.group(1).lower()
+        entry = md5sum_line(line)
+        if entry and os.path.basename(entry[1]) == name:
+            return entry[0]
     raise FetchError(f"{spec}: no md5 line for {name}; add '<md5>  {name}' or give the digest itself")
 
 
@@ -101,20 +99,9 @@ def verify(name: str, expected: str | None, actual: str, where: str) -> None:
 
 # ---------------------------------------------------------------- sources
 
-def is_remote(url: str) -> bool:
-    return urllib.parse.urlsplit(url).scheme in ("http", "https")
-
-
 def local_path(url: str) -> Path:
     """The file a local path or file:// URL names, made absolute."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise FetchError(f"{url}: file:// URLs must name a local file (file:///path)")
-        return Path(urllib.request.url2pathname(parts.path))
-    if parts.scheme and len(parts.scheme) > 1:  # one letter: a Windows drive
-        raise FetchError(f"{url}: unsupported URL scheme {parts.scheme!r}; use https://, http://, file:// or a path")
-    return Path(os.path.abspath(url))
+    return Path(os.path.abspath(sources.local_path(url)))
 
 
 @dataclass

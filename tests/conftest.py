@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -72,6 +73,16 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True)
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """Jobs per rule from a dry run's output (Snakemake's "Job stats" table), without `all` and `total`."""
+    if "Nothing to be done" in output:
+        return {}
+    assert "Job stats:" in output, output[-4000:]
+    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    return {rule: n for rule, n in counts.items() if rule not in {"total", "all"}}
 
 
 def assert_close_to_scale(actual, expected, rel: float, msg: str = "") -> None:

@@ -19,6 +19,7 @@ from pipeline import demo, fetch
 from pipeline.archive import UnsafeArchiveError
 from pipeline.devkit import ArchiveError
 from pipeline.io import read_tsv
+from pipeline.sources import SourceError
 
 from conftest import REPO
 
@@ -95,6 +96,24 @@ def test_file_url_and_hex_digest(demo_dir, tmp_path):
                       devkit_md5=md5(demo_dir / NAMES["devkit"]))
     fetch.fetch_archives(tmp_path / "fetch", **args)
     assert (tmp_path / "fetch" / NAMES["devkit"]).is_symlink()
+
+
+def test_file_urls_with_localhost_for_archives_and_md5sum_file(demo_dir, tmp_path):
+    def localhost_url(path):  # RFC 8089: file://localhost/path is file:///path
+        return "file://localhost" + Path(path).absolute().as_uri()[len("file://"):]
+
+    args = {key: localhost_url(demo_dir / name) for key, name in NAMES.items()}
+    args.update({f"{key}_md5": localhost_url(demo_dir / "MD5SUMS") for key in NAMES})
+    m = fetch.fetch_archives(tmp_path / "fetch", **args)
+    for key, name in NAMES.items():
+        assert Path(os.readlink(tmp_path / "fetch" / name)) == (demo_dir / name).absolute()
+        assert m[key]["verified"] and m[key]["md5"] == md5(demo_dir / name)
+
+
+def test_file_url_on_another_host_is_refused(demo_dir, tmp_path):
+    url = "file://fileserver" + (demo_dir / NAMES["devkit"]).absolute().as_uri()[len("file://"):]
+    with pytest.raises(SourceError, match="must name a local file"):
+        fetch.fetch_archives(tmp_path / "fetch", **local_args(demo_dir, devkit=url))
 
 
 def test_md5_mismatch_names_file_expected_actual_and_leaves_nothing(demo_dir, tmp_path):

@@ -5,7 +5,6 @@ left: outputs, the MLflow store, rerun behaviour, the report and the linter.
 """
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY, snakemake, tool_env
+from conftest import REPO, TINY, job_stats, snakemake, tool_env
 
 STAGES = ["demo", "fetch", "resize", "pca", "augment", "train", "evaluate"]
 
@@ -31,12 +30,7 @@ def run_dir(tmp_path_factory):
 def planned_jobs(work: Path, *args: str, configs: tuple[Path, ...] = ()) -> dict[str, int]:
     """Jobs per rule that a dry run would execute (from Snakemake's job stats table)."""
     proc = snakemake(work, "-n", *args, "--configfile", str(TINY), *map(str, configs))
-    if "Nothing to be done" in proc.stdout + proc.stderr:
-        return {}
-    text = proc.stdout + proc.stderr
-    table = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
-    return {rule: n for rule, n in counts.items() if rule not in {"total", "all"}}
+    return job_stats(proc.stdout + proc.stderr)
 
 
 def planned_rules(work: Path, *args: str, configs: tuple[Path, ...] = ()) -> set[str]:

@@ -1,132 +1,19 @@
-# Helpers shared by the stage files: config validation, paths, and the
-# tracking prefix every tracked rule puts before its stage command.
+# Helpers shared by the stage files: paths, and the tracking prefix every
+# tracked rule puts before its stage command. The config check is Python in
+# pipeline/config_check.py, so it is unit-tested without Snakemake and shares
+# the fetch stage's rules for sources and MD5s (pipeline/sources.py).
 import json
 import os
 import shlex
 import sys
-from pathlib import Path
 
-import jsonschema
-import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
-SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+from pipeline.config_check import check_or_exit
 
-
-def _accepts(schema, value):
-    try:
-        jsonschema.Draft202012Validator(schema).validate(value)
-        return True
-    except jsonschema.ValidationError:
-        return False
-
-
-def coerce_to_schema(cfg, schema, root=None):
-    """Read string leaves as YAML where the schema wants a number, boolean or null.
-
-    `snakemake --config 'train={"epochs": 5}'` hands nested values over as
-    strings ('5'); without this, every numeric override fails validation. A
-    string is replaced only when the schema rejects it and accepts its YAML
-    reading, so a wrong value ('high' for an integer) still fails, naming the key.
-    """
-    root = root or schema
-    props = schema.get("properties", {})
-    for key, value in list(cfg.items()) if isinstance(cfg, dict) else []:
-        sub = props.get(key)
-        if sub is None:
-            continue
-        if "$ref" in sub:  # only local refs: #/$defs/name
-            name = os.path.basename(sub["$ref"])
-            sub = {**root["$defs"][name], **{k: v for k, v in sub.items() if k != "$ref"}}
-        if isinstance(value, dict):
-            coerce_to_schema(value, sub, root)
-        elif isinstance(value, str):
-            sub = {**sub, "$defs": root.get("$defs", {})}
-            if not _accepts(sub, value):
-                try:
-                    parsed = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    continue
-                if not isinstance(parsed, str) and _accepts(sub, parsed):
-                    cfg[key] = parsed
-
-
-# Keys that left the config, and where their job went.
-MOVED_KEYS = {("train", "workers"): "DALI threads are a runtime knob now, the resource dali_threads of rule "
-                                    "train (--set-resources train:dali_threads=N, or a profile); "
-                                    "augment and evaluate use their job's threads"}
-
-
-def check_config(cfg):
-    """Fail before any job runs, naming the key and what it expects."""
-    for (section, key), where in MOVED_KEYS.items():
-        if key in (cfg.get(section) or {}):
-            raise ValueError(f"config key {section}.{key} is gone: {where}; delete it from your config")
-    schema = yaml.safe_load(SCHEMA.read_text())
-    coerce_to_schema(cfg, schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = []
-    for err in sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path)):
-        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        if err.validator == "additionalProperties":
-            allowed = sorted(err.schema.get("properties", {}))
-            problems.append(f"config key {key}: {err.message}; expected one of {allowed}")
-        else:
-            problems.append(f"config key {key}: {err.message}")
-    if problems:
-        listing = "\n  ".join(problems)
-        raise ValueError(f"invalid configuration (see workflow/schemas/config.schema.yaml):\n  {listing}")
-    validate(cfg, SCHEMA)  # fills in the schema's defaults
-
-
-def is_local(url):
-    return "://" not in url or url.startswith("file://")
-
-
-def local_path(url):
-    return url[len("file://"):] if url.startswith("file://") else url
-
-
-ARCHIVE_SPEC = {"url": "a local path, file:// or https:// URL of the archive",
-                "md5": "32 hex digits or an md5sum-format file"}
-
-
-def check_paths(cfg):
-    """Local sources must exist, except the demo archives the workflow makes."""
-    ds = cfg["dataset"]
-    demo_dir = os.path.normpath(cfg["demo"]["out_dir"])
-    missing = []
-    if ds["source"] == "archives":
-        if "archives" not in ds:
-            missing.append("dataset.archives: required when dataset.source is 'archives'")
-        for part, src in ds.get("archives", {}).items():
-            for key in ("url", "md5"):
-                value = src[key]
-                if key == "md5" and len(value) == 32 and all(c in "0123456789abcdefABCDEF" for c in value):
-                    continue
-                if key == "url" and not is_local(value):
-                    continue
-                path = os.path.normpath(local_path(value))
-                if not path.startswith(os.path.join(demo_dir, "")) and not os.path.exists(path):
-                    missing.append(f"dataset.archives.{part}.{key}: {value} does not exist; "
-                                   f"expected {ARCHIVE_SPEC[key]}")
-    else:
-        for part in ("train", "val"):
-            folder = ds.get("folders", {}).get(part)
-            if not folder or not os.path.isdir(folder):
-                missing.append(f"dataset.folders.{part}: {folder!r} is not a folder; expected "
-                               f"a tree {part}/<wnid>/*.JPEG when dataset.source is 'folders'")
-    if missing:
-        listing = "\n  ".join(missing)
-        raise ValueError(f"invalid configuration:\n  {listing}")
-
-
-try:
-    check_config(config)
-    check_paths(config)
-except ValueError as exc:
-    sys.exit(f"error: {exc}")
+# Coerces command-line strings, validates, fills in the schema's defaults, and
+# checks local sources; exits with the keys at fault.
+check_or_exit(config)
 
 RESULTS = config["paths"]["results"]
 # Used with --software-deployment-method conda; the default is the pip environment (envs/*.txt).

@@ -7,31 +7,27 @@
 # rule does not declare, so a rerun never deletes a verified download.
 # dataset.folders.devkit (optional, default false): with source: folders,
 # take class names from dataset.archives.devkit instead of the folder names.
-import re
 import shlex
 
+from pipeline.sources import ARCHIVES, is_md5_digest, is_remote, local_path
+
 FETCH_DATASET = config["dataset"]
-FETCH_ARCHIVES = {
-    "train": "ILSVRC2012_img_train.tar",
-    "val": "ILSVRC2012_img_val.tar",
-    "devkit": "ILSVRC2012_devkit_t12.tar.gz",
-}
 # The dataset.archives entries fetch reads: all three, or only the devkit for folder names.
 FETCH_SOURCES = (
     FETCH_DATASET["archives"] if FETCH_DATASET["source"] == "archives"
     else {"devkit": FETCH_DATASET["archives"]["devkit"]} if (FETCH_DATASET.get("folders") or {}).get("devkit")
     else {}
 )
-FETCH_INPUTS = {key: local_path(src["url"]) for key, src in FETCH_SOURCES.items() if is_local(src["url"])}
-FETCH_INPUTS.update({f"{key}_md5": src["md5"] for key, src in FETCH_SOURCES.items()
-                     if not re.fullmatch(r"[0-9a-fA-F]{32}", src["md5"])})
+FETCH_INPUTS = {key: local_path(src["url"]) for key, src in FETCH_SOURCES.items() if not is_remote(src["url"])}
+FETCH_INPUTS.update({f"{key}_md5": local_path(src["md5"]) for key, src in FETCH_SOURCES.items()
+                     if not is_md5_digest(src["md5"])})
 FETCH_OUTPUTS = {
     "classes": f"{RESULTS}/fetch/classes.tsv",
     "val_labels": f"{RESULTS}/fetch/val_labels.tsv",
     "json": f"{RESULTS}/fetch/fetch.json",
 }
 if FETCH_DATASET["source"] == "archives":
-    FETCH_OUTPUTS.update({key: f"{RESULTS}/fetch/{name}" for key, name in FETCH_ARCHIVES.items()})
+    FETCH_OUTPUTS.update({key: f"{RESULTS}/fetch/{name}" for key, name in ARCHIVES.items()})
 # Stage flags carry only the NAME of the auth variable, never its value: flags become MLflow params.
 FETCH_ARGS = ["--source", FETCH_DATASET["source"]]
 for _key, _src in FETCH_SOURCES.items():
