@@ -85,7 +85,7 @@ def make_archive(work: Path, n_small: int, n_large: int) -> dict:
             outer.addfile(info, buf)
     write_tsv(work / "classes.tsv", ["index", "wnid", "names"], [(i, w, w) for i, w in enumerate(WNIDS)])
     resize.build_index("train", work / "train.tar", work / "classes.tsv", None, work / "all.tsv")
-    rows = archive.read_index(work / "all.tsv")
+    rows = archive.read_member_index(work / "all.tsv")
     subsets = {"small": [], "large": [], "mix": []}
     for i in range(len(rows)):
         kind = images[rows.name(i)][0]
@@ -410,8 +410,8 @@ def main(argv=None):
     code = ("import sys, time; from pipeline import archive, resize; "
             "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024; "
             "base = hwm(); t = time.process_time(); "
-            "ix = archive.read_index(sys.argv[1]) if sys.argv[2] == 'all' else "
-            "archive.read_index(sys.argv[1], lambda n: resize.shard_rows(n, 0, 1024, 0)); "
+            "ix = archive.read_member_index(sys.argv[1]) if sys.argv[2] == 'all' else "
+            "archive.read_member_index(sys.argv[1], lambda n: resize.shard_rows(n, 0, 1024, 0)); "
             "dt = time.process_time() - t; "
             "nbytes = sum(a.nbytes for a in (ix.member, ix.offset, ix.size, ix.label)); "
             "print(dt, nbytes, hwm() - base)")

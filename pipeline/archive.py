@@ -254,8 +254,8 @@ def index_length(path: str | os.PathLike) -> int:
     return len(_line_starts(data)) - 2
 
 
-def read_index(path: str | os.PathLike, rows=None) -> ArchiveIndex:
-    """Load an index TSV, all rows or only `rows` (in the order given).
+def read_member_index(path: str | os.PathLike, rows=None) -> ArchiveIndex:
+    """Load a member index TSV, all rows or only `rows` (in the order given).
 
     `rows`: None (all), row positions, or a function of the row count that
     returns positions. A shard job loads only its own rows: one read, one numpy

@@ -221,7 +221,7 @@ def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: s
     started = time.time()
     paths = shard_paths(out_tar)
     _remove_stale_temporaries(paths)
-    idx = archive.read_index(index, lambda n: shard_rows(n, shard, shards, seed))
+    idx = archive.read_member_index(index, lambda n: shard_rows(n, shard, shards, seed))
     src = _Source(source)
     acc = RGBStats(size) if stats else None
     rejects: list[dict] = []

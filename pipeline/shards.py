@@ -44,8 +44,8 @@ def index_path(shard) -> Path:
     return Path(shard).with_suffix(".idx")
 
 
-def read_index(shard, names=False):
-    """Sample count of a shard from its DALI index header; with names, the sample keys too."""
+def _index_lines(shard) -> tuple[str, list[str]]:
+    """The version and the sample lines of a shard's DALI index, checked against its header."""
     idx = index_path(shard)
     try:
         lines = idx.read_text().splitlines()
@@ -55,11 +55,20 @@ def read_index(shard, names=False):
         raise ShardIndexError(f"{idx}: missing or not a DALI wds2idx index ({exc}); rerun the resize stage") from exc
     if len(lines) - 1 != count:
         raise ShardIndexError(f"{idx}: header says {count} samples, found {len(lines) - 1} lines; rerun the resize stage")
-    if not names:
-        return count
+    return version, lines[1:]
+
+
+def shard_sample_count(shard) -> int:
+    """Number of samples in a shard, from its DALI index."""
+    return len(_index_lines(shard)[1])
+
+
+def shard_sample_keys(shard) -> list[str]:
+    """The shard's sample keys in stored order, from its DALI index."""
+    version, lines = _index_lines(shard)
     if version != "v1.2":  # older indexes carry no member names: number the samples
-        return [f"{Path(shard).stem}:{i}" for i in range(count)]
-    return [line.split()[3].split(".", 1)[0] for line in lines[1:]]
+        return [f"{Path(shard).stem}:{i}" for i in range(len(lines))]
+    return [line.split()[3].split(".", 1)[0] for line in lines]
 
 
 def read_manifest(manifest: str | os.PathLike) -> dict:

@@ -84,14 +84,14 @@ def test_index_file_round_trip_and_subset(tmp_path, classes):
     out = tmp_path / "index" / "train.tsv"
     count = archive.write_index(archive.index_train_archive(path, classes), out)
     assert count == 9 and archive.index_length(out) == 9
-    full = archive.read_index(out)
+    full = archive.read_member_index(out)
     assert full.offset.dtype == np.int64 and full.label.dtype == np.int32 and full.member.dtype.kind == "S"
     assert full.name(0) == f"{WNIDS[0]}_0.JPEG"
-    part = archive.read_index(out, [8, 0, 4])
+    part = archive.read_member_index(out, [8, 0, 4])
     assert [part.name(i) for i in range(3)] == [full.name(8), full.name(0), full.name(4)]
     assert part.offset.tolist() == full.offset[[8, 0, 4]].tolist()
     with pytest.raises(archive.ArchiveIndexError, match="row 9"):
-        archive.read_index(out, [9])
+        archive.read_member_index(out, [9])
 
 
 def test_val_archive_labels_and_mismatch(tmp_path):

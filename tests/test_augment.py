@@ -18,10 +18,9 @@ from PIL import Image
 
 from pipeline import dali_pipes
 from pipeline.augment import main
-from pipeline.loaders import (AugmentSettings, EvalLoader, LoaderError, TrainLoader, as_numpy, manifest_shards,
-                              read_index)
+from pipeline.loaders import AugmentSettings, EvalLoader, LoaderError, TrainLoader, as_numpy, manifest_shards
 from pipeline.pca_files import PCAFileError, as_pca, load_pca
-from pipeline.shards import ShardWriter
+from pipeline.shards import ShardWriter, shard_sample_count
 
 DEVICES = ["cpu"] + (["cuda:0"] if torch.cuda.is_available() else [])
 PLAIN = AugmentSettings(lighting="none", normalize="channel")
@@ -90,7 +89,7 @@ def read_patch(chw: np.ndarray):
 def decoded(shards, device="cpu"):
     """DALI-decoded pixels (N,256,256,3) and labels, in index order, from a decode-only pipeline."""
 
-    total = sum(read_index(s) for s in shards)
+    total = sum(shard_sample_count(s) for s in shards)
     pipe = dali_pipes.decode_pipe(shards=shards, index_paths=[s[:-4] + ".idx" for s in shards],
                                   gpu=device != "cpu", batch_size=total, num_threads=2,
                                   device_id=0 if device != "cpu" else None)

@@ -166,7 +166,7 @@ def test_every_accepted_image_once_with_its_label(run):
 def test_shard_order_follows_the_seeded_permutation(run):
     index = run["root"] / "index" / "train.tsv"
     for k in range(2):
-        rows = archive.read_index(index, resize.shard_rows(archive.index_length(index), k, 2, seed=0))
+        rows = archive.read_member_index(index, resize.shard_rows(archive.index_length(index), k, 2, seed=0))
         expected = [archive.image_key(rows.name(i)) for i in range(len(rows)) if "truncated" not in rows.name(i)]
         got = [key for key, _, _ in read_shard(run["root"] / "shards" / "train" / f"train-{k:05d}.tar")]
         assert got == expected
@@ -222,7 +222,7 @@ def test_fused_statistics_equal_recomputed_pixels(run):
     index = root / "index" / "train.tsv"
     raw = (root / "ILSVRC2012_img_train.tar").read_bytes()
     for k in range(2):
-        rows = archive.read_index(index, resize.shard_rows(archive.index_length(index), k, 2, seed=0))
+        rows = archive.read_member_index(index, resize.shard_rows(archive.index_length(index), k, 2, seed=0))
         pixels = []
         for i in range(len(rows)):
             if "truncated" not in rows.name(i):
