@@ -86,3 +86,12 @@ def all_sum(t: torch.Tensor, env: Dist) -> torch.Tensor:
     if env.world > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def gather(obj, env: Dist) -> list:
+    """Every rank's `obj`, in rank order (a list of one outside DDP)."""
+    if env.world == 1:
+        return [obj]
+    out = [None] * env.world
+    dist.all_gather_object(out, obj)
+    return out

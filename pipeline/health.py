@@ -25,6 +25,7 @@ Warnings (`check_loss`), each given once per run, with the step and a hint:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -121,6 +122,21 @@ class HealthMonitor:
     def remove(self) -> None:
         if self.model.observer == self.observe:
             self.model.observer = None
+
+
+@contextmanager
+def health_check(monitor: HealthMonitor | None, optimizer, armed: bool):
+    """Around one SGD step: arm the monitor before the forward pass, collect after the update.
+
+    Yields a dict that holds the step's per-layer figures after the block
+    (empty when there is no monitor or the step is not armed).
+    """
+    figures: dict = {}
+    if monitor and armed:
+        monitor.arm()
+    yield figures
+    if monitor and armed:
+        figures.update(monitor.collect(optimizer))
 
 
 @dataclass

@@ -22,8 +22,8 @@ from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.io import write_json, write_tsv
 from pipeline.shards import ShardWriter
 from pipeline.devices import DeviceError, Dist, resolve_devices
-from pipeline.train import (TrainConfig, TrainingDiverged, collapse_epoch, fit, make_loaders, make_plateau,
-                            param_digest, train)
+from pipeline.train import TrainConfig, TrainingDiverged, fit, make_loaders, param_digest, train
+from pipeline.train_state import collapse_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -228,57 +228,6 @@ def test_changed_input_starts_over(data, reference, tmp_path):
     assert sorted(losses(out)) == list(range(1, 49))
     assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["inputs"]["pca"] != \
         load_checkpoint(out / "previous" / "checkpoints" / "last.pt")["config"]["inputs"]["pca"]
-
-
-def test_plan_start_decisions(tmp_path):
-    from pipeline.train import plan_start
-
-    cfg = TrainConfig(**SMALL)
-    key, inputs, last = cfg.key(CLASSES), {k: "x" for k in ("manifest", "shards", "pca", "mean_image", "classes")}, \
-        tmp_path / "last.pt"
-    ckpt = {"config": {**key, "inputs": inputs}, "epoch": 3, "step": 36, "uid": "a"}
-    plan = lambda c=ckpt, f=None, k=key, i=inputs, e=3, fresh=False: plan_start(c, f, k, i, e, last, fresh)  # noqa: E731
-    assert plan()[0] == "resume" and "interruption" in plan()[1]  # no finished mark: it was killed after epoch 3
-    assert plan(f={"uid": "a", "epoch": 3})[0] == "start"
-    assert plan(f={"uid": "other", "epoch": 3})[0] == "resume"  # the mark of an earlier run
-    assert plan(f={"uid": "a", "epoch": 3}, e=5)[0] == "extend"
-    assert plan(e=2) == ("start", f"starting over: {last} is at epoch 3, past the 2 asked for")
-    assert plan(c=None)[0] == "start" and plan(fresh=True) == ("start", "starting over: --fresh")
-    other = dict(inputs, shards="y", classes="z")
-    assert plan(i=other) == ("start", "starting over: the training and validation shards and the class list "
-                                      "differ from the checkpoint's")
-    assert plan(c={**ckpt, "config": key})[0] == "start"  # a checkpoint with no fingerprints (older version)
-    lr = TrainConfig(**{**SMALL, "lr": 0.02}).key(CLASSES)
-    assert plan(k=lr) == ("start", "starting over: the recipe differs from the checkpoint's (lr 0.01 -> 0.02)")
-
-
-def test_plateau_divides_lr_by_ten_after_patience_epochs():
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01, momentum=0.9)
-    plateau = make_plateau(opt, factor=0.1, patience=2)
-    errors = [60, 50, 51, 50, 52, 45, 45, 46, 47, 44]  # epochs 1..10 (%)
-    lrs = []
-    for epoch, err in enumerate(errors, 1):
-        if epoch == 5:  # save and restore mid-way: the count of bad epochs survives
-            state = plateau.state_dict()
-            plateau = make_plateau(opt, factor=0.1, patience=2)
-            plateau.load_state_dict(state)
-        plateau.step(err)
-        lrs.append(opt.param_groups[0]["lr"])
-    # epochs 3, 4, 5 do not beat 50 -> drop after epoch 5; 7, 8, 9 do not beat 45 -> drop after epoch 9
-    assert lrs == pytest.approx([0.01] * 4 + [0.001] * 4 + [0.0001] * 2)
-
-
-def test_collapse_is_flagged_only_after_learning():
-    hist = lambda errs: [{"epoch": e, "val_top1_err": v} for e, v in enumerate(errs, 1)]  # noqa: E731
-    chance = 90.0
-    # the seed-0 demo run: learns to 52.5% by epoch 8, back at chance from epoch 10
-    assert collapse_epoch(hist([90, 90, 90, 88, 90, 68, 66, 52.5, 81, 90, 89.5, 90]), chance) == 10
-    assert collapse_epoch(hist([90, 90, 89.5, 90, 78, 60, 40]), chance) is None  # chance before learning
-    assert collapse_epoch(hist([90, 81, 89.4]), chance) is None  # 0.6 points below chance: not chance
-    assert collapse_epoch(hist([90, 80, 89.5]), chance) == 3  # 80 is 10 points below chance: it had learned
-    assert collapse_epoch(hist([90, 80.1, 90]), chance) is None  # 9.9 points is not learning yet
-    assert collapse_epoch(hist([99.9, 70, 99.95]), 99.9) == 3  # ImageNet's 1000 classes
-    assert collapse_epoch([], chance) is None
 
 
 class Poisoned:

@@ -1,0 +1,72 @@
+"""The paper's optimisation recipe (section 5): SGD with momentum and weight decay,
+the lr divided by 10 when the validation error stops improving, and the
+optional linear warm-up (not the paper's) in front of it."""
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+
+import torch
+
+from pipeline.errors import PipelineError
+
+
+class RecipeError(PipelineError, ValueError):
+    """A recipe setting that is not one of its choices."""
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on the weights only (decay: weights), or on every parameter (all).
+
+    The paper's update rule decays "the weight w"; cuda-convnet2's layer
+    parameters set the decay (wc) on weights only, and Caffe's bvlc_alexnet
+    gives biases decay_mult 0. Biases start at 1 in five layers (section 5),
+    so decaying them would pull those units toward inactivity.
+    """
+    if cfg.decay not in ("weights", "all"):
+        raise RecipeError(f"train.decay {cfg.decay!r}: expected weights or all")
+    params = list(model.named_parameters())
+    decayed = [p for n, p in params if cfg.decay == "all" or n.endswith("weight")]
+    kept = [p for n, p in params if not (cfg.decay == "all" or n.endswith("weight"))]
+    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
+    if kept:
+        groups.append({"params": kept, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def make_plateau(optimizer, factor: float, patience: int):
+    """lr *= factor after `patience` epochs in a row without a strictly lower error, plus one.
+
+    ReduceLROnPlateau counts the epochs without improvement and acts when the
+    count exceeds `patience`; its state_dict holds the best error and the count.
+    """
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=factor, patience=patience, threshold=0.0, threshold_mode="abs")
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Share of the lr used at 0-based `step`: (step + 1) / K over the first K steps, then 1."""
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
+
+
+@contextmanager
+def warmup(optimizer: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int):
+    """Scale the lr for the SGD update of 0-based `step` inside the block; yields the lr used."""
+    warm = warmup_factor(step, warmup_steps)
+    if warm < 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * warm
+    try:
+        yield lr * warm
+    finally:
+        if warm < 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
