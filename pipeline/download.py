@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -100,6 +101,16 @@ def _receive(resp, part: Path, mode: str, h, bar) -> int:
     return got
 
 
+@dataclass
+class _Received:
+    """The bytes of the .part file so far and their running md5, shared by the attempts."""
+    size: int = 0
+    md5: "hashlib._Hash" = field(default_factory=hashlib.md5)
+
+    def restart(self) -> None:
+        self.size, self.md5 = 0, hashlib.md5()
+
+
 def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries: int = 5,
              backoff: float = 2.0, timeout: float = 60.0) -> tuple[str, int]:
     """Download `url` to `dest`.part, resuming what is there; return (md5, bytes).
@@ -108,63 +119,72 @@ def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries:
     connection is resumed from the bytes already written (HTTP Range).
     """
     part = dest.with_name(dest.name + ".part")
+    got = _resume(url, dest, part)
+    opener = urllib.request.build_opener(_SameHostRedirect(auth))
+    failures = 0
+    while True:
+        start = got.size
+        try:
+            _get(opener, url, auth, part, got, timeout, dest.name)
+            return got.md5.hexdigest(), got.size
+        except urllib.error.HTTPError as e:
+            if e.code == 416 and got.size and _content_range_total(e.headers.get("Content-Range")) == got.size:
+                return got.md5.hexdigest(), got.size  # the .part file was already complete
+            if e.code == 416:
+                part.unlink(missing_ok=True)
+                got.restart()
+            elif e.code not in RETRYABLE_HTTP:
+                raise DownloadError(f"{url}: HTTP {e.code} {e.reason}", status=e.code) from None
+            error = e
+        except (OSError, http.client.HTTPException, _ShortRead) as e:  # URLError is an OSError
+            error = e
+        if part.exists():
+            got.size = part.stat().st_size  # bytes flushed before the drop
+        failures = 0 if got.size > start else failures + 1
+        if failures > retries:
+            raise DownloadError(f"{url}: download failed {failures} times in a row ({error}); "
+                                f"{got.size} bytes kept in {part}: rerun to resume")
+        delay = backoff * max(failures, 1) if failures else 0.0
+        print(f"{dest.name}: {error}; resuming at byte {got.size}" + (f" in {delay:.0f} s" if delay else ""),
+              file=sys.stderr)
+        time.sleep(delay)
+
+
+def _resume(url: str, dest: Path, part: Path) -> _Received:
+    """What an earlier run left in `part` for this URL, hashed; another URL's bytes are dropped."""
     source = part.with_name(part.name + ".url")  # where the .part's bytes came from
     if part.exists() and source.exists() and source.read_text().strip() != url:
         # another URL's bytes (the source changed since): never splice two files
         print(f"{dest.name}: discarding {part.name}, begun from {source.read_text().strip()}", file=sys.stderr)
         part.unlink()
     source.write_text(url + "\n")
-    opener = urllib.request.build_opener(_SameHostRedirect(auth))
-    h = hashlib.md5()
-    have = part.stat().st_size if part.exists() else 0
-    if have:
+    got = _Received(part.stat().st_size if part.exists() else 0)
+    if got.size:
         with open(part, "rb") as f:
             for chunk in iter(lambda: f.read(CHUNK), b""):
-                h.update(chunk)
-        print(f"{dest.name}: resuming at byte {have}", file=sys.stderr)
-    failures = 0
-    while True:
-        req = urllib.request.Request(url)
-        if auth:
-            req.add_unredirected_header(*auth)
-        if have:
-            req.add_header("Range", f"bytes={have}-")
-        start = have
-        try:
-            with opener.open(req, timeout=timeout) as resp:
-                if have and (resp.status != 206 or _content_range_start(resp.headers) != have):
-                    have, h = 0, hashlib.md5()  # the server ignored the Range: start over
-                length = resp.headers.get("Content-Length")
-                expect = int(length) if length is not None else None
-                total = have + expect if expect is not None else None
-                got = _receive(resp, part, "ab" if have else "wb", h,
-                               tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                                    desc=dest.name, file=sys.stderr, disable=None))
-                have += got
-                # http.client returns a short body without raising when the peer closes early.
-                if expect is not None and got < expect:
-                    raise _ShortRead(f"connection closed after {got} of {expect} bytes")
-            return h.hexdigest(), have
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have and _content_range_total(e.headers.get("Content-Range")) == have:
-                return h.hexdigest(), have  # the .part file was already complete
-            if e.code == 416:
-                part.unlink(missing_ok=True)
-                have, h = 0, hashlib.md5()
-                error = e
-            elif e.code in RETRYABLE_HTTP:
-                error = e
-            else:
-                raise DownloadError(f"{url}: HTTP {e.code} {e.reason}", status=e.code) from None
-        except (OSError, http.client.HTTPException, _ShortRead) as e:  # URLError is an OSError
-            error = e
-        if part.exists():
-            have = part.stat().st_size  # bytes flushed before the drop
-        failures = 0 if have > start else failures + 1
-        if failures > retries:
-            raise DownloadError(f"{url}: download failed {failures} times in a row ({error}); "
-                                f"{have} bytes kept in {part}: rerun to resume")
-        delay = backoff * max(failures, 1) if failures else 0.0
-        print(f"{dest.name}: {error}; resuming at byte {have}" + (f" in {delay:.0f} s" if delay else ""),
-              file=sys.stderr)
-        time.sleep(delay)
+                got.md5.update(chunk)
+        print(f"{dest.name}: resuming at byte {got.size}", file=sys.stderr)
+    return got
+
+
+def _get(opener, url: str, auth: tuple[str, str] | None, part: Path, got: _Received, timeout: float,
+         name: str) -> None:
+    """One GET from byte got.size on, appended to `part`; a drop raises with `got` as far as it came."""
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_unredirected_header(*auth)
+    if got.size:
+        req.add_header("Range", f"bytes={got.size}-")
+    with opener.open(req, timeout=timeout) as resp:
+        if got.size and (resp.status != 206 or _content_range_start(resp.headers) != got.size):
+            got.restart()  # the server ignored the Range: start over
+        length = resp.headers.get("Content-Length")
+        expect = int(length) if length is not None else None
+        total = got.size + expect if expect is not None else None
+        received = _receive(resp, part, "ab" if got.size else "wb", got.md5,
+                            tqdm(total=total, initial=got.size, unit="B", unit_scale=True, unit_divisor=1024,
+                                 desc=name, file=sys.stderr, disable=None))
+        got.size += received
+        # http.client returns a short body without raising when the peer closes early.
+        if expect is not None and received < expect:
+            raise _ShortRead(f"connection closed after {received} of {expect} bytes")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import scipy.io
 
-from pipeline import demo, fetch
+from pipeline import demo, download, fetch
 from pipeline.archive import UnsafeArchiveError
 from pipeline.devkit import ArchiveError
 from pipeline.io import read_tsv
@@ -198,6 +198,7 @@ class Server(ThreadingHTTPServer):
         self.requests: list[tuple[str, dict]] = []
         self.drop_first: set[str] = set()  # paths whose first response stops half-way
         self.auth: tuple[str, str] | None = None  # required header
+        self.ignore_range = False  # answer every request with the whole file, as some servers do
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/{name}"
@@ -234,7 +235,13 @@ class Handler(BaseHTTPRequestHandler):
         data = path.read_bytes()
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if m:
+        if m and not srv.ignore_range and int(m.group(1)) >= len(data):
+            self.send_response(416)  # RFC 9110: a range past the end is not satisfiable
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if m and not srv.ignore_range:
             start = int(m.group(1))
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -312,6 +319,43 @@ def test_part_file_from_another_url_is_not_resumed(server, demo_dir, tmp_path):
     assert "Range" not in server.requests_for(NAMES["train"])[0]
     assert (tmp_path / "fetch" / NAMES["train"]).read_bytes() == data
     assert not list((tmp_path / "fetch" / "downloads").glob("*.part*"))
+
+
+def earlier_part(dest: Path, url: str, data: bytes) -> Path:
+    """What an interrupted run left: `dest`.part holding `data`, begun from `url`."""
+    part = dest.with_name(dest.name + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data)
+    part.with_name(part.name + ".url").write_text(url + "\n")
+    return part
+
+
+def test_download_starts_over_when_the_server_ignores_the_range(server, demo_dir, tmp_path):
+    data = (demo_dir / NAMES["val"]).read_bytes()
+    dest, url = tmp_path / NAMES["val"], server.url(NAMES["val"])
+    part = earlier_part(dest, url, b"x" * 1000)  # not the file's first bytes: splicing would corrupt it
+    server.ignore_range = True
+    assert download.download(url, dest, retries=0) == (md5(demo_dir / NAMES["val"]), len(data))
+    assert part.read_bytes() == data
+    assert server.requests_for(NAMES["val"])[0]["Range"] == "bytes=1000-"
+
+
+def test_download_of_a_complete_part_file_asks_once_and_sends_nothing(server, demo_dir, tmp_path):
+    data = (demo_dir / NAMES["val"]).read_bytes()
+    dest, url = tmp_path / NAMES["val"], server.url(NAMES["val"])
+    part = earlier_part(dest, url, data)
+    assert download.download(url, dest, retries=0) == (md5(demo_dir / NAMES["val"]), len(data))
+    assert [h["Range"] for h in server.requests_for(NAMES["val"])] == [f"bytes={len(data)}-"]
+    assert part.read_bytes() == data
+
+
+def test_download_of_a_part_file_longer_than_the_source_starts_over(server, demo_dir, tmp_path):
+    data = (demo_dir / NAMES["val"]).read_bytes()
+    dest, url = tmp_path / NAMES["val"], server.url(NAMES["val"])
+    part = earlier_part(dest, url, data + b"tail")
+    assert download.download(url, dest, retries=1, backoff=0) == (md5(demo_dir / NAMES["val"]), len(data))
+    assert [h.get("Range") for h in server.requests_for(NAMES["val"])] == [f"bytes={len(data) + 4}-", None]
+    assert part.read_bytes() == data
 
 
 def test_auth_header_bearer_and_custom(server, demo_dir, tmp_path, monkeypatch):
