@@ -46,7 +46,7 @@ from pipeline import dali_pipes  # noqa: E402
 from pipeline.loaders import (AugmentSettings, EvalLoader, TrainLoader, index_path,  # noqa: E402
                               lighting_matrix_for)
 from pipeline.pca_files import as_pca, load_pca  # noqa: E402
-from pipeline.shards import decode_label  # noqa: E402
+from pipeline.shards import decode_label, shard_sample_count  # noqa: E402
 from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 # ---------------------------------------------------------------- the DataLoader baseline
@@ -156,7 +156,7 @@ def decode_batches(shards, batch, threads, device):
         yield b[0]["images"], b[0]["labels"]
 
 
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shards", nargs="*", help="training shard tars (glob patterns allowed); default: synthetic")
     p.add_argument("--make-shards", type=int, default=4096, help="synthetic images to write when --shards is absent")
@@ -176,26 +176,28 @@ def main(argv=None):
     p.add_argument("--lighting", default="paper")
     p.add_argument("--normalize", default="mean_image")
     p.add_argument("--json", help="write the results here")
-    a = p.parse_args(argv)
-    if a.cores:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:a.cores])
-    cuda = a.device.startswith("cuda")
-    tmp = None
-    if a.shards:
-        shards = sorted(f for pattern in a.shards for f in glob.glob(pattern))
-        jpeg_bytes = float(np.mean([os.path.getsize(s) for s in shards])) / max(1, np.mean(
-            [int(index_path(s).read_text().split()[1]) for s in shards]))
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="augment-speed-")
-        shards, jpeg_bytes = make_shards(tmp.name, a.make_shards, "train")
+    return p
+
+
+def _shards(a: argparse.Namespace, tmp_dir: str) -> tuple[list[str], float]:
+    """The shards to read and their mean JPEG size: the given ones, or synthetic ones written to tmp_dir."""
+    if not a.shards:
+        return make_shards(tmp_dir, a.make_shards, "train")
+    shards = sorted(f for pattern in a.shards for f in glob.glob(pattern))
+    jpeg_bytes = float(np.mean([os.path.getsize(s) for s in shards])) / max(1, np.mean(
+        [shard_sample_count(s) for s in shards]))
+    return shards, jpeg_bytes
+
+
+def _pca(a: argparse.Namespace):
     pca = load_pca(a.pca, a.mean_image) if a.pca else as_pca(IMAGENET_PCA)
     if pca.mean_image is None:
         pca.mean_image = np.broadcast_to(pca.mean.astype(np.float32), (256, 256, 3)).copy()
-    s = AugmentSettings(lighting=a.lighting, normalize=a.normalize)
-    total = TrainLoader(shards, pca, a.batch, settings=s).total
-    res = {"device": torch.cuda.get_device_name(torch.device(a.device)) if cuda else platform.processor() or "cpu",
-           "device_arg": a.device, "batch": a.batch, "cores": len(os.sched_getaffinity(0)), "images": total,
-           "jpeg_bytes": round(jpeg_bytes), "lighting": a.lighting, "normalize": a.normalize, "runs": []}
+    return pca
+
+
+def _runs(a: argparse.Namespace, shards: list[str], pca, s: AugmentSettings) -> dict:
+    """{(pipeline, threads or workers): a function returning an endless batch iterator}."""
     runs = {}
     for t in a.threads:
         common = dict(settings=s, device=a.device, threads=t)
@@ -211,6 +213,11 @@ def main(argv=None):
         runs["torch_loader", a.torch_workers] = lambda: forever(lambda e: iter(loader))
     if a.only:
         runs = {k: v for k, v in runs.items() if k[0] in a.only}
+    return runs
+
+
+def _measure(runs: dict, a: argparse.Namespace, cuda: bool) -> list[dict]:
+    """The best of --repeats round-robin measurements of each run."""
     best = {}
     for _ in range(a.repeats):
         for key, make in runs.items():
@@ -219,21 +226,29 @@ def main(argv=None):
                 best[key] = (first, rate, per_cpu)
             print(f"  {key[0]:12s} threads/workers {key[1]:2d}: {rate:9.1f} img/s, {per_cpu:7.1f} img/cpu-s",
                   file=sys.stderr)
-    for (name, t), (first, rate, per_cpu) in best.items():
-        res["runs"].append({"name": name, "threads": t, "images_per_s": round(rate, 1),
-                            "images_per_cpu_s": round(per_cpu, 1),
-                            "first_batch_s": round(first, 3), "batch_s": round(a.batch / rate, 4)})
-    rates = {(r["name"], r["threads"]): r["images_per_s"] for r in res["runs"]}
-    for t in a.threads:
-        if ("dali_train", t) in rates and ("torch_loader", a.torch_workers) in rates:
-            res[f"train_over_torch_{t}"] = round(rates["dali_train", t] / rates["torch_loader", a.torch_workers], 2)
-            per_cpu = {(r["name"], r["threads"]): r["images_per_cpu_s"] for r in res["runs"]}
+    return [{"name": name, "threads": t, "images_per_s": round(rate, 1), "images_per_cpu_s": round(per_cpu, 1),
+             "first_batch_s": round(first, 3), "batch_s": round(a.batch / rate, 4)}
+            for (name, t), (first, rate, per_cpu) in best.items()]
+
+
+def _ratios(rows: list[dict], threads: list[int], torch_workers: int) -> dict:
+    """DALI training over the DataLoader (per second and per CPU-second), and over decoding alone."""
+    res = {}
+    rates = {(r["name"], r["threads"]): r["images_per_s"] for r in rows}
+    for t in threads:
+        if ("dali_train", t) in rates and ("torch_loader", torch_workers) in rates:
+            res[f"train_over_torch_{t}"] = round(rates["dali_train", t] / rates["torch_loader", torch_workers], 2)
+            per_cpu = {(r["name"], r["threads"]): r["images_per_cpu_s"] for r in rows}
             res[f"train_over_torch_per_cpu_{t}"] = round(
-                per_cpu["dali_train", t] / per_cpu["torch_loader", a.torch_workers], 2)
+                per_cpu["dali_train", t] / per_cpu["torch_loader", torch_workers], 2)
         if ("dali_train", t) in rates and ("dali_decode", t) in rates:
             res[f"train_over_decode_{t}"] = round(rates["dali_train", t] / rates["dali_decode", t], 3)
-    print(f"{res['device']} ({res['device_arg']}), batch {a.batch}, {res['cores']} cores, {total} images "
-          f"of {res['jpeg_bytes']} bytes, lighting {a.lighting}, normalize {a.normalize}")
+    return res
+
+
+def _print_table(res: dict) -> None:
+    print(f"{res['device']} ({res['device_arg']}), batch {res['batch']}, {res['cores']} cores, {res['images']} images "
+          f"of {res['jpeg_bytes']} bytes, lighting {res['lighting']}, normalize {res['normalize']}")
     print(f"| {'pipeline':12s} | threads | images/s | images/CPU-s | first batch s | batch s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in res["runs"]:
@@ -242,11 +257,27 @@ def main(argv=None):
     for k, v in res.items():
         if k.startswith(("train_over",)):
             print(f"{k}: {v}")
+
+
+def main(argv=None):
+    a = _parser().parse_args(argv)
+    if a.cores:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:a.cores])
+    cuda = a.device.startswith("cuda")
+    with tempfile.TemporaryDirectory(prefix="augment-speed-") as tmp:
+        shards, jpeg_bytes = _shards(a, tmp)
+        pca = _pca(a)
+        s = AugmentSettings(lighting=a.lighting, normalize=a.normalize)
+        res = {"device": torch.cuda.get_device_name(torch.device(a.device)) if cuda else platform.processor() or "cpu",
+               "device_arg": a.device, "batch": a.batch, "cores": len(os.sched_getaffinity(0)),
+               "images": TrainLoader(shards, pca, a.batch, settings=s).total, "jpeg_bytes": round(jpeg_bytes),
+               "lighting": a.lighting, "normalize": a.normalize}
+        res["runs"] = _measure(_runs(a, shards, pca, s), a, cuda)
+        res.update(_ratios(res["runs"], a.threads, a.torch_workers))
+    _print_table(res)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)
-    if tmp:
-        tmp.cleanup()
     return res
 
 

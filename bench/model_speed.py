@@ -85,7 +85,7 @@ def time_steps(model, in_dev, out_dev, batch, iters, warmup, bf16, channels_last
     return batch * iters / seconds, batch * iters / cpu_seconds, peak
 
 
-def main():
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=128)
@@ -96,21 +96,19 @@ def main():
                          "(for shared machines whose load changes)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor)")
     ap.add_argument("--json", metavar="PATH", help="write the rows as JSON")
-    args = ap.parse_args()
+    return ap
 
-    dev = torch.device(args.device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    torch.manual_seed(0)
+
+def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         # fp32 convolutions use TF32 tensor cores by default (cudnn.allow_tf32), fp32 matmuls do not
-        name = (f"{torch.cuda.get_device_name(dev)} (cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+        return (f"{torch.cuda.get_device_name(dev)} (cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
                 f"float32_matmul_precision={torch.get_float32_matmul_precision()})")
-    else:
-        name = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__} on {name}; batch {args.batch}, {args.iters} timed iters "
-          f"after {args.warmup} warm-up; forward+backward")
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
+
+def _cases(dev: torch.device) -> tuple[list, list]:
+    """(variants: (name, bf16, channels_last)), (models: (label, build)) to time on `dev`."""
     variants = [("fp32", False, False)]
     if dev.type == "cuda":
         variants.append(("bf16+channels_last", True, True))
@@ -121,10 +119,18 @@ def main():
     ]
     if dev.type == "cuda" and torch.cuda.device_count() >= 2:
         models.append(("two-device on two", lambda: AlexNet(devices=["cuda:0", "cuda:1"])))
+    return variants, models
 
-    rows = []
 
-    def run(label, build, variant, bf16, cl, compiled=False, rnd=0):
+class Rows:
+    """The measured rows, written to --json after each one so a run cut short keeps what it measured."""
+
+    def __init__(self, args: argparse.Namespace, dev: torch.device, name: str):
+        self.args, self.dev, self.name = args, dev, name
+        self.rows: list[dict] = []
+
+    def measure(self, label, build, variant, bf16, cl, compiled=False, rnd=0) -> None:
+        args, dev = self.args, self.dev
         model = build()
         in_dev = getattr(model, "input_device", dev)
         out_dev = getattr(model, "output_device", dev)
@@ -137,50 +143,43 @@ def main():
                "img_per_cpu_s": round(ips_cpu, 2),
                "ms_per_batch": round(1000 * args.batch / ips, 2), "peak_MiB": peak, "params": params,
                "seconds": round(time.perf_counter() - t0, 1)}
-        rows.append(row)
+        self.rows.append(row)
         print(f"  {label:<20} {variant:<19} {'compiled' if compiled else 'eager':<9}"
               f"{ips:>9.1f} img/s {row['ms_per_batch']:>9.1f} ms/batch"
               + (f"  peak MiB {peak}" if peak else f"  {ips_cpu:>6.2f} img/CPU-s"), flush=True)
-        if args.json:  # after every row, so a run cut short keeps what it measured
+        if args.json:
             with open(args.json, "w") as f:
-                json.dump({"device": name, "torch": torch.__version__, "batch": args.batch,
-                           "iters": args.iters, "warmup": args.warmup, "rows": rows}, f, indent=1)
+                json.dump({"device": self.name, "torch": torch.__version__, "batch": args.batch,
+                           "iters": args.iters, "warmup": args.warmup, "rows": self.rows}, f, indent=1)
         del model
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
-    for rnd in range(args.rounds):
-        for variant, bf16, cl in variants:
-            for label, build in models:
-                run(label, build, variant, bf16, cl, rnd=rnd)
-    if args.compile:  # last: compiling takes the longest
-        for rnd in range(args.rounds):
-            for variant, bf16, cl in variants:
-                for label, build in models[:2]:
-                    run(label, build, variant, bf16, cl, compiled=True, rnd=rnd)
-
-    def ips(model, variant, compiled=False, key="img_per_s"):
+    def best(self, model, variant, compiled=False, key="img_per_s") -> float:
         """The best of the rounds."""
-        return max(r[key] for r in rows
+        return max(r[key] for r in self.rows
                    if r["model"] == model and r["variant"] == variant and r["compile"] == compiled)
 
-    if args.rounds > 1:
-        print(f"\nbest of {args.rounds} rounds, img/s:")
+
+def _print_summary(rows: Rows, variants: list, models: list, rounds: int, compiled: bool) -> None:
+    ips, cpu = rows.best, rows.dev.type == "cpu"
+    if rounds > 1:
+        print(f"\nbest of {rounds} rounds, img/s:")
         for variant, _, _ in variants:
             for label, _ in models:
                 print(f"  {label:<20} {variant:<19} {ips(label, variant):>9.1f} img/s"
-                      + (f" {ips(label, variant, key='img_per_cpu_s'):>7.2f} img/CPU-s" if dev.type == "cpu" else ""))
+                      + (f" {ips(label, variant, key='img_per_cpu_s'):>7.2f} img/CPU-s" if cpu else ""))
 
     print("\nper-image cost of the faithful model relative to the baseline (target <= 1.3x):")
     for variant, _, _ in variants:
         for label, _ in models:
             if label != "baseline":
                 ratio = f"{ips('baseline', variant) / ips(label, variant):.2f}x"
-                if dev.type == "cpu":  # CPU time is steadier than wall time where others share the cores
+                if cpu:  # CPU time is steadier than wall time where others share the cores
                     cpu_ratio = ips("baseline", variant, key="img_per_cpu_s") / ips(label, variant, key="img_per_cpu_s")
                     ratio += f" wall, {cpu_ratio:.2f}x CPU time"
                 print(f"  {label:<20} {variant:<19} {ratio}")
-    if args.compile:
+    if compiled:
         for variant, _, _ in variants:
             print(f"  grouped, compiled    {variant:<19} "
                   f"{ips('baseline', variant, True) / ips('grouped', variant, True):.2f}x")
@@ -188,9 +187,32 @@ def main():
         print("bf16+channels_last speed-up over fp32 (target >= 2x):")
         for label, _ in models:
             print(f"  {label:<20} {ips(label, variants[1][0]) / ips(label, 'fp32'):.2f}x")
-        if args.compile:
+        if compiled:
             for label, _ in models[:2]:
                 print(f"  {label + ', compiled':<20} {ips(label, variants[1][0], True) / ips(label, 'fp32', True):.2f}x")
+
+
+def main():
+    args = _parser().parse_args()
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    torch.manual_seed(0)
+    name = _device_name(dev)
+    print(f"torch {torch.__version__} on {name}; batch {args.batch}, {args.iters} timed iters "
+          f"after {args.warmup} warm-up; forward+backward")
+    variants, models = _cases(dev)
+    rows = Rows(args, dev, name)
+    for rnd in range(args.rounds):
+        for variant, bf16, cl in variants:
+            for label, build in models:
+                rows.measure(label, build, variant, bf16, cl, rnd=rnd)
+    if args.compile:  # last: compiling takes the longest
+        for rnd in range(args.rounds):
+            for variant, bf16, cl in variants:
+                for label, build in models[:2]:
+                    rows.measure(label, build, variant, bf16, cl, compiled=True, rnd=rnd)
+    _print_summary(rows, variants, models, args.rounds, args.compile)
 
 
 if __name__ == "__main__":

@@ -211,8 +211,8 @@ def peak_rss_mb(cmd) -> float:
 
 # ---------------------------------------------------------------- report
 
-def render(r: dict) -> str:
-    """The figures as markdown tables (pasted into bench/RESULTS-resize.md)."""
+def _render_steps(r: dict) -> list[str]:
+    """Per-image costs of the steps, and their ratios."""
     out = [f"Images: {r['images']}; mean file size (kB): "
            + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_kB"].items()), ""]
     out += ["Per image, CPU ms of one thread (best of interleaved rounds, bytes in memory):", "",
@@ -235,9 +235,14 @@ def render(r: dict) -> str:
             f"decode only {mix('decode only'):.2f}, naive LANCZOS {mix('naive LANCZOS'):.2f}; ours / decode only "
             f"{mix('ours: + encode + stats') / mix('decode only'):.2f}, naive LANCZOS / ours "
             f"{mix('naive LANCZOS') / mix('ours: + encode + stats'):.2f}."]
-    out += ["", "The stage end to end (`resize_shard` in process, CPU time: index rows, pread, decode, resize, "
-            "encode, shard + .idx; best of rounds):", "",
-            "| input | images/CPU-s, no stats | images/CPU-s, with stats | stats overhead |", "| --- | ---: | ---: | ---: |"]
+    return out
+
+
+def _render_stage_and_filters(r: dict) -> list[str]:
+    """The stage end to end, and the resize filters' cost and fidelity."""
+    out = ["", "The stage end to end (`resize_shard` in process, CPU time: index rows, pread, decode, resize, "
+          "encode, shard + .idx; best of rounds):", "",
+          "| input | images/CPU-s, no stats | images/CPU-s, with stats | stats overhead |", "| --- | ---: | ---: | ---: |"]
     st = r["stage"]
     for kind in ("small", "large", "mix"):
         a, b = st[f"{kind} stats=False"], st[f"{kind} stats=True"]
@@ -256,8 +261,13 @@ def render(r: dict) -> str:
         out.append(f"\n{kind}: ours vs resize-then-crop with the same filter: MAD {sc['mad_vs_naive_same_filter']:.3f}, "
                    f"PSNR {sc['psnr_vs_naive_same_filter']:.1f} dB; the q90 JPEG round trip of our output: "
                    f"MAD {rt['mad']:.2f}, PSNR {rt['psnr']:.1f} dB.")
-    out += ["", "JPEG quality of the 256x256 output (all images): mean size and fidelity to the encoded uint8 pixels:", "",
-            "| quality | kB/image | MAD | PSNR (dB) |", "| ---: | ---: | ---: | ---: |"]
+    return out
+
+
+def _render_outputs_and_scale(r: dict) -> list[str]:
+    """JPEG quality, scaling over jobs, memory, the index and the PCA stage."""
+    out = ["", "JPEG quality of the 256x256 output (all images): mean size and fidelity to the encoded uint8 pixels:", "",
+          "| quality | kB/image | MAD | PSNR (dB) |", "| ---: | ---: | ---: | ---: |"]
     for q, v in r["jpeg_quality"].items():
         out.append(f"| {q} | {v['kB']:.1f} | {v['mad']:.2f} | {v['psnr']:.1f} |")
     sc = r["scaling"]
@@ -276,7 +286,175 @@ def render(r: dict) -> str:
             f"{pc['seconds']:.1f} s ({pc['seconds_4_shards']:.1f} s on 4); the resize of 1,281,167 images at the "
             f"mix rate above is {pc['resize_cpu_s_for_1281167_images']:.0f} CPU-s, so PCA is "
             f"{pc['fraction_of_resize_cpu']:.3%} of it."]
-    return "\n".join(out)
+    return out
+
+
+def render(r: dict) -> str:
+    """The figures as markdown tables (pasted into bench/RESULTS-resize.md)."""
+    return "\n".join(_render_steps(r) + _render_stage_and_filters(r) + _render_outputs_and_scale(r))
+
+
+# ---------------------------------------------------------------- measurements
+
+def measure_per_image(data: dict, rounds: int) -> dict:
+    """Per-image costs of each step, ms (bytes in memory, one core)."""
+    per_image = {}
+    for kind in ("small", "large"):
+        items = data[kind]
+        resized = [resize.downsample(d) for d in items]
+        fns = {"decode only": decode_only, "naive LANCZOS": naive,
+               "naive BILINEAR": lambda d: naive(d, Image.Resampling.BILINEAR),
+               "ours: decode+resize": ours_resize, "ours: + encode": ours_no_stats,
+               "ours: + encode + stats": ours, "stats alone": stats_only, "encode alone": encode_only}
+        inputs = {k: items for k in fns}
+        inputs["stats alone"] = [np.asarray(im) for im in resized]
+        inputs["encode alone"] = resized
+        per_image[kind] = best_ms(fns, inputs, rounds)
+        print(f"# per-image {kind}: {per_image[kind]}", file=sys.stderr)
+    return per_image
+
+
+def measure_filters(data: dict, rounds: int) -> dict:
+    """Filters for the resize step: cost and distance to the naive LANCZOS baseline."""
+    filters = {}
+    for kind in ("small", "large"):
+        items = data[kind]
+        reference = [naive(d, encode=False) for d in items]
+        same_filter = [naive(d, resize.RESAMPLE, encode=False) for d in items]
+        for name in ("BILINEAR", "BICUBIC", "LANCZOS"):
+            saved = images.RESAMPLE
+            images.RESAMPLE = Image.Resampling[name]
+            try:
+                ms = best_ms({name: ours_resize}, {name: items}, rounds)[name]
+                outs = [resize.downsample(d) for d in items]
+            finally:
+                images.RESAMPLE = saved
+            mad, db = compare(outs, reference)
+            filters[f"{kind} {name}"] = {"ms": ms, "mad_vs_naive_lanczos": mad, "psnr_vs_naive_lanczos": db}
+        ours_imgs = [resize.downsample(d) for d in items]
+        mad, db = compare(ours_imgs, same_filter)
+        filters[f"{kind} shortcut"] = {"mad_vs_naive_same_filter": mad, "psnr_vs_naive_same_filter": db}
+        decoded = [Image.open(io.BytesIO(resize.encode_jpeg(im, 90))).convert("RGB") for im in ours_imgs]
+        mad, db = compare(decoded, ours_imgs)
+        filters[f"{kind} jpeg q90 round trip"] = {"mad": mad, "psnr": db}
+    return filters
+
+
+def measure_jpeg_quality(data: dict) -> dict:
+    """JPEG quality of the written shards: bytes and fidelity to the uint8 pixels encoded."""
+    outs = [resize.downsample(d) for d in data["small"] + data["large"]]
+    quality = {}
+    for q in (75, 85, 90, 95, 100):
+        encoded = [resize.encode_jpeg(im, q) for im in outs]
+        decoded = [Image.open(io.BytesIO(e)).convert("RGB") for e in encoded]
+        mad, db = compare(decoded, outs)
+        quality[str(q)] = {"kB": float(np.mean([len(e) for e in encoded]) / 1e3), "mad": mad, "psnr": db}
+    return quality
+
+
+def measure_stage(work: Path, data: dict, rounds: int) -> dict:
+    """The stage end to end, in process (best of rounds), with and without statistics."""
+    stage_runs = {}
+    for kind in ("small", "large", "mix"):
+        best = {False: float("inf"), True: float("inf")}
+        for r in range(rounds + 2):  # with and without statistics alternate
+            for stats in (False, True):
+                out = work / "stage" / f"{kind}-{stats}-{r}" / "train-00000.tar"
+                _, cpu = stage(work, f"{kind}.tsv", out, stats)
+                best[stats] = min(best[stats], cpu)
+                shutil.rmtree(out.parent)
+        n = len(data[kind])
+        for stats, cpu in best.items():
+            stage_runs[f"{kind} stats={stats}"] = {"seconds": cpu, "images_per_s": n / cpu,
+                                                   "ms_per_image": cpu / n * 1e3}
+    return stage_runs
+
+
+def measure_scaling(work: Path, data: dict) -> dict:
+    """One CLI job vs two in parallel, each on the whole mix.
+
+    Wall time needs idle cores; CPU time per image shows whether jobs slow each other."""
+    scaling = {}
+    for jobs in (1, 2):
+        best, best_cpu = None, None
+        for r in range(2):
+            outs = [work / "scale" / f"{jobs}-{r}-{j}" / "train-00000.tar" for j in range(jobs)]
+            t0, c0 = time.perf_counter(), child_cpu()
+            procs = [subprocess.Popen(cli_job(work, "mix.tsv", o), stderr=subprocess.DEVNULL) for o in outs]
+            assert all(p.wait() == 0 for p in procs)
+            wall, cpu = time.perf_counter() - t0, child_cpu() - c0
+            best = wall if best is None else min(best, wall)
+            best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
+            for o in outs:
+                shutil.rmtree(o.parent)
+        n = jobs * len(data["mix"])
+        scaling[str(jobs)] = {"wall_s": best, "images_per_s": n / best, "cpu_ms_per_image": best_cpu / n * 1e3}
+    scaling["speedup"] = scaling["2"]["images_per_s"] / scaling["1"]["images_per_s"]
+    scaling["load_average"] = os.getloadavg()[0]
+    return scaling
+
+
+def measure_peak_rss(work: Path, data: dict) -> dict:
+    """Peak memory of one job, 1x and 4x the images."""
+    return {
+        "python + imports": peak_rss_mb([PY, "-c", "import numpy, PIL.Image, tqdm, pipeline.resize"]),
+        f"job, {len(data['mix'])} images": peak_rss_mb(cli_job(work, "mix.tsv", work / "m1" / "train-00000.tar")),
+        f"job, {4 * len(data['mix'])} images": peak_rss_mb(cli_job(work, "mix4.tsv", work / "m4" / "train-00000.tar")),
+    }
+
+
+def measure_index(work: Path, rows: int) -> dict:
+    """Loading an archive index of ImageNet's size: all rows, and one shard's."""
+    big = work / "imagenet_index.tsv"
+    rng = np.random.default_rng(1)
+    sizes_ = rng.integers(20_000, 300_000, rows)
+    offsets = np.cumsum(sizes_ + 1024) - sizes_
+    with open(big, "w") as f:
+        f.write("member\toffset\tsize\tlabel\n")
+        for i in range(rows):
+            f.write(f"n{1440764 + i % 1000:08d}_{i}.JPEG\t{offsets[i]}\t{sizes_[i]}\t{i % 1000}\n")
+    # VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork into a child's ru_maxrss
+    code = ("import sys, time; from pipeline import archive, resize; "
+            "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024; "
+            "base = hwm(); t = time.process_time(); "
+            "ix = archive.read_member_index(sys.argv[1]) if sys.argv[2] == 'all' else "
+            "archive.read_member_index(sys.argv[1], lambda n: resize.shard_rows(n, 0, 1024, 0)); "
+            "dt = time.process_time() - t; "
+            "nbytes = sum(a.nbytes for a in (ix.member, ix.offset, ix.size, ix.label)); "
+            "print(dt, nbytes, hwm() - base)")
+    index = {"rows": rows, "tsv_mb": big.stat().st_size / 1e6}
+    for mode in ("all", "shard"):
+        out = subprocess.run([PY, "-c", code, str(big), mode], check=True, capture_output=True, text=True).stdout
+        dt, nbytes, peak = out.split()
+        index[mode] = {"seconds": float(dt), "arrays_mb": int(nbytes) / 1e6, "peak_extra_rss_mb": float(peak)}
+    big.unlink()
+    return index
+
+
+def measure_pca(work: Path, pca_shards: int, mix_ms: float) -> dict:
+    """The PCA stage on ImageNet-many shard statistics, against the resize CPU time it follows."""
+    one = work / "stage" / "one" / "train-00000.tar"
+    stage(work, "small.tsv", one, True)
+    stats_dir = work / "pca_stats"
+    stats_dir.mkdir()
+    src = one.with_name("train-00000.stats.npz")
+    paths = []
+    for k in range(pca_shards):
+        p = stats_dir / f"train-{k:05d}.stats.npz"
+        shutil.copyfile(src, p)
+        paths.append(str(p))
+    t0 = child_cpu()
+    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths, "--out-dir", str(work / "pca")], check=True,
+                   stderr=subprocess.DEVNULL)
+    pca_s = child_cpu() - t0
+    t0 = child_cpu()
+    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths[:4], "--out-dir", str(work / "pca4")], check=True,
+                   stderr=subprocess.DEVNULL)
+    pca4_s = child_cpu() - t0
+    shutil.rmtree(stats_dir)
+    return {"shards": pca_shards, "seconds": pca_s, "seconds_4_shards": pca4_s,
+            "resize_cpu_s_for_1281167_images": 1_281_167 * mix_ms / 1e3,
+            "fraction_of_resize_cpu": pca_s / (1_281_167 * mix_ms / 1e3)}
 
 
 # ---------------------------------------------------------------- main
@@ -298,155 +476,17 @@ def main(argv=None):
 
     data = make_archive(work, args.small, args.large)
     data["mix"] = data["small"] + data["large"]
-    sizes = {k: float(np.mean([len(d) for d in v]) / 1e3) for k, v in data.items()}
-    results["mean_kB"] = sizes
-
-    # per-image costs, ms (in memory, one core)
-    per_image = {}
-    for kind in ("small", "large"):
-        items = data[kind]
-        resized = [resize.downsample(d) for d in items]
-        fns = {"decode only": decode_only, "naive LANCZOS": naive,
-               "naive BILINEAR": lambda d: naive(d, Image.Resampling.BILINEAR),
-               "ours: decode+resize": ours_resize, "ours: + encode": ours_no_stats,
-               "ours: + encode + stats": ours, "stats alone": stats_only, "encode alone": encode_only}
-        inputs = {k: items for k in fns}
-        inputs["stats alone"] = [np.asarray(im) for im in resized]
-        inputs["encode alone"] = resized
-        per_image[kind] = best_ms(fns, inputs, args.rounds)
-        print(f"# per-image {kind}: {per_image[kind]}", file=sys.stderr)
-    results["per_image_ms"] = per_image
-
-    # filters for the resize step: cost and distance to the naive LANCZOS baseline
-    filters = {}
-    for kind in ("small", "large"):
-        items = data[kind]
-        reference = [naive(d, encode=False) for d in items]
-        same_filter = [naive(d, resize.RESAMPLE, encode=False) for d in items]
-        for name in ("BILINEAR", "BICUBIC", "LANCZOS"):
-            saved = images.RESAMPLE
-            images.RESAMPLE = Image.Resampling[name]
-            try:
-                ms = best_ms({name: ours_resize}, {name: items}, args.rounds)[name]
-                outs = [resize.downsample(d) for d in items]
-            finally:
-                images.RESAMPLE = saved
-            mad, db = compare(outs, reference)
-            filters[f"{kind} {name}"] = {"ms": ms, "mad_vs_naive_lanczos": mad, "psnr_vs_naive_lanczos": db}
-        ours_imgs = [resize.downsample(d) for d in items]
-        mad, db = compare(ours_imgs, same_filter)
-        filters[f"{kind} shortcut"] = {"mad_vs_naive_same_filter": mad, "psnr_vs_naive_same_filter": db}
-        decoded = [Image.open(io.BytesIO(resize.encode_jpeg(im, 90))).convert("RGB") for im in ours_imgs]
-        mad, db = compare(decoded, ours_imgs)
-        filters[f"{kind} jpeg q90 round trip"] = {"mad": mad, "psnr": db}
-    results["filters"] = filters
-
-    # JPEG quality of the written shards: bytes and fidelity to the uint8 pixels encoded
-    outs = [resize.downsample(d) for d in data["small"] + data["large"]]
-    quality = {}
-    for q in (75, 85, 90, 95, 100):
-        encoded = [resize.encode_jpeg(im, q) for im in outs]
-        decoded = [Image.open(io.BytesIO(e)).convert("RGB") for e in encoded]
-        mad, db = compare(decoded, outs)
-        quality[str(q)] = {"kB": float(np.mean([len(e) for e in encoded]) / 1e3), "mad": mad, "psnr": db}
-    results["jpeg_quality"] = quality
-    print(f"# filters: {filters}", file=sys.stderr)
-
-    # the stage end to end, in process (best of rounds), with and without statistics
-    stage_runs = {}
-    for kind in ("small", "large", "mix"):
-        best = {False: float("inf"), True: float("inf")}
-        for r in range(args.rounds + 2):  # with and without statistics alternate
-            for stats in (False, True):
-                out = work / "stage" / f"{kind}-{stats}-{r}" / "train-00000.tar"
-                _, cpu = stage(work, f"{kind}.tsv", out, stats)
-                best[stats] = min(best[stats], cpu)
-                shutil.rmtree(out.parent)
-        n = len(data[kind])
-        for stats, cpu in best.items():
-            stage_runs[f"{kind} stats={stats}"] = {"seconds": cpu, "images_per_s": n / cpu,
-                                                   "ms_per_image": cpu / n * 1e3}
-    results["stage"] = stage_runs
-    print(f"# stage: {stage_runs}", file=sys.stderr)
-
-    # scaling: one CLI job vs two in parallel, each on the whole mix. Wall time
-    # needs idle cores; CPU time per image shows whether jobs slow each other.
-    scaling = {}
-    for jobs in (1, 2):
-        best, best_cpu = None, None
-        for r in range(2):
-            outs = [work / "scale" / f"{jobs}-{r}-{j}" / "train-00000.tar" for j in range(jobs)]
-            t0, c0 = time.perf_counter(), child_cpu()
-            procs = [subprocess.Popen(cli_job(work, "mix.tsv", o), stderr=subprocess.DEVNULL) for o in outs]
-            assert all(p.wait() == 0 for p in procs)
-            wall, cpu = time.perf_counter() - t0, child_cpu() - c0
-            best = wall if best is None else min(best, wall)
-            best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
-            for o in outs:
-                shutil.rmtree(o.parent)
-        n = jobs * len(data["mix"])
-        scaling[str(jobs)] = {"wall_s": best, "images_per_s": n / best, "cpu_ms_per_image": best_cpu / n * 1e3}
-    scaling["speedup"] = scaling["2"]["images_per_s"] / scaling["1"]["images_per_s"]
-    scaling["load_average"] = os.getloadavg()[0]
-    results["scaling"] = scaling
-
-    # peak memory of one job, 1x and 4x the images
-    results["peak_rss_mb"] = {
-        "python + imports": peak_rss_mb([PY, "-c", "import numpy, PIL.Image, tqdm, pipeline.resize"]),
-        f"job, {len(data['mix'])} images": peak_rss_mb(cli_job(work, "mix.tsv", work / "m1" / "train-00000.tar")),
-        f"job, {4 * len(data['mix'])} images": peak_rss_mb(cli_job(work, "mix4.tsv", work / "m4" / "train-00000.tar")),
-    }
-
-    # archive index at ImageNet size
-    big = work / "imagenet_index.tsv"
-    rng = np.random.default_rng(1)
-    sizes_ = rng.integers(20_000, 300_000, args.index_rows)
-    offsets = np.cumsum(sizes_ + 1024) - sizes_
-    with open(big, "w") as f:
-        f.write("member\toffset\tsize\tlabel\n")
-        for i in range(args.index_rows):
-            f.write(f"n{1440764 + i % 1000:08d}_{i}.JPEG\t{offsets[i]}\t{sizes_[i]}\t{i % 1000}\n")
-    # VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork into a child's ru_maxrss
-    code = ("import sys, time; from pipeline import archive, resize; "
-            "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024; "
-            "base = hwm(); t = time.process_time(); "
-            "ix = archive.read_member_index(sys.argv[1]) if sys.argv[2] == 'all' else "
-            "archive.read_member_index(sys.argv[1], lambda n: resize.shard_rows(n, 0, 1024, 0)); "
-            "dt = time.process_time() - t; "
-            "nbytes = sum(a.nbytes for a in (ix.member, ix.offset, ix.size, ix.label)); "
-            "print(dt, nbytes, hwm() - base)")
-    index = {"rows": args.index_rows, "tsv_mb": big.stat().st_size / 1e6}
-    for mode in ("all", "shard"):
-        out = subprocess.run([PY, "-c", code, str(big), mode], check=True, capture_output=True, text=True).stdout
-        dt, nbytes, peak = out.split()
-        index[mode] = {"seconds": float(dt), "arrays_mb": int(nbytes) / 1e6, "peak_extra_rss_mb": float(peak)}
-    results["index"] = index
-    big.unlink()
-
-    # PCA on ImageNet-many shard statistics
-    one = work / "stage" / "one" / "train-00000.tar"
-    stage(work, "small.tsv", one, True)
-    stats_dir = work / "pca_stats"
-    stats_dir.mkdir()
-    src = one.with_name("train-00000.stats.npz")
-    paths = []
-    for k in range(args.pca_shards):
-        p = stats_dir / f"train-{k:05d}.stats.npz"
-        shutil.copyfile(src, p)
-        paths.append(str(p))
-    t0 = child_cpu()
-    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths, "--out-dir", str(work / "pca")], check=True,
-                   stderr=subprocess.DEVNULL)
-    pca_s = child_cpu() - t0
-    t0 = child_cpu()
-    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths[:4], "--out-dir", str(work / "pca4")], check=True,
-                   stderr=subprocess.DEVNULL)
-    pca4_s = child_cpu() - t0
-    mix_ms = stage_runs["mix stats=True"]["ms_per_image"]
-    results["pca"] = {"shards": args.pca_shards, "seconds": pca_s, "seconds_4_shards": pca4_s,
-                      "resize_cpu_s_for_1281167_images": 1_281_167 * mix_ms / 1e3,
-                      "fraction_of_resize_cpu": pca_s / (1_281_167 * mix_ms / 1e3)}
-    shutil.rmtree(stats_dir)
+    results["mean_kB"] = {k: float(np.mean([len(d) for d in v]) / 1e3) for k, v in data.items()}
+    results["per_image_ms"] = measure_per_image(data, args.rounds)
+    results["filters"] = measure_filters(data, args.rounds)
+    results["jpeg_quality"] = measure_jpeg_quality(data)
+    print(f"# filters: {results['filters']}", file=sys.stderr)
+    results["stage"] = measure_stage(work, data, args.rounds)
+    print(f"# stage: {results['stage']}", file=sys.stderr)
+    results["scaling"] = measure_scaling(work, data)
+    results["peak_rss_mb"] = measure_peak_rss(work, data)
+    results["index"] = measure_index(work, args.index_rows)
+    results["pca"] = measure_pca(work, args.pca_shards, results["stage"]["mix stats=True"]["ms_per_image"])
 
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
