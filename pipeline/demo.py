@@ -639,28 +639,10 @@ def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO
     job = Job(seed, classes, sizes, tuple(class_look(k, classes) for k in range(classes)),
               (plan_split(seed, 0, n_train, large_fraction, quirk_list(sizes, 0, n_train)),
                plan_split(seed, 1, n_val, large_fraction, quirk_list(sizes, 1, n_val))))
-
-    # Train: class k's images are g = k * train_per_class + i, written in sorted-wnid order.
-    by_wnid = sorted(range(classes), key=lambda k: CLASSES[k][0])
-    names_rng = np.random.default_rng([seed, 0, 2])
-    numbers = [np.sort(names_rng.choice(np.arange(1, max(20000, 2 * train_per_class)), train_per_class,
-                                        replace=False)) for _ in by_wnid]
     val_classes = val_order(seed, classes, val_per_class)
-    tasks = [(0, k * train_per_class + i, k) for k in by_wnid for i in range(train_per_class)] + \
-            [(1, g, k) for g, k in enumerate(val_classes)]
-    drawn: list[tuple[int, int]] = []
-    with rendering(job, workers) as render:
-        images = iter(render(tasks))
-        _write_train(out / TRAIN_TAR, images, by_wnid, numbers, drawn)
-        _write_val(out / VAL_TAR, images, n_val, drawn)
-
-    leaves, groups = synsets(_id_order(np.random.default_rng([seed, 2]), classes), train_per_class)
-    id_of_class = {s["class"]: s["id"] for s in leaves}
-    _write_devkit(out / DEVKIT_TAR, leaves, groups, "".join(f"{id_of_class[k]}\n" for k in val_classes).encode())
-
-    md5s = {name: _md5(out / name) for name in (TRAIN_TAR, VAL_TAR, DEVKIT_TAR)}
-    with atomic_path(out / "MD5SUMS") as tmp:
-        tmp.write_text("".join(f"{md5}  {name}\n" for name, md5 in md5s.items()))
+    drawn = _write_image_archives(out, job, train_per_class, val_classes, workers)
+    groups = _write_devkit_for(out, seed, classes, train_per_class, val_classes)
+    md5s = _write_md5sums(out)
     metrics = {
         "seed": seed, "classes": classes, "sizes": sizes, "train_images": n_train, "val_images": n_val,
         "large_images": len(job.splits[0].large) + len(job.splits[1].large), **size_stats(drawn),
@@ -672,6 +654,40 @@ def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO
     }
     write_json(out / "demo.json", metrics)
     return metrics
+
+
+def _write_image_archives(out: Path, job: Job, train_per_class: int, val_classes: list[int],
+                          workers: int) -> list[tuple[int, int]]:
+    """Draw every image and write the train and val tars; return the drawn sizes in written order."""
+    classes, seed = job.classes, job.seed
+    # Train: class k's images are g = k * train_per_class + i, written in sorted-wnid order.
+    by_wnid = sorted(range(classes), key=lambda k: CLASSES[k][0])
+    names_rng = np.random.default_rng([seed, 0, 2])
+    numbers = [np.sort(names_rng.choice(np.arange(1, max(20000, 2 * train_per_class)), train_per_class,
+                                        replace=False)) for _ in by_wnid]
+    tasks = [(0, k * train_per_class + i, k) for k in by_wnid for i in range(train_per_class)] + \
+            [(1, g, k) for g, k in enumerate(val_classes)]
+    drawn: list[tuple[int, int]] = []
+    with rendering(job, workers) as render:
+        images = iter(render(tasks))
+        _write_train(out / TRAIN_TAR, images, by_wnid, numbers, drawn)
+        _write_val(out / VAL_TAR, images, len(val_classes), drawn)
+    return drawn
+
+
+def _write_devkit_for(out: Path, seed: int, classes: int, train_per_class: int, val_classes: list[int]) -> list[dict]:
+    """The devkit: meta.mat's synsets in a drawn ILSVRC2012_ID order, and the val ground truth by ID."""
+    leaves, groups = synsets(_id_order(np.random.default_rng([seed, 2]), classes), train_per_class)
+    id_of_class = {s["class"]: s["id"] for s in leaves}
+    _write_devkit(out / DEVKIT_TAR, leaves, groups, "".join(f"{id_of_class[k]}\n" for k in val_classes).encode())
+    return groups
+
+
+def _write_md5sums(out: Path) -> dict[str, str]:
+    md5s = {name: _md5(out / name) for name in (TRAIN_TAR, VAL_TAR, DEVKIT_TAR)}
+    with atomic_path(out / "MD5SUMS") as tmp:
+        tmp.write_text("".join(f"{md5}  {name}\n" for name, md5 in md5s.items()))
+    return md5s
 
 
 def main(argv=None) -> int:
