@@ -19,4 +19,4 @@ python -m pipeline.train --manifest "$R/shards/manifest.json" --pca "$R/pca/pca.
     --devices cpu --width 1.0 --init "$(preset init paper)" --dropout-style "$(preset dropout_style paper)" \
     --decay "$(preset decay weights)" --warmup-steps "$(preset warmup_steps 0)" --patience "$(preset patience 5)" \
     --batch-size 128 --lr 0.01 --momentum 0.9 --weight-decay 0.0005 --epochs "$EPOCHS" --log-every 5 \
-    --seed 0 --workers 2
+    --seed 0 --dali-threads 2

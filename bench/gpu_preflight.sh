@@ -70,17 +70,17 @@ timed resize python3 -m pipeline.resize manifest --shards-dir $R/shards --train-
 timed pca python3 -m pipeline.pca --manifest $R/shards/manifest.json --out-dir $R/pca
 IN="--manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy"
 timed augment python3 -m pipeline.augment $IN --out-dir $R/augment --lighting paper --lighting-std 0.1 \
-    --normalize mean_image --grid-samples 8 --bench-batches 5 --batch-size "$BATCH" --seed 0 --threads "$DALI" \
+    --normalize mean_image --grid-samples 8 --bench-batches 5 --batch-size "$BATCH" --seed 0 --dali-threads "$DALI" \
     --device auto
 timed train python3 -m pipeline.train $IN --classes $R/fetch/classes.tsv --out-dir $R/train --width "$WIDTH" \
     --init paper --dropout-style paper --decay weights --warmup-steps 0 --log-every "$LOG_EVERY" --flat-after 2000 \
     --epochs "$EPOCHS" --patience 5 --steps-per-epoch "$STEPS" --precision auto --no-compile --batch-size "$BATCH" \
     --lr 0.01 --momentum 0.9 --weight-decay 0.0005 --lr-factor 0.1 --seed 0 --monitor --devices auto \
-    --channels-last auto --lighting paper --lighting-std 0.1 --normalize mean_image --threads "$CORES" --workers "$DALI"
+    --channels-last auto --lighting paper --lighting-std 0.1 --normalize mean_image --torch-threads "$CORES" --dali-threads "$DALI"
 timed evaluate python3 -m pipeline.evaluate --checkpoint $R/train/checkpoints/last.pt \
     --shards-manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy \
     --classes $R/fetch/classes.tsv --dataset-name preflight --batch-size "$BATCH" --max-images "$EVAL_IMAGES" \
-    --devices auto --threads "$DALI" --out-dir $R/evaluate
+    --devices auto --dali-threads "$DALI" --out-dir $R/evaluate
 python3 -m pipeline.forecast --results $R --out-dir $R/forecast --cores "$CORES" \
     --rehearsal "generated ImageNet-shaped data (1000 classes, $TRAIN_PER_CLASS + $VAL_PER_CLASS images per class)" \
     --rehearsal "$EPOCHS epoch(s)$([ "$STEPS" != 0 ] && echo " of at most $STEPS steps")" \

@@ -78,13 +78,13 @@ stage pca py pipeline.pca --manifest $R/shards/manifest.json --out-dir $R/pca
 if [ "$ONLY_DATA" = 1 ]; then echo "== data ready in $WORK/$R"; exit 0; fi
 IN="--manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy"
 stage augment py pipeline.augment $IN --out-dir $R/augment --lighting paper --lighting-std 0.1 \
-    --normalize mean_image --grid-samples 8 --bench-batches "$BENCH_BATCHES" --batch-size 256 --seed 1 --threads 8 \
+    --normalize mean_image --grid-samples 8 --bench-batches "$BENCH_BATCHES" --batch-size 256 --seed 1 --dali-threads 8 \
     --device auto
 train() {  # train OUT_DIR EPOCHS extra args...: the full network, the paper's recipe and init
     local out=$1 epochs=$2; shift 2
     py pipeline.train $IN --classes $R/fetch/classes.tsv --out-dir "$out" --width "$WIDTH" --init paper \
         --batch-size 128 --lr 0.01 --momentum 0.9 --weight-decay 0.0005 --lr-factor 0.1 --patience 3 \
-        --epochs "$epochs" --seed 1 --precision auto --channels-last auto --log-every 2 --workers 8 --threads 8 \
+        --epochs "$epochs" --seed 1 --precision auto --channels-last auto --log-every 2 --dali-threads 8 --torch-threads 8 \
         --lighting paper --lighting-std 0.1 --normalize mean_image "$@"
 }
 stage train-1gpu train $R/train 3 --devices auto --no-compile
@@ -93,7 +93,7 @@ stage train-2col train $R/train2col 2 --devices $TWO_COLUMNS --no-compile
 if [ "$COMPILE" = 1 ]; then stage train-compile train $R/train-compile 2 --devices auto --compile; fi
 stage evaluate py pipeline.evaluate --checkpoint $R/train/checkpoints/last.pt \
     --shards-manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy \
-    --classes $R/fetch/classes.tsv --dataset-name demo --batch-size 128 --devices auto --threads 8 \
+    --classes $R/fetch/classes.tsv --dataset-name demo --batch-size 128 --devices auto --dali-threads 8 \
     --out-dir $R/evaluate
 python3 - <<'EOF'
 import json

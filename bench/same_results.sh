@@ -19,9 +19,12 @@ run() {  # run TREE OUT
       --max-reject-fraction 0.01 --stats --out $out/shards/train/train-0000$k.tar  2>/dev/null
   done
   PYTHONPATH=$tree $REPO/.venv/bin/python -m pipeline.pca --stats $out/shards/train/*.stats.npz --out-dir $out/pca 2>/dev/null
+  # the thread flags of revisions before the train stage's --dali-threads / --torch-threads
+  local threads="--dali-threads 1 --torch-threads 2"
+  grep -q "dali_threads: int" $tree/pipeline/train.py || threads="--workers 1 --threads 2"
   PYTHONPATH=$tree $REPO/.venv/bin/python -m pipeline.train --manifest $R/shards/manifest.json --pca $R/pca/pca.json \
     --mean-image $R/pca/mean_image.npy --classes $R/fetch/classes.tsv --out-dir $out/train --fresh --devices cpu \
-    --width 0.0625 --init width_scaled --epochs 2 --batch-size 32 --log-every 1 --workers 1 --threads 2 --seed 3 2>/dev/null
+    --width 0.0625 --init width_scaled --epochs 2 --batch-size 32 --log-every 1 $threads --seed 3 2>/dev/null
   PYTHONPATH=$tree $REPO/.venv/bin/python -m pipeline.evaluate --checkpoint $out/train/checkpoints/last.pt \
     --shards-manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy \
     --classes $R/fetch/classes.tsv --devices cpu --batch-size 16 --out-dir $out/evaluate 2>/dev/null

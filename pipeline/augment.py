@@ -146,14 +146,14 @@ def main(argv=None) -> int:
     p.add_argument("--lighting-std", type=float, default=d["lighting_std"])
     p.add_argument("--normalize", default=d["normalize"], choices=NORMALIZE)
     p.add_argument("--batch-size", type=int, default=t["batch_size"])
-    p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
+    p.add_argument("--dali-threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--device", default="auto", help="auto (cuda:0 if available, else cpu) | cpu | cuda:N")
     p.add_argument("--grid-samples", type=int, default=d["grid_samples"])
     p.add_argument("--bench-batches", type=int, default=d["bench_batches"])
     p.add_argument("--seed", type=int, default=t["seed"])
     a = p.parse_args(argv)
     settings = AugmentSettings(a.lighting, a.lighting_std, a.normalize)
-    return run_cli(augment, a.manifest, a.pca, a.mean_image, a.out_dir, settings, a.batch_size, a.threads,
+    return run_cli(augment, a.manifest, a.pca, a.mean_image, a.out_dir, settings, a.batch_size, a.dali_threads,
                    a.device, a.grid_samples, a.bench_batches, a.seed)
 
 

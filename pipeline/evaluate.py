@@ -190,7 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=EVALUATE["batch_size"],
                    help="images per batch (each gives 10 views)")
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:N | cuda:0,cuda:1 (two-column split)")
-    p.add_argument("--threads", type=int, default=2, help="DALI CPU threads")
+    p.add_argument("--dali-threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--top-confusions", type=int, default=20, help="class pairs in confusions.csv")
     p.add_argument("--max-images", type=int, default=EVALUATE["max_images"],
                    help="0: every validation image; N: about the first N only (a rehearsal: metrics say partial)")
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     return run_cli(evaluate, args.checkpoint, args.shards_manifest, args.pca, args.mean_image, args.classes,
                    args.out_dir, dataset_name=args.dataset_name, batch_size=args.batch_size, devices=args.devices,
-                   threads=args.threads, top_confusions=args.top_confusions, max_images=args.max_images)
+                   threads=args.dali_threads, top_confusions=args.top_confusions, max_images=args.max_images)
 
 
 if __name__ == "__main__":

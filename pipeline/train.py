@@ -122,8 +122,8 @@ class TrainConfig:
     log_every: int = TRAIN["log_every"]  # steps between metrics.jsonl lines (and health figures)
     monitor: bool = TRAIN["monitor"]  # per-layer health figures each log line (pipeline/health.py)
     flat_after: int = TRAIN["flat_after"]  # steps after which a loss still at ln(classes) is warned about
-    workers: int = 2                # DALI threads per replica: a runtime knob (rule train's dali_threads)
-    threads: int = 0                # torch CPU threads per replica (0: torch's default)
+    dali_threads: int = 2           # DALI CPU threads per replica: a runtime knob (rule train's dali_threads)
+    torch_threads: int = 0          # torch CPU threads per replica (0: torch's default)
 
     def key(self, num_classes: int) -> dict:
         """What a checkpoint must share with this run to be continued."""
@@ -139,7 +139,7 @@ def make_loaders(cfg: TrainConfig, manifest, pca_json, mean_image, env: Dist, de
     pca = load_pca(str(pca_json), str(mean_image))
     settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
     per_rank = cfg.batch_size // env.world
-    common = dict(settings=settings, device=device, shard_id=env.rank, num_shards=env.world, threads=cfg.workers)
+    common = dict(settings=settings, device=device, shard_id=env.rank, num_shards=env.world, threads=cfg.dali_threads)
     train_loader = TrainLoader(manifest_shards(manifest, "train"), pca, per_rank, seed=cfg.seed, **common)
     eval_loader = EvalLoader(manifest_shards(manifest, "val"), pca, per_rank, views="center", **common)
     return train_loader, eval_loader
@@ -351,8 +351,8 @@ def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig
     try:
         if cfg.batch_size % env.world:
             raise TrainConfigError(f"train.batch_size {cfg.batch_size} does not divide over {env.world} replicas")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
         num_classes = len(read_classes(classes_tsv))
         seed_everything(cfg.seed)  # the same initial weights on every replica
         model = build_model(cfg.model_config(num_classes), devices)

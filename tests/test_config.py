@@ -261,4 +261,4 @@ def test_runtime_knobs_are_resources_and_a_moved_key_says_where_it_went(tmp_path
     # DALI threads come from the job's cores, or --set-resources, without touching the config
     proc = snakemake(tmp_path, "-n", "-p", "--set-resources", "train:dali_threads=5", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "--workers 5" in proc.stdout + proc.stderr
+    assert "--dali-threads 5" in proc.stdout + proc.stderr

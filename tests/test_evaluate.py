@@ -353,7 +353,7 @@ def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
            "--rdzv-endpoint", "localhost:0", "-m", "pipeline.evaluate", "--checkpoint", str(val_data["checkpoint"]),
            "--shards-manifest", str(val_data["manifest"]), "--pca", str(val_data["pca"]),
            "--mean-image", str(val_data["mean_npy"]), "--classes", str(val_data["classes"]),
-           "--dataset-name", "demo", "--batch-size", "3", "--devices", "cpu", "--threads", "1", "--out-dir", str(out)]
+           "--dataset-name", "demo", "--batch-size", "3", "--devices", "cpu", "--dali-threads", "1", "--out-dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]

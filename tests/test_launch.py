@@ -209,7 +209,7 @@ def test_training_stage_runs_two_replicas_in_sync(shards, tmp_path):
                  "--manifest", str(shards / "manifest.json"), "--pca", str(shards / "pca.json"),
                  "--mean-image", str(shards / "mean_image.npy"), "--classes", str(shards / "classes.tsv"),
                  "--out-dir", str(out), "--devices", "cpu", "--width", "0.0625", "--batch-size", "8",
-                 "--epochs", "1", "--log-every", "1", "--workers", "1", "--threads", "1", timeout=300)
+                 "--epochs", "1", "--log-every", "1", "--dali-threads", "1", "--torch-threads", "1", timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "train.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"]

@@ -30,7 +30,7 @@ CLASSES = 4
 TINTS = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]], dtype=np.float64)
 # Caffe's init: with the paper's (biases 1) a 1/16-width net's loss swings over the
 # first steps (lr * |fc7 output|^2 is large), which would hide the trend tested here.
-SMALL = dict(width=0.0625, init="caffe", batch_size=4, lr=0.01, log_every=1, workers=1, threads=1, devices="cpu")
+SMALL = dict(width=0.0625, init="caffe", batch_size=4, lr=0.01, log_every=1, dali_threads=1, torch_threads=1, devices="cpu")
 
 
 def _image(rng, label):

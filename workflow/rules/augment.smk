@@ -37,4 +37,4 @@ rule augment:
     shell:
         tracked("augment", metrics="{output.json}", artifacts=["{output.grid}", "{output.json}"])
         + "python -m pipeline.augment --manifest {input.manifest} --pca {input.pca} "
-        "--mean-image {input.mean_image} --out-dir {params.out_dir} {params.settings} --threads {threads} --device auto"
+        "--mean-image {input.mean_image} --out-dir {params.out_dir} {params.settings} --dali-threads {threads} --device auto"

@@ -59,4 +59,4 @@ rule evaluate:
             evaluated_checkpoint="{params.checkpoint}",
         ) + launch("pipeline.evaluate") + " --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
         " --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
-        " {params.settings} --threads {threads} --out-dir {params.out_dir}"
+        " {params.settings} --dali-threads {threads} --out-dir {params.out_dir}"

@@ -47,7 +47,7 @@ rule train:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
         settings=train_settings(),
         # torch threads per replica, so replicas on the CPU do not oversubscribe it
-        threads=lambda wildcards, threads, resources: max(1, threads // train_replicas(resources.gpu)),
+        torch_threads=lambda wildcards, threads, resources: max(1, threads // train_replicas(resources.gpu)),
     threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
     resources:
         gpu=TRAIN["gpus"],
@@ -66,4 +66,4 @@ rule train:
                 attempt=f"{RESULTS}/train/attempt.json", register=REGISTERED_MODEL, fingerprints="{output.json}")
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
-        "{params.settings} --threads {params.threads} --workers {resources.dali_threads}"
+        "{params.settings} --torch-threads {params.torch_threads} --dali-threads {resources.dali_threads}"
