@@ -25,7 +25,8 @@ include: "workflow/rules/forecast.smk"
 
 onstart:
     if TRACKING["enabled"]:
-        from pipeline.track import redact, start_parent
+        from pipeline.tracking.access import redact
+        from pipeline.tracking.parent import start_parent
 
         run_id = start_parent(
             TRACKING_URI, TRACKING["experiment"], PARENT_FILE,
@@ -40,14 +41,14 @@ onstart:
 
 onsuccess:
     if TRACKING["enabled"]:
-        from pipeline.track import end_parent
+        from pipeline.tracking.parent import end_parent
 
         end_parent(TRACKING_URI, PARENT_FILE, "FINISHED")
 
 
 onerror:
     if TRACKING["enabled"]:
-        from pipeline.track import end_parent
+        from pipeline.tracking.parent import end_parent
 
         end_parent(TRACKING_URI, PARENT_FILE, "FAILED")
 

@@ -130,7 +130,11 @@ def model_from_checkpoint(path: str | os.PathLike, devices: list[str] | None = N
     paper's two-column split. meta is the checkpoint without the weights,
     optimizer and RNG states (config, epoch, step, best, val errors).
     """
-    state = load_checkpoint(path)
+    return model_from_state(load_checkpoint(path), path, devices)
+
+
+def model_from_state(state: dict, path: str | os.PathLike, devices: list[str] | None = None):
+    """`model_from_checkpoint` for a checkpoint already loaded (`path`, where it came from, names it in errors)."""
     model = build_model(state["config"]["model"], devices)
     try:
         model.load_state_dict(state["model"])

@@ -51,7 +51,7 @@ from PIL import Image
 from pipeline.checkpoint import load_checkpoint
 from pipeline.io import read_classes
 from pipeline.pca_files import load_mean_image
-from pipeline.predict import Classifier, PredictError, check_normalization, decode_failure, ten_views, top_k
+from pipeline.predict import Classifier, PredictError, decode_failure, ten_views, top_k
 
 TOP = 5
 OUTPUT_COLUMNS = ("class_index", "wnid", "names", "probability")
@@ -130,9 +130,8 @@ def log_image_model(checkpoint: str | os.PathLike, mean_image: str | os.PathLike
                     name: str = "model"):
     """Log the checkpoint's network as this pyfunc model in the active MLflow run; returns MLflow's ModelInfo."""
     state = load_checkpoint(checkpoint)
-    check_normalization(state["config"], f"checkpoint {checkpoint}")
     # the same checks predict makes: a model that loads must answer with the right classes
-    Classifier.from_checkpoint(checkpoint, mean_image, classes, device="cpu")
+    Classifier.from_state(state, checkpoint, mean_image, classes, device="cpu")
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

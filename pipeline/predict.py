@@ -37,7 +37,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from model.alexnet import INPUT_SIZE
-from pipeline.checkpoint import CheckpointError, build_model, model_from_checkpoint
+from pipeline.checkpoint import CheckpointError, build_model, load_checkpoint, model_from_state
 from pipeline.fingerprint import file_digest
 from pipeline.errors import PipelineError
 from pipeline.io import read_classes
@@ -173,8 +173,18 @@ class Classifier:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, mean_image, classes, device: str = "auto") -> "Classifier":
+        device = resolve_device(device)
         try:
-            model, meta = model_from_checkpoint(checkpoint, devices=[resolve_device(device)])
+            state = load_checkpoint(checkpoint)
+        except CheckpointError as exc:
+            raise PredictError(str(exc)) from exc
+        return cls.from_state(state, checkpoint, mean_image, classes, device)
+
+    @classmethod
+    def from_state(cls, state: dict, checkpoint, mean_image, classes, device: str = "auto") -> "Classifier":
+        """`from_checkpoint` for a checkpoint already loaded (`checkpoint`, its file, names it in errors)."""
+        try:
+            model, meta = model_from_state(state, checkpoint, devices=[resolve_device(device)])
         except CheckpointError as exc:
             raise PredictError(str(exc)) from exc
         config = meta["config"]

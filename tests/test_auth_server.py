@@ -27,7 +27,8 @@ from mlflow import MlflowClient
 
 from conftest import REPO, TINY, free_port, running_server, tool_env
 from pipeline.errors import PipelineError
-from pipeline.track import TrackingAccessError, resolve_uri, start_parent
+from pipeline.tracking.access import TrackingAccessError, resolve_uri
+from pipeline.tracking.parent import start_parent
 from test_predict import trained_run_files
 
 pytest.importorskip("flask_wtf", reason="mlflow[auth] (envs/common.txt) is not installed")

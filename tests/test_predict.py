@@ -237,7 +237,7 @@ def test_logged_model_loads_in_a_fresh_process_and_matches(data, tmp_path, monke
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.track import log_model
+    from pipeline.tracking.registry import ModelFiles, log_model
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # log_model sets it; undone after the test
@@ -248,7 +248,7 @@ def test_logged_model_loads_in_a_fresh_process_and_matches(data, tmp_path, monke
     before = mlflow.tracking._tracking_service.utils._tracking_uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     try:
-        log_model(uri, run_id, str(data["checkpoint"]), str(data["mean"]), str(data["classes"]))
+        log_model(uri, run_id, ModelFiles(str(data["checkpoint"]), str(data["mean"]), str(data["classes"])))
     finally:
         mlflow.set_tracking_uri(before)
     logged = capfd.readouterr().err

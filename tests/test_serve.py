@@ -24,9 +24,9 @@ from PIL import Image
 from conftest import free_port, running_server, tool_env
 from pipeline.fingerprint import file_digest
 from pipeline.predict import predict
-from pipeline.track import RegistryError, register_version
+from pipeline.tracking.registry import Registration, RegistryError, register_version
 from test_predict import _encode, _image, trained_run_files
-from test_track import git
+from test_tracking_parent import git
 
 NAME = "alexnet-serve"
 IMAGES = 3
@@ -63,7 +63,7 @@ def registered(tmp_path_factory):
     git(code, "commit", "-q", "-m", "workflow")
     (code / "Snakefile").write_text("# the workflow, edited\n")  # run with uncommitted changes
 
-    from pipeline.track import start_parent
+    from pipeline.tracking.parent import start_parent
 
     uri = f"sqlite:///{root}/mlflow.db"
     client = MlflowClient(uri)
@@ -117,11 +117,10 @@ def test_registration_without_fingerprints_is_refused_by_name(registered, tmp_pa
     client = registered["client"]
     (tmp_path / "train.json").write_text(json.dumps({"epochs": 2}))
     run_id = client.get_model_version(NAME, "1").run_id
-    args = types.SimpleNamespace(model=str(registered["checkpoint"]), register=NAME, tracking_uri=registered["uri"],
-                                 parent_file=None, fingerprints=str(tmp_path / "train.json"),
-                                 registered_file=str(tmp_path / "registered_model.json"))
+    registration = Registration(NAME, str(tmp_path / "registered_model.json"), str(tmp_path / "train.json"))
     with pytest.raises(RegistryError, match=r"train.json has no key 'inputs'"):
-        register_version(client, run_id, args, types.SimpleNamespace(model_uri=f"runs:/{run_id}/model"))
+        register_version(client, registered["uri"], run_id, types.SimpleNamespace(model_uri=f"runs:/{run_id}/model"),
+                         str(registered["checkpoint"]), registration)
     assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == ["1"]
     assert not (tmp_path / "registered_model.json").exists()
 
