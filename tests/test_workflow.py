@@ -43,7 +43,10 @@ def test_chain_outputs(run_dir):
     assert 0.0 <= metrics["val_top1_err_10crop"] <= 100.0  # percent
     assert (results / "fetch/classes.tsv").read_text().count("\n") == 1 + 4
     manifest = json.loads((results / "shards/manifest.json").read_text())
-    assert manifest
+    for split, images, shards in (("train", 4 * 12, 2), ("val", 4 * 3, 1)):  # tests/configs/tiny.yaml
+        assert manifest[split]["inputs"] == images, split
+        assert manifest[split]["images"] == images - manifest[split]["rejected"], split
+        assert len(manifest[split]["shards"]) == shards, split
     assert (results / "pca/pca.json").exists() and (results / "augment/grid.png").exists()
     assert (results / "train/curve.png").exists()
 
@@ -247,7 +250,11 @@ def test_mlflow_store_holds_parent_and_children(run_dir):
 def test_report(run_dir):
     snakemake(run_dir, "--configfile", str(TINY), "--report", "report.html")
     html = (run_dir / "report.html").read_text(errors="replace")
-    assert "pca" in html.lower() and "evaluat" in html.lower()
+    # the outputs the rules mark with report(), each under its category
+    for category in ("PCA", "Augmentation", "Training", "Evaluation"):
+        assert category in html, category
+    for name in ("pca.png", "grid.png", "curve.png", "per_class.csv", "confusions.csv", "comparison.md"):
+        assert name in html, name
 
 
 def test_lint_is_clean(tmp_path):
