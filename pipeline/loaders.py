@@ -70,6 +70,7 @@ from pipeline import dali_pipes
 from pipeline.dali_pipes import READER
 from pipeline.errors import PipelineError
 from pipeline.pca_files import PCA, as_pca
+from pipeline.schema import defaults
 from pipeline.shards import (ManifestError, ShardIndexError, index_path, manifest_entries, shard_sample_count,
                              shard_sample_keys)
 
@@ -82,11 +83,16 @@ class LoaderError(PipelineError, ValueError):
     """Bad input to the augmentation stage: names the file or value and what to do."""
 
 
+AUGMENT = defaults("augment")
+
+
 @dataclass(frozen=True)
 class AugmentSettings:
-    lighting: str = "paper"         # paper | sqrt | none (see the module docstring)
-    lighting_std: float = 0.1       # paper, section 4.1: alpha ~ N(0, 0.1)
-    normalize: str = "mean_image"   # mean_image (paper, section 2) | channel
+    """The settings that shape the training's images: pipeline.schema.AUGMENT_SETTINGS, with the
+    config schema's defaults."""
+    lighting: str = AUGMENT["lighting"]          # paper | sqrt | none (see the module docstring)
+    lighting_std: float = AUGMENT["lighting_std"]  # paper, section 4.1: alpha ~ N(0, 0.1)
+    normalize: str = AUGMENT["normalize"]        # mean_image (paper, section 2) | channel
 
     def __post_init__(self):
         if self.lighting not in LIGHTING:

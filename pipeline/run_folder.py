@@ -20,9 +20,8 @@ from pathlib import Path
 from pipeline.checkpoint import keep_best, load_checkpoint, restore_best, save_checkpoint
 from pipeline.fingerprint import LABELS, changed_inputs
 from pipeline.io import read_json, write_json, write_text
+from pipeline.layout import ATTEMPT_FILE, FINISHED_FILE
 
-ATTEMPT_FILE = "attempt.json"
-FINISHED_FILE = "finished.json"
 SECTIONS = {"model": "the model", "recipe": "the recipe", "augment": "the augmentation"}
 # settings that joined a checkpoint's key later, with the value older checkpoints were trained with,
 # so an interrupted run from before still resumes

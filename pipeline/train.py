@@ -65,21 +65,19 @@ from pipeline.metrics import true_class_rank
 from pipeline.pca_files import load_pca
 from pipeline.placement import Placement
 from pipeline.recipe import make_optimizer, make_plateau, param_digest, warmup, warmup_factor
-from pipeline.run_folder import ATTEMPT_FILE, FINISHED_FILE, RunFolder, plan_start
-from pipeline.schema import defaults
+from pipeline.run_folder import RunFolder, plan_start
+from pipeline.schema import AUGMENT_SETTINGS, defaults
 from pipeline.train_curve import plot_curve
 from pipeline.train_log import EpochResult, TrainingDiverged, TrainingLog, Window
 from pipeline.train_state import TrainState, collapse_epoch
 
 __all__ = ["TrainConfig", "TrainingDiverged", "TrainConfigError", "train", "fit", "main",
-           # the recipe's and the run folder's parts, where tests and tools have found them
-           "make_optimizer", "make_plateau", "warmup_factor", "param_digest", "plan_start", "collapse_epoch",
-           "ATTEMPT_FILE", "FINISHED_FILE"]
+           # the recipe's parts, where the bench scripts and tests take them from
+           "make_optimizer", "make_plateau", "warmup_factor", "param_digest"]
 
 MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout", "dropout_style")
 RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "decay", "lr_factor", "patience", "seed",
                "warmup_steps", "steps_per_epoch")
-AUGMENT_KEYS = ("lighting", "lighting_std", "normalize")
 
 
 class TrainConfigError(PipelineError, ValueError):
@@ -129,7 +127,7 @@ class TrainConfig:
         """What a checkpoint must share with this run to be continued."""
         return {"model": self.model_config(num_classes),
                 "recipe": {k: getattr(self, k) for k in RECIPE_KEYS},
-                "augment": {k: getattr(self, k) for k in AUGMENT_KEYS}}
+                "augment": {k: getattr(self, k) for k in AUGMENT_SETTINGS}}
 
     def model_config(self, num_classes: int) -> dict:
         return {"num_classes": num_classes, **{k: getattr(self, k) for k in MODEL_KEYS}}

@@ -393,3 +393,13 @@ def test_stage_writes_grid_and_throughput(data, tmp_path, capsys, device):
     assert main(args[:-2] + ["--device", "tpu"]) == 1
     assert "error: device=tpu" in capsys.readouterr().err
     assert not (out / "augment.json").exists()
+
+
+def test_augment_settings_are_the_keys_the_workflow_passes_with_the_schemas_defaults():
+    import dataclasses
+
+    from pipeline.schema import AUGMENT_SETTINGS, defaults
+
+    fields = dataclasses.fields(AugmentSettings)
+    assert tuple(f.name for f in fields) == AUGMENT_SETTINGS
+    assert {f.name: f.default for f in fields} == {k: defaults("augment")[k] for k in AUGMENT_SETTINGS}

@@ -119,7 +119,9 @@ def test_report_shows_the_forecast(run_dir):
 
 def test_a_checkpoint_from_before_the_step_cap_still_resumes(tmp_path):
     """train.steps_per_epoch joined the checkpoint's key later: an older checkpoint trained with none (0)."""
-    from pipeline.train import TrainConfig, plan_start
+    from pipeline.run_folder import plan_start
+    from pipeline.train import TrainConfig
+
     key = TrainConfig().key(10)
     old = {section: dict(values) for section, values in key.items()}
     del old["recipe"]["steps_per_epoch"]

@@ -10,6 +10,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from pipeline.config_check import check_or_exit
+from pipeline.layout import ATTEMPT_FILE
+from pipeline.schema import AUGMENT_SETTINGS
 
 # Coerces command-line strings, validates, fills in the schema's defaults, and
 # checks local sources; exits with the keys at fault.
@@ -109,16 +111,13 @@ def settings_flags(section, keys=None, exclude=(), **extra):
 
 # augment.* keys the training and evaluation pipelines read (grid_samples and bench_batches are the augment
 # stage's own)
-AUGMENT_FLAGS = ("lighting", "lighting_std", "normalize")
-
-
 def train_settings():
     """Every setting of the train stage, from config: train.*, the augmentation, the devices.
 
     train.gpus is a resource (how many GPUs the job holds), not a flag."""
     return settings_flags("train", exclude=("gpus", "devices", "channels_last"), devices=train_devices(),
                           channels_last=str(TRAIN["channels_last"]).lower(),
-                          **{k: config["augment"][k] for k in AUGMENT_FLAGS})
+                          **{k: config["augment"][k] for k in AUGMENT_SETTINGS})
 
 
 def dali_threads(wildcards, threads):
