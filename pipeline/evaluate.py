@@ -95,18 +95,47 @@ def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_si
                       device=str(device), shard_id=shard_id, num_shards=num_shards, threads=threads)
 
 
+def check_inputs(shards_manifest, pca_json, mean_image, classes_tsv) -> None:
+    for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
+        if not Path(path).is_file():
+            raise EvaluateError(f"{path} does not exist; run the {stage} stage first")
+
+
+def reduce_over_ranks(counts: EvalCounts, loop_s: float, env) -> float:
+    """Sum the counts over the DDP ranks; the slowest rank's loop time."""
+    if env.world == 1:
+        return loop_s
+    counts.all_reduce()
+    loop = torch.tensor([loop_s], dtype=torch.float64, device=counts.tensors["images"].device)
+    torch.distributed.all_reduce(loop, op=torch.distributed.ReduceOp.MAX)
+    return loop.item()
+
+
+def check_counts(counts: EvalCounts, shards_manifest, max_images: int) -> tuple[int, bool]:
+    """(images the manifest lists, whether the scoring was capped short of them); every image
+    scored exactly once otherwise."""
+    expected, per_class = val_counts(shards_manifest)
+    scored = counts.tensors["class_images"].tolist()
+    partial = max_images > 0 and counts.images < expected
+    if counts.images > expected:
+        raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists only {expected}")
+    if not partial and (counts.images != expected or (per_class is not None and scored != per_class)):
+        raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists {expected}"
+                            + ("" if counts.images != expected else " with other per-class counts")
+                            + "; every image must be scored exactly once (check the val shards and their .idx files)")
+    return expected, partial
+
+
 def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out_dir, dataset_name: str = "demo",
              batch_size: int = EVALUATE["batch_size"], devices: str = "auto", threads: int = 2,
              top_confusions: int = 20, max_images: int = EVALUATE["max_images"]) -> dict:
     """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict.
 
-    max_images > 0 scores only about that many (whole batches; a rehearsal's cap, so the
-    preflight measures the ten-crop speed without scoring 50,000 images on a CPU): metrics.json
-    then says partial: true and the per-class counts are not checked."""
+    `threads`: DALI CPU threads. max_images > 0 scores only about that many (whole batches; a
+    rehearsal's cap, so the preflight measures the ten-crop speed without scoring 50,000 images
+    on a CPU): metrics.json then says partial: true and the per-class counts are not checked."""
     t0 = time.perf_counter()
-    for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
-        if not Path(path).is_file():
-            raise EvaluateError(f"{path} does not exist; run the {stage} stage first")
+    check_inputs(shards_manifest, pca_json, mean_image, classes_tsv)
     try:
         env, devs = launch_from_env(devices)
     except DeviceError as exc:
@@ -123,20 +152,8 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
                              batch_size, model.input_device, env.rank, env.world, threads)
         rank_cap = -(-max_images // env.world) if max_images > 0 else 0
         counts, loop_s = score(model, loader, num_classes, progress=env.main, max_images=rank_cap)
-        if env.world > 1:
-            counts.all_reduce()
-            loop = torch.tensor([loop_s], dtype=torch.float64, device=counts.tensors["images"].device)
-            torch.distributed.all_reduce(loop, op=torch.distributed.ReduceOp.MAX)
-            loop_s = loop.item()
-        expected, per_class = val_counts(shards_manifest)
-        scored = counts.tensors["class_images"].tolist()
-        partial = max_images > 0 and counts.images < expected
-        if counts.images > expected:
-            raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists only {expected}")
-        if not partial and (counts.images != expected or (per_class is not None and scored != per_class)):
-            raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists {expected}"
-                                + ("" if counts.images != expected else " with other per-class counts")
-                                + "; every image must be scored exactly once (check the val shards and their .idx files)")
+        loop_s = reduce_over_ranks(counts, loop_s, env)
+        expected, partial = check_counts(counts, shards_manifest, max_images)
         metrics = {
             **counts.errors(),
             "val_images": counts.images,

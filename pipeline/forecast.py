@@ -203,6 +203,94 @@ def _fit_jobs(jobs: list[dict]) -> tuple[float, float, float]:
     return startup, per_image, max(peaks) if peaks else None
 
 
+def _fetch_stage(m: dict, archive_bytes: int) -> tuple[str, dict]:
+    f = m["fetch"]
+    verify_s = archive_bytes / 1e6 / f["hash_mb_per_s"] if f.get("hash_mb_per_s") else f["job"]["wall_s"]
+    return _stage("fetch", verify_s + f["job"]["wall_s"], f["job"]["max_rss_mb"], archive_bytes,
+                  "MD5 of the archives at the measured rate; the download (its size under disk) "
+                  "depends on your network and is not included",
+                  download_gb=archive_bytes / GB)
+
+
+def _index_stages(m: dict, scale: dict) -> list[tuple[str, dict]]:
+    # a job's start-up (interpreter, imports, Snakemake's wrapper), as the resize shard jobs measured it,
+    # does not grow with the images; the rest of a one-job stage does
+    startup = _fit_jobs(m["resize"]["train"])[0]
+    out = []
+    for split in ("train", "val"):
+        ix = m["index"][split]
+        work = max(0.0, ix["job"]["wall_s"] - startup)
+        out.append(_stage(f"index {split}", startup + work * scale[split], ix["job"]["max_rss_mb"],
+                          ix["bytes"] * scale[split], f"{startup:.1f} s start-up + the rest x images"))
+    return out
+
+
+def _resize_stages(m: dict, n: dict, cores: int) -> list[tuple[str, dict]]:
+    gap = scheduling_gap(m, cores)
+    out = []
+    for split in ("train", "val"):
+        jobs = m["resize"][split]
+        startup, per_image, job_mb = _fit_jobs(jobs)
+        count = len(jobs)
+        job_s = startup + per_image * n[split] / count
+        wall = count * (job_s + gap) / max(1, min(cores, count))
+        shard_bytes = sum(j["bytes"] for j in jobs) / max(1, sum(j["images"] for j in jobs)) * n[split]
+        stats_bytes = sum(j["stats_bytes"] for j in jobs)
+        peak = None if job_mb is None else job_mb * min(cores, count)
+        out.append(_stage(f"resize {split}", wall, peak, shard_bytes + stats_bytes,
+                          f"{count} jobs on {min(cores, count)} cores: {startup:.2f} s per job + "
+                          f"{per_image * 1000:.2f} ms per image, {gap:.2f} s scheduling per job",
+                          jobs=count, job_seconds=job_s, startup_s_per_job=startup, scheduling_s_per_job=gap,
+                          seconds_per_image=per_image, startup_share=startup / job_s if job_s else 0.0))
+    return out
+
+
+def _fixed_stages(m: dict) -> list[tuple[str, dict]]:
+    out = []
+    for key, name in (("resize_manifest", "resize manifest"), ("pca", "pca"), ("augment", "augment")):
+        job = m[key]["job"]
+        out.append(_stage(name, job["wall_s"], job["max_rss_mb"], m[key].get("bytes", 0),
+                          "fixed per shard count: as measured"))
+    return out
+
+
+def _train_stage(m: dict, train_images: int, val_images: int, epochs: int, steps_per_epoch: int) -> tuple[str, dict]:
+    t = m["train"]
+    per_epoch = math.floor(train_images / t["batch_size"])
+    steps = (min(per_epoch, steps_per_epoch) if steps_per_epoch else per_epoch) * epochs
+    train_s = steps * t["batch_size"] / t["images_per_s"]
+    val_rate = m["val_images"] / t["val_s_per_epoch"]
+    val_s = epochs * (val_images / val_rate + t["save_s_per_epoch"]) + t["fixed_s"]
+    lines = steps / t["log_every"] + epochs
+    # last.pt, the best epoch's file (best.pt is a hard link), and one replaced run kept in previous/
+    train_disk = 4 * t["checkpoint_bytes"] + lines * t["jsonl_bytes_per_window"]
+    return _stage("train", train_s + val_s, t["job"]["max_rss_mb"], train_disk,
+                  f"{steps} steps at {t['images_per_s']:.1f} images/s (steady) + per epoch a validation "
+                  f"pass at {val_rate:.1f} images/s and {t['save_s_per_epoch']:.1f} s of checkpoint + "
+                  f"{t['fixed_s']:.0f} s start-up",
+                  steps=steps, images_per_s=t["images_per_s"], validation_images_per_s=val_rate,
+                  peak_device_memory_gb=t["peak_device_mem_mb"] / 1024)
+
+
+def _evaluate_stage(m: dict, val_images: int, eval_images: int | None) -> tuple[str, dict]:
+    e = m["evaluate"]
+    fixed = max(0.0, e["job"]["wall_s"] - e["images"] / e["images_per_s"])
+    scored = val_images if eval_images is None else min(val_images, eval_images)
+    return _stage("evaluate", fixed + scored / e["images_per_s"], e["job"]["max_rss_mb"], 0,
+                  f"ten-crop at {e['images_per_s']:.1f} images/s + {fixed:.0f} s start-up")
+
+
+def _input_bound(m: dict) -> dict:
+    input_rate, train_rate = m["augment"]["train_images_per_s"], m["train"]["images_per_s"]
+    return {
+        "dali_images_per_s": input_rate, "dali_threads": m["augment"]["threads"],
+        "train_images_per_s": train_rate,
+        "verdict": ("input-bound: the DALI pipeline delivers fewer images/s than the training consumes; "
+                    "give the train job more cores (resource dali_threads)")
+        if input_rate and input_rate < train_rate else
+        "compute-bound: the DALI pipeline delivers more images/s than the training consumes"}
+
+
 def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: int = IMAGENET["val_images"],
              epochs: int = IMAGENET["epochs"], cores: int = 1, archive_bytes: int | None = None,
              steps_per_epoch: int = 0, eval_images: int | None = None) -> dict:
@@ -214,71 +302,11 @@ def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: 
     n = {"train": train_images, "val": val_images}
     scale = {s: n[s] / max(1, m[f"{s}_images"]) for s in n}
     archive_bytes = sum(IMAGENET["archive_bytes"].values()) if archive_bytes is None else archive_bytes
-    stages = []
-
-    f = m["fetch"]
-    verify_s = archive_bytes / 1e6 / f["hash_mb_per_s"] if f.get("hash_mb_per_s") else f["job"]["wall_s"]
-    stages.append(_stage("fetch", verify_s + f["job"]["wall_s"], f["job"]["max_rss_mb"], archive_bytes,
-                         "MD5 of the archives at the measured rate; the download (its size under disk) "
-                         "depends on your network and is not included",
-                         download_gb=archive_bytes / GB))
-
-    # a job's start-up (interpreter, imports, Snakemake's wrapper), as the resize shard jobs measured it,
-    # does not grow with the images; the rest of a one-job stage does
-    startup = _fit_jobs(m["resize"]["train"])[0]
-    for split in ("train", "val"):
-        ix = m["index"][split]
-        work = max(0.0, ix["job"]["wall_s"] - startup)
-        stages.append(_stage(f"index {split}", startup + work * scale[split], ix["job"]["max_rss_mb"],
-                             ix["bytes"] * scale[split], f"{startup:.1f} s start-up + the rest x images"))
-
-    gap = scheduling_gap(m, cores)
-    for split in ("train", "val"):
-        jobs = m["resize"][split]
-        startup, per_image, job_mb = _fit_jobs(jobs)
-        count = len(jobs)
-        per_job_images = n[split] / count
-        job_s = startup + per_image * per_job_images
-        wall = count * (job_s + gap) / max(1, min(cores, count))
-        shard_bytes = sum(j["bytes"] for j in jobs) / max(1, sum(j["images"] for j in jobs)) * n[split]
-        stats_bytes = sum(j["stats_bytes"] for j in jobs)
-        peak = None if job_mb is None else job_mb * min(cores, count)
-        stages.append(_stage(f"resize {split}", wall, peak, shard_bytes + stats_bytes,
-                             f"{count} jobs on {min(cores, count)} cores: {startup:.2f} s per job + "
-                             f"{per_image * 1000:.2f} ms per image, {gap:.2f} s scheduling per job",
-                             jobs=count, job_seconds=job_s, startup_s_per_job=startup, scheduling_s_per_job=gap,
-                             seconds_per_image=per_image, startup_share=startup / job_s if job_s else 0.0))
-
-    for key, name in (("resize_manifest", "resize manifest"), ("pca", "pca"), ("augment", "augment")):
-        job = m[key]["job"]
-        stages.append(_stage(name, job["wall_s"], job["max_rss_mb"], m[key].get("bytes", 0),
-                             "fixed per shard count: as measured"))
-
-    t = m["train"]
-    per_epoch = math.floor(train_images / t["batch_size"])
-    steps = (min(per_epoch, steps_per_epoch) if steps_per_epoch else per_epoch) * epochs
-    train_s = steps * t["batch_size"] / t["images_per_s"]
-    val_rate = m["val_images"] / t["val_s_per_epoch"]
-    val_s = epochs * (val_images / val_rate + t["save_s_per_epoch"]) + t["fixed_s"]
-    lines = steps / t["log_every"] + epochs
-    # last.pt, the best epoch's file (best.pt is a hard link), and one replaced run kept in previous/
-    train_disk = 4 * t["checkpoint_bytes"] + lines * t["jsonl_bytes_per_window"]
-    stages.append(_stage("train", train_s + val_s, t["job"]["max_rss_mb"], train_disk,
-                         f"{steps} steps at {t['images_per_s']:.1f} images/s (steady) + per epoch a validation "
-                         f"pass at {val_rate:.1f} images/s and {t['save_s_per_epoch']:.1f} s of checkpoint + "
-                         f"{t['fixed_s']:.0f} s start-up",
-                         steps=steps, images_per_s=t["images_per_s"], validation_images_per_s=val_rate,
-                         peak_device_memory_gb=t["peak_device_mem_mb"] / 1024))
-
-    e = m["evaluate"]
-    fixed = max(0.0, e["job"]["wall_s"] - e["images"] / e["images_per_s"])
-    scored = val_images if eval_images is None else min(val_images, eval_images)
-    stages.append(_stage("evaluate", fixed + scored / e["images_per_s"], e["job"]["max_rss_mb"], 0,
-                         f"ten-crop at {e['images_per_s']:.1f} images/s + {fixed:.0f} s start-up"))
-
-    stages = dict(stages)
+    stages = dict([_fetch_stage(m, archive_bytes), *_index_stages(m, scale), *_resize_stages(m, n, cores),
+                   *_fixed_stages(m), _train_stage(m, train_images, val_images, epochs, steps_per_epoch),
+                   _evaluate_stage(m, val_images, eval_images)])
     total_s = sum(s["seconds"] for s in stages.values())
-    input_rate = m["augment"]["train_images_per_s"]
+    t = m["train"]
     return {
         "target": {"train_images": train_images, "val_images": val_images, "epochs": epochs,
                    "archive_gb": archive_bytes / GB},
@@ -289,13 +317,7 @@ def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: 
                   "disk_gb": sum(s["disk_gb"] for s in stages.values()),
                   "peak_memory_gb": max((s["peak_memory_gb"] for s in stages.values()
                                          if s["peak_memory_gb"] is not None), default=None)},
-        "input_bound": {
-            "dali_images_per_s": input_rate, "dali_threads": m["augment"]["threads"],
-            "train_images_per_s": t["images_per_s"],
-            "verdict": ("input-bound: the DALI pipeline delivers fewer images/s than the training consumes; "
-                        "give the train job more cores (resource dali_threads)")
-            if input_rate and input_rate < t["images_per_s"] else
-            "compute-bound: the DALI pipeline delivers more images/s than the training consumes"},
+        "input_bound": _input_bound(m),
     }
 
 
