@@ -63,13 +63,13 @@ from pipeline.io import read_classes
 from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, manifest_shards
 from pipeline.metrics import true_class_rank
 from pipeline.pca_files import load_pca
-from pipeline.placement import Placement
-from pipeline.recipe import make_optimizer, make_plateau, param_digest, warmup, warmup_factor
-from pipeline.run_folder import RunFolder, plan_start
 from pipeline.schema import AUGMENT_SETTINGS, defaults
-from pipeline.train_curve import plot_curve
-from pipeline.train_log import EpochResult, TrainingDiverged, TrainingLog, Window
-from pipeline.train_state import TrainState, collapse_epoch
+from pipeline.training.curve import plot_curve
+from pipeline.training.log import EpochResult, TrainingDiverged, TrainingLog, Window
+from pipeline.training.placement import Placement
+from pipeline.training.recipe import make_optimizer, make_plateau, param_digest, warmup, warmup_factor
+from pipeline.training.run_folder import RunFolder, plan_start
+from pipeline.training.state import TrainState, collapse_epoch
 
 __all__ = ["TrainConfig", "TrainingDiverged", "TrainConfigError", "train", "fit", "main",
            # the recipe's parts, where the bench scripts and tests take them from

@@ -7,7 +7,6 @@ and unit checks that the forecast scales each cost the way it says.
 """
 import copy
 import json
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -119,7 +118,7 @@ def test_report_shows_the_forecast(run_dir):
 
 def test_a_checkpoint_from_before_the_step_cap_still_resumes(tmp_path):
     """train.steps_per_epoch joined the checkpoint's key later: an older checkpoint trained with none (0)."""
-    from pipeline.run_folder import plan_start
+    from pipeline.training.run_folder import plan_start
     from pipeline.train import TrainConfig
 
     key = TrainConfig().key(10)

@@ -23,7 +23,7 @@ from pipeline.io import write_json, write_tsv
 from pipeline.shards import ShardWriter
 from pipeline.devices import DeviceError, Dist, resolve_devices
 from pipeline.train import TrainConfig, TrainingDiverged, fit, make_loaders, param_digest, train
-from pipeline.train_state import collapse_epoch
+from pipeline.training.state import collapse_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 4

@@ -5,7 +5,7 @@ import torch
 
 from pipeline.checkpoint import build_model
 from pipeline.devices import Dist
-from pipeline.placement import Placement
+from pipeline.training.placement import Placement
 
 CONFIG = {"num_classes": 3, "width": 0.0625, "lrn": True, "overlapping_pool": True, "init": "caffe",
           "dropout": 0.5, "dropout_style": "paper"}

@@ -22,9 +22,9 @@ from pipeline.devices import Dist, all_sum
 from pipeline.errors import PipelineError
 from pipeline.health import LossWatch
 from pipeline.metrics import true_class_rank
-from pipeline.run_folder import RunFolder
-from pipeline.train_curve import plot_curve
-from pipeline.train_state import TrainState, collapse_epoch
+from pipeline.training.run_folder import RunFolder
+from pipeline.training.curve import plot_curve
+from pipeline.training.state import TrainState, collapse_epoch
 
 
 class TrainingDiverged(PipelineError, RuntimeError):

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pipeline.devices import Dist
-from pipeline.run_folder import RunFolder
-from pipeline.train_log import EpochResult, TrainingDiverged, TrainingLog, Window
-from pipeline.train_state import TrainState
+from pipeline.training.run_folder import RunFolder
+from pipeline.training.log import EpochResult, TrainingDiverged, TrainingLog, Window
+from pipeline.training.state import TrainState
 
 
 def _log(tmp_path, classes=4):

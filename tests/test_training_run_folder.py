@@ -7,7 +7,7 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.io import read_json
-from pipeline.run_folder import RunFolder, plan_start, set_aside, truncate_jsonl
+from pipeline.training.run_folder import RunFolder, plan_start, set_aside, truncate_jsonl
 from pipeline.train import TrainConfig
 
 CLASSES = 4

@@ -3,7 +3,7 @@
     out_dir/checkpoints/last.pt        every epoch (pipeline/checkpoint.py)
     out_dir/checkpoints/epoch-NNN.pt   the best epoch, best.pt a hard link to it
     out_dir/checkpoints/finished.json  the run of last.pt reached its end
-    out_dir/metrics.jsonl, curve.png   the training log (pipeline/train_log.py)
+    out_dir/metrics.jsonl, curve.png   the training log (pipeline/training/log.py)
     out_dir/attempt.json               how the latest attempt started (read by the tracking)
     out_dir/train.json                 the summary; its presence means the stage finished
     out_dir/previous/                  the replaced run, one generation kept

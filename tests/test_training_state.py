@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.recipe import make_plateau, warmup
-from pipeline.train_state import TrainState, collapse_epoch
+from pipeline.training.recipe import make_plateau, warmup
+from pipeline.training.state import TrainState, collapse_epoch
 
 
 def test_state_round_trips_through_a_checkpoint_and_fills_missing_counters():
