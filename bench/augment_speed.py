@@ -15,8 +15,8 @@ Images/s, each over --batches batches after --warmup batches, on the same
 Targets: DALI on the CPU at least 3x the DataLoader on the same cores; on one
 H100/H200 at batch 256, at least 15,000 images/s. Figures: bench/RESULTS-augment.md.
 
-    python bench/augment_speed.py --make-shards 4096 --device cpu --batch 128 --threads 2 --cores 2
-    python bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --threads 8 \
+    python bench/augment_speed.py --make-shards 4096 --device cpu --batch 128 --dali-threads 2 --cores 2
+    python bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --dali-threads 8 \
         --batches 50 --no-torch --json gpu.json
 
 Needs torch, nvidia-dali, numpy and pillow (no snakemake, no mlflow). Without
@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mean-image", help="mean_image.npy (default: the per-channel mean everywhere)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, nargs="+", default=[2], help="DALI CPU threads (several: one run each)")
+    p.add_argument("--dali-threads", type=int, nargs="+", default=[2], help="DALI CPU threads (several: one run each)")
     p.add_argument("--cores", type=int, default=0, help="pin this process and its workers to the first N cores")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -199,7 +199,7 @@ def _pca(a: argparse.Namespace):
 def _runs(a: argparse.Namespace, shards: list[str], pca, s: AugmentSettings) -> dict:
     """{(pipeline, threads or workers): a function returning an endless batch iterator}."""
     runs = {}
-    for t in a.threads:
+    for t in a.dali_threads:
         common = dict(settings=s, device=a.device, threads=t)
         train = TrainLoader(shards, pca, a.batch, seed=0, **common)
         runs["dali_train", t] = lambda train=train: forever(train.epoch)
@@ -273,7 +273,7 @@ def main(argv=None):
                "images": TrainLoader(shards, pca, a.batch, settings=s).total, "jpeg_bytes": round(jpeg_bytes),
                "lighting": a.lighting, "normalize": a.normalize}
         res["runs"] = _measure(_runs(a, shards, pca, s), a, cuda)
-        res.update(_ratios(res["runs"], a.threads, a.torch_workers))
+        res.update(_ratios(res["runs"], a.dali_threads, a.torch_workers))
     _print_table(res)
     if a.json:
         with open(a.json, "w") as f:

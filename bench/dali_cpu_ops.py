@@ -20,7 +20,7 @@ between two rows is the per-image CPU cost of what one adds.
     sub_lighting  crop_then_sub, minus a per-sample lighting offset broadcast over H, W
     *_fast_idct   the same with libjpeg-turbo's fast integer IDCT (decoder use_fast_idct)
 
-    python bench/dali_cpu_ops.py --images 2048 --threads 2 --repeats 5
+    python bench/dali_cpu_ops.py --images 2048 --dali-threads 2 --repeats 5
 
 Figures: bench/RESULTS-augment.md. Needs nvidia-dali, numpy and pillow.
 """
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=2048, help="synthetic images in the shards")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2, help="DALI threads")
+    p.add_argument("--dali-threads", type=int, default=2, help="DALI threads")
     p.add_argument("--batches", type=int, default=8, help="timed batches per pass")
     p.add_argument("--repeats", type=int, default=5, help="interleaved passes; the best counts")
     p.add_argument("--only", nargs="*", choices=VARIANTS, help="measure only these")
@@ -124,12 +124,12 @@ def main(argv=None) -> int:
         pipes = {}
         for variant in a.only or VARIANTS:
             pipes[variant] = variant_pipe(shards=shards, variant=variant, mean_image=mean_image, batch_size=a.batch,
-                                          num_threads=a.threads, device_id=None, seed=1, prefetch_queue_depth=1)
+                                          num_threads=a.dali_threads, device_id=None, seed=1, prefetch_queue_depth=1)
             pipes[variant].build()
             pipes[variant].run()  # warm-up
         rows = measure(pipes, a.batch, a.batches, a.repeats)
         del pipes
-    print(f"DALI CPU, batch {a.batch}, {a.threads} threads, {a.images} images of {size:.0f} bytes\n")
+    print(f"DALI CPU, batch {a.batch}, {a.dali_threads} threads, {a.images} images of {size:.0f} bytes\n")
     print("| variant | images/CPU-s | CPU ms/image | images/s |")
     print("| --- | ---: | ---: | ---: |")
     for variant, (cpu, wall) in rows.items():

@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_KEYS = ("width", "init", "dropout_style", "decay", "warmup_steps", "batch_size", "lr", "momentum",
-              "weight_decay", "lr_factor", "patience", "epochs", "log_every", "workers")
+              "weight_decay", "lr_factor", "patience", "epochs", "log_every")
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ tenfold. Each rate is the best of --repeats passes over all images (the modes
 interleaved), timed from the first batch on (pipeline build and first batch
 excluded).
 
-    python bench/eval_speed.py --images 96 --widths 0.25,1.0 --device cpu --batch 16 --threads 2
-    python bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --threads 8
+    python bench/eval_speed.py --images 96 --widths 0.25,1.0 --device cpu --batch 16 --dali-threads 2
+    python bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --dali-threads 8
 
 Needs torch, nvidia-dali, numpy and pillow. Writes synthetic shards (smooth
 random scenes with grain, JPEG quality 90 like the resize stage) to a
@@ -101,7 +101,7 @@ def run(shards, width: float, device: torch.device, batch: int, threads: int, re
 
 
 def markdown(rows: list[dict], args, device_name: str) -> str:
-    lines = [f"Device: {device_name}; {args.images} images, batch {args.batch}, DALI threads {args.threads}, "
+    lines = [f"Device: {device_name}; {args.images} images, batch {args.batch}, DALI threads {args.dali_threads}, "
              f"torch threads {torch.get_num_threads()}; best of {args.repeats}. "
              "Images/s (images per CPU-second in brackets).", "",
              "| width | load centre | load ten | centre | ten-crop | ten/centre per image, wall (CPU) |",
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--widths", default="0.25,1.0", help="AlexNet width multipliers, comma-separated")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (DALI decodes on the GPU then)")
     p.add_argument("--batch", type=int, default=16, help="images per batch (ten-crop: 10x the views)")
-    p.add_argument("--threads", type=int, default=2, help="DALI threads")
+    p.add_argument("--dali-threads", type=int, default=2, help="DALI threads")
     p.add_argument("--repeats", type=int, default=2, help="passes per measurement; the best counts")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
         f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     with tempfile.TemporaryDirectory() as tmp:
         shards, _ = make_shards(tmp, args.images, "val", classes=CLASSES, discs=0)
-        rows = [run(shards, float(w), device, args.batch, args.threads, args.repeats) for w in args.widths.split(",")]
+        rows = [run(shards, float(w), device, args.batch, args.dali_threads, args.repeats)
+                for w in args.widths.split(",")]
     text = markdown(rows, args, device_name)
     print(text)
     if args.json:

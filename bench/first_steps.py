@@ -36,7 +36,7 @@ def run(args) -> dict:
     res = Path(args.results)
     cfg = TrainConfig(width=args.width, init=args.init, dropout_style=args.dropout_style, decay=args.decay,
                       warmup_steps=args.warmup_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                      workers=2, devices="cpu")
+                      dali_threads=2, devices="cpu")
     num_classes = len(read_classes(res / "fetch/classes.tsv"))
     seed_everything(cfg.seed)
     model = build_model(cfg.model_config(num_classes), ["cpu"])

@@ -38,15 +38,15 @@ step() {  # step NAME SECONDS COMMAND...: run with at most SECONDS (or what the 
 step preflight 240 env OUT="$OUT" bash bench/gpu_preflight.sh
 step trainability 240 env OUT="$OUT" bash bench/gpu_trainability.sh
 step train 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --log-every 40 \
-    --input synthetic dali --precision bf16 fp32 --workers 8 --json "$OUT/train.json"
+    --input synthetic dali --precision bf16 fp32 --dali-threads 8 --json "$OUT/train.json"
 step stages 240 env WORK=/tmp/gpu-stages bash bench/gpu_stages.sh
-step threads 60 python3 bench/dali_threads.py --results /tmp/gpu-stages/results --device cuda:0 --threads 2 8
-step augment 120 python3 bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --threads 8 \
+step threads 60 python3 bench/dali_threads.py --results /tmp/gpu-stages/results --device cuda:0 --dali-threads 2 8
+step augment 120 python3 bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --dali-threads 8 \
     --batches 50 --no-torch --json "$OUT/augment.json"
-step eval 90 python3 bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --threads 8 \
+step eval 90 python3 bench/eval_speed.py --images 4096 --widths 1.0 --device cuda:0 --batch 128 --dali-threads 8 \
     --json "$OUT/eval.json"
 step model 240 python3 bench/model_speed.py --device cuda --iters 30 --compile --json "$OUT/model.json"
 step train_compile 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 \
-    --log-every 40 --input synthetic dali --precision bf16 --compile --workers 8 --json "$OUT/train_compile.json"
+    --log-every 40 --input synthetic dali --precision bf16 --compile --dali-threads 8 --json "$OUT/train_compile.json"
 step monitor 60 python3 bench/monitor_cost.py --device cuda --bf16 --steps 30
 exit $status

@@ -17,7 +17,7 @@ python3 -m pipeline.train --manifest "$R/shards/manifest.json" --pca "$R/pca/pca
     --mean-image "$R/pca/mean_image.npy" --classes "$R/fetch/classes.tsv" --out-dir "$WORK/train" --fresh \
     --devices "${DEVICES:-auto}" --width 1.0 --init paper --dropout-style paper --decay weights --warmup-steps 0 \
     --batch-size 128 --lr 0.01 --momentum 0.9 --weight-decay 0.0005 --patience 5 --epochs "$EPOCHS" \
-    --log-every 10 --seed 0 --workers 8
+    --log-every 10 --seed 0 --dali-threads 8
 rc=$?
 for f in curve.png metrics.jsonl train.json; do cp "$WORK/train/$f" "$OUT/trainability-$f" 2>/dev/null; done
 python3 bench/trainability_table.py "$WORK/train/metrics.jsonl"

@@ -84,11 +84,12 @@ class Take:
 
 
 def run_case(width, batch, steps, device, source, shards, pca, precision, channels_last, compile_, classes,
-             workers, log_every) -> dict:
+             dali_threads, torch_threads, log_every) -> dict:
     from pipeline.checkpoint import build_model
 
     cfg = TrainConfig(width=width, batch_size=batch, epochs=1, log_every=log_every, precision=precision,
-                      channels_last=channels_last, compile=compile_, workers=workers)
+                      channels_last=channels_last, compile=compile_, dali_threads=dali_threads,
+                      torch_threads=torch_threads)
     torch.manual_seed(0)
     model = build_model(cfg.model_config(classes), [device])
     if source == "synthetic":
@@ -99,7 +100,7 @@ def run_case(width, batch, steps, device, source, shards, pca, precision, channe
 
         settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
         full = TrainLoader(shards, pca, batch, settings=settings, device=device,
-                           seed=0, threads=workers)
+                           seed=0, threads=dali_threads)
         train_loader = Take(full, steps)
         eval_loader = OneBatchEval(SyntheticLoader(batch, 1, classes, device))
     with tempfile.TemporaryDirectory() as out:
@@ -125,14 +126,14 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=4, help="DALI threads")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--dali-threads", type=int, default=4, help="DALI CPU threads")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--shards", nargs="*", help="train shards (.tar with .idx); generated when absent")
     p.add_argument("--pca", nargs=2, metavar=("PCA_JSON", "MEAN_IMAGE"))
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     log_every = args.log_every or max(1, args.steps // 5)
 
     shards, pca, tmp = args.shards, None, None
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
         for precision in args.precision:
             for source in args.input:
                 r = run_case(width, args.batch, args.steps, args.device, source, shards, pca, precision,
-                             args.channels_last, args.compile, args.classes, args.workers, log_every)
+                             args.channels_last, args.compile, args.classes, args.dali_threads,
+                             args.torch_threads, log_every)
                 results.append(r)
                 print(json.dumps(r), file=sys.stderr)
     if args.json:
