@@ -38,7 +38,7 @@ step() {  # step NAME SECONDS COMMAND...: run with at most SECONDS (or what the 
 step preflight 240 env OUT="$OUT" bash bench/gpu_preflight.sh
 step trainability 240 env OUT="$OUT" bash bench/gpu_trainability.sh
 step train 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --log-every 40 \
-    --input synthetic dali --precision bf16 fp32 --dali-threads 8 --json "$OUT/train.json"
+    --input synthetic dali --precision bf16 fp32 --dali-threads 8 --input-wait sync nosync --json "$OUT/train.json"
 step stages 240 env WORK=/tmp/gpu-stages bash bench/gpu_stages.sh
 step threads 60 python3 bench/dali_threads.py --results /tmp/gpu-stages/results --device cuda:0 --dali-threads 2 8
 step augment 120 python3 bench/augment_speed.py --make-shards 16384 --device cuda:0 --batch 256 --dali-threads 8 \

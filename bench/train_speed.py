@@ -11,7 +11,11 @@ left out. Two inputs:
                flip, PCA lighting, then the step (end to end)
 
 If synthetic >> dali the input pipeline bounds training; if they are close,
-compute does. Needs torch, numpy, pillow, and nvidia-dali for the dali case;
+compute does. Each case also reports the loop's median data_wait_fraction
+(the share of a window spent waiting for the next batch), and with
+--input-wait nosync a second run of each case without the synchronisations
+that make that figure honest on a GPU: the difference in images/s is what
+measuring the wait costs. Needs torch, numpy, pillow, and nvidia-dali for the dali case;
 shards are generated (bench/synthetic.py: photo-like 256x256 JPEGs, as in the
 augmentation benchmark) when --shards is not given; PCA: ImageNet's published
 statistics unless --pca names the pca stage's files.
@@ -25,6 +29,7 @@ Results: bench/RESULTS-train.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -37,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare checkout
 
+import pipeline.devices  # noqa: E402
 from pipeline.devices import Dist  # noqa: E402
 from pipeline.train import TrainConfig, fit  # noqa: E402
 from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
@@ -83,8 +89,20 @@ class Take:
             yield batch
 
 
+@contextlib.contextmanager
+def input_sync(mode: str):
+    """mode nosync: InputWait without its device synchronisations, to measure what they cost."""
+    kept = pipeline.devices.synchronize
+    if mode == "nosync":
+        pipeline.devices.synchronize = lambda devices: None
+    try:
+        yield
+    finally:
+        pipeline.devices.synchronize = kept
+
+
 def run_case(width, batch, steps, device, source, shards, pca, precision, channels_last, compile_, classes,
-             dali_threads, torch_threads, log_every) -> dict:
+             dali_threads, torch_threads, log_every, wait_mode="sync") -> dict:
     from pipeline.checkpoint import build_model
 
     cfg = TrainConfig(width=width, batch_size=batch, epochs=1, log_every=log_every, precision=precision,
@@ -103,15 +121,16 @@ def run_case(width, batch, steps, device, source, shards, pca, precision, channe
                            seed=0, threads=dali_threads)
         train_loader = Take(full, steps)
         eval_loader = OneBatchEval(SyntheticLoader(batch, 1, classes, device))
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, input_sync(wait_mode):
         summary = fit(model, train_loader, eval_loader, cfg, out, classes, Dist(), [device], fresh=True)
         rows = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
-    steady = rates[1:] or rates
+    windows = [r for r in rows if "images_per_s" in r]
+    steady = windows[1:] or windows
     return {"input": source, "device": device, "width": width, "batch": batch, "steps": summary["steps"],
             "precision": summary["precision"], "channels_last": summary["channels_last"], "compile": compile_,
-            "images_per_s": statistics.median(steady), "parameters": summary["parameters"],
-            "peak_mem_mb": rows[-1]["peak_mem_mb"]}
+            "input_wait": wait_mode, "images_per_s": statistics.median(r["images_per_s"] for r in steady),
+            "data_wait_fraction": statistics.median(r["data_wait_fraction"] for r in steady),
+            "parameters": summary["parameters"], "peak_mem_mb": rows[-1]["peak_mem_mb"]}
 
 
 def main(argv=None) -> int:
@@ -130,6 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--shards", nargs="*", help="train shards (.tar with .idx); generated when absent")
     p.add_argument("--pca", nargs=2, metavar=("PCA_JSON", "MEAN_IMAGE"))
+    p.add_argument("--input-wait", nargs="+", default=["sync"], choices=["sync", "nosync"],
+                   help="nosync: also without InputWait's device synchronisations (their cost)")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
     if args.torch_threads:
@@ -153,20 +174,23 @@ def main(argv=None) -> int:
     for width in args.widths:
         for precision in args.precision:
             for source in args.input:
-                r = run_case(width, args.batch, args.steps, args.device, source, shards, pca, precision,
-                             args.channels_last, args.compile, args.classes, args.dali_threads,
-                             args.torch_threads, log_every)
-                results.append(r)
-                print(json.dumps(r), file=sys.stderr)
+                for mode in args.input_wait:
+                    r = run_case(width, args.batch, args.steps, args.device, source, shards, pca, precision,
+                                 args.channels_last, args.compile, args.classes, args.dali_threads,
+                                 args.torch_threads, log_every, mode)
+                    results.append(r)
+                    print(json.dumps(r), file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print("| input | width | batch | precision | channels_last | compile | images/s | peak MB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| input | width | batch | precision | channels_last | compile | input wait | images/s | "
+          "data wait | peak MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(f"| {r['input']} | {r['width']} | {r['batch']} | {r['precision']} | {r['channels_last']} | "
-              f"{r['compile']} | {r['images_per_s']:.0f} | {r['peak_mem_mb']:.0f} |")
+              f"{r['compile']} | {r['input_wait']} | {r['images_per_s']:.0f} | {r['data_wait_fraction']:.1%} | "
+              f"{r['peak_mem_mb']:.0f} |")
     if tmp:
         tmp.cleanup()
     return 0

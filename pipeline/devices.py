@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import resource
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,3 +96,43 @@ def gather(obj, env: Dist) -> list:
     out = [None] * env.world
     dist.all_gather_object(out, obj)
     return out
+
+
+def synchronize(devices: list[str] | list[torch.device]) -> None:
+    """Wait for every stream on the GPUs among `devices` (DALI's too); nothing on the CPU."""
+    for d in devices:
+        if torch.device(d).type == "cuda":
+            torch.cuda.synchronize(d)
+
+
+class InputWait:
+    """The seconds a loop spends waiting for its next batch.
+
+    On a GPU both ends are synchronised: before asking for the batch, so the
+    previous step's queued kernels do not count as waiting (the device was
+    busy), and after, because DALI hands over GPU batches before its decoding
+    stream has finished them (the wait would otherwise hide in the next step).
+    Each synchronisation costs the overlap of one step's kernel launches with
+    the previous step's compute (bench/gpu_check.sh measures it on a GPU).
+    """
+
+    def __init__(self, devices: list[str] | list[torch.device]):
+        self.devices, self.seconds = list(devices), 0.0
+
+    def batches(self, iterable):
+        it = iter(iterable)
+        while True:
+            synchronize(self.devices)
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            synchronize(self.devices)
+            self.seconds += time.perf_counter() - start
+            yield batch
+
+    def take(self) -> float:
+        """Seconds waited since the last call."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds

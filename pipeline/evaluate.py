@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from pipeline import report_tables
 from pipeline.checkpoint import model_from_checkpoint
-from pipeline.devices import DeviceError, launch_from_env
+from pipeline.devices import DeviceError, InputWait, launch_from_env, synchronize
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_classes, write_json
 from pipeline.loaders import AugmentSettings, EvalLoader, manifest_shards
@@ -63,15 +63,16 @@ def val_counts(manifest: str | os.PathLike) -> tuple[int, list[int] | None]:
 
 
 def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = True,
-          max_images: int = 0) -> tuple[EvalCounts, float]:
+          max_images: int = 0) -> tuple[EvalCounts, float, float]:
     """Tallies over every (N, 10, 3, 224, 224) batch of `loader` (or the batches that reach
-    `max_images`, when above 0), and the seconds it took."""
+    `max_images`, when above 0), the seconds it took, and the seconds of it spent waiting for batches."""
     counts = EvalCounts(num_classes, device=model.output_device)  # plain tensors: they are summed later
     input_device = model.input_device
+    wait = InputWait([input_device, model.output_device])
     start = time.perf_counter()
     with torch.inference_mode(), tqdm(total=len(loader), unit="img", desc="ten-crop", file=sys.stderr,
                                       disable=None if progress else True, leave=False) as bar:
-        for images, labels, _keys in loader:
+        for images, labels, _keys in wait.batches(loader):
             if len(labels) == 0:  # DALI can end a rank's share with an empty batch
                 continue
             if images.ndim != 5:
@@ -82,9 +83,8 @@ def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = Tru
             bar.update(len(labels))
             if 0 < max_images <= counts.images:
                 break
-    if input_device.type == "cuda":
-        torch.cuda.synchronize(input_device)
-    return counts, time.perf_counter() - start
+    synchronize([input_device, model.output_device])
+    return counts, time.perf_counter() - start, wait.take()
 
 
 def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_size: int, device,
@@ -101,14 +101,14 @@ def check_inputs(shards_manifest, pca_json, mean_image, classes_tsv) -> None:
             raise EvaluateError(f"{path} does not exist; run the {stage} stage first")
 
 
-def reduce_over_ranks(counts: EvalCounts, loop_s: float, env) -> float:
-    """Sum the counts over the DDP ranks; the slowest rank's loop time."""
+def reduce_over_ranks(counts: EvalCounts, loop_s: float, wait_s: float, env) -> tuple[float, float]:
+    """Sum the counts over the DDP ranks; the slowest rank's loop time, the longest wait."""
     if env.world == 1:
-        return loop_s
+        return loop_s, wait_s
     counts.all_reduce()
-    loop = torch.tensor([loop_s], dtype=torch.float64, device=counts.tensors["images"].device)
-    torch.distributed.all_reduce(loop, op=torch.distributed.ReduceOp.MAX)
-    return loop.item()
+    times = torch.tensor([loop_s, wait_s], dtype=torch.float64, device=counts.tensors["images"].device)
+    torch.distributed.all_reduce(times, op=torch.distributed.ReduceOp.MAX)
+    return times[0].item(), times[1].item()
 
 
 def check_counts(counts: EvalCounts, shards_manifest, max_images: int) -> tuple[int, bool]:
@@ -151,8 +151,8 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
         loader = make_loader(manifest_shards(shards_manifest, "val"), pca_json, mean_image, config.get("augment", {}),
                              batch_size, model.input_device, env.rank, env.world, threads)
         rank_cap = -(-max_images // env.world) if max_images > 0 else 0
-        counts, loop_s = score(model, loader, num_classes, progress=env.main, max_images=rank_cap)
-        loop_s = reduce_over_ranks(counts, loop_s, env)
+        counts, loop_s, wait_s = score(model, loader, num_classes, progress=env.main, max_images=rank_cap)
+        loop_s, wait_s = reduce_over_ranks(counts, loop_s, wait_s, env)
         expected, partial = check_counts(counts, shards_manifest, max_images)
         metrics = {
             **counts.errors(),
@@ -163,6 +163,8 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
             "checkpoint_epoch": meta.get("epoch"),
             "eval_seconds": time.perf_counter() - t0,
             "eval_images_per_s": counts.images / loop_s if loop_s > 0 else 0.0,
+            "data_wait_s": wait_s,
+            "data_wait_fraction": wait_s / loop_s if loop_s > 0 else 0.0,
             "world_size": env.world,
             "dataset": dataset_name,
             "dataset_label": report_tables.dataset_label(dataset_name, num_classes, counts.images),

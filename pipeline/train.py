@@ -173,7 +173,7 @@ class Trainer:
         self.place = Placement(model, devices, env, cfg.precision, cfg.channels_last)
         self.folder = RunFolder(out_dir)
         self.state = TrainState()
-        self.log = TrainingLog(self.folder, self.state, env, num_classes, cfg.epochs, cfg.flat_after)
+        self.log = TrainingLog(self.folder, self.state, env, num_classes, cfg.epochs, cfg.flat_after, devices)
         self.topk, self.key = min(5, num_classes), cfg.key(num_classes)
         self.optimizer = make_optimizer(model, cfg)
         self.plateau = make_plateau(self.optimizer, cfg.lr_factor, cfg.patience)
@@ -331,6 +331,9 @@ def summarize(t: Trainer, digests: list[str]) -> dict:
         "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
         "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
         "checkpoint_time_s": totals["save_s"],
+        "data_wait_s": totals["data_wait_s"],
+        "data_wait_fraction": totals["data_wait_s"] / totals["train_s"] if totals["train_s"] else 0.0,
+        "input_bound": any(w["kind"] == "input_bound" for w in state.warnings),
         "parameters": sum(p.numel() for p in t.model.parameters()),
         "num_classes": t.num_classes, "width": cfg.width, "batch_size": cfg.batch_size,
         "steps_per_epoch_cap": cfg.steps_per_epoch,

@@ -302,7 +302,7 @@ def _score(val_data, shard_id, num_shards):
     loader = _loader(val_data, shard_id, num_shards)
     keys = [k for _, _, batch_keys in loader for k in batch_keys]
     assert len(keys) == len(loader)
-    counts, _ = score(model, loader, NUM_CLASSES, progress=False)
+    counts, _, _ = score(model, loader, NUM_CLASSES, progress=False)
     return counts, keys
 
 

@@ -306,3 +306,44 @@ def test_devices_and_bad_settings():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="sees none"):
             resolve_devices("cuda:0,cuda:1", Dist())
+
+
+class InMemory:
+    """Batches held in memory, each handed over after `delay` seconds (a slow input pipeline)."""
+
+    def __init__(self, batches, delay=0.0):
+        self.batches, self.delay = batches, delay
+
+    def __len__(self):
+        return len(self.batches)
+
+    def epoch(self, e):
+        for images, labels in self.batches:
+            time.sleep(self.delay)
+            yield images, labels
+
+    def __iter__(self):  # the validation pass: (images, labels, keys)
+        for images, labels in self.batches[:1]:
+            yield images, labels, [""] * len(labels)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_input_wait_is_measured_and_a_slow_input_is_flagged(tmp_path, delay):
+    from pipeline.checkpoint import build_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, **{**SMALL, "log_every": 2})
+    batches = [(torch.randn(4, 3, 224, 224), torch.randint(0, CLASSES, (4,))) for _ in range(6)]
+    model = build_model(cfg.model_config(CLASSES))
+    summary = fit(model, InMemory(batches, delay), InMemory(batches), cfg, tmp_path, CLASSES)
+    windows = [r for r in rows(tmp_path) if "train_loss" in r]
+    assert len(windows) == 6 and all(0 <= r["data_wait_fraction"] <= 1 for r in windows)
+    assert summary["data_wait_s"] == pytest.approx(sum(r["data_wait_s"] for r in windows))
+    warned = [w["kind"] for w in summary["warnings"]]
+    if delay:  # at least 0.6 s of waiting per window of two steps of a 1/16-wide network
+        assert min(r["data_wait_s"] for r in windows) >= 2 * delay
+        assert summary["data_wait_fraction"] > 0.5 and summary["input_bound"] and "input_bound" in warned
+        warning = next(r for r in rows(tmp_path) if r.get("warning") == "input_bound")
+        assert "dali_threads" in warning["message"] and warning["step"] == 4  # an epoch's first window is not judged
+    else:
+        assert summary["data_wait_fraction"] < 0.05 and not summary["input_bound"] and "input_bound" not in warned

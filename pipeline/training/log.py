@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.devices import Dist, all_sum
+from pipeline.devices import Dist, InputWait, all_sum
 from pipeline.errors import PipelineError
 from pipeline.health import LossWatch
 from pipeline.metrics import true_class_rank
@@ -29,6 +29,12 @@ from pipeline.training.state import TrainState, collapse_epoch
 
 class TrainingDiverged(PipelineError, RuntimeError):
     """The training loss became inf or nan."""
+
+
+# A window that spends more than this share of its time waiting for batches is
+# input-bound: the device idles while DALI decodes and augments. An epoch's
+# first window is not judged: it includes building the epoch's pipeline.
+INPUT_BOUND_FRACTION = 0.25
 
 
 def append_jsonl(path: Path, row: dict) -> None:
@@ -75,10 +81,11 @@ class EpochResult:
 
 class TrainingLog:
     def __init__(self, folder: RunFolder, state: TrainState, env: Dist, num_classes: int, epochs: int,
-                 flat_after: int):
+                 flat_after: int, devices: list[str] = ("cpu",)):
         self.folder, self.state, self.env, self.num_classes, self.epochs = folder, state, env, num_classes, epochs
         self.watch = LossWatch(num_classes, flat_after=flat_after)
-        self.bar = None
+        self.wait = InputWait(devices)
+        self.bar, self.first_window = None, True
 
     def resumed(self, state: TrainState) -> None:
         self.state = state
@@ -97,10 +104,11 @@ class TrainingLog:
             append_jsonl(self.folder.metrics, row)
 
     def progress(self, batches, steps: int, per_step: int, epoch: int):
-        """The first `steps` of `batches`, with a progress bar in images."""
+        """The first `steps` of `batches`, timed (InputWait), with a progress bar in images."""
         self.bar = tqdm(total=steps * per_step, unit="img", unit_scale=True, desc=f"epoch {epoch}/{self.epochs}",
                         disable=None if self.env.main else True, file=sys.stderr, leave=False)
-        for i, batch in enumerate(batches):
+        self.first_window = True
+        for i, batch in enumerate(self.wait.batches(batches)):
             if i == steps:
                 break
             yield batch
@@ -113,15 +121,22 @@ class TrainingLog:
         bad = [j for j, v in enumerate(losses) if not np.isfinite(v)]
         if bad:
             raise diverged(window.first_step + bad[0], epoch, losses[bad[0]], self.folder)
-        self.state.totals["train_images"] += n
-        self.state.totals["train_s"] += secs
+        wait = self.wait.take()
+        totals = self.state.totals
+        totals["train_images"] += n
+        totals["train_s"] += secs
+        totals["data_wait_s"] += wait
         row = {"step": self.state.step, "epoch": epoch, "train_loss": sum(losses) / len(losses),
-               "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs}
+               "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs,
+               "data_wait_s": wait, "data_wait_fraction": wait / secs}
         if health:
             row["health"] = health
         self.write(row)
         for kind, message in self.watch.check_loss(self.state.step, row["train_loss"]):
             self.warn(kind, message, epoch)
+        if not self.first_window and row["data_wait_fraction"] > INPUT_BOUND_FRACTION:
+            self.warn("input_bound", input_bound_message(self.state.step, row["data_wait_fraction"]), epoch)
+        self.first_window = False
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", lr=f"{lr:g}")
         return losses
@@ -154,6 +169,14 @@ class TrainingLog:
                       f"{best['epoch']}: the network has collapsed and rarely recovers. best.pt keeps the best "
                       "epoch (evaluation uses it); train.warmup_steps, another train.seed or a lower train.lr "
                       "may train further.", r.epoch)
+
+
+def input_bound_message(step: int, fraction: float) -> str:
+    return (f"step {step}: {fraction:.0%} of the last window went to waiting for the next batch (over "
+            f"{INPUT_BOUND_FRACTION:.0%}): the input pipeline is slower than the training. Give DALI more "
+            "threads (--set-resources train:dali_threads=N, at most the job's threads) or the train job more "
+            "cores (--cores, or set-threads in a cluster profile); data_wait_fraction in metrics.jsonl shows "
+            "each window")
 
 
 def diverged(step: int, epoch: int, value: float, folder: RunFolder) -> TrainingDiverged:

@@ -14,7 +14,7 @@ def _no_best() -> dict:
 
 
 def _zero_totals() -> dict:
-    return {"train_images": 0, "train_s": 0.0, "wall_s": 0.0, "save_s": 0.0}
+    return {"train_images": 0, "train_s": 0.0, "wall_s": 0.0, "save_s": 0.0, "data_wait_s": 0.0}
 
 
 @dataclass
