@@ -1,9 +1,11 @@
 """Reading ILSVRC archives safely and in place.
 
-Every tar member the project reads or unpacks goes through `check_member`,
-which refuses absolute paths, `..` components and links (the same rules as
-Python's tarfile 'data' filter, applied to reading too, since we read members
-by name and offset rather than extracting them).
+Every tar member the project reads or unpacks goes through `check_member`:
+the project's own checks first (absolute paths, `..` components, links that
+leave the archive, device files and FIFOs), each with a message that names
+the member and what is wrong with it, then Python's tarfile 'data' filter
+(`tarfile.data_filter`, Python 3.11.4+) as a second line, applied to reading
+too, since we read members by name and offset rather than extracting them.
 
 The index (`results/index/{train,val}.tsv`: member, offset, size, label) is
 built from tar headers alone: tarfile walks a raw pread view of the archive,
@@ -33,7 +35,14 @@ class UnsafeArchiveError(PipelineError, ValueError):
     """A tar member would escape the archive's folder or is not a plain file."""
 
 
+# tarfile's filter resolves member paths under a destination folder with realpath, which
+# follows symlinks that exist on this machine; a root that does not exist keeps the check
+# lexical (members are read in place, never extracted here).
+_FILTER_ROOT = "/nonexistent-alexnet-archive-root"
+
+
 def check_member(member: tarfile.TarInfo, archive: str) -> None:
+    """Refuse a member that would leave the archive's folder or is not a file, folder or link."""
     name = member.name
     norm = posixpath.normpath(name)
     if name.startswith("/") or posixpath.isabs(norm):
@@ -42,12 +51,20 @@ def check_member(member: tarfile.TarInfo, archive: str) -> None:
         raise UnsafeArchiveError(f"{archive}: member {name!r} contains '..'; refusing to read this archive")
     if member.issym() or member.islnk():
         target = member.linkname
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(norm), target))
+        # A symlink's target is relative to its own folder, a hard link's to the archive's root.
+        base = posixpath.dirname(norm) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, target))
         if posixpath.isabs(target) or resolved == ".." or resolved.startswith("../"):
             raise UnsafeArchiveError(
                 f"{archive}: member {name!r} links to {target!r} outside the archive; refusing to read this archive")
     if member.isdev():
-        raise UnsafeArchiveError(f"{archive}: member {name!r} is a device file; refusing to read this archive")
+        kind = "FIFO" if member.isfifo() else "device file"
+        raise UnsafeArchiveError(f"{archive}: member {name!r} is a {kind}; refusing to read this archive")
+    try:
+        tarfile.data_filter(member, _FILTER_ROOT)
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} is refused by tarfile's data filter "
+                                 f"({type(exc).__name__}: {exc}); refusing to read this archive") from None
 
 
 # --- Index of image members: byte ranges in the archive, read by offset later ---

@@ -47,7 +47,7 @@ from pipeline import sources
 from pipeline.devkit import Devkit, ArchiveError, iter_safe_members, open_tar, read_devkit
 from pipeline.download import CHUNK, DownloadError, auth_header, download
 from pipeline.errors import PipelineError, run_cli
-from pipeline.io import atomic_path, write_json, write_tsv
+from pipeline.io import atomic_path, replace_durably, write_json, write_tsv
 from pipeline.sources import ARCHIVES, is_md5_digest, is_remote, md5sum_line
 
 OUTPUTS = ("fetch.json", "classes.tsv", "val_labels.tsv")
@@ -134,7 +134,7 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
             if expected is not None and actual != expected:
                 part.unlink()
             verify(name, expected, actual, url)
-            os.replace(part, dest)
+            replace_durably(part, dest)
             part.with_name(part.name + ".url").unlink(missing_ok=True)
         path, link_to, owned = dest, dest.absolute(), True
     else:

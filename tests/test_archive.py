@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import zlib
 
@@ -122,6 +123,54 @@ def test_unsafe_members_refused(tmp_path, classes, where, name, kind, link):
                         extra_outer=bad if where == "outer" else ())
     with pytest.raises(archive.UnsafeArchiveError, match="refusing"):
         list(archive.index_train_archive(path, classes))
+
+
+def tar_member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+REFUSED = [
+    (tar_member("/etc/evil.JPEG"), "has an absolute path"),
+    (tar_member("n01/../../evil.JPEG"), "contains '..'"),
+    (tar_member("..", tarfile.DIRTYPE), "contains '..'"),
+    (tar_member("n01/link.JPEG", tarfile.SYMTYPE, "../../etc/passwd"), "links to '../../etc/passwd' outside the archive"),
+    (tar_member("link.JPEG", tarfile.SYMTYPE, "/etc/passwd"), "links to '/etc/passwd' outside the archive"),
+    # a hard link's target is relative to the archive's root, not to the member's folder
+    (tar_member("n01/n02/hard.JPEG", tarfile.LNKTYPE, "../x.JPEG"), "links to '../x.JPEG' outside the archive"),
+    (tar_member("tty", tarfile.CHRTYPE), "is a device file"),
+    (tar_member("sda", tarfile.BLKTYPE), "is a device file"),
+    (tar_member("pipe", tarfile.FIFOTYPE), "is a FIFO"),
+]
+
+
+@pytest.mark.parametrize("info,message", REFUSED, ids=[m.name for m, _ in REFUSED])
+def test_each_refused_kind_has_its_own_message(info, message):
+    with pytest.raises(archive.UnsafeArchiveError, match=re.escape(f"x.tar: member {info.name!r} {message}")):
+        archive.check_member(info, "x.tar")
+    if not info.name.startswith("/"):  # the data filter strips a leading '/' where the project refuses it
+        with pytest.raises(tarfile.FilterError):
+            tarfile.data_filter(info, "/nonexistent-root")
+
+
+@pytest.mark.parametrize("info", [
+    tar_member("n01/a.JPEG"), tar_member("n01", tarfile.DIRTYPE),
+    tar_member("n01/link.JPEG", tarfile.SYMTYPE, "a.JPEG"),
+    tar_member("n01/n02/hard.JPEG", tarfile.LNKTYPE, "n01/a.JPEG"),
+], ids=lambda m: m.name)
+def test_members_inside_the_archive_pass(info):
+    archive.check_member(info, "x.tar")
+
+
+def test_a_refusal_of_the_data_filter_alone_names_the_member(monkeypatch):
+    def refuse(member, dest_path):
+        raise tarfile.SpecialFileError(member)
+
+    monkeypatch.setattr(tarfile, "data_filter", refuse)
+    with pytest.raises(archive.UnsafeArchiveError,
+                       match=r"x.tar: member 'n01/a.JPEG' is refused by tarfile's data filter \(SpecialFileError"):
+        archive.check_member(tar_member("n01/a.JPEG"), "x.tar")
 
 
 def test_layout_errors_are_clear(tmp_path, classes):
