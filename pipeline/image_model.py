@@ -26,7 +26,8 @@ nothing: the weights are a state_dict of tensors read with
 
 `device` in the model config (load_model(..., model_config={"device": "cpu"}))
 picks where the network runs: auto (default: the first GPU if torch sees one),
-cpu or cuda:N; `batch_size` how many images share one forward pass.
+cpu or cuda:N; `batch_size` how many images share one forward pass. Their defaults
+(DEFAULT_MODEL_CONFIG) are recorded in the model's metadata.
 """
 from __future__ import annotations
 
@@ -151,5 +152,7 @@ def log_image_model(checkpoint: str | os.PathLike, mean_image: str | os.PathLike
         example = pd.DataFrame({"image": [_example_image(load_mean_image(mean_image))]})
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(Path(__file__).resolve()), artifacts=artifacts, code_paths=code,
-            signature=SIGNATURE, input_example=example, model_config=DEFAULT_MODEL_CONFIG,
+            # the defaults go in the metadata, not model_config: MLflow logs a model_config as params of
+            # the run, where its batch_size (images per forward pass) collides with the training's
+            signature=SIGNATURE, input_example=example, metadata={"model_config_defaults": DEFAULT_MODEL_CONFIG},
             pip_requirements=[_requirement(p) for p in REQUIREMENTS])

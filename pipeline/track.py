@@ -68,6 +68,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                                                               "errors become tags of that version")
     run.add_argument("--evaluated-checkpoint", help="the checkpoint the stage evaluates; with --tag-registered, "
                                                     "the version is tagged only if it was made from this file")
+    run.add_argument("--system-metrics-s", type=float, default=0.0, metavar="SECONDS",
+                     help="sample the node's CPU, memory, disk, network (and --gpus GPUs) every SECONDS into the "
+                          "stage's run (MLflow's system metrics); 0: none")
+    run.add_argument("--gpus", default="0", help="GPUs the job holds: N (the first N visible ones are sampled) or "
+                                                  "auto (the first, if the node has one)")
     run.add_argument("--no-tracking", action="store_true", help="only run and log the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     return parser, run
@@ -88,7 +93,8 @@ def stage_command(args: argparse.Namespace) -> StageCommand:
     if not argv:
         raise SystemExit("error: no stage command given after --")
     secret = os.environ.get(args.redact_env, "").encode() if args.redact_env else None
-    return StageCommand(args.stage, argv, Path(args.log), secret or None, args.jsonl, args.attempt)
+    return StageCommand(args.stage, argv, Path(args.log), secret or None, args.jsonl, args.attempt,
+                        args.system_metrics_s, args.gpus)
 
 
 def stage_outputs(args: argparse.Namespace) -> StageOutputs:

@@ -26,9 +26,10 @@ class JsonlFollower(threading.Thread):
     warning.<name> instead, which the run list shows.
     """
 
-    def __init__(self, client, open_run, path: str | os.PathLike | None, period: float = 2.0):
+    def __init__(self, client, open_run, path: str | os.PathLike | None, period: float = 2.0, on_open=None):
         super().__init__(daemon=True)
         self.client, self.open_run, self.path, self.period = client, open_run, Path(path) if path else None, period
+        self.on_open = on_open  # called as on_open(run_id, continued) once the run is known
         self.run_id, self.resumed_at, self.logged_up_to = None, 0, {}
         self.offset = 0
         self.done = threading.Event()
@@ -38,6 +39,8 @@ class JsonlFollower(threading.Thread):
             opened = self.open_run(final)
             if opened is not None:
                 self.run_id, self.resumed_at = opened
+                if self.on_open:
+                    self.on_open(self.run_id, self.resumed_at > 0)
         return self.run_id
 
     def already_logged(self, key: str) -> int:

@@ -19,6 +19,7 @@ from pipeline.tracking.follow import JsonlFollower, run_logged, tail
 from pipeline.tracking.registry import (ModelFiles, Registration, RegistryError, register_version,
                                         tag_registered_version)
 from pipeline.tracking.runs import StageOutputs, StageRunOpener, log_outcome, tracking_failed
+from pipeline.tracking.system import SystemMetrics
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class StageCommand:
     secret: bytes | None = None   # masked in the log and on the terminal
     jsonl: str | None = None      # step metrics, followed while the command runs
     attempt: str | None = None    # a resumable stage's attempt file (see pipeline.tracking.runs)
+    system_metrics_s: float = 0.0  # sampling interval of the node's system metrics; 0: none
+    gpus: str = "0"               # GPUs the job holds, N or auto: their metrics are sampled
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,14 @@ def run_stage(command: StageCommand, tracking: Tracking | None, outputs: StageOu
     with server_access(tracking.uri, on_experiment):
         opener = StageRunOpener(client, experiment_id(client, tracking.experiment), command.stage, command.argv,
                                 parent, command.attempt)
-        follower = JsonlFollower(client, opener, command.jsonl)
+        system = SystemMetrics(tracking.uri, command.system_metrics_s, command.gpus)
+        follower = JsonlFollower(client, opener, command.jsonl, on_open=system.start)
         follower.ensure_run()
     follower.start()
     start = time.time()
     status = run_logged(command.argv, command.log, command.secret)
     wall = time.time() - start
+    system.stop()
     with server_access(tracking.uri, on_experiment):
         run_id = follower.stop()
 

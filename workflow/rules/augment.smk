@@ -35,6 +35,6 @@ rule augment:
         f"Building the DALI training and test pipelines (lighting {AUGMENT['lighting']}, "
         f"normalize {AUGMENT['normalize']}): sample grid and throughput"
     shell:
-        tracked("augment", metrics="{output.json}", artifacts=["{output.grid}", "{output.json}"])
+        tracked("augment", metrics="{output.json}", artifacts=["{output.grid}", "{output.json}"], gpus=monitored_gpus())
         + "python -m pipeline.augment --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --out-dir {params.out_dir} {params.settings} --dali-threads {threads} --device auto"

@@ -36,7 +36,7 @@ REGISTERED_FILE = f"{RESULTS}/train/registered_model.json"
 
 def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_image=None, classes=None,
             parent_metrics=None, parent_note=None, redact_env=None, attempt=None, register=None, fingerprints=None,
-            tag_registered=None, evaluated_checkpoint=None):
+            tag_registered=None, evaluated_checkpoint=None, gpus=None):
     """Shell prefix that runs a stage command in its MLflow child run, output to {log}.
 
     model: a checkpoint logged as the run's MLflow model, which takes images;
@@ -44,11 +44,17 @@ def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_imag
     registered model that model becomes a new version of, tagged with the data
     fingerprints in `fingerprints` (train.json). tag_registered: the file
     recording that version, tagged with the `metrics` errors when
-    `evaluated_checkpoint` is the checkpoint it was made from."""
+    `evaluated_checkpoint` is the checkpoint it was made from. gpus: the GPUs the job
+    holds (e.g. "{resources.gpu}"), whose utilisation, memory and power join the run's
+    system metrics (tracking.system_metrics_s)."""
     parts = ["python -m pipeline.track run", f"--stage {stage}", "--log {log}"]
     if not TRACKING["enabled"]:
         parts.append("--no-tracking")
     parts.append(f"--parent-file {PARENT_FILE}")
+    if TRACKING["system_metrics_s"] > 0:
+        parts.append(f"--system-metrics-s {TRACKING['system_metrics_s']:g}")
+    if gpus:
+        parts.append(f"--gpus {gpus}")
     if metrics:
         parts.append(f"--metrics {metrics}")
     for artifact in artifacts:
@@ -134,6 +140,17 @@ def dali_threads(wildcards, threads):
 def train_devices():
     devices = TRAIN["devices"]
     return ",".join(devices) if isinstance(devices, list) else str(devices)
+
+
+def monitored_gpus():
+    """What the tracking samples GPU metrics of: the job's gpu resource when GPUs are declared;
+    otherwise "auto" (the first GPU, if the node has one: devices auto takes it) or the
+    explicit devices' count (0 on the CPU)."""
+    if TRAIN["gpus"] > 0:
+        return "{resources.gpu}"
+    if train_devices() == "auto":
+        return "auto"
+    return str(sum(d.strip().startswith("cuda") for d in train_devices().split(",")))
 
 
 def gpus_per_replica():

@@ -57,6 +57,7 @@ rule evaluate:
             parent_metrics="{output.metrics}",
             tag_registered=REGISTERED_FILE,
             evaluated_checkpoint="{params.checkpoint}",
+            gpus=monitored_gpus(),
         ) + launch("pipeline.evaluate") + " --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
         " --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
         " {params.settings} --dali-threads {threads} --out-dir {params.out_dir}"

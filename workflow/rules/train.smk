@@ -63,7 +63,8 @@ rule train:
         tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
                 jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}",
                 mean_image="{input.mean_image}", classes="{input.classes}",
-                attempt=f"{RESULTS}/train/{ATTEMPT_FILE}", register=REGISTERED_MODEL, fingerprints="{output.json}")
+                attempt=f"{RESULTS}/train/{ATTEMPT_FILE}", register=REGISTERED_MODEL, fingerprints="{output.json}",
+                gpus=monitored_gpus())
         + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
         "{params.settings} --torch-threads {params.torch_threads} --dali-threads {resources.dali_threads}"
