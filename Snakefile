@@ -21,6 +21,7 @@ include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/forecast.smk"
+include: "workflow/rules/resources.smk"
 
 
 onstart:
@@ -58,4 +59,5 @@ rule all:
         f"{RESULTS}/augment/augment.json",
         f"{RESULTS}/evaluate/metrics.json",
         [f"{RESULTS}/forecast/forecast.json"] if config["preflight"]["forecast"] else [],
+        f"{RESULTS}/resources/resources.json",
     default_target: True

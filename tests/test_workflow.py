@@ -51,6 +51,24 @@ def test_chain_outputs(run_dir):
     assert (results / "train/curve.png").exists()
 
 
+def test_every_job_has_a_benchmark_and_the_resources_table_sums_them(run_dir):
+    from pipeline.resources import read_job, rule_of
+
+    bench = run_dir / "results" / "benchmarks"
+    files = sorted(bench.rglob("*.tsv"))
+    by_rule = {}
+    for path in files:
+        by_rule.setdefault(rule_of(path.relative_to(bench)), []).append(read_job(path)["wall_s"])
+    # tests/configs/tiny.yaml: 2 train and 1 val shards, one job for each other rule
+    assert {rule: len(times) for rule, times in by_rule.items()} == {
+        "demo": 1, "fetch": 1, "index": 2, "resize_train_shard": 2, "resize_val_shard": 1, "resize": 1,
+        "pca": 1, "augment": 1, "train": 1, "evaluate": 1}
+    table = json.loads((run_dir / "results/resources/resources.json").read_text())
+    assert {rule: (r["jobs"], r["total_s"]) for rule, r in table.items()} == {
+        rule: (len(times), sum(times)) for rule, times in by_rule.items()}
+    assert "| train | 1 |" in (run_dir / "results/resources/resources.md").read_text()
+
+
 def test_second_run_does_nothing(run_dir):
     assert planned_rules(run_dir) == set()
 
@@ -232,6 +250,7 @@ def test_mlflow_store_holds_parent_and_children(run_dir):
     assert parent.info.status == "FINISHED"
     assert parent.data.params["dataset.name"] == "demo"
     assert "val_top1_err_10crop" in parent.data.metrics
+    assert parent.data.metrics["resources.train.jobs"] == 1 and "resources.evaluate.max_s" in parent.data.metrics
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(STAGES) <= set(children), sorted(children)
     for name in STAGES:
@@ -251,9 +270,10 @@ def test_report(run_dir):
     snakemake(run_dir, "--configfile", str(TINY), "--report", "report.html")
     html = (run_dir / "report.html").read_text(errors="replace")
     # the outputs the rules mark with report(), each under its category
-    for category in ("PCA", "Augmentation", "Training", "Evaluation"):
+    for category in ("PCA", "Augmentation", "Training", "Evaluation", "Resources"):
         assert category in html, category
-    for name in ("pca.png", "grid.png", "curve.png", "per_class.csv", "confusions.csv", "comparison.md"):
+    for name in ("pca.png", "grid.png", "curve.png", "per_class.csv", "confusions.csv", "comparison.md",
+                 "resources.md"):
         assert name in html, name
 
 
