@@ -64,21 +64,32 @@ at batch 128 went from 9,000 to 16,000 img/s in bf16 + channels_last and from
 9,000 to 11,000 in fp32 (the ungrouped, LRN-free baseline: 26,000 and 14,000).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from model.lrn import LocalResponseNorm
 
+# The observer's signature: (layer name, activation after its ReLU, or the logits for "fc8").
+Observer = Callable[[str, torch.Tensor], None]
+
 INPUT_SIZE = 224
 SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # fc8 is not split
-INITS = {
+# The two inits side by side, one row per source (the formatter would give one line per layer).
+# fmt: off
+INITS: dict[str, dict[str, tuple[float, float]]] = {
     # layer -> (weight std, bias)
     "paper": {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "conv4": (0.01, 1.0),
               "conv5": (0.01, 1.0), "fc6": (0.01, 1.0), "fc7": (0.01, 1.0), "fc8": (0.01, 0.0)},
     "caffe": {"conv1": (0.01, 0.0), "conv2": (0.01, 0.1), "conv3": (0.01, 0.0), "conv4": (0.01, 0.1),
               "conv5": (0.01, 0.1), "fc6": (0.005, 0.1), "fc7": (0.005, 0.1), "fc8": (0.01, 0.0)},
 }
+# fmt: on
 INITS["width_scaled"] = INITS["paper"]
 INITS["paper_scaled"] = INITS["paper"]  # its earlier name, so older checkpoints still load
 WIDTH_SCALED_INITS = {"width_scaled", "paper_scaled"}  # std / sqrt(width) where the fan-in grows with the width
@@ -99,22 +110,22 @@ class PaperDropout(nn.Module):
     an fc8 update moves the logits about 4x as far (bench/RESULTS-train.md).
     """
 
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         self.p = p
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.p:
             return x
         if self.training:
             return x * torch.empty_like(x).bernoulli_(1 - self.p)
         return x * (1 - self.p)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}, unscaled while training, x(1-p) at test (paper, section 4.2)"
 
 
-def count_parameters(module):
+def count_parameters(module: nn.Module) -> int:
     """Number of scalar parameters in a module."""
     return sum(p.numel() for p in module.parameters())
 
@@ -126,10 +137,13 @@ class _Column(nn.Module):
     columns=1: one column's half of every layer, for the two-device layout.
     """
 
-    def __init__(self, ch, columns, fc_in):
+    def __init__(self, ch: Sequence[int], columns: int, fc_in: int) -> None:
         super().__init__()
         c1, c2, c3, c4, c5, f = ch
-        part = lambda n: n * columns // 2  # this module's share of a layer's outputs
+
+        def part(n: int) -> int:  # this module's share of a layer's outputs
+            return n * columns // 2
+
         g = columns
         self.conv1 = nn.Conv2d(3, part(c1), 11, stride=4, padding=2)
         self.conv2 = nn.Conv2d(part(c1), part(c2), 5, padding=2, groups=g)
@@ -140,11 +154,11 @@ class _Column(nn.Module):
         self.fc7 = nn.Linear(f, part(f))
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return self.conv1.weight.device
 
 
-def _conv(conv, x, dense=None):
+def _conv(conv: nn.Conv2d, x: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
     """conv(x); a grouped conv on CUDA runs as one dense conv with a block-diagonal weight.
 
     Same result, twice the multiply-adds, but cuDNN's grouped kernels are slow:
@@ -164,7 +178,7 @@ def _conv(conv, x, dense=None):
     return F.conv2d(x, w, conv.bias, conv.stride, conv.padding)
 
 
-def _both(xs, device):
+def _both(xs: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """The columns' activations side by side on one device (a cross-device copy in the split layout)."""
     if len(xs) == 1:
         return xs[0]
@@ -174,8 +188,10 @@ def _both(xs, device):
 class AlexNet(nn.Module):
     """AlexNet(num_classes, width, devices, lrn, overlapping_pool, init, dropout): see the module docstring."""
 
-    def __init__(self, num_classes=1000, width=1.0, devices=None, lrn=True, overlapping_pool=True,
-                 init="paper", dropout=0.5, dropout_style="paper"):
+    def __init__(self, num_classes: int = 1000, width: float = 1.0,
+                 devices: str | torch.device | Sequence[str | torch.device] | None = None, lrn: bool = True,
+                 overlapping_pool: bool = True, init: str = "paper", dropout: float = 0.5,
+                 dropout_style: str = "paper") -> None:
         super().__init__()
         if devices is None:
             devices = []
@@ -185,7 +201,10 @@ class AlexNet(nn.Module):
         if len(devices) > 2:
             raise ValueError(f"devices: at most two (one per column), got {len(devices)}")
         self.width = width
-        even = lambda n: max(2, 2 * round(n * width / 2))
+
+        def even(n: int) -> int:
+            return max(2, 2 * round(n * width / 2))
+
         ch = [even(n) for n in (96, 256, 384, 384, 256, 4096)]
 
         # section 3.4: overlapping pooling, z=3 s=2; the ablation uses z=s=2
@@ -204,7 +223,7 @@ class AlexNet(nn.Module):
         if dropout_style not in DROPOUT_STYLES:
             raise ValueError(f"dropout_style: one of {DROPOUT_STYLES}, got {dropout_style!r}")
         self.dropout = nn.Dropout(dropout) if dropout_style == "inverted" else PaperDropout(dropout)
-        self.observer = None  # callable(layer name, activation after ReLU); None: nothing extra runs
+        self.observer: Observer | None = None  # None: nothing extra runs
 
         # state_dict in the grouped layout whatever the placement
         self.register_state_dict_post_hook(_grouped_state_dict)
@@ -218,14 +237,19 @@ class AlexNet(nn.Module):
             self.to(devices[0])
 
     @property
-    def input_device(self):
-        return self.columns[0].device
+    def column_modules(self) -> list[_Column]:
+        """The column modules (one, or two in the split layout), typed: ModuleList yields plain Modules."""
+        return cast("list[_Column]", list(self.columns))
 
     @property
-    def output_device(self):
+    def input_device(self) -> torch.device:
+        return self.column_modules[0].device
+
+    @property
+    def output_device(self) -> torch.device:
         return self.fc8.weight.device
 
-    def reset_parameters(self, init="paper"):
+    def reset_parameters(self, init: str = "paper") -> None:
         """Draw weights and set biases per INITS[init], in the grouped layout, on the CPU."""
         if init not in INITS:
             raise ValueError(f"init: one of {sorted(INITS)}, got {init!r}")
@@ -238,10 +262,10 @@ class AlexNet(nn.Module):
             state[key] = torch.randn(value.shape) * std if kind == "weight" else torch.full(value.shape, bias)
         self.load_state_dict(state)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one list entry per column module; section 3.2: the columns meet only
         # where _both gathers them (conv3, fc6, fc7, fc8). Section 3.3: LRN after ReLU.
-        cols, act = self.columns, self._relu
+        cols, act = self.column_modules, self._relu
         xs = [self.pool(self.lrn(act("conv1", c.conv1(x.to(c.device))))) for c in cols]
         xs = [self.pool(self.lrn(act("conv2", _conv(c.conv2, x)))) for c, x in zip(cols, xs)]
         xs = [act("conv3", c.conv3(_both(xs, c.device))) for c in cols]
@@ -259,14 +283,14 @@ class AlexNet(nn.Module):
             self.observer("fc8", logits)
         return logits
 
-    def _relu(self, layer, t):
+    def _relu(self, layer: str, t: torch.Tensor) -> torch.Tensor:
         t = F.relu(t, inplace=True)
         if self.observer is not None:  # pipeline/health.py: per-layer activation figures
             self.observer(layer, t)
         return t
 
 
-def _grouped_state_dict(module, state_dict, prefix, local_metadata):
+def _grouped_state_dict(module: AlexNet, state_dict: dict[str, Any], prefix: str, local_metadata: dict) -> None:
     """columns.{0,1}.conv2.weight -> conv2.weight (the columns' rows stacked, on the first column's device)."""
     n_cols = len(module.columns)
     for layer in SPLIT_LAYERS:
@@ -279,8 +303,8 @@ def _grouped_state_dict(module, state_dict, prefix, local_metadata):
         state_dict[key] = state_dict.pop(key)
 
 
-def _split_state_dict(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                      error_msgs):
+def _split_state_dict(module: AlexNet, state_dict: dict[str, Any], prefix: str, local_metadata: dict,
+                      strict: bool, missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
     """conv2.weight -> columns.{0,1}.conv2.weight: each column's rows, on that column's device."""
     columns = module.columns
     for layer in SPLIT_LAYERS:

@@ -22,12 +22,17 @@ would vanish. Only the window sum itself may run in bf16 (a conv under CUDA
 autocast), which rounds the sum, not k + alpha/n*sum.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-def _band(channels, groups, before, after, device, dtype):
+def _band(channels: int, groups: int, before: int, after: int, device: torch.device,
+          dtype: torch.dtype) -> torch.Tensor:
     """(C, C, 1, 1) weight of a 1x1 conv summing channels [i-before, i+after] of i's own group."""
     i = torch.arange(channels, device=device)
     group = i // (channels // groups)
@@ -35,7 +40,7 @@ def _band(channels, groups, before, after, device, dtype):
     return ((d >= -before) & (d <= after) & (group[None, :] == group[:, None])).to(dtype)[:, :, None, None]
 
 
-def _window_sum(x, groups, before, after, by_conv=None):
+def _window_sum(x: torch.Tensor, groups: int, before: int, after: int, by_conv: bool | None = None) -> torch.Tensor:
     """Sum of x (N, C, H, W) over channels [i-before, i+after] within each group, zero outside.
 
     On CUDA a 1x1 convolution with a banded weight: one tensor-core GEMM in
@@ -61,7 +66,8 @@ class _LRNFunction(torch.autograd.Function):
     """b = a * s^-beta, s = k + alpha/n * window_sum(a^2)."""
 
     @staticmethod
-    def forward(ctx, a, groups, size, alpha, beta, k):
+    def forward(ctx: Any, a: torch.Tensor, groups: int, size: int, alpha: float, beta: float,
+                k: float) -> torch.Tensor:
         a32 = a.to(torch.promote_types(a.dtype, torch.float32))
         sq = a32 * a32
         s = _window_sum(sq, groups, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
@@ -73,7 +79,7 @@ class _LRNFunction(torch.autograd.Function):
         return (a32 * scale).to(a.dtype)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         # db_j/da_i = scale_i [i=j] - 2 alpha beta / n * a_i * a_j scale_j / s_j  (i in the window of j)
         a, s, scale = ctx.saved_tensors
         groups, size, alpha, beta = ctx.consts
@@ -89,12 +95,13 @@ class LocalResponseNorm(nn.Module):
     """LRN across channels, separately within each of `groups` equal channel blocks."""
 
     # paper, section 3.3: k=2, n=5, alpha=1e-4, beta=0.75
-    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
+                 groups: int = 1) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _LRNFunction.apply(x, self.groups, self.size, self.alpha, self.beta, self.k)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, groups={self.groups}"
