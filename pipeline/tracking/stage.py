@@ -83,6 +83,8 @@ def run_stage(command: StageCommand, tracking: Tracking | None, outputs: StageOu
     if tracking is None:
         return run_logged(command.argv, command.log, command.secret)
 
+    # made first: its CPU reading's baseline then lies before the client's slow start (mlflow's import)
+    system = SystemMetrics(tracking.uri, command.system_metrics_s, command.gpus)
     client = open_client(tracking.uri)
     on_experiment = f"experiment {tracking.experiment!r}"
     parent = _parent_run(tracking.parent_file)
@@ -90,7 +92,6 @@ def run_stage(command: StageCommand, tracking: Tracking | None, outputs: StageOu
     with server_access(tracking.uri, on_experiment):
         opener = StageRunOpener(client, experiment_id(client, tracking.experiment), command.stage, command.argv,
                                 parent, command.attempt)
-        system = SystemMetrics(tracking.uri, command.system_metrics_s, command.gpus)
         follower = JsonlFollower(client, opener, command.jsonl, on_open=system.start)
         follower.ensure_run()
     follower.start()

@@ -67,6 +67,23 @@ def _keep_gpus(monitor, gpus: int) -> None:
         m.gpu_handles, m.num_gpus = handles, len(handles)
 
 
+def _monitor_class():
+    """MLflow's monitor, whose sampling thread first takes its own CPU reference reading.
+
+    Without it the thread's first CPU sample is psutil's first reading in
+    that thread, which is 0 by definition, and the chart starts at 0%."""
+    import psutil
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class Monitor(SystemMetricsMonitor):
+        def monitor(self):
+            psutil.cpu_percent()
+            if not self._shutdown_event.wait(min(1.0, self.sampling_interval)):
+                super().monitor()
+
+    return Monitor
+
+
 class SystemMetrics:
     """Samples every `interval_s` seconds into the stage's run once it is known; 0 turns it off."""
 
@@ -74,6 +91,12 @@ class SystemMetrics:
         self.uri, self.interval_s, self.gpus = tracking_uri, interval_s, gpu_count(gpus)
         self.monitor, self.stopped = None, False
         self.lock = threading.Lock()  # the run may open in the metrics follower's thread as the stage ends
+        if interval_s > 0:
+            import psutil
+
+            # CPU utilisation is a difference between two readings, and psutil keeps the earlier one
+            # per thread: this one is the reference of the last sample, which `stop` takes here
+            psutil.cpu_percent()
 
     def start(self, run_id: str, resumed: bool = False) -> None:
         """Called with the run when it opens (a resumed training continues its system metrics' steps)."""
@@ -84,14 +107,10 @@ class SystemMetrics:
 
     def _start(self, run_id: str, resumed: bool) -> None:
         try:
-            import psutil
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
             # its start, stop and "no GPU" lines would repeat in every stage's log
             logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-            psutil.cpu_percent()  # the first reading is against this one, not against nothing (0.0)
-            self.monitor = SystemMetricsMonitor(run_id, sampling_interval=self.interval_s,
-                                                resume_logging=resumed, tracking_uri=self.uri)
+            self.monitor = _monitor_class()(run_id, sampling_interval=self.interval_s,
+                                            resume_logging=resumed, tracking_uri=self.uri)
             _keep_gpus(self.monitor, self.gpus)
             self.monitor.start()
         except Exception as exc:  # the stage runs and is tracked without them
