@@ -243,15 +243,16 @@ class Trainer:
         self.model.train()
         for i, batch in enumerate(self.log.progress(loader.epoch(epoch), steps, per_step, epoch)):
             ends_window = (state.step + 1) % cfg.log_every == 0 or i == steps - 1
-            with health_check(self.monitor, self.optimizer, armed=ends_window) as health:
+            # the health figures are collected inside the warm-up, at the lr the step used
+            with warmup(self.optimizer, lr, state.step, cfg.warmup_steps) as step_lr, \
+                    health_check(self.monitor, self.optimizer, armed=ends_window) as health:
                 images, labels = self.place.inputs(*batch)
                 with self.place.autocast():
                     logits = self.train_model(images)
                 loss = F.cross_entropy(logits.float(), labels)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                with warmup(self.optimizer, lr, state.step, cfg.warmup_steps) as step_lr:
-                    self.optimizer.step()
+                self.optimizer.step()
             state.step += 1
             window.add(loss, logits, labels)
             if ends_window:

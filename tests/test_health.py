@@ -156,3 +156,17 @@ def test_warmup_ramps_the_lr(data, tmp_path):  # noqa: F811
     assert lrs == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
     epochs = [r["lr"] for r in rows(tmp_path) if "val_top1_err" in r]
     assert epochs == pytest.approx([0.01, 0.01])
+
+
+def test_update_ratio_under_warmup_is_the_step_taken(data, tmp_path):  # noqa: F811
+    """The first step's gradient and momentum are the same with and without warm-up; with warm-up
+    SGD moves by lr/4 of it, and the monitor must say so (not report the full lr's step)."""
+    ratios = {}
+    for warmup in (0, 4):
+        out = tmp_path / f"warmup{warmup}"
+        _fit(data, out, warmup_steps=warmup, epochs=1)
+        first = next(r for r in rows(out) if "health" in r)
+        assert first["step"] == 1
+        ratios[warmup] = {layer: h["update_ratio"] for layer, h in first["health"].items()}
+    for layer in ("conv1", "fc7", "fc8"):
+        assert ratios[4][layer] / ratios[0][layer] == pytest.approx(0.25, rel=0.02), layer
