@@ -52,7 +52,8 @@ def lighting_matrix(lighting: str, eigval, eigvec) -> np.ndarray:
 
     paper: 255 * V (alpha * eigval / 255**2) = V diag(eigval / 255) alpha: the
       paper's formula with the eigenvalues of pixels in [0, 1] (fb.resnet.torch).
-    sqrt: V diag(sqrt(eigval)) alpha on 0-255 pixels (cuda-convnet2 convdata.py).
+    sqrt: V diag(sqrt(eigval)) alpha on 0-255 pixels (cuda-convnet2 convdata.py); train_pipe
+      also scales that mode's training images by 1 / (1 + lighting_std), as convdata.py does.
     """
     eigval = np.asarray(eigval, np.float64)
     if lighting == "paper":
@@ -125,6 +126,11 @@ def train_pipe(shards, index_paths, reader_shard, num_shards, initial_fill, sett
         mean = fn.reshape(fn.coord_transform(alpha, M=(-m).ravel().tolist(), T=mean.tolist()), shape=[3])
         if expose:
             offset = fn.coord_transform(alpha, M=m.ravel().tolist())
+    if settings.lighting == "sqrt":
+        # cuda-convnet2 convdata.py (add_color_noise) then scales the noisy mean-subtracted training
+        # image by 1 / (1 + color_noise) "so that the overall scale of the training data doesn't
+        # become too different from the test data"; here through the divisor of the normalisation
+        std = np.asarray(std, np.float64) * (1.0 + settings.lighting_std)
     images = _cmn(x, pos_x, pos_y, mirror, mean, std)
     labels = parse_label(cls)
     if gpu:

@@ -29,8 +29,12 @@ per image per presentation (V: eigenvectors as columns, from results/pca):
   [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with the eigenvalues of pixels in [0, 1],
   which is what fb.resnet.torch's widely copied constants are (eigval
   [0.2175, 0.0188, 0.0045]; datasets/imagenet.lua, transforms.lua Lighting).
-- "sqrt": l = sqrt(eigval) on 0-255 pixels, as Krizhevsky's cuda-convnet2
-  (convdata.py: color noise = randn * sqrt-eigenvalue stdevs, times 0.1).
+- "sqrt": l = sqrt(eigval) on 0-255 pixels, and the whole training image
+  (mean subtracted, noise added) then scaled by 1 / (1 + lighting_std), as
+  Krizhevsky's cuda-convnet2 does (convdata.py, ImageDataProvider.add_color_noise:
+  noise = randn(3) * the PCA's sqrt-eigenvalue stdevs, rotated by the
+  eigenvectors, times color_noise 0.1, then data *= 1 / (1 + color_noise), so
+  that the training data's scale stays close to the test data's).
   Larger by 255/sqrt(eigval_i): on ImageNet 2.1x along the first component,
   7x and 15x along the weaker two.
 - "none".
