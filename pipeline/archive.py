@@ -22,13 +22,13 @@ import dataclasses
 import os
 import posixpath
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from pipeline.io import read_classes, read_tsv, write_tsv
 from pipeline.errors import PipelineError
+from pipeline.io import read_classes, read_tsv, write_tsv
 
 
 class UnsafeArchiveError(PipelineError, ValueError):

@@ -1,9 +1,11 @@
 """The workflow on a real SLURM cluster: two nodes on this machine (tests/slurm/start.sh).
 
 - the demo workflow at test size runs with `--executor slurm` through
-  workflow/profiles/slurm: every job goes through sbatch (SLURM job ids in
+  workflow/profiles/slurm: every job but the local rules (`fetch`: compute
+  nodes often have no internet) goes through sbatch (SLURM job ids in
   Snakemake's output and in .snakemake/slurm_logs, the right partitions in
-  squeue), the stages' MLflow runs land in the sqlite store the submitting
+  squeue), and the local ones run without a SLURM job in the submitting
+  process's host; the stages' MLflow runs land in the sqlite store the submitting
   process created, and the results equal a local run's: the shards byte for
   byte, manifest and pca.json numbers, the trained weights (digest) and the
   losses, and the evaluation errors (timings aside);
@@ -125,12 +127,21 @@ def squeue(env: dict, ids: list[str]) -> dict[str, tuple[str, str, str]]:
     return {i: (comment.removeprefix("rule_").split("_wildcards_")[0], part, state) for i, comment, part, state in rows}
 
 
+def declared_local_rules() -> set[str]:
+    """The rules the workflow's files name under `localrules:`."""
+    names = set()
+    for path in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]:
+        for block in re.findall(r"^localrules:((?:[ \t]*\w+,?)+|(?:\n[ \t]+\w+,?)+)", path.read_text(), re.M):
+            names |= set(re.findall(r"\w+", block))
+    return names
+
+
 def without_timings(obj):
-    """JSON minus wall-clock fields (seconds, images per second) and paths, which differ between runs,
+    """JSON minus wall-clock fields (seconds, images per second, input wait) and paths, which differ between runs,
     and the training's run_uid, which is drawn anew for every training by design."""
     if isinstance(obj, dict):
         return {k: without_timings(v) for k, v in obj.items()
-                if not (k.endswith(("seconds", "_s")) or "per_s" in k or k == "run_uid")}
+                if not (k.endswith(("seconds", "_s")) or "per_s" in k or "wait" in k or k == "run_uid")}
     if isinstance(obj, list):
         return [without_timings(v) for v in obj]
     return obj
@@ -165,19 +176,25 @@ def check_demo_workflow(cluster, tmp_path):
     out = finish(run, "the SLURM run", cluster, remote)
     local_out = finish(ref, "the local run", cluster)
 
-    # Every job went through sbatch: a SLURM job id each, an sbatch log each, the profile's partitions.
+    # Every job but fetch went through sbatch: a SLURM job id each, an sbatch log each, the profile's
+    # partitions; fetch ran in this process's host, with no SLURM job.
     rules = sorted(FINISHED.findall(local_out))
     assert {"demo", "fetch", "resize_train_shard", "pca", "train", "evaluate"} <= set(rules)
     assert sorted(FINISHED.findall(out)) == rules
     submitted = {m.group(1): m.group(2) for m in SUBMITTED.finditer(out)}
-    assert len(submitted) == len(rules), out[-4000:]
-    assert all(Path(log).is_file() for log in submitted.values())
-    assert len(list((remote / ".snakemake" / "slurm_logs").rglob("*.log"))) == len(rules)
     jobs = squeue(cluster, list(submitted))
-    assert sorted(rule for rule, _, _ in jobs.values()) == rules
+    ran_here = set(rules) - {rule for rule, _, _ in jobs.values()}
+    assert "fetch" in ran_here and ran_here <= declared_local_rules()
+    sent = [rule for rule in rules if rule not in ran_here]
+    assert len(submitted) == len(sent), out[-4000:]
+    assert all(Path(log).is_file() for log in submitted.values())
+    assert len(list((remote / ".snakemake" / "slurm_logs").rglob("*.log"))) == len(sent)
+    assert not list((remote / ".snakemake" / "slurm_logs").glob("rule_fetch*"))
+    assert sorted(rule for rule, _, _ in jobs.values()) == sent
+    assert (remote / "results" / "fetch" / "fetch.json").is_file()
     assert {state for _, _, state in jobs.values()} == {"COMPLETED"}
     assert {rule: part for rule, part, _ in jobs.values()} == \
-        {rule: "gpu" if rule in ("train", "evaluate") else "cpu" for rule in rules}
+        {rule: "gpu" if rule in ("train", "evaluate") else "cpu" for rule in sent}
 
     # Same results as the local run.
     a, b = local / "results", remote / "results"

@@ -38,6 +38,13 @@ if FETCH_DATASET.get("auth_env"):
     FETCH_ARGS += ["--auth-env", FETCH_DATASET["auth_env"]]
 
 
+# Compute nodes of many clusters have no internet: the download and its MD5 check run where
+# Snakemake runs (the login node under the SLURM profile; docs/cluster.md), every other job on
+# the cluster. On one machine this changes nothing.
+localrules:
+    fetch,
+
+
 rule fetch:
     conda:
         CONDA_ENV
