@@ -95,6 +95,18 @@ def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_si
                       device=str(device), shard_id=shard_id, num_shards=num_shards, threads=threads)
 
 
+# What the scored checkpoint is, from its file name (pipeline/checkpoint.py names them): last,
+# best (picked on the validation set this stage scores: biased low) or given; comparison.md and
+# metrics.json say which (report_tables.CHECKPOINT_TEXT).
+def checkpoint_choice(checkpoint) -> str:
+    name = Path(checkpoint).name
+    if name == "last.pt":
+        return "last"
+    if name == "best.pt" or (name.startswith("epoch-") and name.endswith(".pt")):
+        return "best"
+    return "given"
+
+
 def check_inputs(shards_manifest, pca_json, mean_image, classes_tsv) -> None:
     for path, stage in ((shards_manifest, "resize"), (pca_json, "pca"), (mean_image, "pca"), (classes_tsv, "fetch")):
         if not Path(path).is_file():
@@ -161,6 +173,7 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
             "val_images_listed": expected,
             "classes": num_classes,
             "checkpoint_epoch": meta.get("epoch"),
+            "checkpoint_choice": checkpoint_choice(checkpoint),
             "eval_seconds": time.perf_counter() - t0,
             "eval_images_per_s": counts.images / loop_s if loop_s > 0 else 0.0,
             "data_wait_s": wait_s,

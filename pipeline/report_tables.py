@@ -99,6 +99,14 @@ def _cell(x: float | None) -> str:
     return "—" if x is None else f"{x:.2f}"
 
 
+CHECKPOINT_TEXT = {
+    "last": "the final network, as the paper reports its results",
+    "best": "the epoch with the lowest validation error, chosen on this same validation set, so these "
+            "errors are biased low (evaluate.checkpoint: last scores the final network, as the paper does)",
+    "given": "a checkpoint given by path",
+}
+
+
 def comparison_markdown(metrics: dict) -> str:
     """This run beside the paper and the public reproductions (errors in percent)."""
     label = metrics["dataset_label"]
@@ -107,6 +115,8 @@ def comparison_markdown(metrics: dict) -> str:
         "",
         f"This run: **{label}**; checkpoint `{metrics['checkpoint']}` (epoch {metrics['epoch']}), "
         f"{metrics['images']} images, {metrics['classes']} classes.",
+        "",
+        f"Checkpoint: {CHECKPOINT_TEXT.get(metrics.get('checkpoint_choice'), 'as given')}.",
         "",
         "Top-1 / top-5 error in percent. Published numbers are on the ILSVRC-2012 validation set (50,000 images).",
         "",

@@ -131,12 +131,15 @@ def test_per_class_confusions_and_comparison(tmp_path):
     assert back[0]["count"] == "3" and back[0]["share"] == "0.4286"
 
     metrics = {"dataset_label": report_tables.dataset_label("demo", 3, 6), "checkpoint": "best.pt", "epoch": 2,
+               "checkpoint_choice": "best",
                "images": 6, "classes": 3, "val_top1_err_center": 50.0, "val_top5_err_center": 0.0,
                "val_top1_err_10crop": 33.333, "val_top5_err_10crop": 0.0}
     md = report_tables.comparison_markdown(metrics)
     assert "demo (synthetic, 3 classes) — not comparable to ImageNet" in md
     assert "| 40.42 | 18.15 |" in md and "43.48" in md and "| 33.33 |" in md
     assert "Not comparable" in md
+    assert "Checkpoint: the epoch with the lowest validation error, chosen on this same validation set" in md
+    assert "Checkpoint: the final network" in report_tables.comparison_markdown({**metrics, "checkpoint_choice": "last"})
     report_tables.plot_per_class(tmp_path / "per_class.png", rows, "demo")
     assert (tmp_path / "per_class.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -154,6 +157,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from PIL import Image  # noqa: E402
 
@@ -329,6 +333,9 @@ def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
     assert (e1, e5) == (pytest.approx(100 * 4 / 7), pytest.approx(100 * 2 / 7))  # TRUE_RANKS
     assert metrics["val_images"] == 7 and metrics["checkpoint_epoch"] == 3 and metrics["dataset"] == "demo"
     assert metrics["eval_images_per_s"] > 0 and metrics["checkpoint"] == str(val_data["checkpoint"])
+    assert metrics["checkpoint_choice"] == {"last.pt": "last", "best.pt": "best"}.get(
+        Path(val_data["checkpoint"]).name, "given")
+    assert 0 <= metrics["data_wait_fraction"] <= 1
 
     with open(out / "per_class.csv", newline="") as f:
         per_class = list(csv.DictReader(f))

@@ -26,6 +26,13 @@
 # last; attempt.json and mlflow_run.json record how the latest attempt
 # started and which MLflow run it logs to.
 #
+# The MLflow model (and the registered version) is the checkpoint the evaluate
+# stage scores: best.pt, or last.pt where evaluate.checkpoint is last (the
+# ImageNet preset: the final network, as the paper reports), so the
+# evaluation's errors can become the version's tags.
+LOGGED_CHECKPOINT = (f"{RESULTS}/train/checkpoints/last.pt" if config["evaluate"]["checkpoint"] == "last"
+                     else "{output.best}")
+
 # GPUs: resources gpu=N is only a counter; the stage picks its devices itself.
 # With more GPUs than one replica uses (train.devices: one device, or two for
 # the paper's split), the rule starts one DDP replica per share via torchrun.
@@ -61,7 +68,7 @@ rule train:
         f"lr {TRAIN['lr']}) on {train_devices()}"
     shell:
         tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
-                jsonl=f"{RESULTS}/train/metrics.jsonl", model="{output.best}",
+                jsonl=f"{RESULTS}/train/metrics.jsonl", model=LOGGED_CHECKPOINT,
                 mean_image="{input.mean_image}", classes="{input.classes}",
                 attempt=f"{RESULTS}/train/{ATTEMPT_FILE}", register=REGISTERED_MODEL, fingerprints="{output.json}",
                 gpus=monitored_gpus())
