@@ -3,6 +3,7 @@
     make demo                                   # shards, PCA (results/)
     python bench/demo_seeds.py --seeds 0 1 2 3 4 --out bench/demo_seeds
     python bench/demo_seeds.py --seeds 0 1 --out /tmp/x -- --warmup-steps 0   # extra train flags after --
+    python bench/demo_seeds.py --seeds 0 1 2 --torch-threads 1 --out bench/demo_seeds/t1   # other summation orders
 
 Trains with the train stage's CLI and the demo's settings from config.yaml
 (plus any flags after --), evaluates every run's best.pt with the evaluate
@@ -30,6 +31,8 @@ def main() -> None:
     p.add_argument("--results", default="results")
     p.add_argument("--config", default=str(REPO / "config.yaml"))
     p.add_argument("--out", required=True)
+    p.add_argument("--torch-threads", type=int, default=2,
+                   help="torch CPU threads of each training: 1 and 2 sum in different orders, as other machines do")
     p.add_argument("extra", nargs="*", help="more train flags (after --)")
     args = p.parse_args()
     train_cfg = yaml.safe_load(Path(args.config).read_text())["train"]
@@ -41,7 +44,8 @@ def main() -> None:
         run = out / f"seed-{seed}"
         flags = [f"--{k.replace('_', '-')}={train_cfg[k]}" for k in TRAIN_KEYS if k in train_cfg]
         cmd = [sys.executable, "-m", "pipeline.train", *map(str, inputs), "--out-dir", str(run), "--fresh",
-               "--devices", "cpu", "--seed", str(seed), *flags, *args.extra]
+               "--devices", "cpu", "--seed", str(seed), "--torch-threads", str(args.torch_threads), *flags,
+               *args.extra]
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         ev = run / "evaluate"
         subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--checkpoint", str(run / "checkpoints/best.pt"),
@@ -51,7 +55,7 @@ def main() -> None:
         summary = json.loads((run / "train.json").read_text())
         metrics = json.loads((ev / "metrics.json").read_text())
         losses = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-        rows.append({"seed": seed, "best_epoch": summary["best_epoch"],
+        rows.append({"seed": seed, "torch_threads": args.torch_threads, "best_epoch": summary["best_epoch"],
                      "best_center_top1_err": summary["best_val_top1_err"],
                      "ten_crop_top1_err": metrics["val_top1_err_10crop"],
                      "final_center_top1_err": summary["final_val_top1_err"],
@@ -61,11 +65,11 @@ def main() -> None:
                      "train_time_s": summary["train_time_s"]})
         print(json.dumps(rows[-1]), flush=True)
     (out / "seeds.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print("| seed | best epoch | best centre top-1 err | ten-crop top-1 err (best.pt) | final centre | "
+    print("| seed | torch threads | best epoch | best centre top-1 err | ten-crop top-1 err (best.pt) | final centre | "
           "collapse | warnings | max window loss |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['seed']} | {r['best_epoch']} | {r['best_center_top1_err']:.1f}% | {r['ten_crop_top1_err']:.1f}% "
+        print(f"| {r['seed']} | {r['torch_threads']} | {r['best_epoch']} | {r['best_center_top1_err']:.1f}% | {r['ten_crop_top1_err']:.1f}% "
               f"| {r['final_center_top1_err']:.1f}% | {r['collapsed_epoch'] or 'no'} | "
               f"{', '.join(r['warnings']) or 'none'} | {r['max_window_loss']:.2f} |")
 

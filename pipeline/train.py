@@ -69,7 +69,7 @@ from pipeline.training.log import EpochResult, TrainingDiverged, TrainingLog, Wi
 from pipeline.training.placement import Placement
 from pipeline.training.recipe import make_optimizer, make_plateau, param_digest, warmup, warmup_factor
 from pipeline.training.run_folder import RunFolder, plan_start
-from pipeline.training.state import TrainState, collapse_epoch
+from pipeline.training.state import TrainState
 
 __all__ = ["TrainConfig", "TrainingDiverged", "TrainConfigError", "train", "fit", "main",
            # the recipe's parts, where the bench scripts and tests take them from
@@ -276,7 +276,13 @@ class Trainer:
         totals["save_s"] += time.perf_counter() - t0
 
     def finish(self) -> dict:
-        summary = summarize(self, gather(param_digest(self.model), self.env))
+        setup = {"parameters": sum(p.numel() for p in self.model.parameters()), "num_classes": self.num_classes,
+                 "width": self.cfg.width, "batch_size": self.cfg.batch_size,
+                 "steps_per_epoch_cap": self.cfg.steps_per_epoch, "world_size": self.env.world,
+                 "devices": self.place.devices, "precision": self.place.precision,
+                 "channels_last": self.place.channels_last}
+        summary = self.log.summary(self.lr, setup, gather(param_digest(self.model), self.env), self.attempt,
+                                   self.inputs)
         if self.env.main:
             if not self.folder.curve.exists():
                 plot_curve(self.folder.metrics, self.folder.curve, self.num_classes)
@@ -313,38 +319,6 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
         t.save(better)
         t.log.epoch_report(result, t.lr)
     return t.finish()
-
-
-def summarize(t: Trainer, digests: list[str]) -> dict:
-    """train.json (docs/formats.md)."""
-    state, cfg, totals = t.state, t.cfg, t.state.totals
-    hist = state.history
-    return {
-        "epochs": state.epoch, "steps": state.step,
-        "best_epoch": state.best["epoch"],
-        "best_val_top1_err": state.best["val_top1_err"], "best_val_top5_err": state.best["val_top5_err"],
-        "final_val_top1_err": hist[-1]["val_top1_err"] if hist else None,
-        "final_val_top5_err": hist[-1]["val_top5_err"] if hist else None,
-        "chance_top1_err": t.log.chance_top1_err,
-        "collapsed_epoch": collapse_epoch(hist, t.log.chance_top1_err),
-        "final_lr": t.lr,
-        "lr_drops": state.lr_drops(),
-        "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
-        "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
-        "checkpoint_time_s": totals["save_s"],
-        "data_wait_s": totals["data_wait_s"],
-        "data_wait_fraction": totals["data_wait_s"] / totals["train_s"] if totals["train_s"] else 0.0,
-        "input_bound": any(w["kind"] == "input_bound" for w in state.warnings),
-        "parameters": sum(p.numel() for p in t.model.parameters()),
-        "num_classes": t.num_classes, "width": cfg.width, "batch_size": cfg.batch_size,
-        "steps_per_epoch_cap": cfg.steps_per_epoch,
-        "world_size": t.env.world, "devices": t.place.devices, "precision": t.place.precision,
-        "channels_last": t.place.channels_last, "replica_digests": digests,
-        "replicas_in_sync": len(set(digests)) == 1,
-        "warnings": state.warnings,
-        "start": t.attempt.get("action"), "start_reason": t.attempt.get("why"), "run_uid": t.attempt.get("uid"),
-        "inputs": t.inputs,
-    }
 
 
 def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig, fresh: bool = False) -> dict:

