@@ -30,7 +30,9 @@ onstart:
         from pipeline.tracking.parent import start_parent
 
         run_id = start_parent(
-            TRACKING_URI, TRACKING["experiment"], PARENT_FILE,
+            TRACKING_URI,
+            TRACKING["experiment"],
+            PARENT_FILE,
             run_name=f"workflow {config['dataset']['name']}",
             params=flat_config(config),
             tags={"dataset": config["dataset"]["name"], "command": shlex.join(sys.argv)[:5000]},
@@ -55,9 +57,9 @@ onerror:
 
 
 rule all:
+    default_target: True
     input:
         f"{RESULTS}/augment/augment.json",
         f"{RESULTS}/evaluate/metrics.json",
         [f"{RESULTS}/forecast/forecast.json"] if config["preflight"]["forecast"] else [],
         f"{RESULTS}/resources/resources.json",
-    default_target: True

@@ -24,6 +24,7 @@ Needs torch, nvidia-dali, numpy and pillow (no snakemake, no mlflow). Without
 quality 90 like the resize stage, about the size of resized ImageNet images)
 to a temporary folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,15 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pipeline import dali_pipes  # noqa: E402
-from pipeline.loaders import (AugmentSettings, EvalLoader, TrainLoader, index_path,  # noqa: E402
-                              lighting_matrix_for)
-from pipeline.pca_files import as_pca, load_pca  # noqa: E402
-from pipeline.shards import decode_label, shard_sample_count  # noqa: E402
 from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
+from pipeline import dali_pipes  # noqa: E402
+from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, index_path, lighting_matrix_for  # noqa: E402
+from pipeline.pca_files import as_pca, load_pca  # noqa: E402
+from pipeline.shards import decode_label, shard_sample_count  # noqa: E402
+
 # ---------------------------------------------------------------- the DataLoader baseline
+
 
 class ShardDataset(torch.utils.data.Dataset):
     """(jpeg bytes, label) by offset through the .idx files; the same augmentation in PIL + numpy."""
@@ -74,19 +76,20 @@ class ShardDataset(torch.utils.data.Dataset):
             with open(shard, "rb") as f:
                 self.maps[shard] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         offset, size = span
-        return self.maps[shard][offset:offset + size]
+        return self.maps[shard][offset : offset + size]
 
     def __getitem__(self, i):
         shard, jpg, cls = self.items[i]
-        rng = np.random.default_rng([self.seed, i, torch.utils.data.get_worker_info().seed % 2**32
-                                     if torch.utils.data.get_worker_info() else 0])
+        rng = np.random.default_rng(
+            [self.seed, i, torch.utils.data.get_worker_info().seed % 2**32 if torch.utils.data.get_worker_info() else 0]
+        )
         x = np.asarray(Image.open(io.BytesIO(self._bytes(shard, jpg))).convert("RGB"), np.float32)
         ox, oy = rng.integers(0, 33, 2)
         if self.settings.normalize == "mean_image":
-            x = x[oy:oy + 224, ox:ox + 224] - self.pca.mean_image[oy:oy + 224, ox:ox + 224]
+            x = x[oy : oy + 224, ox : ox + 224] - self.pca.mean_image[oy : oy + 224, ox : ox + 224]
             mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
         else:
-            x = x[oy:oy + 224, ox:ox + 224]
+            x = x[oy : oy + 224, ox : ox + 224]
             mean, std = self.pca.mean.astype(np.float32), self.pca.std.astype(np.float32)
         if rng.random() < 0.5:
             x = x[:, ::-1]
@@ -97,6 +100,7 @@ class ShardDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------- timing
+
 
 def cpu_seconds() -> float:
     """CPU time of this process (all threads) and its live children (DataLoader workers)."""
@@ -148,9 +152,14 @@ def decode_batches(shards, batch, threads, device):
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
     gpu = device.startswith("cuda")
-    pipe = dali_pipes.decode_pipe(shards=shards, index_paths=[str(index_path(s)) for s in shards], gpu=gpu,
-                                  batch_size=batch, num_threads=threads,
-                                  device_id=torch.device(device).index or 0 if gpu else None)
+    pipe = dali_pipes.decode_pipe(
+        shards=shards,
+        index_paths=[str(index_path(s)) for s in shards],
+        gpu=gpu,
+        batch_size=batch,
+        num_threads=threads,
+        device_id=torch.device(device).index or 0 if gpu else None,
+    )
     pipe.build()
     for b in DALIGenericIterator([pipe], ["images", "labels"], size=-1):
         yield b[0]["images"], b[0]["labels"]
@@ -168,8 +177,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, default=0, help="pin this process and its workers to the first N cores")
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=1,
-                   help="measure everything this often, round robin, and keep the best (on a shared machine)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure everything this often, round robin, and keep the best (on a shared machine)",
+    )
     p.add_argument("--torch-workers", type=int, default=2)
     p.add_argument("--no-torch", action="store_true", help="skip the DataLoader baseline")
     p.add_argument("--only", nargs="*", help="measure only these (dali_train, dali_decode, ...)")
@@ -184,8 +197,9 @@ def _shards(a: argparse.Namespace, tmp_dir: str) -> tuple[list[str], float]:
     if not a.shards:
         return make_shards(tmp_dir, a.make_shards, "train")
     shards = sorted(f for pattern in a.shards for f in glob.glob(pattern))
-    jpeg_bytes = float(np.mean([os.path.getsize(s) for s in shards])) / max(1, np.mean(
-        [shard_sample_count(s) for s in shards]))
+    jpeg_bytes = float(np.mean([os.path.getsize(s) for s in shards])) / max(
+        1, np.mean([shard_sample_count(s) for s in shards])
+    )
     return shards, jpeg_bytes
 
 
@@ -207,9 +221,14 @@ def _runs(a: argparse.Namespace, shards: list[str], pca, s: AugmentSettings) -> 
         runs["dali_center", t] = lambda c=common: forever(lambda e: EvalLoader(shards, pca, a.batch, "center", **c))
         runs["dali_ten", t] = lambda c=common: forever(lambda e: EvalLoader(shards, pca, a.batch, "ten", **c))
     if not a.no_torch:
-        loader = torch.utils.data.DataLoader(ShardDataset(shards, pca, s), batch_size=a.batch, shuffle=True,
-                                             drop_last=True, num_workers=a.torch_workers,
-                                             persistent_workers=a.torch_workers > 0)
+        loader = torch.utils.data.DataLoader(
+            ShardDataset(shards, pca, s),
+            batch_size=a.batch,
+            shuffle=True,
+            drop_last=True,
+            num_workers=a.torch_workers,
+            persistent_workers=a.torch_workers > 0,
+        )
         runs["torch_loader", a.torch_workers] = lambda: forever(lambda e: iter(loader))
     if a.only:
         runs = {k: v for k, v in runs.items() if k[0] in a.only}
@@ -224,11 +243,21 @@ def _measure(runs: dict, a: argparse.Namespace, cuda: bool) -> list[dict]:
             first, rate, per_cpu = timed(make(), a.warmup, a.batches, cuda)
             if rate > best.get(key, (0, 0, 0))[1]:
                 best[key] = (first, rate, per_cpu)
-            print(f"  {key[0]:12s} threads/workers {key[1]:2d}: {rate:9.1f} img/s, {per_cpu:7.1f} img/cpu-s",
-                  file=sys.stderr)
-    return [{"name": name, "threads": t, "images_per_s": round(rate, 1), "images_per_cpu_s": round(per_cpu, 1),
-             "first_batch_s": round(first, 3), "batch_s": round(a.batch / rate, 4)}
-            for (name, t), (first, rate, per_cpu) in best.items()]
+            print(
+                f"  {key[0]:12s} threads/workers {key[1]:2d}: {rate:9.1f} img/s, {per_cpu:7.1f} img/cpu-s",
+                file=sys.stderr,
+            )
+    return [
+        {
+            "name": name,
+            "threads": t,
+            "images_per_s": round(rate, 1),
+            "images_per_cpu_s": round(per_cpu, 1),
+            "first_batch_s": round(first, 3),
+            "batch_s": round(a.batch / rate, 4),
+        }
+        for (name, t), (first, rate, per_cpu) in best.items()
+    ]
 
 
 def _ratios(rows: list[dict], threads: list[int], torch_workers: int) -> dict:
@@ -240,20 +269,25 @@ def _ratios(rows: list[dict], threads: list[int], torch_workers: int) -> dict:
             res[f"train_over_torch_{t}"] = round(rates["dali_train", t] / rates["torch_loader", torch_workers], 2)
             per_cpu = {(r["name"], r["threads"]): r["images_per_cpu_s"] for r in rows}
             res[f"train_over_torch_per_cpu_{t}"] = round(
-                per_cpu["dali_train", t] / per_cpu["torch_loader", torch_workers], 2)
+                per_cpu["dali_train", t] / per_cpu["torch_loader", torch_workers], 2
+            )
         if ("dali_train", t) in rates and ("dali_decode", t) in rates:
             res[f"train_over_decode_{t}"] = round(rates["dali_train", t] / rates["dali_decode", t], 3)
     return res
 
 
 def _print_table(res: dict) -> None:
-    print(f"{res['device']} ({res['device_arg']}), batch {res['batch']}, {res['cores']} cores, {res['images']} images "
-          f"of {res['jpeg_bytes']} bytes, lighting {res['lighting']}, normalize {res['normalize']}")
+    print(
+        f"{res['device']} ({res['device_arg']}), batch {res['batch']}, {res['cores']} cores, {res['images']} images "
+        f"of {res['jpeg_bytes']} bytes, lighting {res['lighting']}, normalize {res['normalize']}"
+    )
     print(f"| {'pipeline':12s} | threads | images/s | images/CPU-s | first batch s | batch s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in res["runs"]:
-        print(f"| {r['name']:12s} | {r['threads']:7d} | {r['images_per_s']:8.0f} | {r['images_per_cpu_s']:12.0f} "
-              f"| {r['first_batch_s']:13.3f} | {r['batch_s']:7.4f} |")
+        print(
+            f"| {r['name']:12s} | {r['threads']:7d} | {r['images_per_s']:8.0f} | {r['images_per_cpu_s']:12.0f} "
+            f"| {r['first_batch_s']:13.3f} | {r['batch_s']:7.4f} |"
+        )
     for k, v in res.items():
         if k.startswith(("train_over",)):
             print(f"{k}: {v}")
@@ -262,16 +296,22 @@ def _print_table(res: dict) -> None:
 def main(argv=None):
     a = _parser().parse_args(argv)
     if a.cores:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:a.cores])
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: a.cores])
     cuda = a.device.startswith("cuda")
     with tempfile.TemporaryDirectory(prefix="augment-speed-") as tmp:
         shards, jpeg_bytes = _shards(a, tmp)
         pca = _pca(a)
         s = AugmentSettings(lighting=a.lighting, normalize=a.normalize)
-        res = {"device": torch.cuda.get_device_name(torch.device(a.device)) if cuda else platform.processor() or "cpu",
-               "device_arg": a.device, "batch": a.batch, "cores": len(os.sched_getaffinity(0)),
-               "images": TrainLoader(shards, pca, a.batch, settings=s).total, "jpeg_bytes": round(jpeg_bytes),
-               "lighting": a.lighting, "normalize": a.normalize}
+        res = {
+            "device": torch.cuda.get_device_name(torch.device(a.device)) if cuda else platform.processor() or "cpu",
+            "device_arg": a.device,
+            "batch": a.batch,
+            "cores": len(os.sched_getaffinity(0)),
+            "images": TrainLoader(shards, pca, a.batch, settings=s).total,
+            "jpeg_bytes": round(jpeg_bytes),
+            "lighting": a.lighting,
+            "normalize": a.normalize,
+        }
         res["runs"] = _measure(_runs(a, shards, pca, s), a, cuda)
         res.update(_ratios(res["runs"], a.dali_threads, a.torch_workers))
     _print_table(res)

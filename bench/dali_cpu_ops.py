@@ -24,6 +24,7 @@ between two rows is the per-image CPU cost of what one adds.
 
 Figures: bench/RESULTS-augment.md. Needs nvidia-dali, numpy and pillow.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,19 +39,41 @@ import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from pipeline import dali_pipes as dp  # noqa: E402
-from pipeline.shards import index_path  # noqa: E402
 from synthetic import make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
-VARIANTS = ["decode", "crop_float", "crop_u8", "channel", "mean_image", "mean_image_plain", "sub3_plain", "sub_only",
-            "crop_then_sub", "arith_channel", "sub_lighting", "decode_fast_idct", "mean_image_fast_idct"]
+from pipeline import dali_pipes as dp  # noqa: E402
+from pipeline.shards import index_path  # noqa: E402
+
+VARIANTS = [
+    "decode",
+    "crop_float",
+    "crop_u8",
+    "channel",
+    "mean_image",
+    "mean_image_plain",
+    "sub3_plain",
+    "sub_only",
+    "crop_then_sub",
+    "arith_channel",
+    "sub_lighting",
+    "decode_fast_idct",
+    "mean_image_fast_idct",
+]
 MEAN = [123.7, 116.3, 103.5]
 STD = [58.4, 57.1, 57.4]
 
 
 def crop(x, pos_x, pos_y, mirror, dtype=types.FLOAT, **norm):
-    return fn.crop_mirror_normalize(x, crop=(dp.CROP, dp.CROP), crop_pos_x=pos_x, crop_pos_y=pos_y, mirror=mirror,
-                                    dtype=dtype, output_layout="CHW", **norm)
+    return fn.crop_mirror_normalize(
+        x,
+        crop=(dp.CROP, dp.CROP),
+        crop_pos_x=pos_x,
+        crop_pos_y=pos_y,
+        mirror=mirror,
+        dtype=dtype,
+        output_layout="CHW",
+        **norm,
+    )
 
 
 @pipeline_def
@@ -81,8 +104,9 @@ def variant_pipe(shards, variant, mean_image):
         return image - mean_c
     if variant == "arith_channel":
         inv_std = types.Constant(np.array(STD, np.float32).reshape(3, 1, 1) ** -1)
-        return (crop(image, pos_x, pos_y, mirror) - types.Constant(np.array(MEAN, np.float32).reshape(3, 1, 1))) \
-            * inv_std
+        return (
+            crop(image, pos_x, pos_y, mirror) - types.Constant(np.array(MEAN, np.float32).reshape(3, 1, 1))
+        ) * inv_std
     diff = crop(image, pos_x, pos_y, mirror) - crop(mean_c, pos_x, pos_y, mirror)
     if variant == "crop_then_sub":
         return diff
@@ -123,8 +147,16 @@ def main(argv=None) -> int:
         shards, size = make_shards(tmp, a.images, "ops", per_shard=1024)
         pipes = {}
         for variant in a.only or VARIANTS:
-            pipes[variant] = variant_pipe(shards=shards, variant=variant, mean_image=mean_image, batch_size=a.batch,
-                                          num_threads=a.dali_threads, device_id=None, seed=1, prefetch_queue_depth=1)
+            pipes[variant] = variant_pipe(
+                shards=shards,
+                variant=variant,
+                mean_image=mean_image,
+                batch_size=a.batch,
+                num_threads=a.dali_threads,
+                device_id=None,
+                seed=1,
+                prefetch_queue_depth=1,
+            )
             pipes[variant].build()
             pipes[variant].run()  # warm-up
         rows = measure(pipes, a.batch, a.batches, a.repeats)

@@ -7,6 +7,7 @@ Builds the training loader (the config's augmentation, batch 16, seed 5) and the
 loader once per thread count on the results' shards and PCA, and compares the first batches
 of epochs 0 and 1 (training) and of the evaluation pass bit for bit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,8 @@ def batches(loader, epoch=None, n=3):
 
 def equal(a, b):
     return len(a) == len(b) and all(
-        all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(p, q)) for p, q in zip(a, b))
+        all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(p, q)) for p, q in zip(a, b)
+    )
 
 
 def main() -> int:
@@ -55,8 +57,10 @@ def main() -> int:
     for kind in ("train", "ten-crop"):
         same = equal(got[t1][kind], got[t2][kind])
         ok &= same
-        print(f"== {kind} on {a.device}: threads {t1} vs {t2}: {'identical' if same else 'DIFFERENT'} "
-              f"({len(got[t1][kind])} batches)")
+        print(
+            f"== {kind} on {a.device}: threads {t1} vs {t2}: {'identical' if same else 'DIFFERENT'} "
+            f"({len(got[t1][kind])} batches)"
+        )
     return 0 if ok else 1
 
 

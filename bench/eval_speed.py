@@ -20,6 +20,7 @@ Needs torch, nvidia-dali, numpy and pillow. Writes synthetic shards (smooth
 random scenes with grain, JPEG quality 90 like the resize stage) to a
 temporary folder. Figures: bench/RESULTS-eval.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from synthetic import IMAGENET_PCA as PCA  # noqa: E402  (bench/ is on sys.path when run as a script)
+from synthetic import make_shards
+
 from model.alexnet import AlexNet  # noqa: E402
 from pipeline.loaders import AugmentSettings, EvalLoader  # noqa: E402
-from pipeline.pca_files import as_pca  # noqa: E402
 from pipeline.metrics import EvalCounts, ten_crop_probs  # noqa: E402
-from synthetic import IMAGENET_PCA as PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
+from pipeline.pca_files import as_pca  # noqa: E402
 
 CLASSES = 1000
 
@@ -83,29 +86,40 @@ def run(shards, width: float, device: torch.device, batch: int, threads: int, re
     def nothing(images, labels):
         pass
 
-    modes = (("load_center", "center", nothing), ("load_ten", "ten", nothing),
-             ("center", "center", center), ("ten", "ten", ten))
-    loaders = {views: EvalLoader(shards, pca, batch, views=views, settings=settings, device=str(device),
-                                 threads=threads) for views in ("center", "ten")}
+    modes = (
+        ("load_center", "center", nothing),
+        ("load_ten", "ten", nothing),
+        ("center", "center", center),
+        ("ten", "ten", ten),
+    )
+    loaders = {
+        views: EvalLoader(shards, pca, batch, views=views, settings=settings, device=str(device), threads=threads)
+        for views in ("center", "ten")
+    }
     out = {"width": width, **{name: 0.0 for name, _, _ in modes}, **{f"{name}_cpu": 0.0 for name, _, _ in modes}}
     for _ in range(repeats):  # interleaved, so a busy spell on a shared machine hits every mode alike
         for name, views, step in modes:
             wall, cpu = timed_pass(loaders[views], step, device)
             out[name], out[f"{name}_cpu"] = max(out[name], wall), max(out[f"{name}_cpu"], cpu)
     for name, _, _ in modes:
-        print(f"width {width}: {name:12s} {out[name]:9.1f} images/s {out[name + '_cpu']:9.1f} images/CPU-s",
-              file=sys.stderr)
+        print(
+            f"width {width}: {name:12s} {out[name]:9.1f} images/s {out[name + '_cpu']:9.1f} images/CPU-s",
+            file=sys.stderr,
+        )
     out["ratio"] = out["center"] / out["ten"]
     out["ratio_cpu"] = out["center_cpu"] / out["ten_cpu"]
     return out
 
 
 def markdown(rows: list[dict], args, device_name: str) -> str:
-    lines = [f"Device: {device_name}; {args.images} images, batch {args.batch}, DALI threads {args.dali_threads}, "
-             f"torch threads {torch.get_num_threads()}; best of {args.repeats}. "
-             "Images/s (images per CPU-second in brackets).", "",
-             "| width | load centre | load ten | centre | ten-crop | ten/centre per image, wall (CPU) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"Device: {device_name}; {args.images} images, batch {args.batch}, DALI threads {args.dali_threads}, "
+        f"torch threads {torch.get_num_threads()}; best of {args.repeats}. "
+        "Images/s (images per CPU-second in brackets).",
+        "",
+        "| width | load centre | load ten | centre | ten-crop | ten/centre per image, wall (CPU) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         cells = [f"{r[k]:.1f} ({r[k + '_cpu']:.1f})" for k in ("load_center", "load_ten", "center", "ten")]
         lines.append(f"| {r['width']:g} | " + " | ".join(cells) + f" | {r['ratio']:.2f}x ({r['ratio_cpu']:.2f}x) |")
@@ -123,23 +137,32 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args(argv)
     if args.batch < 1 or args.images < 2 * args.batch:
-        p.error(f"--images {args.images} with --batch {args.batch}: need at least two batches "
-                "(the first one pays for the pipeline build and is not timed)")
+        p.error(
+            f"--images {args.images} with --batch {args.batch}: need at least two batches "
+            "(the first one pays for the pipeline build and is not timed)"
+        )
     device = torch.device(args.device)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         shards, _ = make_shards(tmp, args.images, "val", classes=CLASSES, discs=0)
-        rows = [run(shards, float(w), device, args.batch, args.dali_threads, args.repeats)
-                for w in args.widths.split(",")]
+        rows = [
+            run(shards, float(w), device, args.batch, args.dali_threads, args.repeats) for w in args.widths.split(",")
+        ]
     text = markdown(rows, args, device_name)
     print(text)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device_name, "args": vars(args), "rows": rows}, f, indent=2)
     worst = max(max(r["ratio"], r["ratio_cpu"]) for r in rows)
-    print(f"ten-crop costs {worst:.2f}x centre-crop per image at worst (target <= 10.5x): "
-          f"{'met' if worst <= 10.5 else 'NOT met'}", file=sys.stderr)
+    print(
+        f"ten-crop costs {worst:.2f}x centre-crop per image at worst (target <= 10.5x): "
+        f"{'met' if worst <= 10.5 else 'NOT met'}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -12,6 +12,7 @@ update-to-weight ratio, and the logits' mean/std. Findings:
 bench/RESULTS-train.md, "Why the first steps explode".
 About 16 s per step at width 1.0, batch 128, on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,23 +27,33 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoint import build_model  # noqa: E402
+from pipeline.devices import Dist, seed_everything  # noqa: E402
 from pipeline.health import LAYERS, HealthMonitor  # noqa: E402
 from pipeline.io import read_classes  # noqa: E402
-from pipeline.devices import Dist, seed_everything  # noqa: E402
 from pipeline.train import TrainConfig, make_loaders, make_optimizer, warmup_factor  # noqa: E402
 
 
 def run(args) -> dict:
     res = Path(args.results)
-    cfg = TrainConfig(width=args.width, init=args.init, dropout_style=args.dropout_style, decay=args.decay,
-                      warmup_steps=args.warmup_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                      dali_threads=2, devices="cpu")
+    cfg = TrainConfig(
+        width=args.width,
+        init=args.init,
+        dropout_style=args.dropout_style,
+        decay=args.decay,
+        warmup_steps=args.warmup_steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dali_threads=2,
+        devices="cpu",
+    )
     num_classes = len(read_classes(res / "fetch/classes.tsv"))
     seed_everything(cfg.seed)
     model = build_model(cfg.model_config(num_classes), ["cpu"])
     model.train()
-    train_loader, _ = make_loaders(cfg, res / "shards/manifest.json", res / "pca/pca.json",
-                                   res / "pca/mean_image.npy", Dist(), "cpu")
+    train_loader, _ = make_loaders(
+        cfg, res / "shards/manifest.json", res / "pca/pca.json", res / "pca/mean_image.npy", Dist(), "cpu"
+    )
     opt = make_optimizer(model, cfg)
     monitor = HealthMonitor(model)
     rows, step, epoch, t0 = [], 0, 0, time.perf_counter()
@@ -63,22 +74,34 @@ def run(args) -> dict:
             step += 1
             rows.append({"step": step, "loss": loss.item(), "lr": cfg.lr * warm, "health": monitor.collect(opt)})
             h = rows[-1]["health"]
-            print(f"step {step:3d} loss {loss.item():8.3f}  logits std {h['fc8']['act_std']:7.2f}  "
-                  f"fc8 upd/w {h['fc8']['update_ratio']:.3g}  fc7 dead {h['fc7']['dead']:.2f}  "
-                  f"conv5 dead {h['conv5']['dead']:.2f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"settings": {k: v for k, v in vars(args).items() if k not in ("plot", "png", "out")},
-            "num_classes": num_classes, "rows": rows}
+            print(
+                f"step {step:3d} loss {loss.item():8.3f}  logits std {h['fc8']['act_std']:7.2f}  "
+                f"fc8 upd/w {h['fc8']['update_ratio']:.3g}  fc7 dead {h['fc7']['dead']:.2f}  "
+                f"conv5 dead {h['conv5']['dead']:.2f}  ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+    return {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("plot", "png", "out")},
+        "num_classes": num_classes,
+        "rows": rows,
+    }
 
 
 def plot(paths: list[str], png: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = [(Path(p).stem, json.loads(Path(p).read_text())) for p in paths]
-    panels = [("loss", None, "loss"), ("logits std", "fc8", "act_std"), ("fc7 dead share", "fc7", "dead"),
-              ("conv5 dead share", "conv5", "dead"), ("fc8 update/weight", "fc8", "update_ratio"),
-              ("fc7 update/weight", "fc7", "update_ratio")]
+    panels = [
+        ("loss", None, "loss"),
+        ("logits std", "fc8", "act_std"),
+        ("fc7 dead share", "fc7", "dead"),
+        ("conv5 dead share", "conv5", "dead"),
+        ("fc8 update/weight", "fc8", "update_ratio"),
+        ("fc7 update/weight", "fc7", "update_ratio"),
+    ]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (title, layer, key) in zip(axes.flat, panels):
         for name, r in runs:
@@ -86,8 +109,12 @@ def plot(paths: list[str], png: str) -> None:
             ys = [row["loss"] if layer is None else row["health"][layer][key] for row in r["rows"]]
             ax.plot(xs, ys, label=name, lw=1.2)
         if layer is None:
-            ax.axhline(torch.log(torch.tensor(float(runs[0][1]["num_classes"]))).item(), color="gray", ls=":",
-                       label="ln(classes)")
+            ax.axhline(
+                torch.log(torch.tensor(float(runs[0][1]["num_classes"]))).item(),
+                color="gray",
+                ls=":",
+                label="ln(classes)",
+            )
         if key == "update_ratio":
             ax.set_yscale("log")
         ax.set_title(title)

@@ -11,6 +11,7 @@ the elapsed time from the first shard's start to the last one's end), and, with
 --wall-s, the big invocation's wall time without the data generation
 (which the forecast does not cover). Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def actual_seconds(m: dict) -> dict[str, float]:
     for split in ("train", "val"):
         out[f"index {split}"] = m["index"][split]["job"]["wall_s"]
     out["resize shards"] = m["resize_elapsed_s"]
-    for key, name in (("resize_manifest", "resize manifest"), ("pca", "pca"), ("augment", "augment"),
-                      ("train", "train"), ("evaluate", "evaluate")):
+    for key, name in (
+        ("resize_manifest", "resize manifest"),
+        ("pca", "pca"),
+        ("augment", "augment"),
+        ("train", "train"),
+        ("evaluate", "evaluate"),
+    ):
         out[name] = m[key]["job"]["wall_s"]
     return out
 
@@ -45,15 +51,24 @@ def main(argv=None) -> int:
     small, big = measure(a.small), measure(a.big)
     train_json = json.loads((Path(a.big) / "train" / "train.json").read_text())
     eval_json = json.loads((Path(a.big) / "evaluate" / "metrics.json").read_text())
-    fc = forecast(small, big["train_images"], big["val_images"], epochs=train_json["epochs"], cores=a.cores,
-                  archive_bytes=big["fetch"]["archive_bytes"], steps_per_epoch=train_json["steps_per_epoch_cap"],
-                  eval_images=eval_json["val_images"])
+    fc = forecast(
+        small,
+        big["train_images"],
+        big["val_images"],
+        epochs=train_json["epochs"],
+        cores=a.cores,
+        archive_bytes=big["fetch"]["archive_bytes"],
+        steps_per_epoch=train_json["steps_per_epoch_cap"],
+        eval_images=eval_json["val_images"],
+    )
     actual = actual_seconds(big)
     stages = dict(fc["stages"])
     train_shards, val_shards = stages.pop("resize train"), stages.pop("resize val")
     stages = {"resize shards": {"seconds": train_shards["seconds"] + val_shards["seconds"]}, **stages}
-    print(f"Forecast from {small['train_images']} + {small['val_images']} images for "
-          f"{big['train_images']} + {big['val_images']} images, {a.cores} cores\n")
+    print(
+        f"Forecast from {small['train_images']} + {small['val_images']} images for "
+        f"{big['train_images']} + {big['val_images']} images, {a.cores} cores\n"
+    )
     print("| stage | forecast (s) | measured (s) | off by |")
     print("| --- | ---: | ---: | ---: |")
     total_f = total_a = 0.0
@@ -65,25 +80,32 @@ def main(argv=None) -> int:
     if a.wall_s:
         demo = read_benchmark(Path(a.big) / "benchmarks" / "demo.tsv")["wall_s"]
         wall = a.wall_s - demo
-        print(f"| **invocation wall, without the data generation** | {total_f:.1f} | {wall:.1f} "
-              f"| {100 * (total_f - wall) / wall:+.0f}% |")
+        print(
+            f"| **invocation wall, without the data generation** | {total_f:.1f} | {wall:.1f} "
+            f"| {100 * (total_f - wall) / wall:+.0f}% |"
+        )
     small_actual = actual_seconds(small)
     ratio = big["train_images"] / small["train_images"]
-    print(f"\nCost growth: each stage's measured seconds at both sizes ({ratio:.0f}x the images; training and "
-          "evaluation are capped at the same steps and images in both)\n")
+    print(
+        f"\nCost growth: each stage's measured seconds at both sizes ({ratio:.0f}x the images; training and "
+        "evaluation are capped at the same steps and images in both)\n"
+    )
     print("| stage | small (s) | big (s) | big / small |")
     print("| --- | ---: | ---: | ---: |")
     for name in actual:
-        print(f"| {name} | {small_actual[name]:.1f} | {actual[name]:.1f} | {actual[name] / max(small_actual[name], 1e-9):.2f} |")
+        print(
+            f"| {name} | {small_actual[name]:.1f} | {actual[name]:.1f} | {actual[name] / max(small_actual[name], 1e-9):.2f} |"
+        )
     self_fc = forecast(big, big["train_images"], big["val_images"], 1, a.cores)
     for split in ("train", "val"):
         s, b = fc["stages"][f"resize {split}"], self_fc
         bs = b["stages"][f"resize {split}"]
-        print(f"\nresize {split}: {s['startup_s_per_job']:.2f} s per job (small) vs {bs['startup_s_per_job']:.2f} (big); "
-              f"{s['seconds_per_image'] * 1000:.2f} ms per image (small) vs {bs['seconds_per_image'] * 1000:.2f} (big); "
-              f"scheduling {s['scheduling_s_per_job']:.2f} s per job (small) vs {bs['scheduling_s_per_job']:.2f} (big)")
+        print(
+            f"\nresize {split}: {s['startup_s_per_job']:.2f} s per job (small) vs {bs['startup_s_per_job']:.2f} (big); "
+            f"{s['seconds_per_image'] * 1000:.2f} ms per image (small) vs {bs['seconds_per_image'] * 1000:.2f} (big); "
+            f"scheduling {s['scheduling_s_per_job']:.2f} s per job (small) vs {bs['scheduling_s_per_job']:.2f} (big)"
+        )
     return 0
-
 
 
 if __name__ == "__main__":

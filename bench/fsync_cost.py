@@ -11,6 +11,7 @@ A shard writes four files (.tar, .idx, .stats.npz, .json): eight fsyncs, four fi
 four folder entries, whatever its image count, so the cost per image shrinks as shards grow
 (ImageNet: about 1,250 images a shard against the demo's 250). Figures: bench/RESULTS-io.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,9 +82,11 @@ def main() -> None:
         for kind, s in (("fsync (file, then folder)", on), ("no fsync", off)):
             print(f"| {kind} | {s:.3f} | {1000 * s / per_shard:.2f} |")
         print(f"\ndifference: {1000 * (on - off):+.0f} ms per shard ({100 * (on - off) / off:+.1f}%)")
-        print(f"fsync calls: {per_shard_calls:.0f} per shard, {1000 * sum(calls) / len(calls):.1f} ms each on "
-              f"average ({1000 * sum(calls) / (args.rounds * args.shards):.0f} ms per shard), longest "
-              f"{1000 * max(calls):.1f} ms")
+        print(
+            f"fsync calls: {per_shard_calls:.0f} per shard, {1000 * sum(calls) / len(calls):.1f} ms each on "
+            f"average ({1000 * sum(calls) / (args.rounds * args.shards):.0f} ms per shard), longest "
+            f"{1000 * max(calls):.1f} ms"
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -3,6 +3,7 @@
     python bench/health_plot.py WORK/train/metrics.jsonl --classes 100 --png bench/hard100_cpu.png \
         --title "width 1.0, the ImageNet preset's recipe, 100-class set, 2-core CPU"
 """
+
 import argparse
 import json
 import math

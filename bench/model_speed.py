@@ -40,13 +40,28 @@ from model.alexnet import AlexNet, count_parameters  # noqa: E402
 def baseline(num_classes=1000):
     """AlexNet's channel counts with no groups and no LRN (torchvision's layout; 62,378,344 parameters)."""
     return nn.Sequential(
-        nn.Conv2d(3, 96, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Linear(4096, num_classes))
+        nn.Conv2d(3, 96, 11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )
 
 
 def sync(devices):
@@ -91,9 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=1,
-                    help="measure every case this many times, interleaved, and summarise the best "
-                         "(for shared machines whose load changes)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every case this many times, interleaved, and summarise the best "
+        "(for shared machines whose load changes)",
+    )
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor)")
     ap.add_argument("--json", metavar="PATH", help="write the rows as JSON")
     return ap
@@ -102,8 +121,10 @@ def _parser() -> argparse.ArgumentParser:
 def _device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         # fp32 convolutions use TF32 tensor cores by default (cudnn.allow_tf32), fp32 matmuls do not
-        return (f"{torch.cuda.get_device_name(dev)} (cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
-                f"float32_matmul_precision={torch.get_float32_matmul_precision()})")
+        return (
+            f"{torch.cuda.get_device_name(dev)} (cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+            f"float32_matmul_precision={torch.get_float32_matmul_precision()})"
+        )
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
@@ -139,26 +160,48 @@ class Rows:
             model = torch.compile(model)
         t0 = time.perf_counter()
         ips, ips_cpu, peak = time_steps(model, in_dev, out_dev, args.batch, args.iters, args.warmup, bf16, cl)
-        row = {"model": label, "variant": variant, "compile": compiled, "round": rnd, "img_per_s": round(ips, 2),
-               "img_per_cpu_s": round(ips_cpu, 2),
-               "ms_per_batch": round(1000 * args.batch / ips, 2), "peak_MiB": peak, "params": params,
-               "seconds": round(time.perf_counter() - t0, 1)}
+        row = {
+            "model": label,
+            "variant": variant,
+            "compile": compiled,
+            "round": rnd,
+            "img_per_s": round(ips, 2),
+            "img_per_cpu_s": round(ips_cpu, 2),
+            "ms_per_batch": round(1000 * args.batch / ips, 2),
+            "peak_MiB": peak,
+            "params": params,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         self.rows.append(row)
-        print(f"  {label:<20} {variant:<19} {'compiled' if compiled else 'eager':<9}"
-              f"{ips:>9.1f} img/s {row['ms_per_batch']:>9.1f} ms/batch"
-              + (f"  peak MiB {peak}" if peak else f"  {ips_cpu:>6.2f} img/CPU-s"), flush=True)
+        print(
+            f"  {label:<20} {variant:<19} {'compiled' if compiled else 'eager':<9}"
+            f"{ips:>9.1f} img/s {row['ms_per_batch']:>9.1f} ms/batch"
+            + (f"  peak MiB {peak}" if peak else f"  {ips_cpu:>6.2f} img/CPU-s"),
+            flush=True,
+        )
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"device": self.name, "torch": torch.__version__, "batch": args.batch,
-                           "iters": args.iters, "warmup": args.warmup, "rows": self.rows}, f, indent=1)
+                json.dump(
+                    {
+                        "device": self.name,
+                        "torch": torch.__version__,
+                        "batch": args.batch,
+                        "iters": args.iters,
+                        "warmup": args.warmup,
+                        "rows": self.rows,
+                    },
+                    f,
+                    indent=1,
+                )
         del model
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
     def best(self, model, variant, compiled=False, key="img_per_s") -> float:
         """The best of the rounds."""
-        return max(r[key] for r in self.rows
-                   if r["model"] == model and r["variant"] == variant and r["compile"] == compiled)
+        return max(
+            r[key] for r in self.rows if r["model"] == model and r["variant"] == variant and r["compile"] == compiled
+        )
 
 
 def _print_summary(rows: Rows, variants: list, models: list, rounds: int, compiled: bool) -> None:
@@ -167,8 +210,10 @@ def _print_summary(rows: Rows, variants: list, models: list, rounds: int, compil
         print(f"\nbest of {rounds} rounds, img/s:")
         for variant, _, _ in variants:
             for label, _ in models:
-                print(f"  {label:<20} {variant:<19} {ips(label, variant):>9.1f} img/s"
-                      + (f" {ips(label, variant, key='img_per_cpu_s'):>7.2f} img/CPU-s" if cpu else ""))
+                print(
+                    f"  {label:<20} {variant:<19} {ips(label, variant):>9.1f} img/s"
+                    + (f" {ips(label, variant, key='img_per_cpu_s'):>7.2f} img/CPU-s" if cpu else "")
+                )
 
     print("\nper-image cost of the faithful model relative to the baseline (target <= 1.3x):")
     for variant, _, _ in variants:
@@ -181,15 +226,19 @@ def _print_summary(rows: Rows, variants: list, models: list, rounds: int, compil
                 print(f"  {label:<20} {variant:<19} {ratio}")
     if compiled:
         for variant, _, _ in variants:
-            print(f"  grouped, compiled    {variant:<19} "
-                  f"{ips('baseline', variant, True) / ips('grouped', variant, True):.2f}x")
+            print(
+                f"  grouped, compiled    {variant:<19} "
+                f"{ips('baseline', variant, True) / ips('grouped', variant, True):.2f}x"
+            )
     if len(variants) == 2:
         print("bf16+channels_last speed-up over fp32 (target >= 2x):")
         for label, _ in models:
             print(f"  {label:<20} {ips(label, variants[1][0]) / ips(label, 'fp32'):.2f}x")
         if compiled:
             for label, _ in models[:2]:
-                print(f"  {label + ', compiled':<20} {ips(label, variants[1][0], True) / ips(label, 'fp32', True):.2f}x")
+                print(
+                    f"  {label + ', compiled':<20} {ips(label, variants[1][0], True) / ips(label, 'fp32', True):.2f}x"
+                )
 
 
 def main():
@@ -199,8 +248,10 @@ def main():
         dev = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(0)
     name = _device_name(dev)
-    print(f"torch {torch.__version__} on {name}; batch {args.batch}, {args.iters} timed iters "
-          f"after {args.warmup} warm-up; forward+backward")
+    print(
+        f"torch {torch.__version__} on {name}; batch {args.batch}, {args.iters} timed iters "
+        f"after {args.warmup} warm-up; forward+backward"
+    )
     variants, models = _cases(dev)
     rows = Rows(args, dev, name)
     for rnd in range(args.rounds):

@@ -10,6 +10,7 @@ armed (the window's last step: activation sums, norms, one host copy). The
 target (issue: "under 2% of step time at width 1.0") is the amortised cost
 at log_every 10: (armed + 9 x unarmed) / 10 against no monitor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,16 +76,20 @@ def main() -> None:
     for _ in range(args.steps):
         for kind in times:
             times[kind].append(step(kind))
-    print(f"device {dev}{' bf16' if args.bf16 else ''}, width {args.width}, batch {args.batch}, "
-          f"{args.steps} steps of each kind, interleaved (median per step)")
+    print(
+        f"device {dev}{' bf16' if args.bf16 else ''}, width {args.width}, batch {args.batch}, "
+        f"{args.steps} steps of each kind, interleaved (median per step)"
+    )
     # CPU seconds of this process are what the monitor adds on a CPU; wall seconds
     # matter on a GPU, and on a shared CPU they carry the other jobs' noise
     for i, clock in enumerate(("wall", "cpu")):
         med = {k: statistics.median(t[i] for t in v) for k, v in times.items()}
         amortised = (med["armed"] + (args.log_every - 1) * med["unarmed"]) / args.log_every
-        print(f"  {clock} s: " + ", ".join(f"{k} {v:.4f} ({100 * (v / med['none'] - 1):+.2f}%)"
-                                           for k, v in med.items())
-              + f"; amortised at log_every {args.log_every}: {100 * (amortised / med['none'] - 1):+.2f}%")
+        print(
+            f"  {clock} s: "
+            + ", ".join(f"{k} {v:.4f} ({100 * (v / med['none'] - 1):+.2f}%)" for k, v in med.items())
+            + f"; amortised at log_every {args.log_every}: {100 * (amortised / med['none'] - 1):+.2f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ on the training shards with Adam, full-batch epochs of minibatches. Prints
 the training loss per epoch against ln(classes) and the validation top-1 and
 top-5 error against chance, and writes them as JSON with --json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ def thumbnails(manifest: Path, split: str, side: int) -> tuple[np.ndarray, np.nd
 def errors(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         top5 = model(x).topk(5, dim=1).indices
-    return (100.0 * (1 - (top5[:, 0] == y).float().mean().item()),
-            100.0 * (1 - (top5 == y[:, None]).any(1).float().mean().item()))
+    return (
+        100.0 * (1 - (top5[:, 0] == y).float().mean().item()),
+        100.0 * (1 - (top5 == y[:, None]).any(1).float().mean().item()),
+    )
 
 
 def probe(train: tuple, val: tuple, classes: int, epochs: int, batch: int, lr: float, seed: int) -> dict:
@@ -59,7 +62,7 @@ def probe(train: tuple, val: tuple, classes: int, epochs: int, batch: int, lr: f
     for epoch in range(1, epochs + 1):
         order, losses = torch.randperm(len(xt)), []
         for i in range(0, len(xt), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
             opt.zero_grad()
             loss.backward()
@@ -67,10 +70,17 @@ def probe(train: tuple, val: tuple, classes: int, epochs: int, batch: int, lr: f
             losses.append(loss.item())
         top1, top5 = errors(model, xv, yv)
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_top1_err": top1, "val_top5_err": top5})
-        print(f"epoch {epoch:3d}: train loss {curve[-1]['train_loss']:.3f} (ln {classes} = {math.log(classes):.3f}), "
-              f"val top-1 {top1:.1f}% top-5 {top5:.1f}%", flush=True)
-    return {"curve": curve, "chance_loss": math.log(classes), "chance_top1_err": 100.0 * (1 - 1 / classes),
-            "chance_top5_err": 100.0 * (1 - 5 / classes)}
+        print(
+            f"epoch {epoch:3d}: train loss {curve[-1]['train_loss']:.3f} (ln {classes} = {math.log(classes):.3f}), "
+            f"val top-1 {top1:.1f}% top-5 {top5:.1f}%",
+            flush=True,
+        )
+    return {
+        "curve": curve,
+        "chance_loss": math.log(classes),
+        "chance_top1_err": 100.0 * (1 - 1 / classes),
+        "chance_top5_err": 100.0 * (1 - 5 / classes),
+    }
 
 
 def main(argv=None) -> int:
@@ -86,8 +96,11 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     train, val = thumbnails(a.manifest, "train", a.side), thumbnails(a.manifest, "val", a.side)
     classes = int(max(train[1].max(), val[1].max())) + 1
-    print(f"{len(train[1])} training and {len(val[1])} validation images, {classes} classes, "
-          f"{a.side}x{a.side} thumbnails, decoded in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"{len(train[1])} training and {len(val[1])} validation images, {classes} classes, "
+        f"{a.side}x{a.side} thumbnails, decoded in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     result = probe(train, val, classes, a.epochs, a.batch, a.lr, a.seed)
     result.update(train_images=len(train[1]), val_images=len(val[1]), classes=classes, side=a.side)
     if a.json:

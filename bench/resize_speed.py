@@ -19,6 +19,7 @@ Measured, per core (one process, BLAS single-threaded, as Snakemake runs a job):
 - the PCA stage on 1,024 shard statistics files, against the resize time.
 Timings are the best of several interleaved rounds, since the machine is shared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,12 +50,13 @@ WNIDS = [f"n0{1440764 + i}" for i in range(4)]
 
 # ---------------------------------------------------------------- inputs
 
+
 def photo_jpeg(rng, photos, size) -> bytes:
     src = photos[int(rng.integers(len(photos)))]
     h = int(rng.integers(240, 427))
     w = min(640, int(h * 4 / 3))
     y, x = rng.integers(0, 427 - h + 1), rng.integers(0, 640 - w + 1)
-    im = Image.fromarray(src[y:y + h, x:x + w]).resize(size, Image.Resampling.BICUBIC)
+    im = Image.fromarray(src[y : y + h, x : x + w]).resize(size, Image.Resampling.BICUBIC)
     noisy = np.asarray(im, np.float32) + rng.normal(0, 3, (size[1], size[0], 3))
     buf = io.BytesIO()
     Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
@@ -95,12 +97,16 @@ def make_archive(work: Path, n_small: int, n_large: int) -> dict:
     for name, lines in subsets.items():
         write_tsv(work / f"{name}.tsv", archive.INDEX_HEADER, lines)
     # 4x the mix (same bytes, other names) for the memory check
-    write_tsv(work / "mix4.tsv", archive.INDEX_HEADER,
-              [(m.replace(".JPEG", f"_{r}.JPEG"), o, s, lab) for r in range(4) for m, o, s, lab in subsets["mix"]])
+    write_tsv(
+        work / "mix4.tsv",
+        archive.INDEX_HEADER,
+        [(m.replace(".JPEG", f"_{r}.JPEG"), o, s, lab) for r in range(4) for m, o, s, lab in subsets["mix"]],
+    )
     return {k: [d for kind, d in images.values() if kind == k] for k in ("small", "large")}
 
 
 # ---------------------------------------------------------------- per-image costs
+
 
 def decode_only(data):
     im = Image.open(io.BytesIO(data))
@@ -167,16 +173,17 @@ def best_ms(fns: dict, inputs: dict, rounds: int) -> dict:
 
 
 def psnr(mse):
-    return 10 * np.log10(255.0 ** 2 / mse) if mse > 0 else float("inf")
+    return 10 * np.log10(255.0**2 / mse) if mse > 0 else float("inf")
 
 
 def compare(a_imgs, b_imgs):
     diffs = [np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(a_imgs, b_imgs)]
-    mse = float(np.mean([np.mean(d ** 2) for d in diffs]))
+    mse = float(np.mean([np.mean(d**2) for d in diffs]))
     return float(np.mean([np.mean(np.abs(d)) for d in diffs])), psnr(mse)
 
 
 # ---------------------------------------------------------------- stage runs
+
 
 def stage(work, index, out, stats, shards=1):
     """Run one shard job in process; returns (report, CPU seconds)."""
@@ -186,8 +193,25 @@ def stage(work, index, out, stats, shards=1):
 
 
 def cli_job(work, index, out):
-    return [PY, "-m", "pipeline.resize", "shard", "--split", "train", "--index", str(work / index),
-            "--source", str(work / "train.tar"), "--shard", "0", "--shards", "1", "--stats", "--out", str(out)]
+    return [
+        PY,
+        "-m",
+        "pipeline.resize",
+        "shard",
+        "--split",
+        "train",
+        "--index",
+        str(work / index),
+        "--source",
+        str(work / "train.tar"),
+        "--shard",
+        "0",
+        "--shards",
+        "1",
+        "--stats",
+        "--out",
+        str(out),
+    ]
 
 
 def child_cpu() -> float:
@@ -202,90 +226,133 @@ def peak_rss_mb(cmd) -> float:
     does not exceed the runner's own small RSS at fork, so RUSAGE_CHILDREN
     there is the job's peak.
     """
-    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
-            "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     out = subprocess.run([PY, "-c", code, *cmd], check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1]) / 1024
 
 
 # ---------------------------------------------------------------- report
 
+
 def _render_steps(r: dict) -> list[str]:
     """Per-image costs of the steps, and their ratios."""
-    out = [f"Images: {r['images']}; mean file size (kB): "
-           + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_kB"].items()), ""]
-    out += ["Per image, CPU ms of one thread (best of interleaved rounds, bytes in memory):", "",
-            "| step | 500x375 | 1600x1200 |", "| --- | ---: | ---: |"]
+    out = [
+        f"Images: {r['images']}; mean file size (kB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["mean_kB"].items()),
+        "",
+    ]
+    out += [
+        "Per image, CPU ms of one thread (best of interleaved rounds, bytes in memory):",
+        "",
+        "| step | 500x375 | 1600x1200 |",
+        "| --- | ---: | ---: |",
+    ]
     small, large = r["per_image_ms"]["small"], r["per_image_ms"]["large"]
     for key in small:
         out.append(f"| {key} | {small[key]:.2f} | {large[key]:.2f} |")
     out += ["", "Ratios:", "", "| ratio | 500x375 | 1600x1200 |", "| --- | ---: | ---: |"]
-    for name, num, den in (("naive LANCZOS / ours (speed-up)", "naive LANCZOS", "ours: + encode + stats"),
-                           ("naive BILINEAR / ours", "naive BILINEAR", "ours: + encode + stats"),
-                           ("ours / decode only", "ours: + encode + stats", "decode only"),
-                           ("stats / ours without stats", "stats alone", "ours: + encode")):
+    for name, num, den in (
+        ("naive LANCZOS / ours (speed-up)", "naive LANCZOS", "ours: + encode + stats"),
+        ("naive BILINEAR / ours", "naive BILINEAR", "ours: + encode + stats"),
+        ("ours / decode only", "ours: + encode + stats", "decode only"),
+        ("stats / ours without stats", "stats alone", "ours: + encode"),
+    ):
         out.append(f"| {name} | {small[num] / small[den]:.2f} | {large[num] / large[den]:.2f} |")
     ns, nl = r["images"]["small (500x375)"], r["images"]["large (1600x1200)"]
 
     def mix(key):
         return (ns * small[key] + nl * large[key]) / (ns + nl)
 
-    out += ["", f"On the mix ({ns} + {nl} images): ours {mix('ours: + encode + stats'):.2f} ms/image, "
-            f"decode only {mix('decode only'):.2f}, naive LANCZOS {mix('naive LANCZOS'):.2f}; ours / decode only "
-            f"{mix('ours: + encode + stats') / mix('decode only'):.2f}, naive LANCZOS / ours "
-            f"{mix('naive LANCZOS') / mix('ours: + encode + stats'):.2f}."]
+    out += [
+        "",
+        f"On the mix ({ns} + {nl} images): ours {mix('ours: + encode + stats'):.2f} ms/image, "
+        f"decode only {mix('decode only'):.2f}, naive LANCZOS {mix('naive LANCZOS'):.2f}; ours / decode only "
+        f"{mix('ours: + encode + stats') / mix('decode only'):.2f}, naive LANCZOS / ours "
+        f"{mix('naive LANCZOS') / mix('ours: + encode + stats'):.2f}.",
+    ]
     return out
 
 
 def _render_stage_and_filters(r: dict) -> list[str]:
     """The stage end to end, and the resize filters' cost and fidelity."""
-    out = ["", "The stage end to end (`resize_shard` in process, CPU time: index rows, pread, decode, resize, "
-          "encode, shard + .idx; best of rounds):", "",
-          "| input | images/CPU-s, no stats | images/CPU-s, with stats | stats overhead |", "| --- | ---: | ---: | ---: |"]
+    out = [
+        "",
+        "The stage end to end (`resize_shard` in process, CPU time: index rows, pread, decode, resize, "
+        "encode, shard + .idx; best of rounds):",
+        "",
+        "| input | images/CPU-s, no stats | images/CPU-s, with stats | stats overhead |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     st = r["stage"]
     for kind in ("small", "large", "mix"):
         a, b = st[f"{kind} stats=False"], st[f"{kind} stats=True"]
-        out.append(f"| {kind} | {a['images_per_s']:.0f} | {b['images_per_s']:.0f} | "
-                   f"{b['seconds'] / a['seconds'] - 1:+.1%} |")
-    out += ["", "Resize filter (ours = DCT-scaled decode + resize of the kept box) against the naive "
-            "LANCZOS baseline's pixels (before JPEG):", "",
-            "| image | filter | ms/image (decode+resize) | MAD (levels) | PSNR (dB) |", "| --- | --- | ---: | ---: | ---: |"]
+        out.append(
+            f"| {kind} | {a['images_per_s']:.0f} | {b['images_per_s']:.0f} | {b['seconds'] / a['seconds'] - 1:+.1%} |"
+        )
+    out += [
+        "",
+        "Resize filter (ours = DCT-scaled decode + resize of the kept box) against the naive "
+        "LANCZOS baseline's pixels (before JPEG):",
+        "",
+        "| image | filter | ms/image (decode+resize) | MAD (levels) | PSNR (dB) |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for key, v in r["filters"].items():
         if "ms" in v:
             kind, name = key.split()
-            out.append(f"| {kind} | {name} | {v['ms']:.2f} | {v['mad_vs_naive_lanczos']:.2f} | "
-                       f"{v['psnr_vs_naive_lanczos']:.1f} |")
+            out.append(
+                f"| {kind} | {name} | {v['ms']:.2f} | {v['mad_vs_naive_lanczos']:.2f} | "
+                f"{v['psnr_vs_naive_lanczos']:.1f} |"
+            )
     for kind in ("small", "large"):
         sc, rt = r["filters"][f"{kind} shortcut"], r["filters"][f"{kind} jpeg q90 round trip"]
-        out.append(f"\n{kind}: ours vs resize-then-crop with the same filter: MAD {sc['mad_vs_naive_same_filter']:.3f}, "
-                   f"PSNR {sc['psnr_vs_naive_same_filter']:.1f} dB; the q90 JPEG round trip of our output: "
-                   f"MAD {rt['mad']:.2f}, PSNR {rt['psnr']:.1f} dB.")
+        out.append(
+            f"\n{kind}: ours vs resize-then-crop with the same filter: MAD {sc['mad_vs_naive_same_filter']:.3f}, "
+            f"PSNR {sc['psnr_vs_naive_same_filter']:.1f} dB; the q90 JPEG round trip of our output: "
+            f"MAD {rt['mad']:.2f}, PSNR {rt['psnr']:.1f} dB."
+        )
     return out
 
 
 def _render_outputs_and_scale(r: dict) -> list[str]:
     """JPEG quality, scaling over jobs, memory, the index and the PCA stage."""
-    out = ["", "JPEG quality of the 256x256 output (all images): mean size and fidelity to the encoded uint8 pixels:", "",
-          "| quality | kB/image | MAD | PSNR (dB) |", "| ---: | ---: | ---: | ---: |"]
+    out = [
+        "",
+        "JPEG quality of the 256x256 output (all images): mean size and fidelity to the encoded uint8 pixels:",
+        "",
+        "| quality | kB/image | MAD | PSNR (dB) |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
     for q, v in r["jpeg_quality"].items():
         out.append(f"| {q} | {v['kB']:.1f} | {v['mad']:.2f} | {v['psnr']:.1f} |")
     sc = r["scaling"]
-    out += ["", f"Scaling (CLI shard jobs on the mix, wall time incl. start-up): 1 job "
-            f"{sc['1']['images_per_s']:.0f} images/s, 2 jobs in parallel {sc['2']['images_per_s']:.0f} images/s "
-            f"(x{sc['speedup']:.2f}; load average {sc['load_average']:.1f} on 2 cores). CPU per image, process "
-            f"start-up included: {sc['1']['cpu_ms_per_image']:.2f} ms alone, {sc['2']['cpu_ms_per_image']:.2f} ms "
-            "with two jobs side by side."]
+    out += [
+        "",
+        f"Scaling (CLI shard jobs on the mix, wall time incl. start-up): 1 job "
+        f"{sc['1']['images_per_s']:.0f} images/s, 2 jobs in parallel {sc['2']['images_per_s']:.0f} images/s "
+        f"(x{sc['speedup']:.2f}; load average {sc['load_average']:.1f} on 2 cores). CPU per image, process "
+        f"start-up included: {sc['1']['cpu_ms_per_image']:.2f} ms alone, {sc['2']['cpu_ms_per_image']:.2f} ms "
+        "with two jobs side by side.",
+    ]
     out += ["", "Peak RSS: " + "; ".join(f"{k}: {v:.0f} MB" for k, v in r["peak_rss_mb"].items()) + "."]
     ix = r["index"]
-    out += ["", f"Index of {ix['rows']:,} rows ({ix['tsv_mb']:.0f} MB TSV): full load {ix['all']['seconds']:.1f} CPU-s, "
-            f"{ix['all']['arrays_mb']:.0f} MB of numpy columns, peak RSS +{ix['all']['peak_extra_rss_mb']:.0f} MB; "
-            f"one shard's rows (1/1024) {ix['shard']['seconds']:.2f} CPU-s, peak RSS +{ix['shard']['peak_extra_rss_mb']:.0f} MB."]
+    out += [
+        "",
+        f"Index of {ix['rows']:,} rows ({ix['tsv_mb']:.0f} MB TSV): full load {ix['all']['seconds']:.1f} CPU-s, "
+        f"{ix['all']['arrays_mb']:.0f} MB of numpy columns, peak RSS +{ix['all']['peak_extra_rss_mb']:.0f} MB; "
+        f"one shard's rows (1/1024) {ix['shard']['seconds']:.2f} CPU-s, peak RSS +{ix['shard']['peak_extra_rss_mb']:.0f} MB.",
+    ]
     pc = r["pca"]
-    out += ["", f"PCA stage (CLI, CPU time incl. start-up and plot) on {pc['shards']} shard statistics files: "
-            f"{pc['seconds']:.1f} s ({pc['seconds_4_shards']:.1f} s on 4); the resize of 1,281,167 images at the "
-            f"mix rate above is {pc['resize_cpu_s_for_1281167_images']:.0f} CPU-s, so PCA is "
-            f"{pc['fraction_of_resize_cpu']:.3%} of it."]
+    out += [
+        "",
+        f"PCA stage (CLI, CPU time incl. start-up and plot) on {pc['shards']} shard statistics files: "
+        f"{pc['seconds']:.1f} s ({pc['seconds_4_shards']:.1f} s on 4); the resize of 1,281,167 images at the "
+        f"mix rate above is {pc['resize_cpu_s_for_1281167_images']:.0f} CPU-s, so PCA is "
+        f"{pc['fraction_of_resize_cpu']:.3%} of it.",
+    ]
     return out
 
 
@@ -296,16 +363,23 @@ def render(r: dict) -> str:
 
 # ---------------------------------------------------------------- measurements
 
+
 def measure_per_image(data: dict, rounds: int) -> dict:
     """Per-image costs of each step, ms (bytes in memory, one core)."""
     per_image = {}
     for kind in ("small", "large"):
         items = data[kind]
         resized = [resize.downsample(d) for d in items]
-        fns = {"decode only": decode_only, "naive LANCZOS": naive,
-               "naive BILINEAR": lambda d: naive(d, Image.Resampling.BILINEAR),
-               "ours: decode+resize": ours_resize, "ours: + encode": ours_no_stats,
-               "ours: + encode + stats": ours, "stats alone": stats_only, "encode alone": encode_only}
+        fns = {
+            "decode only": decode_only,
+            "naive LANCZOS": naive,
+            "naive BILINEAR": lambda d: naive(d, Image.Resampling.BILINEAR),
+            "ours: decode+resize": ours_resize,
+            "ours: + encode": ours_no_stats,
+            "ours: + encode + stats": ours,
+            "stats alone": stats_only,
+            "encode alone": encode_only,
+        }
         inputs = {k: items for k in fns}
         inputs["stats alone"] = [np.asarray(im) for im in resized]
         inputs["encode alone"] = resized
@@ -365,8 +439,11 @@ def measure_stage(work: Path, data: dict, rounds: int) -> dict:
                 shutil.rmtree(out.parent)
         n = len(data[kind])
         for stats, cpu in best.items():
-            stage_runs[f"{kind} stats={stats}"] = {"seconds": cpu, "images_per_s": n / cpu,
-                                                   "ms_per_image": cpu / n * 1e3}
+            stage_runs[f"{kind} stats={stats}"] = {
+                "seconds": cpu,
+                "images_per_s": n / cpu,
+                "ms_per_image": cpu / n * 1e3,
+            }
     return stage_runs
 
 
@@ -414,14 +491,16 @@ def measure_index(work: Path, rows: int) -> dict:
         for i in range(rows):
             f.write(f"n{1440764 + i % 1000:08d}_{i}.JPEG\t{offsets[i]}\t{sizes_[i]}\t{i % 1000}\n")
     # VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork into a child's ru_maxrss
-    code = ("import sys, time; from pipeline import archive, resize; "
-            "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024; "
-            "base = hwm(); t = time.process_time(); "
-            "ix = archive.read_member_index(sys.argv[1]) if sys.argv[2] == 'all' else "
-            "archive.read_member_index(sys.argv[1], lambda n: resize.shard_rows(n, 0, 1024, 0)); "
-            "dt = time.process_time() - t; "
-            "nbytes = sum(a.nbytes for a in (ix.member, ix.offset, ix.size, ix.label)); "
-            "print(dt, nbytes, hwm() - base)")
+    code = (
+        "import sys, time; from pipeline import archive, resize; "
+        "hwm = lambda: int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024; "
+        "base = hwm(); t = time.process_time(); "
+        "ix = archive.read_member_index(sys.argv[1]) if sys.argv[2] == 'all' else "
+        "archive.read_member_index(sys.argv[1], lambda n: resize.shard_rows(n, 0, 1024, 0)); "
+        "dt = time.process_time() - t; "
+        "nbytes = sum(a.nbytes for a in (ix.member, ix.offset, ix.size, ix.label)); "
+        "print(dt, nbytes, hwm() - base)"
+    )
     index = {"rows": rows, "tsv_mb": big.stat().st_size / 1e6}
     for mode in ("all", "shard"):
         out = subprocess.run([PY, "-c", code, str(big), mode], check=True, capture_output=True, text=True).stdout
@@ -444,20 +523,31 @@ def measure_pca(work: Path, pca_shards: int, mix_ms: float) -> dict:
         shutil.copyfile(src, p)
         paths.append(str(p))
     t0 = child_cpu()
-    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths, "--out-dir", str(work / "pca")], check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [PY, "-m", "pipeline.pca", "--stats", *paths, "--out-dir", str(work / "pca")],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     pca_s = child_cpu() - t0
     t0 = child_cpu()
-    subprocess.run([PY, "-m", "pipeline.pca", "--stats", *paths[:4], "--out-dir", str(work / "pca4")], check=True,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [PY, "-m", "pipeline.pca", "--stats", *paths[:4], "--out-dir", str(work / "pca4")],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     pca4_s = child_cpu() - t0
     shutil.rmtree(stats_dir)
-    return {"shards": pca_shards, "seconds": pca_s, "seconds_4_shards": pca4_s,
-            "resize_cpu_s_for_1281167_images": 1_281_167 * mix_ms / 1e3,
-            "fraction_of_resize_cpu": pca_s / (1_281_167 * mix_ms / 1e3)}
+    return {
+        "shards": pca_shards,
+        "seconds": pca_s,
+        "seconds_4_shards": pca4_s,
+        "resize_cpu_s_for_1281167_images": 1_281_167 * mix_ms / 1e3,
+        "fraction_of_resize_cpu": pca_s / (1_281_167 * mix_ms / 1e3),
+    }
 
 
 # ---------------------------------------------------------------- main
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

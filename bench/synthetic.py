@@ -3,6 +3,7 @@
 Smooth random scenes with grain (and optionally sharp-edged discs) give JPEG
 sizes like resized photographs, at quality 90 like the resize stage.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,9 +15,12 @@ from PIL import Image
 from pipeline.shards import ShardWriter
 
 # fb.resnet.torch's ImageNet statistics (pixels in [0, 1]), moved to the 0-255 scale
-IMAGENET_PCA = {"eigval": (np.array([0.2175, 0.0188, 0.0045]) * 255**2).tolist(),
-                "eigvec": [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
-                "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
+IMAGENET_PCA = {
+    "eigval": (np.array([0.2175, 0.0188, 0.0045]) * 255**2).tolist(),
+    "eigvec": [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]],
+    "mean": [123.675, 116.28, 103.53],
+    "std": [58.395, 57.12, 57.375],
+}
 
 
 def scene(rng, discs: int = 3) -> np.ndarray:
@@ -31,8 +35,16 @@ def scene(rng, discs: int = 3) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_shards(folder, images: int, prefix: str, classes: int = 1000, per_shard: int = 1024,
-                distinct: int = 256, discs: int = 3, seed: int = 0) -> tuple[list[str], float]:
+def make_shards(
+    folder,
+    images: int,
+    prefix: str,
+    classes: int = 1000,
+    per_shard: int = 1024,
+    distinct: int = 256,
+    discs: int = 3,
+    seed: int = 0,
+) -> tuple[list[str], float]:
     """`images` samples in shards `<prefix>-NNNNN.tar` (+ .idx), cycling `distinct` encoded
     scenes; returns the shard paths and the mean JPEG size in bytes."""
     rng = np.random.default_rng(seed)

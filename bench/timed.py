@@ -8,6 +8,7 @@ bench/gpu_preflight.sh can forecast from a run of the stage commands alone.
 Peak memory is the largest child's (getrusage), as close to Snakemake's
 sampled max_rss as a host without psutil can get. Exits with the command's status.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,18 @@ def main(argv: list[str]) -> int:
     if rc == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         hms = time.strftime("%H:%M:%S", time.gmtime(wall))
-        row = [f"{wall:.4f}", hms, f"{usage.ru_maxrss / 1024:.2f}", "NA", "NA", "NA", "NA", "NA", "NA",
-               f"{usage.ru_utime + usage.ru_stime:.2f}"]
+        row = [
+            f"{wall:.4f}",
+            hms,
+            f"{usage.ru_maxrss / 1024:.2f}",
+            "NA",
+            "NA",
+            "NA",
+            "NA",
+            "NA",
+            "NA",
+            f"{usage.ru_utime + usage.ru_stime:.2f}",
+        ]
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(HEADER + "\t".join(row) + "\n")
         os.replace(tmp, out)

@@ -10,6 +10,7 @@ the zip's central directory, with HTTP range requests, and sums the sizes of the
 it would unpack: the installed size, to within the few kB of pip's own metadata, of a
 multi-GB environment measured with a few MB of traffic. Figures: bench/RESULTS-install.md.
 """
+
 from __future__ import annotations
 
 import json

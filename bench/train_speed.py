@@ -26,6 +26,7 @@ statistics unless --pca names the pca stage's files.
 Target (issue): 15,000 images/s end to end on one H100/H200 at width 1.0.
 Results: bench/RESULTS-train.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a bare checkout
 
+from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 import pipeline.devices  # noqa: E402
 from pipeline.devices import Dist  # noqa: E402
 from pipeline.train import TrainConfig, fit  # noqa: E402
-from synthetic import IMAGENET_PCA, make_shards  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 class SyntheticLoader:
@@ -101,13 +103,36 @@ def input_sync(mode: str):
         pipeline.devices.synchronize = kept
 
 
-def run_case(width, batch, steps, device, source, shards, pca, precision, channels_last, compile_, classes,
-             dali_threads, torch_threads, log_every, wait_mode="sync") -> dict:
+def run_case(
+    width,
+    batch,
+    steps,
+    device,
+    source,
+    shards,
+    pca,
+    precision,
+    channels_last,
+    compile_,
+    classes,
+    dali_threads,
+    torch_threads,
+    log_every,
+    wait_mode="sync",
+) -> dict:
     from pipeline.checkpoint import build_model
 
-    cfg = TrainConfig(width=width, batch_size=batch, epochs=1, log_every=log_every, precision=precision,
-                      channels_last=channels_last, compile=compile_, dali_threads=dali_threads,
-                      torch_threads=torch_threads)
+    cfg = TrainConfig(
+        width=width,
+        batch_size=batch,
+        epochs=1,
+        log_every=log_every,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile_,
+        dali_threads=dali_threads,
+        torch_threads=torch_threads,
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model_config(classes), [device])
     if source == "synthetic":
@@ -117,8 +142,7 @@ def run_case(width, batch, steps, device, source, shards, pca, precision, channe
         from pipeline.loaders import AugmentSettings, TrainLoader
 
         settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
-        full = TrainLoader(shards, pca, batch, settings=settings, device=device,
-                           seed=0, threads=dali_threads)
+        full = TrainLoader(shards, pca, batch, settings=settings, device=device, seed=0, threads=dali_threads)
         train_loader = Take(full, steps)
         eval_loader = OneBatchEval(SyntheticLoader(batch, 1, classes, device))
     with tempfile.TemporaryDirectory() as out, input_sync(wait_mode):
@@ -126,11 +150,21 @@ def run_case(width, batch, steps, device, source, shards, pca, precision, channe
         rows = [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     windows = [r for r in rows if "images_per_s" in r]
     steady = windows[1:] or windows
-    return {"input": source, "device": device, "width": width, "batch": batch, "steps": summary["steps"],
-            "precision": summary["precision"], "channels_last": summary["channels_last"], "compile": compile_,
-            "input_wait": wait_mode, "images_per_s": statistics.median(r["images_per_s"] for r in steady),
-            "data_wait_fraction": statistics.median(r["data_wait_fraction"] for r in steady),
-            "parameters": summary["parameters"], "peak_mem_mb": rows[-1]["peak_mem_mb"]}
+    return {
+        "input": source,
+        "device": device,
+        "width": width,
+        "batch": batch,
+        "steps": summary["steps"],
+        "precision": summary["precision"],
+        "channels_last": summary["channels_last"],
+        "compile": compile_,
+        "input_wait": wait_mode,
+        "images_per_s": statistics.median(r["images_per_s"] for r in steady),
+        "data_wait_fraction": statistics.median(r["data_wait_fraction"] for r in steady),
+        "parameters": summary["parameters"],
+        "peak_mem_mb": rows[-1]["peak_mem_mb"],
+    }
 
 
 def main(argv=None) -> int:
@@ -149,8 +183,13 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--shards", nargs="*", help="train shards (.tar with .idx); generated when absent")
     p.add_argument("--pca", nargs=2, metavar=("PCA_JSON", "MEAN_IMAGE"))
-    p.add_argument("--input-wait", nargs="+", default=["sync"], choices=["sync", "nosync"],
-                   help="nosync: also without InputWait's device synchronisations (their cost)")
+    p.add_argument(
+        "--input-wait",
+        nargs="+",
+        default=["sync"],
+        choices=["sync", "nosync"],
+        help="nosync: also without InputWait's device synchronisations (their cost)",
+    )
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args(argv)
     if args.torch_threads:
@@ -161,8 +200,11 @@ def main(argv=None) -> int:
     if "dali" in args.input:
         from pipeline.pca_files import as_pca, load_pca
 
-        pca = load_pca(*args.pca) if args.pca else \
-            as_pca(IMAGENET_PCA, np.full((256, 256, 3), IMAGENET_PCA["mean"], np.float32))
+        pca = (
+            load_pca(*args.pca)
+            if args.pca
+            else as_pca(IMAGENET_PCA, np.full((256, 256, 3), IMAGENET_PCA["mean"], np.float32))
+        )
     if "dali" in args.input and not shards:
         tmp = tempfile.TemporaryDirectory()
         t0 = time.perf_counter()
@@ -175,22 +217,39 @@ def main(argv=None) -> int:
         for precision in args.precision:
             for source in args.input:
                 for mode in args.input_wait:
-                    r = run_case(width, args.batch, args.steps, args.device, source, shards, pca, precision,
-                                 args.channels_last, args.compile, args.classes, args.dali_threads,
-                                 args.torch_threads, log_every, mode)
+                    r = run_case(
+                        width,
+                        args.batch,
+                        args.steps,
+                        args.device,
+                        source,
+                        shards,
+                        pca,
+                        precision,
+                        args.channels_last,
+                        args.compile,
+                        args.classes,
+                        args.dali_threads,
+                        args.torch_threads,
+                        log_every,
+                        mode,
+                    )
                     results.append(r)
                     print(json.dumps(r), file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(f"\n{name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print("| input | width | batch | precision | channels_last | compile | input wait | images/s | "
-          "data wait | peak MB |")
+    print(
+        "| input | width | batch | precision | channels_last | compile | input wait | images/s | data wait | peak MB |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['input']} | {r['width']} | {r['batch']} | {r['precision']} | {r['channels_last']} | "
-              f"{r['compile']} | {r['input_wait']} | {r['images_per_s']:.0f} | {r['data_wait_fraction']:.1%} | "
-              f"{r['peak_mem_mb']:.0f} |")
+        print(
+            f"| {r['input']} | {r['width']} | {r['batch']} | {r['precision']} | {r['channels_last']} | "
+            f"{r['compile']} | {r['input_wait']} | {r['images_per_s']:.0f} | {r['data_wait_fraction']:.1%} | "
+            f"{r['peak_mem_mb']:.0f} |"
+        )
     if tmp:
         tmp.cleanup()
     return 0

@@ -1,7 +1,8 @@
 """A short table of a training run's metrics.jsonl: loss against ln(classes), fc7's dead share, validation.
 
-    python bench/trainability_table.py WORK/train/metrics.jsonl [--classes 100]
+python bench/trainability_table.py WORK/train/metrics.jsonl [--classes 100]
 """
+
 import argparse
 import json
 import math
@@ -18,8 +19,10 @@ print("| step | window loss | fc7 dead | conv5 dead |")
 print("| --- | --- | --- | --- |")
 for r in train[:: max(1, len(train) // 12)] + train[-1:]:
     h = r.get("health", {})
-    print(f"| {r['step']} | {r['train_loss']:.3f} | {h.get('fc7', {}).get('dead', float('nan')):.2f} | "
-          f"{h.get('conv5', {}).get('dead', float('nan')):.2f} |")
+    print(
+        f"| {r['step']} | {r['train_loss']:.3f} | {h.get('fc7', {}).get('dead', float('nan')):.2f} | "
+        f"{h.get('conv5', {}).get('dead', float('nan')):.2f} |"
+    )
 print("| epoch | val top-1 error (centre) | lr |")
 print("| --- | --- | --- |")
 for r in val:

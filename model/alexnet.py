@@ -188,10 +188,17 @@ def _both(xs: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 class AlexNet(nn.Module):
     """AlexNet(num_classes, width, devices, lrn, overlapping_pool, init, dropout): see the module docstring."""
 
-    def __init__(self, num_classes: int = 1000, width: float = 1.0,
-                 devices: str | torch.device | Sequence[str | torch.device] | None = None, lrn: bool = True,
-                 overlapping_pool: bool = True, init: str = "paper", dropout: float = 0.5,
-                 dropout_style: str = "paper") -> None:
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width: float = 1.0,
+        devices: str | torch.device | Sequence[str | torch.device] | None = None,
+        lrn: bool = True,
+        overlapping_pool: bool = True,
+        init: str = "paper",
+        dropout: float = 0.5,
+        dropout_style: str = "paper",
+    ) -> None:
         super().__init__()
         if devices is None:
             devices = []
@@ -258,7 +265,7 @@ class AlexNet(nn.Module):
             layer, kind = key.split(".")
             std, bias = INITS[init][layer]
             if init in WIDTH_SCALED_INITS and layer not in FIXED_FAN_IN:
-                std /= self.width ** 0.5
+                std /= self.width**0.5
             state[key] = torch.randn(value.shape) * std if kind == "weight" else torch.full(value.shape, bias)
         self.load_state_dict(state)
 
@@ -297,14 +304,23 @@ def _grouped_state_dict(module: AlexNet, state_dict: dict[str, Any], prefix: str
         for kind in ("weight", "bias"):
             parts = [state_dict.pop(f"{prefix}columns.{i}.{layer}.{kind}") for i in range(n_cols)]
             state_dict[f"{prefix}{layer}.{kind}"] = (
-                parts[0] if n_cols == 1 else torch.cat([p.to(parts[0].device) for p in parts]))
+                parts[0] if n_cols == 1 else torch.cat([p.to(parts[0].device) for p in parts])
+            )
     # keep the familiar order conv1..fc8
     for key in [k for k in state_dict if k.startswith(prefix + "fc8.")]:
         state_dict[key] = state_dict.pop(key)
 
 
-def _split_state_dict(module: AlexNet, state_dict: dict[str, Any], prefix: str, local_metadata: dict,
-                      strict: bool, missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+def _split_state_dict(
+    module: AlexNet,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
     """conv2.weight -> columns.{0,1}.conv2.weight: each column's rows, on that column's device."""
     columns = module.columns
     for layer in SPLIT_LAYERS:
@@ -314,4 +330,4 @@ def _split_state_dict(module: AlexNet, state_dict: dict[str, Any], prefix: str, 
                 continue
             value = state_dict.pop(key)
             for i, (column, part) in enumerate(zip(columns, value.chunk(len(columns)))):
-                state_dict[f"{prefix}columns.{i}.{key[len(prefix):]}"] = part.to(column.device)
+                state_dict[f"{prefix}columns.{i}.{key[len(prefix) :]}"] = part.to(column.device)

@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _band(channels: int, groups: int, before: int, after: int, device: torch.device,
-          dtype: torch.dtype) -> torch.Tensor:
+def _band(
+    channels: int, groups: int, before: int, after: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """(C, C, 1, 1) weight of a 1x1 conv summing channels [i-before, i+after] of i's own group."""
     i = torch.arange(channels, device=device)
     group = i // (channels // groups)
@@ -66,8 +67,7 @@ class _LRNFunction(torch.autograd.Function):
     """b = a * s^-beta, s = k + alpha/n * window_sum(a^2)."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, groups: int, size: int, alpha: float, beta: float,
-                k: float) -> torch.Tensor:
+    def forward(ctx: Any, a: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         a32 = a.to(torch.promote_types(a.dtype, torch.float32))
         sq = a32 * a32
         s = _window_sum(sq, groups, size // 2, (size - 1) // 2).mul_(alpha / size).add_(k)
@@ -95,8 +95,7 @@ class LocalResponseNorm(nn.Module):
     """LRN across channels, separately within each of `groups` equal channel blocks."""
 
     # paper, section 3.3: k=2, n=5, alpha=1e-4, beta=0.75
-    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
-                 groups: int = 1) -> None:
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0, groups: int = 1) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k, self.groups = size, alpha, beta, k, groups
 

@@ -16,6 +16,7 @@ synthetic 1.28 M-row index (58 MB TSV, bench/RESULTS-resize.md): loaded as
 numpy columns it takes 54 MB (peak +214 MB while parsing, 1.5 CPU-s); a shard
 job parses only its own rows (0.12 CPU-s, peak +98 MB).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,15 +57,18 @@ def check_member(member: tarfile.TarInfo, archive: str) -> None:
         resolved = posixpath.normpath(posixpath.join(base, target))
         if posixpath.isabs(target) or resolved == ".." or resolved.startswith("../"):
             raise UnsafeArchiveError(
-                f"{archive}: member {name!r} links to {target!r} outside the archive; refusing to read this archive")
+                f"{archive}: member {name!r} links to {target!r} outside the archive; refusing to read this archive"
+            )
     if member.isdev():
         kind = "FIFO" if member.isfifo() else "device file"
         raise UnsafeArchiveError(f"{archive}: member {name!r} is a {kind}; refusing to read this archive")
     try:
         tarfile.data_filter(member, _FILTER_ROOT)
     except tarfile.FilterError as exc:
-        raise UnsafeArchiveError(f"{archive}: member {name!r} is refused by tarfile's data filter "
-                                 f"({type(exc).__name__}: {exc}); refusing to read this archive") from None
+        raise UnsafeArchiveError(
+            f"{archive}: member {name!r} is refused by tarfile's data filter "
+            f"({type(exc).__name__}: {exc}); refusing to read this archive"
+        ) from None
 
 
 # --- Index of image members: byte ranges in the archive, read by offset later ---
@@ -118,8 +122,10 @@ def _members(view: _RawView, where: str) -> Iterator[tarfile.TarInfo]:
     try:
         tar = tarfile.open(fileobj=view, mode="r:")
     except tarfile.ReadError as exc:
-        raise ArchiveIndexError(f"{where}: not an uncompressed tar archive ({exc}); "
-                                "images are read by byte offset, so the archive must not be compressed") from None
+        raise ArchiveIndexError(
+            f"{where}: not an uncompressed tar archive ({exc}); "
+            "images are read by byte offset, so the archive must not be compressed"
+        ) from None
     with tar:
         while True:
             try:
@@ -132,8 +138,10 @@ def _members(view: _RawView, where: str) -> Iterator[tarfile.TarInfo]:
             if member.isdir():
                 continue
             if not member.isfile() or member.issparse():
-                raise ArchiveIndexError(f"{where}: member {member.name!r} is not a regular file; "
-                                        "expected only images (and per-class tars in the train archive)")
+                raise ArchiveIndexError(
+                    f"{where}: member {member.name!r} is not a regular file; "
+                    "expected only images (and per-class tars in the train archive)"
+                )
             yield member
             tar.members.clear()  # headers only matter once; keeps memory flat on 50,000-member tars
 
@@ -148,8 +156,9 @@ def _class_lookup(classes_path: str | os.PathLike) -> dict[str, int]:
     return {row["wnid"]: int(row["index"]) for row in read_classes(classes_path)}
 
 
-def index_train_archive(archive: str | os.PathLike, classes_path: str | os.PathLike,
-                        bytes_read: list[int] | None = None) -> Iterator[tuple[str, int, int, int]]:
+def index_train_archive(
+    archive: str | os.PathLike, classes_path: str | os.PathLike, bytes_read: list[int] | None = None
+) -> Iterator[tuple[str, int, int, int]]:
     """(member, offset, size, label) of every image in ILSVRC2012_img_train.tar.
 
     The archive holds one `<wnid>.tar` per class; the label is the index of that
@@ -164,12 +173,16 @@ def index_train_archive(archive: str | os.PathLike, classes_path: str | os.PathL
             name = posixpath.basename(member.name)
             wnid, ext = posixpath.splitext(name)
             if ext != ".tar":
-                raise ArchiveIndexError(f"{archive}: member {member.name!r} is not a per-class tar <wnid>.tar; "
-                                        "the train archive must be the official ILSVRC2012_img_train.tar layout "
-                                        "(or use dataset.source: folders for an extracted tree)")
+                raise ArchiveIndexError(
+                    f"{archive}: member {member.name!r} is not a per-class tar <wnid>.tar; "
+                    "the train archive must be the official ILSVRC2012_img_train.tar layout "
+                    "(or use dataset.source: folders for an extracted tree)"
+                )
             if wnid not in wnids:
-                raise ArchiveIndexError(f"{archive}: class tar {member.name!r} names wnid {wnid!r}, "
-                                        f"which is not in {classes_path}; the class table and archive disagree")
+                raise ArchiveIndexError(
+                    f"{archive}: class tar {member.name!r} names wnid {wnid!r}, "
+                    f"which is not in {classes_path}; the class table and archive disagree"
+                )
             where = f"{archive}:{member.name}"
             inner = _RawView(fd, member.offset_data, member.size, where, counter)
             for image in _members(inner, where):
@@ -178,8 +191,9 @@ def index_train_archive(archive: str | os.PathLike, classes_path: str | os.PathL
         os.close(fd)
 
 
-def index_val_archive(archive: str | os.PathLike, val_labels_path: str | os.PathLike,
-                      bytes_read: list[int] | None = None) -> Iterator[tuple[str, int, int, int]]:
+def index_val_archive(
+    archive: str | os.PathLike, val_labels_path: str | os.PathLike, bytes_read: list[int] | None = None
+) -> Iterator[tuple[str, int, int, int]]:
     """(member, offset, size, label) of every image in the flat ILSVRC2012_img_val.tar."""
     labels = {row["file"]: int(row["index"]) for row in read_tsv(val_labels_path)}
     seen = 0
@@ -190,15 +204,19 @@ def index_val_archive(archive: str | os.PathLike, val_labels_path: str | os.Path
         for member in _members(view, str(archive)):
             name = posixpath.basename(member.name)
             if name not in labels:
-                raise ArchiveIndexError(f"{archive}: image {member.name!r} has no row in {val_labels_path}; "
-                                        "the validation labels and archive disagree")
+                raise ArchiveIndexError(
+                    f"{archive}: image {member.name!r} has no row in {val_labels_path}; "
+                    "the validation labels and archive disagree"
+                )
             seen += 1
             yield member.name, member.offset_data, member.size, labels[name]
     finally:
         os.close(fd)
     if seen != len(labels):
-        raise ArchiveIndexError(f"{archive}: holds {seen} images but {val_labels_path} lists {len(labels)}; "
-                                "the validation labels and archive disagree")
+        raise ArchiveIndexError(
+            f"{archive}: holds {seen} images but {val_labels_path} lists {len(labels)}; "
+            "the validation labels and archive disagree"
+        )
 
 
 def index_folder(root: str | os.PathLike, classes_path: str | os.PathLike) -> Iterator[tuple[str, int, int, int]]:
@@ -209,8 +227,10 @@ def index_folder(root: str | os.PathLike, classes_path: str | os.PathLike) -> It
         raise ArchiveIndexError(f"{root}: not a folder; expected a tree <wnid>/*.JPEG")
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name not in wnids:
-            raise ArchiveIndexError(f"{folder}: folder name is not a wnid in {classes_path}; "
-                                    "expected one folder per class, named by its wnid")
+            raise ArchiveIndexError(
+                f"{folder}: folder name is not a wnid in {classes_path}; "
+                "expected one folder per class, named by its wnid"
+            )
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 yield f"{folder.name}/{path.name}", 0, path.stat().st_size, wnids[folder.name]
@@ -226,8 +246,10 @@ def write_index(rows, out: str | os.PathLike) -> int:
         for member, offset, size, label in rows:
             key = image_key(member)
             if key in keys:
-                raise ArchiveIndexError(f"{out}: two images share the name {key!r} (second: {member!r}); "
-                                        "shard keys must be unique, rename one of them")
+                raise ArchiveIndexError(
+                    f"{out}: two images share the name {key!r} (second: {member!r}); "
+                    "shard keys must be unique, rename one of them"
+                )
             keys.add(key)
             count += 1
             yield member, offset, size, label
@@ -258,7 +280,7 @@ class ArchiveIndex:
 def _line_starts(data: bytes, chunk: int = 1 << 22) -> np.ndarray:
     buf = np.frombuffer(data, dtype=np.uint8)
     # in 4 MiB pieces: a whole-file boolean mask would double a 58 MB index's memory
-    parts = [np.flatnonzero(buf[i: i + chunk] == 10) + i for i in range(0, len(buf), chunk)]
+    parts = [np.flatnonzero(buf[i : i + chunk] == 10) + i for i in range(0, len(buf), chunk)]
     newlines = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if len(data) and data[-1:] != b"\n":
         newlines = np.append(newlines, len(data))
@@ -295,11 +317,13 @@ def read_member_index(path: str | os.PathLike, rows=None) -> ArchiveIndex:
     size = np.empty(len(positions), np.int64)
     label = np.empty(len(positions), np.int32)
     for j, i in enumerate(positions):
-        line = data[starts[i + 1]: starts[i + 2]].rstrip(b"\n")
+        line = data[starts[i + 1] : starts[i + 2]].rstrip(b"\n")
         try:
             name, offset[j], size[j], label[j] = line.split(b"\t")
         except ValueError:
-            raise ArchiveIndexError(f"{path}: line {i + 2} is {line[:80]!r}, expected member, offset, "
-                                    "size, label separated by tabs; rebuild the index") from None
+            raise ArchiveIndexError(
+                f"{path}: line {i + 2} is {line[:80]!r}, expected member, offset, "
+                "size, label separated by tabs; rebuild the index"
+            ) from None
         names.append(name)
     return ArchiveIndex(np.array(names, dtype=np.bytes_) if names else np.array([], "S1"), offset, size, label)

@@ -8,6 +8,7 @@ in-process) and writes grid.png (augmented training samples beside their
 originals) and augment.json (images/s of the training, centre and ten-crop
 pipelines).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,18 +18,27 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-import torch
 
 from pipeline import dali_pipes
 from pipeline.errors import run_cli
 from pipeline.io import atomic_path, write_json
+from pipeline.loaders import (
+    LIGHTING,
+    NORMALIZE,
+    VIEWS,
+    AugmentSettings,
+    EvalLoader,
+    LoaderError,
+    TrainLoader,
+    as_numpy,
+    manifest_shards,
+)
+from pipeline.pca_files import load_pca
 from pipeline.schema import defaults
 from pipeline.shards import read_manifest
-from pipeline.loaders import (LIGHTING, NORMALIZE, VIEWS, AugmentSettings, EvalLoader, LoaderError, TrainLoader,
-                              as_numpy, manifest_shards)
-from pipeline.pca_files import load_pca
 
 
 def rate(batches, count, warmup=1, sync=False):
@@ -81,7 +91,7 @@ def save_grid(train: TrainLoader, samples: int, png, class_names: list[str] = ()
         flip = bool(mirror[i])
         patch = images[i].transpose(1, 2, 0)
         if s.normalize == "mean_image":
-            m = pca.mean_image[oy:oy + dali_pipes.CROP, ox:ox + dali_pipes.CROP]
+            m = pca.mean_image[oy : oy + dali_pipes.CROP, ox : ox + dali_pipes.CROP]
             patch = patch + (m[:, ::-1] if flip else m)
         else:
             patch = patch * pca.std + pca.mean
@@ -94,8 +104,9 @@ def save_grid(train: TrainLoader, samples: int, png, class_names: list[str] = ()
         b.imshow(np.clip(np.rint(patch), 0, 255).astype(np.uint8))
         light = ", ".join(f"{v:+.1f}" for v in offset[i].ravel())
         b.set_title(f"{'flipped, ' if flip else ''}lighting RGB ({light})", fontsize=7)
-    fig.suptitle(f"training augmentation: lighting={s.lighting} (std {s.lighting_std}), normalize={s.normalize}",
-                 fontsize=8)
+    fig.suptitle(
+        f"training augmentation: lighting={s.lighting} (std {s.lighting_std}), normalize={s.normalize}", fontsize=8
+    )
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -104,9 +115,19 @@ def save_grid(train: TrainLoader, samples: int, png, class_names: list[str] = ()
 AUGMENT, TRAIN = defaults("augment"), defaults("train")  # the config schema is the one home of defaults
 
 
-def augment(manifest, pca_json, mean_image, out_dir, settings: AugmentSettings | None = None,
-            batch_size=TRAIN["batch_size"], threads=2, device="auto", grid_samples=AUGMENT["grid_samples"],
-            bench_batches=AUGMENT["bench_batches"], seed=TRAIN["seed"]) -> dict:
+def augment(
+    manifest,
+    pca_json,
+    mean_image,
+    out_dir,
+    settings: AugmentSettings | None = None,
+    batch_size=TRAIN["batch_size"],
+    threads=2,
+    device="auto",
+    grid_samples=AUGMENT["grid_samples"],
+    bench_batches=AUGMENT["bench_batches"],
+    seed=TRAIN["seed"],
+) -> dict:
     """The stage: grid.png of augmented training samples and augment.json with throughput."""
     settings = settings or AugmentSettings()
     device = ("cuda:0" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -117,21 +138,32 @@ def augment(manifest, pca_json, mean_image, out_dir, settings: AugmentSettings |
     names = [c.get("names", "") for c in read_manifest(manifest).get("classes", [])]
     save_grid(train, grid_samples, out_dir / "grid.png", names)
     if len(train) == 0:
-        raise LoaderError(f"{manifest}: {train.total} training images make no batch of {batch_size}; lower train.batch_size")
+        raise LoaderError(
+            f"{manifest}: {train.total} training images make no batch of {batch_size}; lower train.batch_size"
+        )
     sync = train.gpu
     train_first, train_rate = rate(cycle_epochs(train), bench_batches, sync=sync)
-    result = {"device": str(train.device), "threads": threads, "batch_size": batch_size,
-              "train_images": train.total, "train_batches_per_epoch": len(train),
-              **dataclasses.asdict(settings),
-              "train_images_per_s": train_rate, "train_first_batch_s": train_first}
+    result = {
+        "device": str(train.device),
+        "threads": threads,
+        "batch_size": batch_size,
+        "train_images": train.total,
+        "train_batches_per_epoch": len(train),
+        **dataclasses.asdict(settings),
+        "train_images_per_s": train_rate,
+        "train_first_batch_s": train_first,
+    }
     for views in VIEWS:
         ev = EvalLoader(val, pca, batch_size, views, settings, device, threads=threads)
         first, r = rate(cycle_eval(ev), bench_batches, sync=sync)
         result.update({"val_images": len(ev), f"eval_{views}_images_per_s": r, f"eval_{views}_first_batch_s": first})
     write_json(out_dir / "augment.json", result)
-    print(f"augment: train {train_rate:.0f} img/s, centre {result['eval_center_images_per_s']:.0f} img/s, "
-          f"ten-crop {result['eval_ten_images_per_s']:.0f} img/s on {device} ({threads} threads, batch {batch_size}); "
-          f"grid of {grid_samples} samples in {out_dir / 'grid.png'}", file=sys.stderr)
+    print(
+        f"augment: train {train_rate:.0f} img/s, centre {result['eval_center_images_per_s']:.0f} img/s, "
+        f"ten-crop {result['eval_ten_images_per_s']:.0f} img/s on {device} ({threads} threads, batch {batch_size}); "
+        f"grid of {grid_samples} samples in {out_dir / 'grid.png'}",
+        file=sys.stderr,
+    )
     return result
 
 
@@ -153,8 +185,20 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=t["seed"])
     a = p.parse_args(argv)
     settings = AugmentSettings(a.lighting, a.lighting_std, a.normalize)
-    return run_cli(augment, a.manifest, a.pca, a.mean_image, a.out_dir, settings, a.batch_size, a.dali_threads,
-                   a.device, a.grid_samples, a.bench_batches, a.seed)
+    return run_cli(
+        augment,
+        a.manifest,
+        a.pca,
+        a.mean_image,
+        a.out_dir,
+        settings,
+        a.batch_size,
+        a.dali_threads,
+        a.device,
+        a.grid_samples,
+        a.bench_batches,
+        a.seed,
+    )
 
 
 if __name__ == "__main__":

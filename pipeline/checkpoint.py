@@ -18,6 +18,7 @@ with `torch.load(weights_only=True)` (no pickled code runs on load):
 `epoch-NNN.pt` and `best.pt` is a hard link to it (no second copy on disk);
 see workflow/rules/train.smk for why the two names exist.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,8 @@ import numpy as np
 import torch
 
 from model.alexnet import AlexNet
-from pipeline.io import atomic_path
 from pipeline.errors import PipelineError
+from pipeline.io import atomic_path
 
 
 class CheckpointError(PipelineError, ValueError):
@@ -111,8 +112,9 @@ def restore_best(ckpt_dir: str | os.PathLike, epoch: int | None) -> None:
         return
     kept = ckpt_dir / f"epoch-{epoch:03d}.pt"
     if not kept.exists():
-        raise CheckpointError(f"{kept} (the best epoch's checkpoint) is missing; "
-                              f"delete {ckpt_dir} to train from scratch")
+        raise CheckpointError(
+            f"{kept} (the best epoch's checkpoint) is missing; delete {ckpt_dir} to train from scratch"
+        )
     _link_or_copy(kept, ckpt_dir / "best.pt")
 
 

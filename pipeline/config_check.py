@@ -6,6 +6,7 @@ The Snakefile calls `check_or_exit(config)` (workflow/rules/common.smk); tests
 call `check` on plain dicts, without Snakemake. Light to import (yaml and
 jsonschema only): every Snakemake run imports it.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,9 +63,11 @@ def coerce_to_schema(cfg: dict, schema: dict, root: dict | None = None) -> None:
 
 
 # Keys that left the config, and where their job went.
-MOVED_KEYS = {("train", "workers"): "DALI threads are a runtime knob now, the resource dali_threads of rule "
-                                    "train (--set-resources train:dali_threads=N, or a profile); "
-                                    "augment and evaluate use their job's threads"}
+MOVED_KEYS = {
+    ("train", "workers"): "DALI threads are a runtime knob now, the resource dali_threads of rule "
+    "train (--set-resources train:dali_threads=N, or a profile); "
+    "augment and evaluate use their job's threads"
+}
 
 
 def _with_defaults(validator_class):
@@ -110,8 +113,10 @@ def check_config(cfg: dict, schema: dict | None = None) -> None:
     _with_defaults(jsonschema.Draft202012Validator)(schema).validate(cfg)
 
 
-ARCHIVE_SPEC = {"url": "a local path, file:// or https:// URL of the archive",
-                "md5": "32 hex digits or an md5sum-format file"}
+ARCHIVE_SPEC = {
+    "url": "a local path, file:// or https:// URL of the archive",
+    "md5": "32 hex digits or an md5sum-format file",
+}
 
 
 def _archive_problem(part: str, key: str, value: str, demo_dir: str) -> str | None:
@@ -143,14 +148,18 @@ def check_paths(cfg: dict) -> None:
         for part in ("train", "val"):
             folder = ds.get("folders", {}).get(part)
             if not folder or not os.path.isdir(folder):
-                missing.append(f"dataset.folders.{part}: {folder!r} is not a folder; expected "
-                               f"a tree {part}/<wnid>/*.JPEG when dataset.source is 'folders'")
+                missing.append(
+                    f"dataset.folders.{part}: {folder!r} is not a folder; expected "
+                    f"a tree {part}/<wnid>/*.JPEG when dataset.source is 'folders'"
+                )
         if (ds.get("folders") or {}).get("devkit"):  # class names from the devkit archive
             devkit = ds.get("archives", {}).get("devkit")
             if devkit is None:
                 missing.append("dataset.archives.devkit: required when dataset.folders.devkit is true")
             else:
-                missing += [p for key in ("url", "md5") if (p := _archive_problem("devkit", key, devkit[key], demo_dir))]
+                missing += [
+                    p for key in ("url", "md5") if (p := _archive_problem("devkit", key, devkit[key], demo_dir))
+                ]
     if missing:
         listing = "\n  ".join(missing)
         raise ConfigError(f"invalid configuration:\n  {listing}")

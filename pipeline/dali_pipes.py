@@ -21,6 +21,7 @@ Facts the graphs rely on, each checked in tests/test_augment.py:
   T = -48 * 111111 turns the bytes into the class index on the pipeline
   (exact in float32: every partial sum is below 2**24).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,19 +32,38 @@ from nvidia.dali import pipeline_def
 from model.alexnet import INPUT_SIZE
 from pipeline.shards import CLS_WIDTH, IMAGE_SIZE
 
-READER = "Reader"     # the reader's name, for the iterators' reader_name
-IMAGE = IMAGE_SIZE    # paper, section 2: images are 256x256 (the shard format)
-CROP = INPUT_SIZE     # paper, section 4.1: 224x224 patches (the network's input)
-SPAN = IMAGE - CROP   # 32: offsets 0..32, 33 positions per axis
+READER = "Reader"  # the reader's name, for the iterators' reader_name
+IMAGE = IMAGE_SIZE  # paper, section 2: images are 256x256 (the shard format)
+CROP = INPUT_SIZE  # paper, section 4.1: 224x224 patches (the network's input)
+SPAN = IMAGE - CROP  # 32: offsets 0..32, 33 positions per axis
 CROP_POS = [k / SPAN for k in range(SPAN + 1)]
 
 # paper, section 4.1 (test): four corners and centre, then their reflections.
 # (crop_pos_x, crop_pos_y, mirror); pos 0 -> offset 0, 1 -> 32, 0.5 -> 16.
-TEN_CROP = [(0.0, 0.0, 0), (1.0, 0.0, 0), (0.0, 1.0, 0), (1.0, 1.0, 0), (0.5, 0.5, 0),
-            (0.0, 0.0, 1), (1.0, 0.0, 1), (0.0, 1.0, 1), (1.0, 1.0, 1), (0.5, 0.5, 1)]
-TEN_CROP_NAMES = ["top-left", "top-right", "bottom-left", "bottom-right", "centre",
-                  "top-left flipped", "top-right flipped", "bottom-left flipped",
-                  "bottom-right flipped", "centre flipped"]
+TEN_CROP = [
+    (0.0, 0.0, 0),
+    (1.0, 0.0, 0),
+    (0.0, 1.0, 0),
+    (1.0, 1.0, 0),
+    (0.5, 0.5, 0),
+    (0.0, 0.0, 1),
+    (1.0, 0.0, 1),
+    (0.0, 1.0, 1),
+    (1.0, 1.0, 1),
+    (0.5, 0.5, 1),
+]
+TEN_CROP_NAMES = [
+    "top-left",
+    "top-right",
+    "bottom-left",
+    "bottom-right",
+    "centre",
+    "top-left flipped",
+    "top-right flipped",
+    "bottom-left flipped",
+    "bottom-right flipped",
+    "centre flipped",
+]
 CENTER = [(0.5, 0.5, 0)]
 
 
@@ -67,9 +87,18 @@ def lighting_matrix(lighting: str, eigval, eigvec) -> np.ndarray:
 
 def read(shards, index_paths, shard_id, num_shards, shuffle, initial_fill=1024, pad=False, stick=False):
     return fn.readers.webdataset(
-        paths=list(shards), index_paths=list(index_paths), ext=["jpg", "cls"], name=READER,
-        missing_component_behavior="error", shard_id=shard_id, num_shards=num_shards,
-        random_shuffle=shuffle, initial_fill=initial_fill, pad_last_batch=pad, stick_to_shard=stick)
+        paths=list(shards),
+        index_paths=list(index_paths),
+        ext=["jpg", "cls"],
+        name=READER,
+        missing_component_behavior="error",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        random_shuffle=shuffle,
+        initial_fill=initial_fill,
+        pad_last_batch=pad,
+        stick_to_shard=stick,
+    )
 
 
 def parse_label(cls):
@@ -90,22 +119,28 @@ def decode_and_center(jpegs, normalize, pca, gpu):
     """
     image = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
     if normalize == "mean_image":
-        mean_image = types.Constant(np.ascontiguousarray(pca.mean_image, np.float32),
-                                    device="gpu" if gpu else "cpu")
+        mean_image = types.Constant(np.ascontiguousarray(pca.mean_image, np.float32), device="gpu" if gpu else "cpu")
         return image, image - mean_image, np.zeros(3), np.ones(3)
     return image, image, np.asarray(pca.mean, np.float64), np.asarray(pca.std, np.float64)
 
 
 def _cmn(x, pos_x, pos_y, mirror, mean, std):
     mean = mean.tolist() if isinstance(mean, np.ndarray) else mean
-    return fn.crop_mirror_normalize(x, crop=(CROP, CROP), crop_pos_x=pos_x, crop_pos_y=pos_y,
-                                    mirror=mirror, mean=mean, std=np.asarray(std).tolist(),
-                                    dtype=types.FLOAT, output_layout="CHW")
+    return fn.crop_mirror_normalize(
+        x,
+        crop=(CROP, CROP),
+        crop_pos_x=pos_x,
+        crop_pos_y=pos_y,
+        mirror=mirror,
+        mean=mean,
+        std=np.asarray(std).tolist(),
+        dtype=types.FLOAT,
+        output_layout="CHW",
+    )
 
 
 @pipeline_def
-def train_pipe(shards, index_paths, reader_shard, num_shards, initial_fill, settings, pca, gpu,
-               expose=False):
+def train_pipe(shards, index_paths, reader_shard, num_shards, initial_fill, settings, pca, gpu, expose=False):
     """Random 224 crop (33x33 offsets), flip p=0.5, PCA lighting, normalisation (section 4.1).
 
     Outputs: images (3,224,224) float, labels (1,) int32; with expose also the

@@ -35,6 +35,7 @@ rarity (at least one of each per split). Images are drawn at most 512 px and
 upscaled, which keeps generation cheap (about 5 s for 10 x 120 images), but
 encoded at their full size, so reading them costs what ImageNet's do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,8 @@ import scipy.io
 from PIL import Image, ImageDraw
 
 from pipeline.devkit import DEVKIT_DIR, GROUND_TRUTH, META, SYNSET_FIELDS, val_file_name
-from pipeline.io import atomic_path, write_json
 from pipeline.errors import PipelineError, run_cli
+from pipeline.io import atomic_path, write_json
 from pipeline.schema import defaults
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -109,16 +110,29 @@ DEMO_CLASSES = [
     ("n03028079", "church, church building", "a place for public (especially Christian) worship", False),
     ("n03394916", "French horn, horn", "a brass musical instrument with a coiled conical tube", False),
     ("n03417042", "garbage truck, dustcart", "a truck for collecting domestic refuse", False),
-    ("n03425413", "gas pump, gasoline pump, petrol pump, island dispenser",
-     "a pump in a service station that draws gasoline from underground storage tanks", False),
+    (
+        "n03425413",
+        "gas pump, gasoline pump, petrol pump, island dispenser",
+        "a pump in a service station that draws gasoline from underground storage tanks",
+        False,
+    ),
     ("n03445777", "golf ball", "a small hard ball used in playing golf", False),
     ("n03888605", "parachute, chute", "rescue equipment that fills with air and retards your fall", False),
     ("n01443537", "goldfish, Carassius auratus", "small golden or orange-red freshwater fishes", True),
-    ("n01484850", "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
-     "large aggressive shark widespread in warm seas", True),
+    (
+        "n01484850",
+        "great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias",
+        "large aggressive shark widespread in warm seas",
+        True,
+    ),
     ("n01491361", "tiger shark, Galeocerdo cuvieri", "large dangerous warm-water shark with striped body", True),
     ("n01494475", "hammerhead, hammerhead shark", "shark with eyes at either end of a hammer-shaped head", True),
-    ("n01496331", "electric ray, crampfish, numbfish, torpedo", "ray with electric organs on each side of the head", True),
+    (
+        "n01496331",
+        "electric ray, crampfish, numbfish, torpedo",
+        "ray with electric organs on each side of the head",
+        True,
+    ),
     ("n01498041", "stingray", "large venomous ray with barbed spines near the base of a whiplike tail", True),
     ("n01514668", "cock", "adult male chicken", True),
     ("n01514859", "hen", "adult female chicken", True),
@@ -163,7 +177,12 @@ DEMO_CLASSES = [
     ("n01692333", "Gila monster, Heloderma suspectum", GLOSS_NOT_KEPT, True),
     ("n01693334", "green lizard, Lacerta viridis", GLOSS_NOT_KEPT, True),
     ("n01694178", "African chameleon, Chamaeleo chamaeleon", GLOSS_NOT_KEPT, True),
-    ("n01695060", "Komodo dragon, Komodo lizard, dragon lizard, giant lizard, Varanus komodoensis", GLOSS_NOT_KEPT, True),
+    (
+        "n01695060",
+        "Komodo dragon, Komodo lizard, dragon lizard, giant lizard, Varanus komodoensis",
+        GLOSS_NOT_KEPT,
+        True,
+    ),
     ("n01697457", "African crocodile, Nile crocodile, Crocodylus niloticus", GLOSS_NOT_KEPT, True),
     ("n01698640", "American alligator, Alligator mississipiensis", GLOSS_NOT_KEPT, True),
     ("n01704323", "triceratops", GLOSS_NOT_KEPT, True),
@@ -214,8 +233,9 @@ PLANT_PREFIXES = ("n11", "n12", "n13")  # plants and fungi
 
 def ilsvrc2012_classes(path: Path = CLASS_TABLE) -> list[tuple[int, str, str, str]]:
     """(ILSVRC2012_ID, wnid, words, gloss) of the 1000 classes, in ILSVRC2012_ID order."""
-    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines()
-            if line and not line.startswith("#")]
+    rows = [
+        line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")
+    ]
     header, body = rows[0], rows[1:]
     if header != ["ilsvrc2012_id", "wnid", "words", "gloss"] or len(body) != 1000:
         raise ValueError(f"{path}: expected the header ilsvrc2012_id wnid words gloss and 1000 rows")
@@ -229,12 +249,17 @@ def _living(wnid: str) -> bool:
 ILSVRC2012 = ilsvrc2012_classes()
 _FIRST = {wnid for wnid, *_ in DEMO_CLASSES}
 # Every class the demo can draw: its first 100, then the other ILSVRC-2012 classes in sorted-wnid order.
-CLASSES = DEMO_CLASSES + [(wnid, words, gloss, _living(wnid))
-                          for _, wnid, words, gloss in sorted(ILSVRC2012, key=lambda r: r[1]) if wnid not in _FIRST]
+CLASSES = DEMO_CLASSES + [
+    (wnid, words, gloss, _living(wnid))
+    for _, wnid, words, gloss in sorted(ILSVRC2012, key=lambda r: r[1])
+    if wnid not in _FIRST
+]
 # Non-leaf ancestors (not classes), listed after the leaves as in the real meta.mat.
 ROOT = ("n00001740", "entity", "that which is perceived or known or inferred to have its own distinct existence")
-GROUPS = {True: ("n00004258", "living thing, animate thing", "a living (or once living) entity"),
-          False: ("n00021939", "artifact, artefact", "a man-made object taken as a whole")}
+GROUPS = {
+    True: ("n00004258", "living thing, animate thing", "a living (or once living) entity"),
+    False: ("n00021939", "artifact, artefact", "a man-made object taken as a whole"),
+}
 SHAPES = ("disc", "triangle", "square", "ring", "cross", "star", "bar", "diamond")
 # Looks of more than 100 classes: a code of hue bin x shape x texture (10 x 8 x 13 = 1040 codes). A
 # texture is plain or stripes at one of 6 angles and 2 periods. The angles lie in [0, pi/2], so a
@@ -251,6 +276,7 @@ class DemoError(PipelineError, ValueError):
 
 # ---------------------------------------------------------------- drawing
 
+
 def _rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, s, v))
 
@@ -266,10 +292,28 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(1.0, 0.22), (-1.0, 0.22), (-1.0, -0.22), (1.0, -0.22)]
     elif shape == "cross":
         a, b = 1.0, 0.3
-        pts = [(a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b), (-b, -a), (b, -a), (b, -b), (a, -b)]
+        pts = [
+            (a, b),
+            (b, b),
+            (b, a),
+            (-b, a),
+            (-b, b),
+            (-a, b),
+            (-a, -b),
+            (-b, -b),
+            (-b, -a),
+            (b, -a),
+            (b, -b),
+            (a, -b),
+        ]
     elif shape == "star":
-        pts = [((1.0 if i % 2 == 0 else 0.42) * math.cos(i * math.pi / 5),
-                (1.0 if i % 2 == 0 else 0.42) * math.sin(i * math.pi / 5)) for i in range(10)]
+        pts = [
+            (
+                (1.0 if i % 2 == 0 else 0.42) * math.cos(i * math.pi / 5),
+                (1.0 if i % 2 == 0 else 0.42) * math.sin(i * math.pi / 5),
+            )
+            for i in range(10)
+        ]
     else:
         raise ValueError(shape)
     c, s = math.cos(angle), math.sin(angle)
@@ -290,9 +334,12 @@ def class_look(k: int, n_classes: int) -> dict:
     """The class's hue, shape and texture; fixed per class, not per image."""
     if n_classes > len(DEMO_CLASSES):
         return coded_look(k)
-    return {"hue": k / n_classes, "shape": SHAPES[k % len(SHAPES)],
-            "stripes": (k // len(SHAPES)) % 2 == 1 or k % 3 == 2,
-            "stripe_angle": math.pi * ((k * 0.381966) % 1.0)}
+    return {
+        "hue": k / n_classes,
+        "shape": SHAPES[k % len(SHAPES)],
+        "stripes": (k // len(SHAPES)) % 2 == 1 or k % 3 == 2,
+        "stripe_angle": math.pi * ((k * 0.381966) % 1.0),
+    }
 
 
 def coded_look(k: int) -> dict:
@@ -302,8 +349,12 @@ def coded_look(k: int) -> dict:
     is, and each one learned takes the loss below ln(1000)."""
     hue_bin, rest = k % HUE_BINS, k // HUE_BINS
     shape, texture = SHAPES[rest % len(SHAPES)], TEXTURES[rest // len(SHAPES)]
-    look = {"hue": (hue_bin + 0.5) / HUE_BINS, "hue_jitter": 0.2 / HUE_BINS,  # well inside the bin
-            "shape": shape, "stripes": texture is not None}
+    look = {
+        "hue": (hue_bin + 0.5) / HUE_BINS,
+        "hue_jitter": 0.2 / HUE_BINS,  # well inside the bin
+        "shape": shape,
+        "stripes": texture is not None,
+    }
     if texture is not None:
         look["stripe_angle"], look["stripe_period"] = texture
     return look
@@ -315,8 +366,9 @@ def noise_pool(seed: int) -> np.ndarray:
     return np.clip(rng.normal(0.0, 12.0, size=(2 * CANVAS, 2 * CANVAS, 3)), -64, 64).astype(np.int16)
 
 
-def draw_image(rng: np.random.Generator, look: dict, n_classes: int, size: tuple[int, int],
-               noise: np.ndarray) -> Image.Image:
+def draw_image(
+    rng: np.random.Generator, look: dict, n_classes: int, size: tuple[int, int], noise: np.ndarray
+) -> Image.Image:
     """One image of the class `look` at `size` (width, height)."""
     scale = min(1.0, CANVAS / max(size))
     w, h = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
@@ -325,8 +377,9 @@ def draw_image(rng: np.random.Generator, look: dict, n_classes: int, size: tuple
     draw = ImageDraw.Draw(bg)
     for _ in range(int(rng.integers(1, 4))):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.1, 0.35) * min(w, h)
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r],
-                     fill=_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.9)))
+        draw.ellipse(
+            [cx - r, cy - r, cx + r, cy + r], fill=_rgb(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.2, 0.9))
+        )
     # Object: the class's shape in the class's hue, at a random place, size, angle.
     jitter = look.get("hue_jitter", 0.25 / n_classes)
     colour = _rgb(look["hue"] + rng.uniform(-jitter, jitter), rng.uniform(0.65, 1.0), rng.uniform(0.6, 1.0))
@@ -341,7 +394,7 @@ def draw_image(rng: np.random.Generator, look: dict, n_classes: int, size: tuple
         fg.paste(tuple(int(c * 0.45) for c in colour), mask=_stripe_mask(*_stripes(rng, look, min(w, h)), w, h))
     img = np.asarray(Image.composite(fg, bg, mask), np.int16)
     oy, ox = int(rng.integers(0, noise.shape[0] - h + 1)), int(rng.integers(0, noise.shape[1] - w + 1))
-    img = img + noise[oy:oy + h, ox:ox + w]
+    img = img + noise[oy : oy + h, ox : ox + w]
     out = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     if out.size != tuple(size):
         out = out.resize(size, Image.BILINEAR)
@@ -403,6 +456,7 @@ def encode(img: Image.Image, quirk: str | None) -> bytes:
 
 # ---------------------------------------------------------------- archives
 
+
 def _info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = size, MTIME, 0, 0, "", ""
@@ -434,8 +488,16 @@ def meta_mat(leaves: list[dict], groups: list[dict]) -> bytes:
     rows = leaves + groups
     synsets = np.empty((len(rows), 1), dtype=[(f, object) for f in SYNSET_FIELDS])
     for i, s in enumerate(rows):
-        synsets[i, 0] = (_uint(s["id"]), s["wnid"], s["words"], s["gloss"], _uint(len(s["children"])),
-                         _uint(s["children"]), _uint(s["height"]), _uint(s["images"]))
+        synsets[i, 0] = (
+            _uint(s["id"]),
+            s["wnid"],
+            s["words"],
+            s["gloss"],
+            _uint(len(s["children"])),
+            _uint(s["children"]),
+            _uint(s["height"]),
+            _uint(s["images"]),
+        )
     buf = io.BytesIO()
     scipy.io.savemat(buf, {"synsets": synsets}, format="5", oned_as="row")
     data = bytearray(buf.getvalue())
@@ -450,18 +512,46 @@ def synsets(wnids_by_id: list[int], n_train: int) -> tuple[list[dict], list[dict
     leaves = []
     for ilsvrc_id, k in enumerate(wnids_by_id, 1):
         wnid, words, gloss, _ = CLASSES[k]
-        leaves.append({"id": ilsvrc_id, "wnid": wnid, "words": words, "gloss": gloss, "children": [],
-                       "height": 0, "images": n_train, "class": k})
+        leaves.append(
+            {
+                "id": ilsvrc_id,
+                "wnid": wnid,
+                "words": words,
+                "gloss": gloss,
+                "children": [],
+                "height": 0,
+                "images": n_train,
+                "class": k,
+            }
+        )
     groups, next_id = [], n + 1
     for living in (True, False):
         kids = [s for s in leaves if CLASSES[s["class"]][3] == living]
         if kids:
             wnid, words, gloss = GROUPS[living]
-            groups.append({"id": next_id, "wnid": wnid, "words": words, "gloss": gloss, "height": 1,
-                           "children": [s["id"] for s in kids], "images": n_train * len(kids)})
+            groups.append(
+                {
+                    "id": next_id,
+                    "wnid": wnid,
+                    "words": words,
+                    "gloss": gloss,
+                    "height": 1,
+                    "children": [s["id"] for s in kids],
+                    "images": n_train * len(kids),
+                }
+            )
             next_id += 1
-    groups.append({"id": next_id, "wnid": ROOT[0], "words": ROOT[1], "gloss": ROOT[2], "height": 2,
-                   "children": [g["id"] for g in groups], "images": n_train * n})
+    groups.append(
+        {
+            "id": next_id,
+            "wnid": ROOT[0],
+            "words": ROOT[1],
+            "gloss": ROOT[2],
+            "height": 2,
+            "children": [g["id"] for g in groups],
+            "images": n_train * n,
+        }
+    )
     return leaves, groups
 
 
@@ -498,13 +588,16 @@ def quirk_list(sizes: str, split: int, n_images: int) -> tuple[str, ...]:
     return tuple(q for q, rate in QUIRK_RATES.items() for _ in range(max(1, round(rate * n_images))))
 
 
-def check_settings(classes: int, train_per_class: int, val_per_class: int, large_fraction: float,
-                   sizes: str = "demo", workers: int = 1) -> None:
+def check_settings(
+    classes: int, train_per_class: int, val_per_class: int, large_fraction: float, sizes: str = "demo", workers: int = 1
+) -> None:
     if not 2 <= classes <= len(CLASSES):
         raise DemoError(f"demo.classes = {classes}: the demo has 2 to {len(CLASSES)} classes")
     if train_per_class < 2 or val_per_class < 1:
-        raise DemoError(f"demo.train_per_class = {train_per_class}, demo.val_per_class = {val_per_class}: "
-                        "need at least 2 training images per class (three carry the quirks) and 1 val image")
+        raise DemoError(
+            f"demo.train_per_class = {train_per_class}, demo.val_per_class = {val_per_class}: "
+            "need at least 2 training images per class (three carry the quirks) and 1 val image"
+        )
     if not 0.0 <= large_fraction <= 1.0:
         raise DemoError(f"demo.large_fraction = {large_fraction}: must lie in [0, 1]")
     if sizes not in SIZES:
@@ -515,9 +608,11 @@ def check_settings(classes: int, train_per_class: int, val_per_class: int, large
 
 # ---------------------------------------------------------------- rendering
 
+
 @dataclass(frozen=True)
 class Split:
     """Which images of one split are large and which carry a quirk (image number -> quirk)."""
+
     large: frozenset
     quirks: dict
 
@@ -535,6 +630,7 @@ def plan_split(seed: int, split: int, total: int, large_fraction: float, quirks:
 @dataclass(frozen=True)
 class Job:
     """All an image needs besides its (split, number, class): sent once to each worker."""
+
     seed: int
     classes: int
     sizes: str
@@ -584,12 +680,16 @@ def size_stats(sizes: list[tuple[int, int]]) -> dict:
     """Mean width and height, share over 1000 px on the long side, and the count of camera
     originals (long side MULTI_MP_SIDE, each MULTI_MP_PIXELS or more)."""
     arr = np.array(sizes, dtype=np.int64).reshape(-1, 2)
-    return {"mean_width": round(float(arr[:, 0].mean()), 1), "mean_height": round(float(arr[:, 1].mean()), 1),
-            "share_over_1000px": round(float((arr.max(1) > 1000).mean()), 4),
-            "multi_megapixel": int((arr.max(1) >= MULTI_MP_SIDE[0]).sum())}
+    return {
+        "mean_width": round(float(arr[:, 0].mean()), 1),
+        "mean_height": round(float(arr[:, 1].mean()), 1),
+        "share_over_1000px": round(float((arr.max(1) > 1000).mean()), 4),
+        "multi_megapixel": int((arr.max(1) >= MULTI_MP_SIDE[0]).sum()),
+    }
 
 
 # ---------------------------------------------------------------- the dataset
+
 
 def _write_train(path: Path, images, by_wnid: list[int], numbers: list[np.ndarray], sizes: list) -> None:
     with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -612,8 +712,11 @@ def _write_val(path: Path, images, n_val: int, sizes: list) -> None:
 
 def _write_devkit(path: Path, leaves: list[dict], groups: list[dict], ground_truth: bytes) -> None:
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+        ):
             for d in (f"{DEVKIT_DIR}/", f"{DEVKIT_DIR}/data/"):
                 tar.addfile(_info(d, directory=True))
             _add(tar, f"{DEVKIT_DIR}/{META}", meta_mat(leaves, groups))
@@ -622,12 +725,21 @@ def _write_devkit(path: Path, leaves: list[dict], groups: list[dict], ground_tru
 
 def val_order(seed: int, classes: int, val_per_class: int) -> list[int]:
     """The class of each val image, in file-number order: classes interleaved by a seeded shuffle."""
-    return [int(k) for k in np.random.default_rng([seed, 1, 2]).permutation(np.repeat(np.arange(classes), val_per_class))]
+    return [
+        int(k) for k in np.random.default_rng([seed, 1, 2]).permutation(np.repeat(np.arange(classes), val_per_class))
+    ]
 
 
-def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO["classes"],
-              train_per_class: int = DEMO["train_per_class"], val_per_class: int = DEMO["val_per_class"],
-              large_fraction: float = DEMO["large_fraction"], sizes: str = DEMO["sizes"], workers: int = 1) -> dict:
+def make_demo(
+    out_dir: str | Path,
+    seed: int = DEMO["seed"],
+    classes: int = DEMO["classes"],
+    train_per_class: int = DEMO["train_per_class"],
+    val_per_class: int = DEMO["val_per_class"],
+    large_fraction: float = DEMO["large_fraction"],
+    sizes: str = DEMO["sizes"],
+    workers: int = 1,
+) -> dict:
     """Write the three archives, MD5SUMS and demo.json into `out_dir`; return the metrics.
 
     `workers` processes draw the images; the bytes do not depend on it."""
@@ -636,37 +748,56 @@ def make_demo(out_dir: str | Path, seed: int = DEMO["seed"], classes: int = DEMO
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_train, n_val = classes * train_per_class, classes * val_per_class
-    job = Job(seed, classes, sizes, tuple(class_look(k, classes) for k in range(classes)),
-              (plan_split(seed, 0, n_train, large_fraction, quirk_list(sizes, 0, n_train)),
-               plan_split(seed, 1, n_val, large_fraction, quirk_list(sizes, 1, n_val))))
+    job = Job(
+        seed,
+        classes,
+        sizes,
+        tuple(class_look(k, classes) for k in range(classes)),
+        (
+            plan_split(seed, 0, n_train, large_fraction, quirk_list(sizes, 0, n_train)),
+            plan_split(seed, 1, n_val, large_fraction, quirk_list(sizes, 1, n_val)),
+        ),
+    )
     val_classes = val_order(seed, classes, val_per_class)
     drawn = _write_image_archives(out, job, train_per_class, val_classes, workers)
     groups = _write_devkit_for(out, seed, classes, train_per_class, val_classes)
     md5s = _write_md5sums(out)
     metrics = {
-        "seed": seed, "classes": classes, "sizes": sizes, "train_images": n_train, "val_images": n_val,
-        "large_images": len(job.splits[0].large) + len(job.splits[1].large), **size_stats(drawn),
+        "seed": seed,
+        "classes": classes,
+        "sizes": sizes,
+        "train_images": n_train,
+        "val_images": n_val,
+        "large_images": len(job.splits[0].large) + len(job.splits[1].large),
+        **size_stats(drawn),
         "quirks": {"train": job.splits[0].quirk_counts(), "val": job.splits[1].quirk_counts()},
         "non_leaf_synsets": len(groups),
-        "train_bytes": (out / TRAIN_TAR).stat().st_size, "val_bytes": (out / VAL_TAR).stat().st_size,
+        "train_bytes": (out / TRAIN_TAR).stat().st_size,
+        "val_bytes": (out / VAL_TAR).stat().st_size,
         "devkit_bytes": (out / DEVKIT_TAR).stat().st_size,
-        "workers": workers, "seconds": round(time.perf_counter() - t0, 3), "md5": md5s,
+        "workers": workers,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "md5": md5s,
     }
     write_json(out / "demo.json", metrics)
     return metrics
 
 
-def _write_image_archives(out: Path, job: Job, train_per_class: int, val_classes: list[int],
-                          workers: int) -> list[tuple[int, int]]:
+def _write_image_archives(
+    out: Path, job: Job, train_per_class: int, val_classes: list[int], workers: int
+) -> list[tuple[int, int]]:
     """Draw every image and write the train and val tars; return the drawn sizes in written order."""
     classes, seed = job.classes, job.seed
     # Train: class k's images are g = k * train_per_class + i, written in sorted-wnid order.
     by_wnid = sorted(range(classes), key=lambda k: CLASSES[k][0])
     names_rng = np.random.default_rng([seed, 0, 2])
-    numbers = [np.sort(names_rng.choice(np.arange(1, max(20000, 2 * train_per_class)), train_per_class,
-                                        replace=False)) for _ in by_wnid]
-    tasks = [(0, k * train_per_class + i, k) for k in by_wnid for i in range(train_per_class)] + \
-            [(1, g, k) for g, k in enumerate(val_classes)]
+    numbers = [
+        np.sort(names_rng.choice(np.arange(1, max(20000, 2 * train_per_class)), train_per_class, replace=False))
+        for _ in by_wnid
+    ]
+    tasks = [(0, k * train_per_class + i, k) for k in by_wnid for i in range(train_per_class)] + [
+        (1, g, k) for g, k in enumerate(val_classes)
+    ]
     drawn: list[tuple[int, int]] = []
     with rendering(job, workers) as render:
         images = iter(render(tasks))
@@ -697,22 +828,36 @@ def main(argv=None) -> int:
     p.add_argument("--classes", type=int, default=DEMO["classes"])
     p.add_argument("--train-per-class", type=int, default=DEMO["train_per_class"])
     p.add_argument("--val-per-class", type=int, default=DEMO["val_per_class"])
-    p.add_argument("--large-fraction", type=float, default=DEMO["large_fraction"],
-                   help="share of images over 1000 px on the long side")
-    p.add_argument("--sizes", default=DEMO["sizes"],
-                   help="demo: the demo's sizes and quirks | imagenet: ImageNet's size mix, quirks at their rarity")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes that draw the images (a runtime knob: the bytes do not depend on it)")
+    p.add_argument(
+        "--large-fraction",
+        type=float,
+        default=DEMO["large_fraction"],
+        help="share of images over 1000 px on the long side",
+    )
+    p.add_argument(
+        "--sizes",
+        default=DEMO["sizes"],
+        help="demo: the demo's sizes and quirks | imagenet: ImageNet's size mix, quirks at their rarity",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that draw the images (a runtime knob: the bytes do not depend on it)",
+    )
     a = p.parse_args(argv)
     return run_cli(_make_and_report, a)
 
 
 def _make_and_report(a: argparse.Namespace) -> None:
-    m = make_demo(a.out_dir, a.seed, a.classes, a.train_per_class, a.val_per_class, a.large_fraction,
-                  a.sizes, a.workers)
-    print(f"demo: {m['classes']} classes, {m['train_images']} train + {m['val_images']} val images "
-          f"({m['large_images']} large, mean {m['mean_width']:.0f} x {m['mean_height']:.0f} px) in {a.out_dir}, "
-          f"{m['seconds']:.1f} s on {m['workers']} worker(s)")
+    m = make_demo(
+        a.out_dir, a.seed, a.classes, a.train_per_class, a.val_per_class, a.large_fraction, a.sizes, a.workers
+    )
+    print(
+        f"demo: {m['classes']} classes, {m['train_images']} train + {m['val_images']} val images "
+        f"({m['large_images']} large, mean {m['mean_width']:.0f} x {m['mean_height']:.0f} px) in {a.out_dir}, "
+        f"{m['seconds']:.1f} s on {m['workers']} worker(s)"
+    )
 
 
 if __name__ == "__main__":

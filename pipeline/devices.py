@@ -5,6 +5,7 @@ counter and sets no CUDA_VISIBLE_DEVICES. Under torchrun (LOCAL_RANK set)
 each replica takes its own GPU, or its own pair for the paper's two-column
 split.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,15 +59,20 @@ def resolve_devices(spec: str, env: Dist) -> list[str]:
 
 def launch_from_env(devices: str = "auto") -> tuple[Dist, list[str]]:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun), pick devices, join the process group."""
-    env = Dist(rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)),
-               local_rank=int(os.environ.get("LOCAL_RANK", 0)), torchrun="LOCAL_RANK" in os.environ)
+    env = Dist(
+        rank=int(os.environ.get("RANK", 0)),
+        world=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        torchrun="LOCAL_RANK" in os.environ,
+    )
     devs = resolve_devices(devices, env)
     if env.world > 1 and not dist.is_initialized():
         on_gpu = devs[0].startswith("cuda")
         if on_gpu:
             torch.cuda.set_device(devs[0])
-        dist.init_process_group(backend="nccl" if on_gpu else "gloo",
-                                device_id=torch.device(devs[0]) if on_gpu else None)
+        dist.init_process_group(
+            backend="nccl" if on_gpu else "gloo", device_id=torch.device(devs[0]) if on_gpu else None
+        )
     return env, devs
 
 

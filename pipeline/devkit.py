@@ -19,15 +19,16 @@ with `pipeline.archive.check_member` on every member and insists on the
 end-of-archive block, because tarfile stops silently at a damaged or
 truncated header instead of raising.
 """
+
 from __future__ import annotations
 
 import io
 import posixpath
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import scipy.io
@@ -35,8 +36,16 @@ import scipy.io
 from pipeline.archive import check_member
 from pipeline.errors import PipelineError
 
-SYNSET_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
-                 "wordnet_height", "num_train_images")
+SYNSET_FIELDS = (
+    "ILSVRC2012_ID",
+    "WNID",
+    "words",
+    "gloss",
+    "num_children",
+    "children",
+    "wordnet_height",
+    "num_train_images",
+)
 DEVKIT_DIR = "ILSVRC2012_devkit_t12"
 META = "data/meta.mat"
 GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
@@ -63,8 +72,10 @@ def iter_safe_members(tar: tarfile.TarFile, archive: str) -> Iterator[tarfile.Ta
         if tar.fileobj.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
             raise tarfile.ReadError(f"no end-of-archive marker after byte {tar.offset}")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise ArchiveError(f"{archive}: cannot read the archive to the end ({e}); it is truncated "
-                           "or damaged: fetch it again and check its md5") from None
+        raise ArchiveError(
+            f"{archive}: cannot read the archive to the end ({e}); it is truncated "
+            "or damaged: fetch it again and check its md5"
+        ) from None
 
 
 def open_tar(path: str | Path, mode: str = "r:") -> tarfile.TarFile:
@@ -77,6 +88,7 @@ def open_tar(path: str | Path, mode: str = "r:") -> tarfile.TarFile:
 @dataclass
 class Devkit:
     """Leaf synsets (the classes) in sorted-wnid order, and the val ground truth."""
+
     wnids: list[str]
     names: list[str]
     id_to_wnid: dict[int, str]
@@ -109,15 +121,18 @@ def parse_meta(data: bytes, where: str) -> list[tuple[int, str, str]]:
         raise ArchiveError(f"{where}: not a readable MATLAB file ({e})") from None
     synsets = mat.get("synsets")
     if synsets is None or synsets.dtype.names is None:
-        raise ArchiveError(f"{where}: no struct array 'synsets' (keys: {sorted(k for k in mat if not k.startswith('__'))})")
+        raise ArchiveError(
+            f"{where}: no struct array 'synsets' (keys: {sorted(k for k in mat if not k.startswith('__'))})"
+        )
     missing = [f for f in ("ILSVRC2012_ID", "WNID", "words", "num_children") if f not in synsets.dtype.names]
     if missing:
         raise ArchiveError(f"{where}: 'synsets' lacks fields {missing}")
     leaves = []
     for row in np.atleast_1d(synsets):
         if int(_scalar(row["num_children"], "num_children", where)) == 0:
-            leaves.append((int(_scalar(row["ILSVRC2012_ID"], "ILSVRC2012_ID", where)),
-                           str(row["WNID"]), str(row["words"])))
+            leaves.append(
+                (int(_scalar(row["ILSVRC2012_ID"], "ILSVRC2012_ID", where)), str(row["WNID"]), str(row["words"]))
+            )
     ids = [i for i, _, _ in leaves]
     wnids = [w for _, w, _ in leaves]
     if not leaves:
@@ -147,8 +162,10 @@ def parse_ground_truth(text: str, id_to_wnid: dict[int, str], where: str) -> lis
 def _find(found: dict[str, bytes], suffix: str, archive: str) -> tuple[str, bytes]:
     hits = [(n, d) for n, d in found.items() if n == suffix or n.endswith("/" + suffix)]
     if len(hits) != 1:
-        raise ArchiveError(f"{archive}: expected one member {DEVKIT_DIR}/{suffix}, found {len(hits)}; "
-                           "is this the ILSVRC2012_devkit_t12.tar.gz devkit?")
+        raise ArchiveError(
+            f"{archive}: expected one member {DEVKIT_DIR}/{suffix}, found {len(hits)}; "
+            "is this the ILSVRC2012_devkit_t12.tar.gz devkit?"
+        )
     return hits[0]
 
 

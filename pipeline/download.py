@@ -6,6 +6,7 @@ pin. A token comes from an environment variable whose *name* is the setting:
 the name may travel on a command line that tracking records, the value never
 does, is never printed, and is not forwarded when a redirect leaves the host.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,14 +43,17 @@ def auth_header(env_name: str | None) -> tuple[str, str] | None:
         return None
     value = os.environ.get(env_name, "")
     if not value.strip():
-        raise DownloadError(f"environment variable {env_name} is unset or empty; "
-                            "export it with a token or 'Header-Name: value'")
+        raise DownloadError(
+            f"environment variable {env_name} is unset or empty; export it with a token or 'Header-Name: value'"
+        )
     if ":" in value:
         key, _, val = value.partition(":")
         key = key.strip()
         if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", key):
-            raise DownloadError(f"environment variable {env_name}: the text before ':' is not a valid "
-                                "HTTP header name; use 'Header-Name: value' or a bare token")
+            raise DownloadError(
+                f"environment variable {env_name}: the text before ':' is not a valid "
+                "HTTP header name; use 'Header-Name: value' or a bare token"
+            )
         return key, val.strip()
     return "Authorization", f"Bearer {value.strip()}"
 
@@ -62,8 +66,11 @@ class _SameHostRedirect(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and self.header and \
-                urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc:
+        if (
+            new is not None
+            and self.header
+            and urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc
+        ):
             new.add_unredirected_header(*self.header)
         return new
 
@@ -104,15 +111,22 @@ def _receive(resp, part: Path, mode: str, h, bar) -> int:
 @dataclass
 class _Received:
     """The bytes of the .part file so far and their running md5, shared by the attempts."""
+
     size: int = 0
-    md5: "hashlib._Hash" = field(default_factory=hashlib.md5)
+    md5: hashlib._Hash = field(default_factory=hashlib.md5)
 
     def restart(self) -> None:
         self.size, self.md5 = 0, hashlib.md5()
 
 
-def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries: int = 5,
-             backoff: float = 2.0, timeout: float = 60.0) -> tuple[str, int]:
+def download(
+    url: str,
+    dest: Path,
+    auth: tuple[str, str] | None = None,
+    retries: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+) -> tuple[str, int]:
     """Download `url` to `dest`.part, resuming what is there; return (md5, bytes).
 
     The caller verifies the md5 and renames the .part file; a dropped
@@ -142,11 +156,15 @@ def download(url: str, dest: Path, auth: tuple[str, str] | None = None, retries:
             got.size = part.stat().st_size  # bytes flushed before the drop
         failures = 0 if got.size > start else failures + 1
         if failures > retries:
-            raise DownloadError(f"{url}: download failed {failures} times in a row ({error}); "
-                                f"{got.size} bytes kept in {part}: rerun to resume")
+            raise DownloadError(
+                f"{url}: download failed {failures} times in a row ({error}); "
+                f"{got.size} bytes kept in {part}: rerun to resume"
+            )
         delay = backoff * max(failures, 1) if failures else 0.0
-        print(f"{dest.name}: {error}; resuming at byte {got.size}" + (f" in {delay:.0f} s" if delay else ""),
-              file=sys.stderr)
+        print(
+            f"{dest.name}: {error}; resuming at byte {got.size}" + (f" in {delay:.0f} s" if delay else ""),
+            file=sys.stderr,
+        )
         time.sleep(delay)
 
 
@@ -167,8 +185,7 @@ def _resume(url: str, dest: Path, part: Path) -> _Received:
     return got
 
 
-def _get(opener, url: str, auth: tuple[str, str] | None, part: Path, got: _Received, timeout: float,
-         name: str) -> None:
+def _get(opener, url: str, auth: tuple[str, str] | None, part: Path, got: _Received, timeout: float, name: str) -> None:
     """One GET from byte got.size on, appended to `part`; a drop raises with `got` as far as it came."""
     req = urllib.request.Request(url)
     if auth:
@@ -181,9 +198,22 @@ def _get(opener, url: str, auth: tuple[str, str] | None, part: Path, got: _Recei
         length = resp.headers.get("Content-Length")
         expect = int(length) if length is not None else None
         total = got.size + expect if expect is not None else None
-        received = _receive(resp, part, "ab" if got.size else "wb", got.md5,
-                            tqdm(total=total, initial=got.size, unit="B", unit_scale=True, unit_divisor=1024,
-                                 desc=name, file=sys.stderr, disable=None))
+        received = _receive(
+            resp,
+            part,
+            "ab" if got.size else "wb",
+            got.md5,
+            tqdm(
+                total=total,
+                initial=got.size,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=name,
+                file=sys.stderr,
+                disable=None,
+            ),
+        )
         got.size += received
         # http.client returns a short body without raising when the peer closes early.
         if expect is not None and received < expect:

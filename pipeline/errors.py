@@ -8,10 +8,11 @@ denied, a file that vanished) is the machine's rather than the code's and is
 reported the same way; its message names the file. Anything else is a bug
 and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class PipelineError(Exception):

@@ -22,6 +22,7 @@ Outputs (results/evaluate/): metrics.json (flat: val_top1_err_10crop,
 val_top5_err_10crop, val_top1_err_center, val_top5_err_center, ...),
 per_class.csv, confusions.csv, comparison.md, per_class.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,8 @@ from pipeline.devices import DeviceError, InputWait, launch_from_env, synchroniz
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_classes, write_json
 from pipeline.loaders import AugmentSettings, EvalLoader, manifest_shards
-from pipeline.pca_files import load_pca
 from pipeline.metrics import EvalCounts, ten_crop_probs
+from pipeline.pca_files import load_pca
 from pipeline.schema import defaults
 from pipeline.shards import ManifestError, read_manifest
 
@@ -62,22 +63,34 @@ def val_counts(manifest: str | os.PathLike) -> tuple[int, list[int] | None]:
     return total, per_class if per_class and all(isinstance(n, int) for n in per_class) else None
 
 
-def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = True,
-          max_images: int = 0) -> tuple[EvalCounts, float, float]:
+def score(
+    model: torch.nn.Module, loader, num_classes: int, progress: bool = True, max_images: int = 0
+) -> tuple[EvalCounts, float, float]:
     """Tallies over every (N, 10, 3, 224, 224) batch of `loader` (or the batches that reach
     `max_images`, when above 0), the seconds it took, and the seconds of it spent waiting for batches."""
     counts = EvalCounts(num_classes, device=model.output_device)  # plain tensors: they are summed later
     input_device = model.input_device
     wait = InputWait([input_device, model.output_device])
     start = time.perf_counter()
-    with torch.inference_mode(), tqdm(total=len(loader), unit="img", desc="ten-crop", file=sys.stderr,
-                                      disable=None if progress else True, leave=False) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(
+            total=len(loader),
+            unit="img",
+            desc="ten-crop",
+            file=sys.stderr,
+            disable=None if progress else True,
+            leave=False,
+        ) as bar,
+    ):
         for images, labels, _keys in wait.batches(loader):
             if len(labels) == 0:  # DALI can end a rank's share with an empty batch
                 continue
             if images.ndim != 5:
-                raise EvaluateError(f"the evaluation loader gave images of shape {tuple(images.shape)}; "
-                                    "expected (N, 10, 3, 224, 224) ten-crop views")
+                raise EvaluateError(
+                    f"the evaluation loader gave images of shape {tuple(images.shape)}; "
+                    "expected (N, 10, 3, 224, 224) ten-crop views"
+                )
             probs_10crop, probs_center = ten_crop_probs(model, images.to(input_device, non_blocking=True))
             counts.update(probs_10crop, probs_center, labels)
             bar.update(len(labels))
@@ -87,12 +100,30 @@ def score(model: torch.nn.Module, loader, num_classes: int, progress: bool = Tru
     return counts, time.perf_counter() - start, wait.take()
 
 
-def make_loader(shards: list[str], pca_json, mean_image, augment: dict, batch_size: int, device,
-                shard_id: int = 0, num_shards: int = 1, threads: int = 2):
+def make_loader(
+    shards: list[str],
+    pca_json,
+    mean_image,
+    augment: dict,
+    batch_size: int,
+    device,
+    shard_id: int = 0,
+    num_shards: int = 1,
+    threads: int = 2,
+):
     """The ten-crop EvalLoader with the checkpoint's normalisation."""
     pca = load_pca(str(pca_json), str(mean_image))
-    return EvalLoader(shards, pca, batch_size, views="ten", settings=AugmentSettings(**augment),
-                      device=str(device), shard_id=shard_id, num_shards=num_shards, threads=threads)
+    return EvalLoader(
+        shards,
+        pca,
+        batch_size,
+        views="ten",
+        settings=AugmentSettings(**augment),
+        device=str(device),
+        shard_id=shard_id,
+        num_shards=num_shards,
+        threads=threads,
+    )
 
 
 # What the scored checkpoint is, from its file name (pipeline/checkpoint.py names them): last,
@@ -132,15 +163,28 @@ def check_counts(counts: EvalCounts, shards_manifest, max_images: int) -> tuple[
     if counts.images > expected:
         raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists only {expected}")
     if not partial and (counts.images != expected or (per_class is not None and scored != per_class)):
-        raise EvaluateError(f"scored {counts.images} validation images but {shards_manifest} lists {expected}"
-                            + ("" if counts.images != expected else " with other per-class counts")
-                            + "; every image must be scored exactly once (check the val shards and their .idx files)")
+        raise EvaluateError(
+            f"scored {counts.images} validation images but {shards_manifest} lists {expected}"
+            + ("" if counts.images != expected else " with other per-class counts")
+            + "; every image must be scored exactly once (check the val shards and their .idx files)"
+        )
     return expected, partial
 
 
-def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out_dir, dataset_name: str = "demo",
-             batch_size: int = EVALUATE["batch_size"], devices: str = "auto", threads: int = 2,
-             top_confusions: int = 20, max_images: int = EVALUATE["max_images"]) -> dict:
+def evaluate(
+    checkpoint,
+    shards_manifest,
+    pca_json,
+    mean_image,
+    classes_tsv,
+    out_dir,
+    dataset_name: str = "demo",
+    batch_size: int = EVALUATE["batch_size"],
+    devices: str = "auto",
+    threads: int = 2,
+    top_confusions: int = 20,
+    max_images: int = EVALUATE["max_images"],
+) -> dict:
     """The stage: score the checkpoint on all validation images, write the outputs; returns metrics.json's dict.
 
     `threads`: DALI CPU threads. max_images > 0 scores only about that many (whole batches; a
@@ -158,10 +202,21 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
         num_classes = config["model"]["num_classes"]
         classes = read_classes(classes_tsv)
         if len(classes) != num_classes:
-            raise EvaluateError(f"{classes_tsv} lists {len(classes)} classes but checkpoint {checkpoint} "
-                                f"has {num_classes} outputs; evaluate a checkpoint trained on this dataset")
-        loader = make_loader(manifest_shards(shards_manifest, "val"), pca_json, mean_image, config.get("augment", {}),
-                             batch_size, model.input_device, env.rank, env.world, threads)
+            raise EvaluateError(
+                f"{classes_tsv} lists {len(classes)} classes but checkpoint {checkpoint} "
+                f"has {num_classes} outputs; evaluate a checkpoint trained on this dataset"
+            )
+        loader = make_loader(
+            manifest_shards(shards_manifest, "val"),
+            pca_json,
+            mean_image,
+            config.get("augment", {}),
+            batch_size,
+            model.input_device,
+            env.rank,
+            env.world,
+            threads,
+        )
         rank_cap = -(-max_images // env.world) if max_images > 0 else 0
         counts, loop_s, wait_s = score(model, loader, num_classes, progress=env.main, max_images=rank_cap)
         loop_s, wait_s = reduce_over_ranks(counts, loop_s, wait_s, env)
@@ -186,10 +241,13 @@ def evaluate(checkpoint, shards_manifest, pca_json, mean_image, classes_tsv, out
         }
         if env.main:
             write_outputs(Path(out_dir), metrics, counts, classes, top_confusions)
-            print(f"{dataset_name}: {counts.images} images, top-1/top-5 error ten-crop "
-                  f"{metrics['val_top1_err_10crop']:.2f}/{metrics['val_top5_err_10crop']:.2f}%, centre "
-                  f"{metrics['val_top1_err_center']:.2f}/{metrics['val_top5_err_center']:.2f}% "
-                  f"({metrics['eval_images_per_s']:.1f} images/s)", file=sys.stderr)
+            print(
+                f"{dataset_name}: {counts.images} images, top-1/top-5 error ten-crop "
+                f"{metrics['val_top1_err_10crop']:.2f}/{metrics['val_top5_err_10crop']:.2f}%, centre "
+                f"{metrics['val_top1_err_center']:.2f}/{metrics['val_top5_err_center']:.2f}% "
+                f"({metrics['eval_images_per_s']:.1f} images/s)",
+                file=sys.stderr,
+            )
         return metrics
     finally:
         if env.world > 1 and torch.distributed.is_initialized():
@@ -205,13 +263,18 @@ def write_outputs(out_dir: Path, metrics: dict, counts: EvalCounts, classes: lis
     report_tables.write_confusions(out_dir / "confusions.csv", classes, pairs)
     report_metrics = {**metrics, "images": metrics["val_images"], "epoch": metrics["checkpoint_epoch"]}
     report_tables.write_comparison(out_dir / "comparison.md", report_metrics)
-    report_tables.plot_per_class(out_dir / "per_class.png", rows, f"per-class top-1 accuracy, {metrics['dataset_label']}")
+    report_tables.plot_per_class(
+        out_dir / "per_class.png", rows, f"per-class top-1 accuracy, {metrics['dataset_label']}"
+    )
     write_json(out_dir / "metrics.json", metrics)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", required=True, help="any training checkpoint (best.pt, last.pt, epoch-NNN.pt)")
     p.add_argument("--shards-manifest", required=True, help="results/shards/manifest.json")
     p.add_argument("--pca", required=True, help="results/pca/pca.json")
@@ -219,13 +282,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", required=True, help="results/fetch/classes.tsv")
     p.add_argument("--out-dir", required=True, help="results/evaluate")
     p.add_argument("--dataset-name", default="demo", help="demo | imagenet | other: labels the comparison table")
-    p.add_argument("--batch-size", type=int, default=EVALUATE["batch_size"],
-                   help="images per batch (each gives 10 views)")
+    p.add_argument(
+        "--batch-size", type=int, default=EVALUATE["batch_size"], help="images per batch (each gives 10 views)"
+    )
     p.add_argument("--devices", default="auto", help="auto | cpu | cuda:N | cuda:0,cuda:1 (two-column split)")
     p.add_argument("--dali-threads", type=int, default=2, help="DALI CPU threads")
     p.add_argument("--top-confusions", type=int, default=20, help="class pairs in confusions.csv")
-    p.add_argument("--max-images", type=int, default=EVALUATE["max_images"],
-                   help="0: every validation image; N: about the first N only (a rehearsal: metrics say partial)")
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=EVALUATE["max_images"],
+        help="0: every validation image; N: about the first N only (a rehearsal: metrics say partial)",
+    )
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -234,9 +302,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_cli(evaluate, args.checkpoint, args.shards_manifest, args.pca, args.mean_image, args.classes,
-                   args.out_dir, dataset_name=args.dataset_name, batch_size=args.batch_size, devices=args.devices,
-                   threads=args.dali_threads, top_confusions=args.top_confusions, max_images=args.max_images)
+    return run_cli(
+        evaluate,
+        args.checkpoint,
+        args.shards_manifest,
+        args.pca,
+        args.mean_image,
+        args.classes,
+        args.out_dir,
+        dataset_name=args.dataset_name,
+        batch_size=args.batch_size,
+        devices=args.devices,
+        threads=args.dali_threads,
+        top_confusions=args.top_confusions,
+        max_images=args.max_images,
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ Authentication: --auth-env names an environment variable; a value with ':'
 is sent as 'Header-Name: value', otherwise as 'Authorization: Bearer <value>'
 (pipeline.download does the HTTP and keeps the value out of logs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import sources
-from pipeline.devkit import Devkit, ArchiveError, iter_safe_members, open_tar, read_devkit
+from pipeline.devkit import ArchiveError, Devkit, iter_safe_members, open_tar, read_devkit
 from pipeline.download import CHUNK, DownloadError, auth_header, download
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import atomic_path, replace_durably, write_json, write_tsv
@@ -61,12 +62,22 @@ class FetchError(PipelineError, RuntimeError):
 
 # ---------------------------------------------------------------- checksums
 
+
 def md5_file(path: str | Path, label: str | None = None) -> str:
     size = os.path.getsize(path)
     h = hashlib.md5()
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
-                                     desc=f"md5 {label or Path(path).name}", file=sys.stderr,
-                                     disable=None if size >= BIG else True) as bar:
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"md5 {label or Path(path).name}",
+            file=sys.stderr,
+            disable=None if size >= BIG else True,
+        ) as bar,
+    ):
         for chunk in iter(lambda: f.read(CHUNK), b""):
             h.update(chunk)
             bar.update(len(chunk))
@@ -93,11 +104,14 @@ def verify(name: str, expected: str | None, actual: str, where: str) -> None:
     if expected is None:
         print(f"{name}: no md5 given; its md5 is {actual} (not verified)", file=sys.stderr)
     elif actual != expected:
-        raise FetchError(f"{name}: MD5 mismatch for {where}: expected {expected}, got {actual}; "
-                         "the file is damaged or not the archive the config names")
+        raise FetchError(
+            f"{name}: MD5 mismatch for {where}: expected {expected}, got {actual}; "
+            "the file is damaged or not the archive the config names"
+        )
 
 
 # ---------------------------------------------------------------- sources
+
 
 def local_path(url: str) -> Path:
     """The file a local path or file:// URL names, made absolute."""
@@ -107,6 +121,7 @@ def local_path(url: str) -> Path:
 @dataclass
 class Fetched:
     """An archive that verified: where to read it, and where to link it from."""
+
     key: str
     path: Path
     link_to: Path  # absolute; linked into out_dir once everything verifies
@@ -140,18 +155,27 @@ def obtain(key: str, url: str, md5: str | None, out: Path, auth_env: str | None,
     else:
         path = local_path(url)
         if not path.is_file():
-            raise FetchError(f"{url}: no such file ({path}; dataset.archives.{key}.url); "
-                             "point it at the archive or an https:// URL")
+            raise FetchError(
+                f"{url}: no such file ({path}; dataset.archives.{key}.url); point it at the archive or an https:// URL"
+            )
         size = path.stat().st_size
         actual = md5_file(path, name)
         verify(name, expected_md5(md5, path.name), actual, str(path))
         link_to, owned = path, False
     seconds = time.perf_counter() - t0
-    metrics = {"bytes": size, "seconds": round(seconds, 3),
-               "mb_per_s": round(size / 1e6 / seconds, 2) if seconds > 0 else 0.0,
-               "md5": actual, "verified": md5 is not None and md5 != "", "method": "download" if is_remote(url) else "link"}
-    print(f"{name}: {size / 1e6:.1f} MB {'verified' if metrics['verified'] else 'unverified'} "
-          f"in {seconds:.1f} s ({metrics['mb_per_s']} MB/s)", file=sys.stderr)
+    metrics = {
+        "bytes": size,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(size / 1e6 / seconds, 2) if seconds > 0 else 0.0,
+        "md5": actual,
+        "verified": md5 is not None and md5 != "",
+        "method": "download" if is_remote(url) else "link",
+    }
+    print(
+        f"{name}: {size / 1e6:.1f} MB {'verified' if metrics['verified'] else 'unverified'} "
+        f"in {seconds:.1f} s ({metrics['mb_per_s']} MB/s)",
+        file=sys.stderr,
+    )
     return Fetched(key, path, link_to, owned, metrics)
 
 
@@ -164,8 +188,11 @@ def _download(key: str, url: str, dest: Path, auth_env: str | None, retries: int
     try:
         return download(url, dest, auth, retries=retries)
     except DownloadError as e:
-        hint = ("check the credentials in the variable dataset.auth_env names" if e.status in (401, 403)
-                else f"dataset.archives.{key}.url")
+        hint = (
+            "check the credentials in the variable dataset.auth_env names"
+            if e.status in (401, 403)
+            else f"dataset.archives.{key}.url"
+        )
         raise FetchError(f"{e} ({hint})") from None
 
 
@@ -177,8 +204,10 @@ def check_val_archive(path: Path, devkit: Devkit) -> int:
     expected = {f for f, _ in devkit.val_rows()}
     if names != expected:
         missing, extra = sorted(expected - names), sorted(names - expected)
-        raise ArchiveError(f"{archive}: holds {len(names)} images, the devkit ground truth lists {len(expected)} "
-                           f"(missing {missing[:3]}, unexpected {extra[:3]}); are val tar and devkit from the same release?")
+        raise ArchiveError(
+            f"{archive}: holds {len(names)} images, the devkit ground truth lists {len(expected)} "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}); are val tar and devkit from the same release?"
+        )
     return len(names)
 
 
@@ -190,8 +219,10 @@ def check_train_archive(path: Path, devkit: Devkit) -> int:
     expected = {f"{w}.tar" for w in devkit.wnids}
     if names != expected:
         missing, extra = sorted(expected - names), sorted(names - expected)
-        raise ArchiveError(f"{archive}: per-class tars do not match the devkit's {len(expected)} classes "
-                           f"(missing {missing[:3]}, unexpected {extra[:3]})")
+        raise ArchiveError(
+            f"{archive}: per-class tars do not match the devkit's {len(expected)} classes "
+            f"(missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     return len(names)
 
 
@@ -220,9 +251,17 @@ def _clear_outputs(out: Path) -> None:
             (out / name).unlink()
 
 
-def fetch_archives(out_dir: str | Path, train: str, val: str, devkit: str, train_md5: str | None = None,
-                   val_md5: str | None = None, devkit_md5: str | None = None, auth_env: str | None = None,
-                   retries: int = 5) -> dict:
+def fetch_archives(
+    out_dir: str | Path,
+    train: str,
+    val: str,
+    devkit: str,
+    train_md5: str | None = None,
+    val_md5: str | None = None,
+    devkit_md5: str | None = None,
+    auth_env: str | None = None,
+    retries: int = 5,
+) -> dict:
     """Fetch and verify the three official archives; write the class and label tables."""
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -238,28 +277,35 @@ def fetch_archives(out_dir: str | Path, train: str, val: str, devkit: str, train
     for f in (dk, va, tr):
         _link(f.link_to, out / ARCHIVES[f.key])
     metrics = {f.key: f.metrics for f in (dk, va, tr)}
-    metrics.update(source="archives", classes=len(kit.wnids), val_images=val_images,
-                   train_class_archives=train_classes)
+    metrics.update(source="archives", classes=len(kit.wnids), val_images=val_images, train_class_archives=train_classes)
     return _write_tables(out, kit.class_rows(), kit.val_rows(), metrics, t0)
 
 
 def _images(folder: Path) -> list[Path]:
     """Image files in `folder`, by name; DirEntry avoids a stat per file on big trees."""
     with os.scandir(folder) as it:
-        return sorted(Path(e.path) for e in it
-                      if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-                      and not e.name.startswith(".") and e.is_file())
+        return sorted(
+            Path(e.path)
+            for e in it
+            if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and not e.name.startswith(".") and e.is_file()
+        )
 
 
 def _class_dirs(root: Path, what: str) -> list[Path]:
     if not root.is_dir():
-        raise FetchError(f"{root}: no such folder (dataset.folders.{what}); "
-                         f"point it at a {what}/<wnid>/*.JPEG tree")
+        raise FetchError(f"{root}: no such folder (dataset.folders.{what}); point it at a {what}/<wnid>/*.JPEG tree")
     return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def fetch_folders(out_dir: str | Path, train_dir: str | Path, val_dir: str | Path, devkit: str | None = None,
-                  devkit_md5: str | None = None, auth_env: str | None = None, retries: int = 5) -> dict:
+def fetch_folders(
+    out_dir: str | Path,
+    train_dir: str | Path,
+    val_dir: str | Path,
+    devkit: str | None = None,
+    devkit_md5: str | None = None,
+    auth_env: str | None = None,
+    retries: int = 5,
+) -> dict:
     """Class table from train/<wnid>/ folder names, val labels from val/<wnid>/."""
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -278,8 +324,10 @@ def fetch_folders(out_dir: str | Path, train_dir: str | Path, val_dir: str | Pat
         words = dict(zip(kit.wnids, kit.names))
         unknown = [w for w in wnids if w not in words]
         if unknown:
-            raise FetchError(f"{train_dir}: class folders {unknown[:3]} are not leaf synsets of the devkit "
-                             f"{devkit}; drop the devkit (names = folder names) or fix the folders")
+            raise FetchError(
+                f"{train_dir}: class folders {unknown[:3]} are not leaf synsets of the devkit "
+                f"{devkit}; drop the devkit (names = folder names) or fix the folders"
+            )
         names = [words[w] for w in wnids]
         _link(dk.link_to, out / ARCHIVES["devkit"])
         metrics["devkit"] = dk.metrics
@@ -291,8 +339,7 @@ def fetch_folders(out_dir: str | Path, train_dir: str | Path, val_dir: str | Pat
         val_rows += [(p.relative_to(root).as_posix(), index[d.name]) for p in _images(d)]
     if not val_rows:
         raise FetchError(f"{val_dir}: no images (dataset.folders.val); expected val/<wnid>/*.JPEG")
-    metrics.update(classes=len(wnids), val_images=len(val_rows),
-                   train_images=sum(len(_images(d)) for d in train_dirs))
+    metrics.update(classes=len(wnids), val_images=len(val_rows), train_images=sum(len(_images(d)) for d in train_dirs))
     return _write_tables(out, [(i, w, n) for i, (w, n) in enumerate(zip(wnids, names))], val_rows, metrics, t0)
 
 
@@ -328,10 +375,13 @@ def _fetch_and_report(a: argparse.Namespace) -> None:
     if a.source == "folders":
         m = fetch_folders(a.out_dir, a.train_dir, a.val_dir, a.devkit, a.devkit_md5, a.auth_env, a.retries)
     else:
-        m = fetch_archives(a.out_dir, a.train, a.val, a.devkit, a.train_md5, a.val_md5, a.devkit_md5,
-                           a.auth_env, a.retries)
-    print(f"fetch: {m['classes']} classes, {m['val_images']} val images ({m['source']}) in {a.out_dir}, "
-          f"{m['seconds']:.1f} s")
+        m = fetch_archives(
+            a.out_dir, a.train, a.val, a.devkit, a.train_md5, a.val_md5, a.devkit_md5, a.auth_env, a.retries
+        )
+    print(
+        f"fetch: {m['classes']} classes, {m['val_images']} val images ({m['source']}) in {a.out_dir}, "
+        f"{m['seconds']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

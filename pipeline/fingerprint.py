@@ -11,6 +11,7 @@ JPEG quality, another resize) changes the sizes the index records. The
 manifest, which records the resize settings of every shard, is hashed whole
 but for its wall-clock fields (seconds per shard).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,13 @@ import os
 from pipeline.shards import manifest_entries, read_manifest
 
 # what each fingerprint covers, as a log line names it
-LABELS = {"manifest": "the shard manifest", "shards": "the training and validation shards",
-          "pca": "the PCA", "mean_image": "the mean image", "classes": "the class list"}
+LABELS = {
+    "manifest": "the shard manifest",
+    "shards": "the training and validation shards",
+    "pca": "the PCA",
+    "mean_image": "the mean image",
+    "classes": "the class list",
+}
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -45,8 +51,7 @@ def shards_digest(manifest: str | os.PathLike) -> str:
 
 def _without_timings(obj):
     if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items()
-                if not (k.endswith(("seconds", "_s")) or "per_s" in k)}
+        return {k: _without_timings(v) for k, v in obj.items() if not (k.endswith(("seconds", "_s")) or "per_s" in k)}
     if isinstance(obj, list):
         return [_without_timings(v) for v in obj]
     return obj
@@ -61,8 +66,13 @@ def manifest_digest(manifest) -> str:
 
 def input_fingerprints(manifest, pca_json, mean_image, classes) -> dict[str, str]:
     """{name: sha256} for the train stage's inputs (names as in LABELS)."""
-    return {"manifest": manifest_digest(manifest), "shards": shards_digest(manifest),
-            "pca": file_digest(pca_json), "mean_image": file_digest(mean_image), "classes": file_digest(classes)}
+    return {
+        "manifest": manifest_digest(manifest),
+        "shards": shards_digest(manifest),
+        "pca": file_digest(pca_json),
+        "mean_image": file_digest(mean_image),
+        "classes": file_digest(classes),
+    }
 
 
 def changed_inputs(old: dict | None, new: dict | None) -> list[str]:

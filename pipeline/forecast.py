@@ -28,6 +28,7 @@ with the images and which are fixed):
 - evaluate: ten-crop images/s over the real validation set, plus its fixed
   start-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,12 @@ from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_json, write_json, write_text
 
 # ILSVRC-2012 (the official archives' counts and byte sizes)
-IMAGENET = {"train_images": 1_281_167, "val_images": 50_000, "epochs": 90,
-            "archive_bytes": {"train": 147_897_477_120, "val": 6_744_924_160, "devkit": 2_568_145}}
+IMAGENET = {
+    "train_images": 1_281_167,
+    "val_images": 50_000,
+    "epochs": 90,
+    "archive_bytes": {"train": 147_897_477_120, "val": 6_744_924_160, "devkit": 2_568_145},
+}
 GB = 1e9
 
 
@@ -53,14 +58,18 @@ class ForecastError(PipelineError, ValueError):
 
 # ---------------------------------------------------------------- reading what was measured
 
+
 def read_benchmark(path: Path) -> dict:
     """One Snakemake benchmark file: wall seconds, CPU seconds, peak RSS in MB (the last repeat)."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
         row = rows[-1]
-        return {"wall_s": float(row["s"]), "cpu_s": _number(row.get("cpu_time")),
-                "max_rss_mb": _number(row.get("max_rss"))}
+        return {
+            "wall_s": float(row["s"]),
+            "cpu_s": _number(row.get("cpu_time")),
+            "max_rss_mb": _number(row.get("max_rss")),
+        }
     except (OSError, IndexError, KeyError, ValueError) as exc:
         raise ForecastError(f"{path}: not a readable Snakemake benchmark file ({exc}); rerun the preflight") from exc
 
@@ -88,20 +97,32 @@ def measure(results: str | os.PathLike) -> dict:
     res = Path(results)
     bench = res / "benchmarks"
     manifest = read_json(_need(res / "shards" / "manifest.json", "resize"))
-    m: dict = {"train_images": manifest["train"]["images"], "val_images": manifest["val"]["images"],
-               "train_shards": len(manifest["train"]["shards"]), "val_shards": len(manifest["val"]["shards"])}
+    m: dict = {
+        "train_images": manifest["train"]["images"],
+        "val_images": manifest["val"]["images"],
+        "train_shards": len(manifest["train"]["shards"]),
+        "val_shards": len(manifest["val"]["shards"]),
+    }
 
     fetch = read_json(_need(res / "fetch" / "fetch.json", "fetch"))
-    archives = {k: fetch[k] for k in ("train", "val", "devkit")
-                if isinstance(fetch.get(k), dict) and fetch[k].get("bytes")}
+    archives = {
+        k: fetch[k] for k in ("train", "val", "devkit") if isinstance(fetch.get(k), dict) and fetch[k].get("bytes")
+    }
     hashed = sum(v["bytes"] for v in archives.values())
     hash_s = sum(v.get("seconds", 0.0) for v in archives.values())
-    m["fetch"] = {"job": read_benchmark(_need(bench / "fetch.tsv", "fetch")), "archive_bytes": hashed,
-                  "hash_mb_per_s": hashed / 1e6 / hash_s if hash_s > 0 else None}
+    m["fetch"] = {
+        "job": read_benchmark(_need(bench / "fetch.tsv", "fetch")),
+        "archive_bytes": hashed,
+        "hash_mb_per_s": hashed / 1e6 / hash_s if hash_s > 0 else None,
+    }
 
-    m["index"] = {split: {"job": read_benchmark(_need(bench / "index" / f"{split}.tsv", "index")),
-                          "bytes": (res / "index" / f"{split}.tsv").stat().st_size}
-                  for split in ("train", "val")}
+    m["index"] = {
+        split: {
+            "job": read_benchmark(_need(bench / "index" / f"{split}.tsv", "index")),
+            "bytes": (res / "index" / f"{split}.tsv").stat().st_size,
+        }
+        for split in ("train", "val")
+    }
 
     shards = {}
     for split in ("train", "val"):
@@ -111,28 +132,43 @@ def measure(results: str | os.PathLike) -> dict:
             report = read_json(_need(res / "shards" / split / f"{name}.json", "resize"))
             job = read_benchmark(_need(bench / "resize" / f"{name}.tsv", "resize"))
             stats = res / "shards" / split / f"{name}.stats.npz"
-            jobs.append({"images": report["images"], "inputs": report["inputs"],
-                         "loop_s": report.get("loop_seconds", report["seconds"]),
-                         "first_s": report.get("first_image_seconds", 0.0),
-                         "bytes": report["bytes"], "stats_bytes": stats.stat().st_size if stats.exists() else 0,
-                         **job})
+            jobs.append(
+                {
+                    "images": report["images"],
+                    "inputs": report["inputs"],
+                    "loop_s": report.get("loop_seconds", report["seconds"]),
+                    "first_s": report.get("first_image_seconds", 0.0),
+                    "bytes": report["bytes"],
+                    "stats_bytes": stats.stat().st_size if stats.exists() else 0,
+                    **job,
+                }
+            )
         shards[split] = jobs
     m["resize"] = shards
     # from the first shard's start to the last one's end, inside the jobs: with the jobs' own wall
     # times it gives Snakemake's scheduling gap per job
     m["resize_elapsed_s"] = manifest["totals"]["wall_seconds"]
     m["resize_manifest"] = {"job": read_benchmark(_need(bench / "resize.tsv", "resize"))}
-    m["pca"] = {"job": read_benchmark(_need(bench / "pca.tsv", "pca")),
-                "bytes": sum(p.stat().st_size for p in (res / "pca").glob("*") if p.is_file())}
+    m["pca"] = {
+        "job": read_benchmark(_need(bench / "pca.tsv", "pca")),
+        "bytes": sum(p.stat().st_size for p in (res / "pca").glob("*") if p.is_file()),
+    }
     augment = read_json(_need(res / "augment" / "augment.json", "augment"))
-    m["augment"] = {"job": read_benchmark(_need(bench / "augment.tsv", "augment")),
-                    "train_images_per_s": augment.get("train_images_per_s"), "threads": augment.get("threads"),
-                    "device": augment.get("device")}
+    m["augment"] = {
+        "job": read_benchmark(_need(bench / "augment.tsv", "augment")),
+        "train_images_per_s": augment.get("train_images_per_s"),
+        "threads": augment.get("threads"),
+        "device": augment.get("device"),
+    }
     m["train"] = measure_train(res / "train", read_benchmark(_need(bench / "train.tsv", "train")))
     ev = read_json(_need(res / "evaluate" / "metrics.json", "evaluate"))
-    m["evaluate"] = {"job": read_benchmark(_need(bench / "evaluate.tsv", "evaluate")),
-                     "images": ev["val_images"], "images_per_s": ev["eval_images_per_s"],
-                     "seconds": ev["eval_seconds"], "devices": ev.get("devices")}
+    m["evaluate"] = {
+        "job": read_benchmark(_need(bench / "evaluate.tsv", "evaluate")),
+        "images": ev["val_images"],
+        "images_per_s": ev["eval_images_per_s"],
+        "seconds": ev["eval_seconds"],
+        "devices": ev.get("devices"),
+    }
     return m
 
 
@@ -153,26 +189,36 @@ def measure_train(train_dir: Path, job: dict) -> dict:
     secs = [n / w["images_per_s"] for n, w in zip(images, windows)]
     steady = slice(1, None) if len(windows) > 1 else slice(None)
     rate = sum(images[steady]) / sum(secs[steady])
-    val_s = sum(e["epoch_time_s"] - sum(s for s, w in zip(secs, windows) if w["epoch"] == e["epoch"])
-                for e in epochs)
+    val_s = sum(e["epoch_time_s"] - sum(s for s, w in zip(secs, windows) if w["epoch"] == e["epoch"]) for e in epochs)
     save_s = summary.get("checkpoint_time_s", 0.0)
     warm_up = secs[0] - images[0] / rate
     fixed = max(0.0, job["wall_s"] - sum(secs) - val_s - save_s) + max(0.0, warm_up)
     ckpt_dir = train_dir / "checkpoints"
-    return {"job": job, "steps": summary["steps"], "batch_size": batch, "devices": summary.get("devices"),
-            "precision": summary.get("precision"), "world_size": summary.get("world_size"),
-            "images_per_s": rate, "steady_windows": len(windows[steady]),
-            "first_window_images_per_s": windows[0]["images_per_s"],
-            "epochs": len(epochs), "val_s_per_epoch": max(val_s, 1e-9) / len(epochs),
-            "save_s_per_epoch": save_s / len(epochs), "fixed_s": fixed,
-            "peak_device_mem_mb": max((e.get("peak_mem_mb") or 0) for e in epochs),
-            "checkpoint_bytes": max((p.stat().st_size for p in ckpt_dir.glob("*.pt")), default=0),
-            "jsonl_bytes_per_window": (train_dir / "metrics.jsonl").stat().st_size / max(1, len(rows)),
-            "log_every": (windows[1]["step"] - windows[0]["step"]) if len(windows) > 1 else windows[0]["step"],
-            "num_classes": summary.get("num_classes"), "width": summary.get("width")}
+    return {
+        "job": job,
+        "steps": summary["steps"],
+        "batch_size": batch,
+        "devices": summary.get("devices"),
+        "precision": summary.get("precision"),
+        "world_size": summary.get("world_size"),
+        "images_per_s": rate,
+        "steady_windows": len(windows[steady]),
+        "first_window_images_per_s": windows[0]["images_per_s"],
+        "epochs": len(epochs),
+        "val_s_per_epoch": max(val_s, 1e-9) / len(epochs),
+        "save_s_per_epoch": save_s / len(epochs),
+        "fixed_s": fixed,
+        "peak_device_mem_mb": max((e.get("peak_mem_mb") or 0) for e in epochs),
+        "checkpoint_bytes": max((p.stat().st_size for p in ckpt_dir.glob("*.pt")), default=0),
+        "jsonl_bytes_per_window": (train_dir / "metrics.jsonl").stat().st_size / max(1, len(rows)),
+        "log_every": (windows[1]["step"] - windows[0]["step"]) if len(windows) > 1 else windows[0]["step"],
+        "num_classes": summary.get("num_classes"),
+        "width": summary.get("width"),
+    }
 
 
 # ---------------------------------------------------------------- scaling to the real set
+
 
 def scheduling_gap(m: dict, cores: int) -> float:
     """Seconds per resize job that the cores sat idle between jobs (Snakemake's scheduling and
@@ -182,11 +228,15 @@ def scheduling_gap(m: dict, cores: int) -> float:
     return max(0.0, (m.get("resize_elapsed_s", 0.0) * max(1, min(cores, len(jobs))) - busy) / len(jobs))
 
 
-def _stage(name: str, seconds: float, peak_mb: float | None, disk_bytes: float, how: str,
-           **extra) -> tuple[str, dict]:
-    return name, {"seconds": seconds, "hours": seconds / 3600,
-                  "peak_memory_gb": None if peak_mb is None else peak_mb / 1024,
-            "disk_gb": disk_bytes / GB, "how": how, **extra}
+def _stage(name: str, seconds: float, peak_mb: float | None, disk_bytes: float, how: str, **extra) -> tuple[str, dict]:
+    return name, {
+        "seconds": seconds,
+        "hours": seconds / 3600,
+        "peak_memory_gb": None if peak_mb is None else peak_mb / 1024,
+        "disk_gb": disk_bytes / GB,
+        "how": how,
+        **extra,
+    }
 
 
 def _fit_jobs(jobs: list[dict]) -> tuple[float, float, float]:
@@ -197,8 +247,9 @@ def _fit_jobs(jobs: list[dict]) -> tuple[float, float, float]:
     set 1,251, so a per-job cost counted per image would be counted 125 times over."""
     first = [j.get("first_s", 0.0) if j["inputs"] > 1 else 0.0 for j in jobs]
     startup = sum(max(0.0, j["wall_s"] - j["loop_s"] + f) for j, f in zip(jobs, first)) / len(jobs)
-    per_image = (sum(j["loop_s"] for j in jobs) - sum(first)) / max(1, sum(j["inputs"] - (f > 0)
-                                                                          for j, f in zip(jobs, first)))
+    per_image = (sum(j["loop_s"] for j in jobs) - sum(first)) / max(
+        1, sum(j["inputs"] - (f > 0) for j, f in zip(jobs, first))
+    )
     peaks = [j["max_rss_mb"] for j in jobs if j["max_rss_mb"] is not None]
     return startup, per_image, max(peaks) if peaks else None
 
@@ -206,10 +257,15 @@ def _fit_jobs(jobs: list[dict]) -> tuple[float, float, float]:
 def _fetch_stage(m: dict, archive_bytes: int) -> tuple[str, dict]:
     f = m["fetch"]
     verify_s = archive_bytes / 1e6 / f["hash_mb_per_s"] if f.get("hash_mb_per_s") else f["job"]["wall_s"]
-    return _stage("fetch", verify_s + f["job"]["wall_s"], f["job"]["max_rss_mb"], archive_bytes,
-                  "MD5 of the archives at the measured rate; the download (its size under disk) "
-                  "depends on your network and is not included",
-                  download_gb=archive_bytes / GB)
+    return _stage(
+        "fetch",
+        verify_s + f["job"]["wall_s"],
+        f["job"]["max_rss_mb"],
+        archive_bytes,
+        "MD5 of the archives at the measured rate; the download (its size under disk) "
+        "depends on your network and is not included",
+        download_gb=archive_bytes / GB,
+    )
 
 
 def _index_stages(m: dict, scale: dict) -> list[tuple[str, dict]]:
@@ -220,8 +276,15 @@ def _index_stages(m: dict, scale: dict) -> list[tuple[str, dict]]:
     for split in ("train", "val"):
         ix = m["index"][split]
         work = max(0.0, ix["job"]["wall_s"] - startup)
-        out.append(_stage(f"index {split}", startup + work * scale[split], ix["job"]["max_rss_mb"],
-                          ix["bytes"] * scale[split], f"{startup:.1f} s start-up + the rest x images"))
+        out.append(
+            _stage(
+                f"index {split}",
+                startup + work * scale[split],
+                ix["job"]["max_rss_mb"],
+                ix["bytes"] * scale[split],
+                f"{startup:.1f} s start-up + the rest x images",
+            )
+        )
     return out
 
 
@@ -237,11 +300,22 @@ def _resize_stages(m: dict, n: dict, cores: int) -> list[tuple[str, dict]]:
         shard_bytes = sum(j["bytes"] for j in jobs) / max(1, sum(j["images"] for j in jobs)) * n[split]
         stats_bytes = sum(j["stats_bytes"] for j in jobs)
         peak = None if job_mb is None else job_mb * min(cores, count)
-        out.append(_stage(f"resize {split}", wall, peak, shard_bytes + stats_bytes,
-                          f"{count} jobs on {min(cores, count)} cores: {startup:.2f} s per job + "
-                          f"{per_image * 1000:.2f} ms per image, {gap:.2f} s scheduling per job",
-                          jobs=count, job_seconds=job_s, startup_s_per_job=startup, scheduling_s_per_job=gap,
-                          seconds_per_image=per_image, startup_share=startup / job_s if job_s else 0.0))
+        out.append(
+            _stage(
+                f"resize {split}",
+                wall,
+                peak,
+                shard_bytes + stats_bytes,
+                f"{count} jobs on {min(cores, count)} cores: {startup:.2f} s per job + "
+                f"{per_image * 1000:.2f} ms per image, {gap:.2f} s scheduling per job",
+                jobs=count,
+                job_seconds=job_s,
+                startup_s_per_job=startup,
+                scheduling_s_per_job=gap,
+                seconds_per_image=per_image,
+                startup_share=startup / job_s if job_s else 0.0,
+            )
+        )
     return out
 
 
@@ -249,8 +323,9 @@ def _fixed_stages(m: dict) -> list[tuple[str, dict]]:
     out = []
     for key, name in (("resize_manifest", "resize manifest"), ("pca", "pca"), ("augment", "augment")):
         job = m[key]["job"]
-        out.append(_stage(name, job["wall_s"], job["max_rss_mb"], m[key].get("bytes", 0),
-                          "fixed per shard count: as measured"))
+        out.append(
+            _stage(name, job["wall_s"], job["max_rss_mb"], m[key].get("bytes", 0), "fixed per shard count: as measured")
+        )
     return out
 
 
@@ -264,36 +339,59 @@ def _train_stage(m: dict, train_images: int, val_images: int, epochs: int, steps
     lines = steps / t["log_every"] + epochs
     # last.pt, the best epoch's file (best.pt is a hard link), and one replaced run kept in previous/
     train_disk = 4 * t["checkpoint_bytes"] + lines * t["jsonl_bytes_per_window"]
-    return _stage("train", train_s + val_s, t["job"]["max_rss_mb"], train_disk,
-                  f"{steps} steps at {t['images_per_s']:.1f} images/s (steady) + per epoch a validation "
-                  f"pass at {val_rate:.1f} images/s and {t['save_s_per_epoch']:.1f} s of checkpoint + "
-                  f"{t['fixed_s']:.0f} s start-up",
-                  steps=steps, images_per_s=t["images_per_s"], validation_images_per_s=val_rate,
-                  peak_device_memory_gb=t["peak_device_mem_mb"] / 1024)
+    return _stage(
+        "train",
+        train_s + val_s,
+        t["job"]["max_rss_mb"],
+        train_disk,
+        f"{steps} steps at {t['images_per_s']:.1f} images/s (steady) + per epoch a validation "
+        f"pass at {val_rate:.1f} images/s and {t['save_s_per_epoch']:.1f} s of checkpoint + "
+        f"{t['fixed_s']:.0f} s start-up",
+        steps=steps,
+        images_per_s=t["images_per_s"],
+        validation_images_per_s=val_rate,
+        peak_device_memory_gb=t["peak_device_mem_mb"] / 1024,
+    )
 
 
 def _evaluate_stage(m: dict, val_images: int, eval_images: int | None) -> tuple[str, dict]:
     e = m["evaluate"]
     fixed = max(0.0, e["job"]["wall_s"] - e["images"] / e["images_per_s"])
     scored = val_images if eval_images is None else min(val_images, eval_images)
-    return _stage("evaluate", fixed + scored / e["images_per_s"], e["job"]["max_rss_mb"], 0,
-                  f"ten-crop at {e['images_per_s']:.1f} images/s + {fixed:.0f} s start-up")
+    return _stage(
+        "evaluate",
+        fixed + scored / e["images_per_s"],
+        e["job"]["max_rss_mb"],
+        0,
+        f"ten-crop at {e['images_per_s']:.1f} images/s + {fixed:.0f} s start-up",
+    )
 
 
 def _input_bound(m: dict) -> dict:
     input_rate, train_rate = m["augment"]["train_images_per_s"], m["train"]["images_per_s"]
     return {
-        "dali_images_per_s": input_rate, "dali_threads": m["augment"]["threads"],
+        "dali_images_per_s": input_rate,
+        "dali_threads": m["augment"]["threads"],
         "train_images_per_s": train_rate,
-        "verdict": ("input-bound: the DALI pipeline delivers fewer images/s than the training consumes; "
-                    "give the train job more cores (resource dali_threads)")
-        if input_rate and input_rate < train_rate else
-        "compute-bound: the DALI pipeline delivers more images/s than the training consumes"}
+        "verdict": (
+            "input-bound: the DALI pipeline delivers fewer images/s than the training consumes; "
+            "give the train job more cores (resource dali_threads)"
+        )
+        if input_rate and input_rate < train_rate
+        else "compute-bound: the DALI pipeline delivers more images/s than the training consumes",
+    }
 
 
-def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: int = IMAGENET["val_images"],
-             epochs: int = IMAGENET["epochs"], cores: int = 1, archive_bytes: int | None = None,
-             steps_per_epoch: int = 0, eval_images: int | None = None) -> dict:
+def forecast(
+    m: dict,
+    train_images: int = IMAGENET["train_images"],
+    val_images: int = IMAGENET["val_images"],
+    epochs: int = IMAGENET["epochs"],
+    cores: int = 1,
+    archive_bytes: int | None = None,
+    steps_per_epoch: int = 0,
+    eval_images: int | None = None,
+) -> dict:
     """Per-stage time, peak memory and disk for `train_images` + `val_images` images over
     `epochs` epochs, from the measurements `m` (see `measure`), on `cores` cores.
 
@@ -302,26 +400,48 @@ def forecast(m: dict, train_images: int = IMAGENET["train_images"], val_images: 
     n = {"train": train_images, "val": val_images}
     scale = {s: n[s] / max(1, m[f"{s}_images"]) for s in n}
     archive_bytes = sum(IMAGENET["archive_bytes"].values()) if archive_bytes is None else archive_bytes
-    stages = dict([_fetch_stage(m, archive_bytes), *_index_stages(m, scale), *_resize_stages(m, n, cores),
-                   *_fixed_stages(m), _train_stage(m, train_images, val_images, epochs, steps_per_epoch),
-                   _evaluate_stage(m, val_images, eval_images)])
+    stages = dict(
+        [
+            _fetch_stage(m, archive_bytes),
+            *_index_stages(m, scale),
+            *_resize_stages(m, n, cores),
+            *_fixed_stages(m),
+            _train_stage(m, train_images, val_images, epochs, steps_per_epoch),
+            _evaluate_stage(m, val_images, eval_images),
+        ]
+    )
     total_s = sum(s["seconds"] for s in stages.values())
     t = m["train"]
     return {
-        "target": {"train_images": train_images, "val_images": val_images, "epochs": epochs,
-                   "archive_gb": archive_bytes / GB},
-        "assumed": {"cores": cores, "train_devices": t["devices"], "precision": t["precision"],
-                    "replicas": t["world_size"], "width": t["width"]},
+        "target": {
+            "train_images": train_images,
+            "val_images": val_images,
+            "epochs": epochs,
+            "archive_gb": archive_bytes / GB,
+        },
+        "assumed": {
+            "cores": cores,
+            "train_devices": t["devices"],
+            "precision": t["precision"],
+            "replicas": t["world_size"],
+            "width": t["width"],
+        },
         "stages": stages,
-        "total": {"seconds": total_s, "hours": total_s / 3600, "days": total_s / 86400,
-                  "disk_gb": sum(s["disk_gb"] for s in stages.values()),
-                  "peak_memory_gb": max((s["peak_memory_gb"] for s in stages.values()
-                                         if s["peak_memory_gb"] is not None), default=None)},
+        "total": {
+            "seconds": total_s,
+            "hours": total_s / 3600,
+            "days": total_s / 86400,
+            "disk_gb": sum(s["disk_gb"] for s in stages.values()),
+            "peak_memory_gb": max(
+                (s["peak_memory_gb"] for s in stages.values() if s["peak_memory_gb"] is not None), default=None
+            ),
+        },
         "input_bound": _input_bound(m),
     }
 
 
 # ---------------------------------------------------------------- reporting
+
 
 def _duration(seconds: float) -> str:
     if seconds < 120:
@@ -342,22 +462,28 @@ def table(fc: dict) -> str:
     then one short row per stage, then how each stage was scaled."""
     tg, a, t = fc["target"], fc["assumed"], fc["total"]
     devices = ", ".join(map(str, a["train_devices"] or []))
-    lines = ["# Forecast of the real run on this machine",
-             "",
-             f"**{_duration(t['seconds'])} in all, {t['disk_gb']:.0f} GB of disk, {_gb(t['peak_memory_gb'])} of memory "
-             f"at most**, for {tg['train_images']:,} training + {tg['val_images']:,} validation images and "
-             f"{tg['epochs']} epochs, with {a['cores']} jobs at once and training on {devices} "
-             f"({a['precision']}, {a['replicas']} replica(s), width {a['width']}).",
-             "",
-             f"Input pipeline: {fc['input_bound']['verdict']} ({fc['input_bound']['dali_images_per_s']:.0f} against "
-             f"{fc['input_bound']['train_images_per_s']:.0f} images/s, {fc['input_bound']['dali_threads']} DALI threads).",
-             "",
-             "| stage | time | peak memory | disk |",
-             "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "# Forecast of the real run on this machine",
+        "",
+        f"**{_duration(t['seconds'])} in all, {t['disk_gb']:.0f} GB of disk, {_gb(t['peak_memory_gb'])} of memory "
+        f"at most**, for {tg['train_images']:,} training + {tg['val_images']:,} validation images and "
+        f"{tg['epochs']} epochs, with {a['cores']} jobs at once and training on {devices} "
+        f"({a['precision']}, {a['replicas']} replica(s), width {a['width']}).",
+        "",
+        f"Input pipeline: {fc['input_bound']['verdict']} ({fc['input_bound']['dali_images_per_s']:.0f} against "
+        f"{fc['input_bound']['train_images_per_s']:.0f} images/s, {fc['input_bound']['dali_threads']} DALI threads).",
+        "",
+        "| stage | time | peak memory | disk |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for name, s in fc["stages"].items():
         lines.append(f"| {name} | {_duration(s['seconds'])} | {_gb(s['peak_memory_gb'])} | {s['disk_gb']:.1f} GB |")
-    lines += [f"| **total** | **{_duration(t['seconds'])}** | {_gb(t['peak_memory_gb'])} | {t['disk_gb']:.1f} GB |",
-              "", "How each stage was scaled (stages run one after another; memory is the stage's peak):", ""]
+    lines += [
+        f"| **total** | **{_duration(t['seconds'])}** | {_gb(t['peak_memory_gb'])} | {t['disk_gb']:.1f} GB |",
+        "",
+        "How each stage was scaled (stages run one after another; memory is the stage's peak):",
+        "",
+    ]
     lines += [f"- {name}: {s['how']}" for name, s in fc["stages"].items()]
     if fc.get("rehearsal"):
         lines += ["", "What the preflight changed from the ImageNet preset: " + "; ".join(fc["rehearsal"]) + "."]
@@ -366,16 +492,26 @@ def table(fc: dict) -> str:
 
 def flat_metrics(fc: dict) -> dict[str, float]:
     """The headline figures under names that read well in MLflow's parent run (forecast.<stage>.hours)."""
-    out = {f"forecast.{name.replace(' ', '_')}.{key}": s[key] for name, s in fc["stages"].items()
-           for key in ("hours", "peak_memory_gb", "disk_gb") if s[key] is not None}
-    out.update({f"forecast.total.{key}": fc["total"][key] for key in ("hours", "days", "disk_gb", "peak_memory_gb")
-                if fc["total"][key] is not None})
+    out = {
+        f"forecast.{name.replace(' ', '_')}.{key}": s[key]
+        for name, s in fc["stages"].items()
+        for key in ("hours", "peak_memory_gb", "disk_gb")
+        if s[key] is not None
+    }
+    out.update(
+        {
+            f"forecast.total.{key}": fc["total"][key]
+            for key in ("hours", "days", "disk_gb", "peak_memory_gb")
+            if fc["total"][key] is not None
+        }
+    )
     out["forecast.train.images_per_s"] = fc["stages"]["train"]["images_per_s"]
     return out
 
 
-def write_forecast(results, out_dir, cores: int, train_images: int, val_images: int, epochs: int,
-                   rehearsal: list[str] = ()) -> dict:
+def write_forecast(
+    results, out_dir, cores: int, train_images: int, val_images: int, epochs: int, rehearsal: list[str] = ()
+) -> dict:
     """The stage: measure the preflight in `results`, forecast the real run, write forecast.json and .md."""
     m = measure(results)
     fc = forecast(m, train_images, val_images, epochs, cores)
@@ -391,8 +527,11 @@ def write_forecast(results, out_dir, cores: int, train_images: int, val_images: 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.forecast", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.forecast",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--results", required=True, help="the preflight's results folder (paths.results)")
     p.add_argument("--out-dir", required=True, help="where forecast.json and forecast.md go")
     p.add_argument("--cores", type=int, required=True, help="cores the real run will have (snakemake --cores)")
@@ -401,8 +540,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=IMAGENET["epochs"])
     p.add_argument("--rehearsal", action="append", default=[], help="a change the preflight made (repeatable)")
     a = p.parse_args(argv)
-    return run_cli(write_forecast, a.results, a.out_dir, a.cores, a.train_images, a.val_images, a.epochs,
-                   a.rehearsal)
+    return run_cli(write_forecast, a.results, a.out_dir, a.cores, a.train_images, a.val_images, a.epochs, a.rehearsal)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Warnings (`check_loss`), each given once per run, with the step and a hint:
                 after `flat_after` steps: the network has not started to learn
     collapse    validation error back at chance after learning (pipeline/train.py)
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,14 @@ class HealthMonitor:
         with torch.no_grad():
             y = y.detach()
             zeros = (y == 0).sum() if name != "fc8" else torch.zeros((), device=y.device)
-            s = torch.stack([y.sum(dtype=torch.float32), y.float().square().sum(), zeros.float(),
-                             torch.tensor(float(y.numel()), device=y.device)])
+            s = torch.stack(
+                [
+                    y.sum(dtype=torch.float32),
+                    y.float().square().sum(),
+                    zeros.float(),
+                    torch.tensor(float(y.numel()), device=y.device),
+                ]
+            )
             s = s.to(self.device, non_blocking=True)
             self.sums[name] = self.sums[name] + s if name in self.sums else s  # the two columns add up
 
@@ -93,14 +100,15 @@ class HealthMonitor:
                     buf = optimizer.state.get(p, {}).get("momentum_buffer")
                     g2 = p.grad.float().square().sum() if p.grad is not None else zero
                     u2 = buf.float().square().sum() * lr.get(id(p), 0.0) ** 2 if buf is not None else zero
-                    parts.append(torch.stack([g2.to(self.device), u2.to(self.device),
-                                              p.float().square().sum().to(self.device)]))
+                    parts.append(
+                        torch.stack([g2.to(self.device), u2.to(self.device), p.float().square().sum().to(self.device)])
+                    )
             names = list(sums)
             flat = torch.cat([torch.stack(parts).flatten(), *(sums[n] for n in names)]).cpu().double().tolist()
         out: dict[str, dict[str, float]] = {}
-        acts = flat[3 * len(parts):]
+        acts = flat[3 * len(parts) :]
         for i, name in enumerate(names):
-            s, s2, zeros, n = acts[4 * i:4 * i + 4]
+            s, s2, zeros, n = acts[4 * i : 4 * i + 4]
             mean = s / n
             out[name] = {"act_mean": mean, "act_std": math.sqrt(max(s2 / n - mean * mean, 0.0))}
             if name != "fc8":
@@ -144,9 +152,9 @@ class LossWatch:
     """The loss-based warnings; `check_loss` returns the new ones as (kind, message)."""
 
     num_classes: int
-    flat_after: int = 1000        # steps
-    flat_margin: float = 0.05     # fraction of ln(classes)
-    explode_factor: float = 2.0   # times ln(classes)
+    flat_after: int = 1000  # steps
+    flat_margin: float = 0.05  # fraction of ln(classes)
+    explode_factor: float = 2.0  # times ln(classes)
     given: set = field(default_factory=set)
 
     @property
@@ -157,11 +165,21 @@ class LossWatch:
         new = []
         chance = self.chance_loss
         if loss > self.explode_factor * chance and "explosion" not in self.given:
-            new.append(("explosion", f"step {step}: mean loss {loss:.3g} is above {self.explode_factor:g} x "
-                        f"ln({self.num_classes}) = {self.explode_factor * chance:.3g}: the updates are too large "
-                        "for this network (train.warmup_steps or a lower train.lr)"))
+            new.append(
+                (
+                    "explosion",
+                    f"step {step}: mean loss {loss:.3g} is above {self.explode_factor:g} x "
+                    f"ln({self.num_classes}) = {self.explode_factor * chance:.3g}: the updates are too large "
+                    "for this network (train.warmup_steps or a lower train.lr)",
+                )
+            )
         if step >= self.flat_after and abs(loss - chance) < self.flat_margin * chance and "flat" not in self.given:
-            new.append(("flat", f"step {step}: mean loss {loss:.3f} is still at ln({self.num_classes}) = "
-                        f"{chance:.3f}: the network is not learning (check the init, lr and inputs)"))
+            new.append(
+                (
+                    "flat",
+                    f"step {step}: mean loss {loss:.3f} is still at ln({self.num_classes}) = "
+                    f"{chance:.3f}: the network is not learning (check the init, lr and inputs)",
+                )
+            )
         self.given |= {kind for kind, _ in new}
         return new

@@ -29,6 +29,7 @@ picks where the network runs: auto (default: the first GPU if torch sees one),
 cpu or cuda:N; `batch_size` how many images share one forward pass. Their defaults
 (DEFAULT_MODEL_CONFIG) are recorded in the model's metadata.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,8 +59,15 @@ TOP = 5
 OUTPUT_COLUMNS = ("class_index", "wnid", "names", "probability")
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.binary, "image")]),
-    outputs=Schema([ColSpec(Array(DataType.long), "class_index"), ColSpec(Array(DataType.string), "wnid"),
-                    ColSpec(Array(DataType.string), "names"), ColSpec(Array(DataType.double), "probability")]))
+    outputs=Schema(
+        [
+            ColSpec(Array(DataType.long), "class_index"),
+            ColSpec(Array(DataType.string), "wnid"),
+            ColSpec(Array(DataType.string), "names"),
+            ColSpec(Array(DataType.double), "probability"),
+        ]
+    ),
+)
 DEFAULT_MODEL_CONFIG = {"device": "auto", "batch_size": 16}
 # what the code needs where the model is loaded; mlflow itself is added by MLflow
 REQUIREMENTS = ("torch", "numpy", "pillow", "pandas", "tqdm")
@@ -85,8 +93,13 @@ class ImageClassifier(PythonModel):
         config = json.loads(Path(artifacts["config"]).read_text())
         settings = {**DEFAULT_MODEL_CONFIG, **(context.model_config or {})}
         weights = torch.load(artifacts["weights"], map_location="cpu", weights_only=True)
-        self.classifier = Classifier.from_weights(config["model"], weights, load_mean_image(artifacts["mean_image"]),
-                                                  read_classes(artifacts["classes"]), settings["device"])
+        self.classifier = Classifier.from_weights(
+            config["model"],
+            weights,
+            load_mean_image(artifacts["mean_image"]),
+            read_classes(artifacts["classes"]),
+            settings["device"],
+        )
         self.batch_size = int(settings["batch_size"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -96,7 +109,7 @@ class ImageClassifier(PythonModel):
         images = list(model_input["image"])
         for start in range(0, len(images), self.batch_size):
             views = []
-            for i, value in enumerate(images[start:start + self.batch_size], start):
+            for i, value in enumerate(images[start : start + self.batch_size], start):
                 try:
                     data = image_bytes(value)
                 except PredictError as exc:
@@ -107,8 +120,14 @@ class ImageClassifier(PythonModel):
                     raise PredictError(f"row {i}: {decode_failure(exc, data)}") from exc
             for probs in self.classifier.probs(torch.stack(views)):
                 top = top_k(probs, self.classifier.classes, TOP)
-                rows.append({"class_index": [t["index"] for t in top], "wnid": [t["wnid"] for t in top],
-                             "names": [t["names"] for t in top], "probability": [t["probability"] for t in top]})
+                rows.append(
+                    {
+                        "class_index": [t["index"] for t in top],
+                        "wnid": [t["wnid"] for t in top],
+                        "names": [t["names"] for t in top],
+                        "probability": [t["probability"] for t in top],
+                    }
+                )
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
 
@@ -127,8 +146,9 @@ def _example_image(mean_image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def log_image_model(checkpoint: str | os.PathLike, mean_image: str | os.PathLike, classes: str | os.PathLike,
-                    name: str = "model"):
+def log_image_model(
+    checkpoint: str | os.PathLike, mean_image: str | os.PathLike, classes: str | os.PathLike, name: str = "model"
+):
     """Log the checkpoint's network as this pyfunc model in the active MLflow run; returns MLflow's ModelInfo."""
     state = load_checkpoint(checkpoint)
     # the same checks predict makes: a model that loads must answer with the right classes
@@ -139,20 +159,44 @@ def log_image_model(checkpoint: str | os.PathLike, mean_image: str | os.PathLike
         weights = tmp / "weights.pt"  # tensors only: loads with weights_only=True
         torch.save({k: v.detach().cpu().contiguous() for k, v in state["model"].items()}, weights)
         config = tmp / "config.json"
-        config.write_text(json.dumps({"model": state["config"]["model"], "augment": state["config"].get("augment", {}),
-                                      "epoch": state.get("epoch"), "step": state.get("step"),
-                                      "best": state.get("best")}, indent=2) + "\n")
-        artifacts = {"weights": str(weights), "config": str(config),
-                     "mean_image": str(shutil.copyfile(mean_image, tmp / "mean_image.npy")),
-                     "classes": str(shutil.copyfile(classes, tmp / "classes.tsv"))}
+        config.write_text(
+            json.dumps(
+                {
+                    "model": state["config"]["model"],
+                    "augment": state["config"].get("augment", {}),
+                    "epoch": state.get("epoch"),
+                    "step": state.get("step"),
+                    "best": state.get("best"),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        artifacts = {
+            "weights": str(weights),
+            "config": str(config),
+            "mean_image": str(shutil.copyfile(mean_image, tmp / "mean_image.npy")),
+            "classes": str(shutil.copyfile(classes, tmp / "classes.tsv")),
+        }
         code = []
         for pkg in ("pipeline", "model"):  # without caches: they are bytecode of this interpreter only
-            code.append(str(shutil.copytree(package.parent / pkg, tmp / "code" / pkg,
-                                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))))
+            code.append(
+                str(
+                    shutil.copytree(
+                        package.parent / pkg, tmp / "code" / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                    )
+                )
+            )
         example = pd.DataFrame({"image": [_example_image(load_mean_image(mean_image))]})
         return mlflow.pyfunc.log_model(
-            name=name, python_model=str(Path(__file__).resolve()), artifacts=artifacts, code_paths=code,
+            name=name,
+            python_model=str(Path(__file__).resolve()),
+            artifacts=artifacts,
+            code_paths=code,
             # the defaults go in the metadata, not model_config: MLflow logs a model_config as params of
             # the run, where its batch_size (images per forward pass) collides with the training's
-            signature=SIGNATURE, input_example=example, metadata={"model_config_defaults": DEFAULT_MODEL_CONFIG},
-            pip_requirements=[_requirement(p) for p in REQUIREMENTS])
+            signature=SIGNATURE,
+            input_example=example,
+            metadata={"model_config_defaults": DEFAULT_MODEL_CONFIG},
+            pip_requirements=[_requirement(p) for p in REQUIREMENTS],
+        )

@@ -6,6 +6,7 @@ and pipeline/predict.py prepares a user's photo with the same function, so a
 photo is scored on the pixels training saw (see pipeline/resize.py for the
 decoding shortcuts and the filter's measured error).
 """
+
 from __future__ import annotations
 
 import io

@@ -8,6 +8,7 @@ at blocks that were still in the page cache, and the folder after it, so the
 rename itself is on the disk when the stage reports success. Measured on the
 resize stage: bench/RESULTS-io.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,8 +90,10 @@ def read_classes(path: str | os.PathLike) -> list[dict[str, str]]:
         try:
             index = int(row["index"])
         except (KeyError, TypeError, ValueError):
-            raise TableError(f"{path}: row {i + 1} has no integer 'index' column ({row}); "
-                             "expected the fetch stage's classes.tsv (index, wnid, names)") from None
+            raise TableError(
+                f"{path}: row {i + 1} has no integer 'index' column ({row}); "
+                "expected the fetch stage's classes.tsv (index, wnid, names)"
+            ) from None
         if index != i:
             raise TableError(f"{path}: row {i + 1} has index {row['index']}, expected {i}; rerun the fetch stage")
     return rows

@@ -46,6 +46,7 @@ tests/test_slurm.py (SLURM 22.05, two nodes on one machine: the profile's
 one-node GPU entry and its multi-node block, through Snakemake's SLURM
 executor, start replicas that meet and agree).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,16 +56,27 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import torch
 
 from pipeline.errors import PipelineError
 
-__all__ = ["LaunchError", "Launch", "plan", "split_target", "slurm_nodes", "gpus_on_node",
-           "auto_nproc", "rdzv_port", "parse_scontrol_job", "job_env_from_scontrol",
-           "hostnames", "main"]
+__all__ = [
+    "LaunchError",
+    "Launch",
+    "plan",
+    "split_target",
+    "slurm_nodes",
+    "gpus_on_node",
+    "auto_nproc",
+    "rdzv_port",
+    "parse_scontrol_job",
+    "job_env_from_scontrol",
+    "hostnames",
+    "main",
+]
 
 MODES = ("auto", "direct", "standalone", "srun")
 BASE_PORT = 29500  # torchrun's default master port
@@ -76,8 +88,8 @@ class LaunchError(PipelineError, ValueError):
 
 @dataclass(frozen=True)
 class Launch:
-    mode: str              # direct | standalone | srun
-    argv: list[str]        # what to exec
+    mode: str  # direct | standalone | srun
+    argv: list[str]  # what to exec
     nnodes: int = 1
     nproc_per_node: int = 1
 
@@ -86,6 +98,7 @@ class Launch:
 
 
 # ---------------------------------------------------------------- pure parts
+
 
 def split_target(command: Sequence[str]) -> tuple[str, list[str]]:
     """(interpreter, torchrun's target args) for `python -m mod ARGS`, `python script.py ARGS`
@@ -100,8 +113,10 @@ def split_target(command: Sequence[str]) -> tuple[str, list[str]]:
         if rest[0] in ("-u", "-B", "-O", "-OO", "-s", "-E", "-I"):
             opts.append(rest.pop(0))  # harmless interpreter flags; torchrun's workers run without them
             continue
-        raise LaunchError(f"python option {rest[0]!r} before the module or script is not supported; "
-                          "put it in the environment (e.g. PYTHONUNBUFFERED=1) instead")
+        raise LaunchError(
+            f"python option {rest[0]!r} before the module or script is not supported; "
+            "put it in the environment (e.g. PYTHONUNBUFFERED=1) instead"
+        )
     if not rest:
         raise LaunchError(f"{shlex.join(command)!r} names no module (-m NAME) or script")
     if rest[0] == "-m":
@@ -135,8 +150,12 @@ def gpus_on_node(env: Mapping[str, str]) -> int | None:
         raise LaunchError(f"SLURM_GPUS_ON_NODE={value!r} is not a number") from None
 
 
-def auto_nproc(env: Mapping[str, str], gpus_per_process: int = 1, declared_gpus: int | None = None,
-               visible_gpus: Callable[[], int] = lambda: 0) -> int:
+def auto_nproc(
+    env: Mapping[str, str],
+    gpus_per_process: int = 1,
+    declared_gpus: int | None = None,
+    visible_gpus: Callable[[], int] = lambda: 0,
+) -> int:
     """Processes per node for --nproc-per-node auto (see the module docstring)."""
     gpus = gpus_on_node(env)
     if gpus is None:
@@ -152,8 +171,15 @@ def rdzv_port(env: Mapping[str, str], port: int | None = None) -> int:
     return BASE_PORT + (int(job) % 10000 if job.isdigit() else 0)
 
 
-def plan(command: Sequence[str], env: Mapping[str, str], nproc_per_node: int, *, mode: str = "auto",
-         port: int | None = None, hostnames: Callable[[str], list[str]] | None = None) -> Launch:
+def plan(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    nproc_per_node: int,
+    *,
+    mode: str = "auto",
+    port: int | None = None,
+    hostnames: Callable[[str], list[str]] | None = None,
+) -> Launch:
     """The command to exec for `command`, given the environment and processes per node.
 
     `hostnames` expands a SLURM node list (default: `scontrol show hostnames`);
@@ -171,16 +197,21 @@ def plan(command: Sequence[str], env: Mapping[str, str], nproc_per_node: int, *,
         mode = "srun" if nnodes > 1 else "standalone" if nproc_per_node > 1 else "direct"
     if mode == "direct":
         if nnodes > 1 or nproc_per_node > 1:
-            raise LaunchError(f"--mode direct runs one process, but {nnodes} nodes x {nproc_per_node} "
-                              "processes were asked for")
+            raise LaunchError(
+                f"--mode direct runs one process, but {nnodes} nodes x {nproc_per_node} processes were asked for"
+            )
         return Launch("direct", command)
     python, target = split_target(command)
     torchrun = [python, "-m", "torch.distributed.run"]
     if mode == "standalone":
         if nnodes > 1:
             raise LaunchError(f"--mode standalone runs on one node, but the job has {nnodes}")
-        return Launch("standalone", [*torchrun, "--standalone", "--nproc_per_node", str(nproc_per_node),
-                                     *target], 1, nproc_per_node)
+        return Launch(
+            "standalone",
+            [*torchrun, "--standalone", "--nproc_per_node", str(nproc_per_node), *target],
+            1,
+            nproc_per_node,
+        )
     # srun: one torchrun per node of the allocation
     if "SLURM_JOB_ID" not in env:
         raise LaunchError("--mode srun needs a SLURM job (SLURM_JOB_ID is not set); run inside sbatch/salloc")
@@ -194,9 +225,26 @@ def plan(command: Sequence[str], env: Mapping[str, str], nproc_per_node: int, *,
     if env.get("SLURM_CPUS_PER_TASK"):
         srun.append(f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}")
     srun.append("--kill-on-bad-exit=1")
-    return Launch("srun", [*srun, *torchrun, "--nnodes", str(nnodes), "--nproc_per_node", str(nproc_per_node),
-                           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{hosts[0]}:{rdzv_port(env, port)}",
-                           "--rdzv_id", env["SLURM_JOB_ID"], *target], nnodes, nproc_per_node)
+    return Launch(
+        "srun",
+        [
+            *srun,
+            *torchrun,
+            "--nnodes",
+            str(nnodes),
+            "--nproc_per_node",
+            str(nproc_per_node),
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            f"{hosts[0]}:{rdzv_port(env, port)}",
+            "--rdzv_id",
+            env["SLURM_JOB_ID"],
+            *target,
+        ],
+        nnodes,
+        nproc_per_node,
+    )
 
 
 def parse_scontrol_job(text: str) -> dict[str, str]:
@@ -241,6 +289,7 @@ def job_env_from_scontrol(fields: Mapping[str, str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------- SLURM and devices
 
+
 def _scontrol(*args: str) -> str:
     if shutil.which("scontrol") is None:
         raise LaunchError("scontrol is not on PATH, but SLURM_JOB_ID is set; load the SLURM module")
@@ -271,29 +320,58 @@ def torch_gpus() -> int:
 
 # ---------------------------------------------------------------- CLI
 
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = list(argv)
-    p = argparse.ArgumentParser(prog="python -m pipeline.launch", usage="%(prog)s [options] -- COMMAND...",
-                                description="Run a command directly, under torchrun, or under srun+torchrun "
-                                            "across SLURM nodes (docs/cluster.md).")
-    p.add_argument("--nproc-per-node", default="auto", metavar="N|auto",
-                   help="processes per node: a number, or auto (GPUs on the node / --gpus-per-process)")
-    p.add_argument("--gpus-per-process", type=int, default=1, metavar="K",
-                   help="GPUs one process drives (2 for the paper's two-column replica)")
-    p.add_argument("--gpus", type=int, default=None, metavar="G",
-                   help="GPUs the job declares (Snakemake's resources.gpu), used by auto outside SLURM")
-    p.add_argument("--port", type=int, default=None, metavar="P",
-                   help=f"rendezvous port across nodes (default {BASE_PORT} + SLURM_JOB_ID mod 10000)")
-    p.add_argument("--mode", choices=MODES, default="auto",
-                   help="force a launch: direct, standalone (torchrun on this node), srun (torchrun per node)")
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.launch",
+        usage="%(prog)s [options] -- COMMAND...",
+        description="Run a command directly, under torchrun, or under srun+torchrun "
+        "across SLURM nodes (docs/cluster.md).",
+    )
+    p.add_argument(
+        "--nproc-per-node",
+        default="auto",
+        metavar="N|auto",
+        help="processes per node: a number, or auto (GPUs on the node / --gpus-per-process)",
+    )
+    p.add_argument(
+        "--gpus-per-process",
+        type=int,
+        default=1,
+        metavar="K",
+        help="GPUs one process drives (2 for the paper's two-column replica)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="G",
+        help="GPUs the job declares (Snakemake's resources.gpu), used by auto outside SLURM",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        metavar="P",
+        help=f"rendezvous port across nodes (default {BASE_PORT} + SLURM_JOB_ID mod 10000)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="auto",
+        help="force a launch: direct, standalone (torchrun on this node), srun (torchrun per node)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     if "--" not in argv:
         if {"-h", "--help"} & set(argv):
             p.parse_args(argv)  # prints the help and exits
-        raise LaunchError("expected '--' before the command, e.g. "
-                          "python -m pipeline.launch --nproc-per-node 2 -- python -m pipeline.train ARGS")
+        raise LaunchError(
+            "expected '--' before the command, e.g. "
+            "python -m pipeline.launch --nproc-per-node 2 -- python -m pipeline.train ARGS"
+        )
     cut = argv.index("--")
-    return p.parse_args(argv[:cut]), argv[cut + 1:]
+    return p.parse_args(argv[:cut]), argv[cut + 1 :]
 
 
 def resolve_nproc(value: str, env: Mapping[str, str], gpus_per_process: int, declared_gpus: int | None) -> int:
@@ -317,8 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(launch)
         return 0
-    print(f"launch: {launch.mode}, {launch.nnodes} node(s) x {launch.nproc_per_node} process(es): {launch}",
-          file=sys.stderr, flush=True)
+    print(
+        f"launch: {launch.mode}, {launch.nnodes} node(s) x {launch.nproc_per_node} process(es): {launch}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         os.execvp(launch.argv[0], launch.argv)  # same process: signals and exit status pass through
     except OSError as exc:

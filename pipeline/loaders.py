@@ -59,6 +59,7 @@ draws, in both modes; normalisation equals numpy on the same decoded pixels
 Speed: 25-30 k training images/s on one H200 at batch 256, bound by JPEG
 decoding; on 2 CPU cores 2.5x a PIL + numpy DataLoader (3.0x per CPU-second).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,14 @@ from pipeline.dali_pipes import READER
 from pipeline.errors import PipelineError
 from pipeline.pca_files import PCA, as_pca
 from pipeline.schema import defaults
-from pipeline.shards import (ManifestError, ShardIndexError, index_path, manifest_entries, shard_sample_count,
-                             shard_sample_keys)
+from pipeline.shards import (
+    ManifestError,
+    ShardIndexError,
+    index_path,
+    manifest_entries,
+    shard_sample_count,
+    shard_sample_keys,
+)
 
 LIGHTING = ("paper", "sqrt", "none")
 NORMALIZE = ("mean_image", "channel")
@@ -94,9 +101,10 @@ AUGMENT = defaults("augment")
 class AugmentSettings:
     """The settings that shape the training's images: pipeline.schema.AUGMENT_SETTINGS, with the
     config schema's defaults."""
-    lighting: str = AUGMENT["lighting"]          # paper | sqrt | none (see the module docstring)
+
+    lighting: str = AUGMENT["lighting"]  # paper | sqrt | none (see the module docstring)
     lighting_std: float = AUGMENT["lighting_std"]  # paper, section 4.1: alpha ~ N(0, 0.1)
-    normalize: str = AUGMENT["normalize"]        # mean_image (paper, section 2) | channel
+    normalize: str = AUGMENT["normalize"]  # mean_image (paper, section 2) | channel
 
     def __post_init__(self):
         if self.lighting not in LIGHTING:
@@ -115,6 +123,7 @@ def lighting_matrix_for(settings: AugmentSettings, pca: PCA) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- shards and ranks
+
 
 @contextlib.contextmanager
 def shard_index_errors_as_loader_errors():
@@ -155,8 +164,10 @@ class _Loader:
             if not Path(s).exists():
                 raise LoaderError(f"{s}: shard does not exist; rerun the resize stage")
         if batch_size < 1 or not 0 <= shard_id < num_shards or threads < 1:
-            raise LoaderError(f"batch_size={batch_size}, shard_id={shard_id}, num_shards={num_shards}, "
-                               f"threads={threads}: expected batch >= 1, 0 <= shard_id < num_shards, threads >= 1")
+            raise LoaderError(
+                f"batch_size={batch_size}, shard_id={shard_id}, num_shards={num_shards}, "
+                f"threads={threads}: expected batch >= 1, 0 <= shard_id < num_shards, threads >= 1"
+            )
         self.pca = as_pca(pca)
         self.settings = settings or AugmentSettings()
         if self.settings.normalize == "mean_image" and self.pca.mean_image is None:
@@ -173,8 +184,13 @@ class _Loader:
 
     @staticmethod
     def _iterator(pipe, policy):
-        return DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER, auto_reset=False,
-                                   last_batch_policy=getattr(LastBatchPolicy, policy))
+        return DALIGenericIterator(
+            [pipe],
+            ["images", "labels"],
+            reader_name=READER,
+            auto_reset=False,
+            last_batch_policy=getattr(LastBatchPolicy, policy),
+        )
 
     @staticmethod
     def _batches(it, limit=None):
@@ -188,8 +204,19 @@ class _Loader:
 class TrainLoader(_Loader):
     """Training batches, rebuilt per epoch so that epoch e depends only on (seed, e, shard_id)."""
 
-    def __init__(self, shards, pca, batch_size, settings=None, device="cpu", seed=0, shard_id=0,
-                 num_shards=1, threads=2, initial_fill=1024):
+    def __init__(
+        self,
+        shards,
+        pca,
+        batch_size,
+        settings=None,
+        device="cpu",
+        seed=0,
+        shard_id=0,
+        num_shards=1,
+        threads=2,
+        initial_fill=1024,
+    ):
         super().__init__(shards, pca, batch_size, settings, device, shard_id, num_shards, threads)
         self.seed, self.initial_fill = seed, initial_fill
         # every rank takes the same number of steps: the smallest reader shard decides
@@ -204,11 +231,19 @@ class TrainLoader(_Loader):
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))  # same on all ranks
         shards = [self.shards[i] for i in order]
         pipe = dali_pipes.train_pipe(
-            shards=shards, index_paths=[str(index_path(s)) for s in shards],
-            reader_shard=(self.shard_id + epoch) % self.num_shards, num_shards=self.num_shards,
-            initial_fill=self.initial_fill, settings=self.settings, pca=self.pca, gpu=self.gpu, expose=expose,
-            batch_size=batch_size or self.batch_size, seed=epoch_seed(self.seed, epoch, self.shard_id),
-            **self._pipe_args())
+            shards=shards,
+            index_paths=[str(index_path(s)) for s in shards],
+            reader_shard=(self.shard_id + epoch) % self.num_shards,
+            num_shards=self.num_shards,
+            initial_fill=self.initial_fill,
+            settings=self.settings,
+            pca=self.pca,
+            gpu=self.gpu,
+            expose=expose,
+            batch_size=batch_size or self.batch_size,
+            seed=epoch_seed(self.seed, epoch, self.shard_id),
+            **self._pipe_args(),
+        )
         pipe.build()
         return pipe
 
@@ -222,8 +257,9 @@ class TrainLoader(_Loader):
 class EvalLoader(_Loader):
     """Each validation image exactly once over all ranks, in index order within a rank."""
 
-    def __init__(self, shards, pca, batch_size, views="center", settings=None, device="cpu",
-                 shard_id=0, num_shards=1, threads=2):
+    def __init__(
+        self, shards, pca, batch_size, views="center", settings=None, device="cpu", shard_id=0, num_shards=1, threads=2
+    ):
         super().__init__(shards, pca, batch_size, settings, device, shard_id, num_shards, threads)
         if views not in VIEWS:
             raise LoaderError(f"views={views!r}: expected one of {VIEWS}")
@@ -244,14 +280,23 @@ class EvalLoader(_Loader):
         if self._keys is None:
             with shard_index_errors_as_loader_errors():
                 names = [k for s in self.shards for k in shard_sample_keys(s)]
-            self._keys = names[self.start:self.end]
+            self._keys = names[self.start : self.end]
         return self._keys
 
     def pipeline(self):
         pipe = dali_pipes.eval_pipe(
-            shards=self.shards, index_paths=[str(index_path(s)) for s in self.shards],
-            shard_id=self.shard_id, num_shards=self.num_shards, views=self.views, settings=self.settings,
-            pca=self.pca, gpu=self.gpu, batch_size=self.batch_size, seed=0, **self._pipe_args())
+            shards=self.shards,
+            index_paths=[str(index_path(s)) for s in self.shards],
+            shard_id=self.shard_id,
+            num_shards=self.num_shards,
+            views=self.views,
+            settings=self.settings,
+            pca=self.pca,
+            gpu=self.gpu,
+            batch_size=self.batch_size,
+            seed=0,
+            **self._pipe_args(),
+        )
         pipe.build()
         return pipe
 
@@ -264,7 +309,7 @@ class EvalLoader(_Loader):
         keys, seen = self.keys, 0
         for images, labels in self._batches(it):
             n = len(labels)
-            yield images, labels, keys[seen:seen + n]
+            yield images, labels, keys[seen : seen + n]
             seen += n
         if seen != len(self):
             raise RuntimeError(f"evaluation pipeline yielded {seen} images, expected {len(self)}")
@@ -277,6 +322,7 @@ class EvalLoader(_Loader):
 
 
 # ---------------------------------------------------------------- the stage
+
 
 def manifest_shards(manifest, split: str) -> list[str]:
     """The split's shard tars listed in the resize stage's manifest (docs/formats.md).

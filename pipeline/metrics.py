@@ -15,6 +15,7 @@ and torch.topk's arbitrary order among equal scores never matters. A
 non-finite true score counts as wrong. This can only make the error larger
 than what topk-order counting reports, never smaller.
 """
+
 from __future__ import annotations
 
 import torch
@@ -92,8 +93,10 @@ class EvalCounts:
         labels = labels.to(dev, torch.int64).view(-1)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
-            raise ValueError(f"label {bad} outside the model's {self.num_classes} classes: "
-                             "the checkpoint and the validation shards disagree on the class list")
+            raise ValueError(
+                f"label {bad} outside the model's {self.num_classes} classes: "
+                "the checkpoint and the validation shards disagree on the class list"
+            )
         probs_10crop, probs_center = probs_10crop.to(dev), probs_center.to(dev)
         rank10 = true_class_rank(probs_10crop, labels)
         rankc = true_class_rank(probs_center, labels)
@@ -107,7 +110,7 @@ class EvalCounts:
         pred = probs_10crop.argmax(dim=1)
         t["confusion"].view(-1).index_add_(0, labels * self.num_classes + pred, ones)
 
-    def add(self, other: "EvalCounts") -> "EvalCounts":
+    def add(self, other: EvalCounts) -> EvalCounts:
         for name, tensor in self.tensors.items():
             tensor += other.tensors[name].to(tensor.device)
         return self

@@ -25,6 +25,7 @@ Cost: the whole stage on 1,024 shard files (ImageNet's count), start-up and
 plot included, takes 2.3 CPU-s, 0.04% of the resize stage's CPU time
 (bench/RESULTS-resize.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,7 @@ from pipeline.shards import ManifestError, manifest_entries
 
 # fb.resnet.torch (datasets/imagenet.lua: pca.eigval, pca.eigvec), pixels in [0,1]; eigenvectors as columns.
 IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
-IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                            [-0.5808, -0.0045, -0.8140],
-                            [-0.5836, -0.6948, 0.4203]])
+IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
 STATS_KEYS = ("pixels", "sum", "outer", "image_sum", "images")
 
 
@@ -64,14 +63,17 @@ def reduce_stats(paths) -> dict[str, np.ndarray]:
         with npz:
             missing = [k for k in STATS_KEYS if k not in npz]
             if missing:
-                raise PCAError(f"{path}: missing arrays {missing}; expected {list(STATS_KEYS)} "
-                               "(rerun the resize stage)")
+                raise PCAError(
+                    f"{path}: missing arrays {missing}; expected {list(STATS_KEYS)} (rerun the resize stage)"
+                )
             part = {k: npz[k] for k in STATS_KEYS}
         if total is None:
             total = {k: v.astype(np.float64) if k not in ("pixels", "images") else np.int64(v) for k, v in part.items()}
         elif part["image_sum"].shape != total["image_sum"].shape:
-            raise PCAError(f"{path}: image size {part['image_sum'].shape} differs from the other shards' "
-                           f"{total['image_sum'].shape}; rerun the resize stage")
+            raise PCAError(
+                f"{path}: image size {part['image_sum'].shape} differs from the other shards' "
+                f"{total['image_sum'].shape}; rerun the resize stage"
+            )
         else:
             for k in STATS_KEYS:
                 total[k] = total[k] + part[k]
@@ -99,8 +101,9 @@ def rgb_pca(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def imagenet_comparison(eigval: np.ndarray, eigvec: np.ndarray) -> dict[str, list[float]]:
     cosine = np.abs(np.sum(eigvec * IMAGENET_EIGVEC, axis=0)) / (
-        np.linalg.norm(eigvec, axis=0) * np.linalg.norm(IMAGENET_EIGVEC, axis=0))
-    reference = IMAGENET_EIGVAL * 255.0 ** 2
+        np.linalg.norm(eigvec, axis=0) * np.linalg.norm(IMAGENET_EIGVEC, axis=0)
+    )
+    reference = IMAGENET_EIGVAL * 255.0**2
     return {"cosine": cosine.tolist(), "eigval_255": reference.tolist(), "eigval_ratio": (eigval / reference).tolist()}
 
 
@@ -110,8 +113,10 @@ def plot_pca(result: dict, mean_image: np.ndarray, path: str | os.PathLike) -> N
     mean = np.asarray(result["mean"])
     steps = np.linspace(-2, 2, 9)
     rows, labels = [], []
-    sets = (("ours", result["eigval"], result["eigvec"]),
-            ("ImageNet", IMAGENET_EIGVAL * 255.0 ** 2, fix_signs(IMAGENET_EIGVEC)))
+    sets = (
+        ("ours", result["eigval"], result["eigvec"]),
+        ("ImageNet", IMAGENET_EIGVAL * 255.0**2, fix_signs(IMAGENET_EIGVEC)),
+    )
     for name, eigval, eigvec in sets:
         eigval, eigvec = np.asarray(eigval), np.asarray(eigvec)
         for i in range(3):
@@ -150,10 +155,17 @@ def run_pca(stats_paths, out_dir: str | os.PathLike) -> dict:
         "pixels": int(stats["pixels"]),
         "images": int(stats["images"]),
         "imagenet_cosine": cmp["cosine"],
-        "imagenet": {"eigval_255": cmp["eigval_255"], "eigvec": IMAGENET_EIGVEC.tolist(),
-                     "eigval_ratio": cmp["eigval_ratio"]},
-        "conventions": {"scale": "0-255", "covariance": "unbiased, 1/(N-1)", "eigvec": "columns",
-                        "sign": "largest-magnitude component of each eigenvector positive"},
+        "imagenet": {
+            "eigval_255": cmp["eigval_255"],
+            "eigvec": IMAGENET_EIGVEC.tolist(),
+            "eigval_ratio": cmp["eigval_ratio"],
+        },
+        "conventions": {
+            "scale": "0-255",
+            "covariance": "unbiased, 1/(N-1)",
+            "eigvec": "columns",
+            "sign": "largest-magnitude component of each eigenvector positive",
+        },
         "metrics": {
             **{f"mean_{c}": float(v) for c, v in zip("rgb", pca["mean"])},
             **{f"std_{c}": float(v) for c, v in zip("rgb", std)},
@@ -165,9 +177,13 @@ def run_pca(stats_paths, out_dir: str | os.PathLike) -> dict:
     }
     plot_pca(result, mean_image, out_dir / "pca.png")
     pca_json = write_pca_files(out_dir, result, mean_image)
-    print(f"{pca_json}: {result['images']} images, eigval "
-          + ", ".join(f"{v:.1f}" for v in result["eigval"])
-          + "; |cos| to ImageNet " + ", ".join(f"{v:.3f}" for v in cmp["cosine"]), file=sys.stderr)
+    print(
+        f"{pca_json}: {result['images']} images, eigval "
+        + ", ".join(f"{v:.1f}" for v in result["eigval"])
+        + "; |cos| to ImageNet "
+        + ", ".join(f"{v:.3f}" for v in cmp["cosine"]),
+        file=sys.stderr,
+    )
     return result
 
 

@@ -8,6 +8,7 @@ lighting augmentation (paper, section 4.1). mean_image.npy is the float32
 mean_image.npy first and pca.json last, each atomically, so a pca.json on
 disk means both files are complete.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,11 +33,12 @@ class PCAFileError(PipelineError, ValueError):
 @dataclass
 class PCA:
     """The pca stage's output, 0-255 scale: eigvec[:, i] belongs to eigval[i]."""
-    eigval: np.ndarray              # (3,), descending
-    eigvec: np.ndarray              # (3, 3), eigenvectors as columns
-    mean: np.ndarray                # (3,)
-    std: np.ndarray                 # (3,)
-    mean_image: np.ndarray | None   # (256, 256, 3) float32
+
+    eigval: np.ndarray  # (3,), descending
+    eigvec: np.ndarray  # (3, 3), eigenvectors as columns
+    mean: np.ndarray  # (3,)
+    std: np.ndarray  # (3,)
+    mean_image: np.ndarray | None  # (256, 256, 3) float32
 
 
 def load_pca(pca_json, mean_image_npy=None) -> PCA:
@@ -78,8 +80,10 @@ def load_mean_image(path: str | os.PathLike) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise PCAFileError(f"mean image {path} cannot be read ({exc}); run the pca stage first") from exc
     if mean.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or not np.issubdtype(mean.dtype, np.floating):
-        raise PCAFileError(f"mean image {path} holds {mean.dtype} {mean.shape}; expected float "
-                           f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3) (the pca stage's {MEAN_IMAGE})")
+        raise PCAFileError(
+            f"mean image {path} holds {mean.dtype} {mean.shape}; expected float "
+            f"({IMAGE_SIZE}, {IMAGE_SIZE}, 3) (the pca stage's {MEAN_IMAGE})"
+        )
     return np.ascontiguousarray(mean, dtype=np.float32)
 
 

@@ -22,6 +22,7 @@ The functions that turn image bytes into the network's input, and the top-k
 table, are shared with the MLflow model (pipeline/image_model.py), so the
 served model and this command give the same numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,23 +39,31 @@ from tqdm import tqdm
 
 from model.alexnet import INPUT_SIZE
 from pipeline.checkpoint import CheckpointError, build_model, load_checkpoint, model_from_state
-from pipeline.fingerprint import file_digest
 from pipeline.errors import PipelineError
-from pipeline.io import read_classes
-from pipeline.pca_files import load_mean_image
-from pipeline.metrics import CENTER_VIEW, ten_crop_probs
+from pipeline.fingerprint import file_digest
 from pipeline.images import downsample
+from pipeline.io import read_classes
+from pipeline.metrics import CENTER_VIEW, ten_crop_probs
+from pipeline.pca_files import load_mean_image
 from pipeline.shards import IMAGE_SIZE
 
 SIZE = IMAGE_SIZE  # the resize stage's square (paper, section 2)
 CROP = INPUT_SIZE  # the network's input (paper, section 4.1)
 # (x, y) of the five patches in the order of pipeline.metrics: TL, TR, BL, BR, centre;
 # the evaluate loader's crop positions 0, 1 and 0.5 of the 32-pixel margin
-PATCHES = [(0, 0), (SIZE - CROP, 0), (0, SIZE - CROP), (SIZE - CROP, SIZE - CROP),
-           ((SIZE - CROP) // 2, (SIZE - CROP) // 2)]
+PATCHES = [
+    (0, 0),
+    (SIZE - CROP, 0),
+    (0, SIZE - CROP),
+    (SIZE - CROP, SIZE - CROP),
+    ((SIZE - CROP) // 2, (SIZE - CROP) // 2),
+]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-DEFAULTS = {"checkpoint": "results/train/checkpoints/best.pt", "mean_image": "results/pca/mean_image.npy",
-            "classes": "results/fetch/classes.tsv"}
+DEFAULTS = {
+    "checkpoint": "results/train/checkpoints/best.pt",
+    "mean_image": "results/pca/mean_image.npy",
+    "classes": "results/fetch/classes.tsv",
+}
 
 
 class PredictError(PipelineError, ValueError):
@@ -78,7 +87,7 @@ def normalized_image(data: bytes, mean_image: np.ndarray) -> np.ndarray:
 def ten_views(data: bytes, mean_image: np.ndarray) -> torch.Tensor:
     """Encoded image -> (10, 3, 224, 224) float32: the five patches, then the same five mirrored."""
     x = torch.from_numpy(normalized_image(data, mean_image)).permute(2, 0, 1)
-    patches = [x[:, y:y + CROP, x0:x0 + CROP] for x0, y in PATCHES]
+    patches = [x[:, y : y + CROP, x0 : x0 + CROP] for x0, y in PATCHES]
     return torch.stack(patches + [p.flip(-1) for p in patches]).contiguous()
 
 
@@ -99,8 +108,10 @@ def top_k(probs, classes: list[dict], k: int = 5) -> list[dict]:
     """
     p = np.asarray(probs, dtype=np.float64)
     order = np.lexsort((np.arange(len(p)), -p))[:k]
-    return [{"index": int(i), "wnid": classes[i]["wnid"], "names": classes[i]["names"],
-             "probability": float(p[i])} for i in order]
+    return [
+        {"index": int(i), "wnid": classes[i]["wnid"], "names": classes[i]["names"], "probability": float(p[i])}
+        for i in order
+    ]
 
 
 def format_table(name: str, rows: list[dict]) -> str:
@@ -136,16 +147,20 @@ def check_normalization(config: dict, where: str) -> None:
     """Only the paper's mean-image normalisation is applied here; refuse a model trained otherwise."""
     normalize = config.get("augment", {}).get("normalize", "mean_image")
     if normalize != "mean_image":
-        raise PredictError(f"{where} was trained with augment.normalize={normalize!r}; prediction applies "
-                           "the paper's mean-image normalisation only (augment.normalize: mean_image)")
+        raise PredictError(
+            f"{where} was trained with augment.normalize={normalize!r}; prediction applies "
+            "the paper's mean-image normalisation only (augment.normalize: mean_image)"
+        )
 
 
 def check_fingerprint(config: dict, name: str, path: str | os.PathLike, checkpoint: str | os.PathLike) -> None:
     """A mean image or class table other than the training's would give wrong answers silently."""
     expected = config.get("inputs", {}).get(name)
     if expected and file_digest(path) != expected:
-        raise PredictError(f"{path} is not the {name.replace('_', ' ')} checkpoint {checkpoint} was trained "
-                           f"with (its sha256 differs from the checkpoint's record); pass that training's file")
+        raise PredictError(
+            f"{path} is not the {name.replace('_', ' ')} checkpoint {checkpoint} was trained "
+            f"with (its sha256 differs from the checkpoint's record); pass that training's file"
+        )
 
 
 def load_classes(path: str | os.PathLike, num_classes: int) -> list[dict]:
@@ -158,8 +173,10 @@ def load_classes(path: str | os.PathLike, num_classes: int) -> list[dict]:
 
 def check_class_count(classes: list[dict], num_classes: int, where: str) -> list[dict]:
     if len(classes) != num_classes:
-        raise PredictError(f"{where} lists {len(classes)} classes but the model has {num_classes} outputs; "
-                           "pass the class table of the dataset it was trained on")
+        raise PredictError(
+            f"{where} lists {len(classes)} classes but the model has {num_classes} outputs; "
+            "pass the class table of the dataset it was trained on"
+        )
     return classes
 
 
@@ -172,7 +189,7 @@ class Classifier:
     classes: list[dict]
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, mean_image, classes, device: str = "auto") -> "Classifier":
+    def from_checkpoint(cls, checkpoint, mean_image, classes, device: str = "auto") -> Classifier:
         device = resolve_device(device)
         try:
             state = load_checkpoint(checkpoint)
@@ -181,7 +198,7 @@ class Classifier:
         return cls.from_state(state, checkpoint, mean_image, classes, device)
 
     @classmethod
-    def from_state(cls, state: dict, checkpoint, mean_image, classes, device: str = "auto") -> "Classifier":
+    def from_state(cls, state: dict, checkpoint, mean_image, classes, device: str = "auto") -> Classifier:
         """`from_checkpoint` for a checkpoint already loaded (`checkpoint`, its file, names it in errors)."""
         try:
             model, meta = model_from_state(state, checkpoint, devices=[resolve_device(device)])
@@ -191,14 +208,17 @@ class Classifier:
         check_normalization(config, f"checkpoint {checkpoint}")
         for name, path in (("mean_image", mean_image), ("classes", classes)):
             if not Path(path).is_file():
-                raise PredictError(f"{path} does not exist; run the {'pca' if name == 'mean_image' else 'fetch'} "
-                                   "stage first or pass --" + name.replace("_", "-"))
+                raise PredictError(
+                    f"{path} does not exist; run the {'pca' if name == 'mean_image' else 'fetch'} "
+                    "stage first or pass --" + name.replace("_", "-")
+                )
             check_fingerprint(config, name, path, checkpoint)
         return cls(model, load_mean_image(mean_image), load_classes(classes, config["model"]["num_classes"]))
 
     @classmethod
-    def from_weights(cls, model_config: dict, state_dict: dict, mean_image: np.ndarray, classes: list[dict],
-                     device: str = "auto") -> "Classifier":
+    def from_weights(
+        cls, model_config: dict, state_dict: dict, mean_image: np.ndarray, classes: list[dict], device: str = "auto"
+    ) -> Classifier:
         model = build_model(model_config, [resolve_device(device)])
         model.load_state_dict(state_dict)
         model.eval()
@@ -240,9 +260,18 @@ def _read_views(path: Path, mean_image: np.ndarray) -> torch.Tensor | str:
         return decode_failure(exc, data)
 
 
-def predict(inputs: list[str | os.PathLike], checkpoint=DEFAULTS["checkpoint"], mean_image=DEFAULTS["mean_image"],
-            classes=DEFAULTS["classes"], centre: bool = False, top: int = 5, batch_size: int = 16,
-            device: str = "auto", progress: bool = True, on_error=None) -> list[dict]:
+def predict(
+    inputs: list[str | os.PathLike],
+    checkpoint=DEFAULTS["checkpoint"],
+    mean_image=DEFAULTS["mean_image"],
+    classes=DEFAULTS["classes"],
+    centre: bool = False,
+    top: int = 5,
+    batch_size: int = 16,
+    device: str = "auto",
+    progress: bool = True,
+    on_error=None,
+) -> list[dict]:
     """Top classes per image file: [{"file", "top": [{index, wnid, names, probability}, ...]} or {"file", "error"}].
 
     Files are decoded one at a time and scored `batch_size` at once;
@@ -262,8 +291,9 @@ def predict(inputs: list[str | os.PathLike], checkpoint=DEFAULTS["checkpoint"], 
                 results[i]["top"] = top_k(row, clf.classes, top)
             pending.clear()
 
-    with tqdm(total=len(files), unit="img", desc="predict", file=sys.stderr, leave=False,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=len(files), unit="img", desc="predict", file=sys.stderr, leave=False, disable=None if progress else True
+    ) as bar:
         for path in files:
             results.append({"file": str(path)})
             views = _read_views(path, clf.mean_image)
@@ -281,19 +311,25 @@ def predict(inputs: list[str | os.PathLike], checkpoint=DEFAULTS["checkpoint"], 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.predict",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders of images")
     p.add_argument("--checkpoint", default=DEFAULTS["checkpoint"], help="a training checkpoint (default: %(default)s)")
-    p.add_argument("--mean-image", default=DEFAULTS["mean_image"], help="the pca stage's mean image "
-                                                                        "(default: %(default)s)")
-    p.add_argument("--classes", default=DEFAULTS["classes"], help="the fetch stage's class table "
-                                                                  "(default: %(default)s)")
+    p.add_argument(
+        "--mean-image", default=DEFAULTS["mean_image"], help="the pca stage's mean image (default: %(default)s)"
+    )
+    p.add_argument(
+        "--classes", default=DEFAULTS["classes"], help="the fetch stage's class table (default: %(default)s)"
+    )
     p.add_argument("--centre", action="store_true", help="score the centre 224 patch only instead of ten views")
     p.add_argument("--json", action="store_true", help="print one JSON array instead of tables")
     p.add_argument("--top", type=int, default=5, help="classes listed per image (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass, 10 views each "
-                                                              "(default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=int, default=16, help="images per forward pass, 10 views each (default: %(default)s)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda:N (default: %(default)s)")
     args = p.parse_args(argv)
     if args.top < 1:
@@ -310,8 +346,17 @@ def main(argv=None) -> int:
         tqdm.write(f"error: {name}: {reason}", file=sys.stderr)
 
     try:
-        results = predict(args.inputs, args.checkpoint, args.mean_image, args.classes, centre=args.centre,
-                          top=args.top, batch_size=args.batch_size, device=args.device, on_error=report)
+        results = predict(
+            args.inputs,
+            args.checkpoint,
+            args.mean_image,
+            args.classes,
+            centre=args.centre,
+            top=args.top,
+            batch_size=args.batch_size,
+            device=args.device,
+            on_error=report,
+        )
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

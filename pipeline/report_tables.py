@@ -8,6 +8,7 @@ views; Caffe bvlc_alexnet 42.9 / 19.8 centre crop; torchvision alexnet
 43.478 / 20.934 centre crop. A run on anything but the full ILSVRC-2012
 validation set (the demo, a subset) is labelled as not comparable.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,11 +36,15 @@ def dataset_label(dataset: str, num_classes: int, images: int) -> str:
     if dataset == "imagenet":
         if num_classes == IMAGENET_CLASSES and images == IMAGENET_VAL_IMAGES:
             return "ILSVRC-2012 validation"
-        return (f"ILSVRC-2012 validation subset ({images} images, {num_classes} classes) "
-                "— not the full set, not directly comparable")
+        return (
+            f"ILSVRC-2012 validation subset ({images} images, {num_classes} classes) "
+            "— not the full set, not directly comparable"
+        )
     if dataset == "preflight":
-        return (f"preflight (generated ImageNet-shaped data, {num_classes} classes, {images} images) "
-                "— a rehearsal, not comparable")
+        return (
+            f"preflight (generated ImageNet-shaped data, {num_classes} classes, {images} images) "
+            "— a rehearsal, not comparable"
+        )
     if dataset == "demo":
         return f"demo (synthetic, {num_classes} classes) — not comparable to ImageNet"
     return f"{dataset} ({num_classes} classes, {images} images) — not ILSVRC-2012, not comparable"
@@ -89,10 +94,24 @@ def confusion_pairs(confusion: np.ndarray, top: int) -> list[tuple[int, int, int
 
 
 def write_confusions(path: str | os.PathLike, classes: list[dict], pairs) -> None:
-    rows = [[t, classes[t]["wnid"], _name(classes[t]), p, classes[p]["wnid"], _name(classes[p]), n, f"{s:.4f}"]
-            for t, p, n, s in pairs]
-    _write_csv(path, ["true_index", "true_wnid", "true_name", "predicted_index", "predicted_wnid",
-                      "predicted_name", "count", "share"], rows)
+    rows = [
+        [t, classes[t]["wnid"], _name(classes[t]), p, classes[p]["wnid"], _name(classes[p]), n, f"{s:.4f}"]
+        for t, p, n, s in pairs
+    ]
+    _write_csv(
+        path,
+        [
+            "true_index",
+            "true_wnid",
+            "true_name",
+            "predicted_index",
+            "predicted_wnid",
+            "predicted_name",
+            "count",
+            "share",
+        ],
+        rows,
+    )
 
 
 def _cell(x: float | None) -> str:
@@ -102,7 +121,7 @@ def _cell(x: float | None) -> str:
 CHECKPOINT_TEXT = {
     "last": "the final network, as the paper reports its results",
     "best": "the epoch with the lowest validation error, chosen on this same validation set, so these "
-            "errors are biased low (evaluate.checkpoint: last scores the final network, as the paper does)",
+    "errors are biased low (evaluate.checkpoint: last scores the final network, as the paper does)",
     "given": "a checkpoint given by path",
 }
 
@@ -134,11 +153,17 @@ def comparison_markdown(metrics: dict) -> str:
         "centre patch, from the same pass. Ties count against the true class.",
     ]
     if metrics.get("partial"):
-        lines += ["", f"**Partial:** {metrics['images']} of the {metrics['val_images_listed']} validation images "
-                      "were scored (evaluate.max_images, a rehearsal's cap): the errors are not the set's."]
+        lines += [
+            "",
+            f"**Partial:** {metrics['images']} of the {metrics['val_images_listed']} validation images "
+            "were scored (evaluate.max_images, a rehearsal's cap): the errors are not the set's.",
+        ]
     if label != "ILSVRC-2012 validation":
-        lines += ["", f"**Not comparable:** this run used {label.split(' — ')[0]}, not the "
-                      "ILSVRC-2012 validation set; the published rows are there for orientation only."]
+        lines += [
+            "",
+            f"**Not comparable:** this run used {label.split(' — ')[0]}, not the "
+            "ILSVRC-2012 validation set; the published rows are there for orientation only.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -170,11 +195,22 @@ def plot_per_class(path: str | os.PathLike, rows: list[list], title: str) -> Non
         ax.plot(x, accc[order], ".", markersize=2, color="C1", label="centre (same classes)")
         for q in (25, 50, 75):
             ax.axvline(len(rows) * q / 100, color="gray", lw=0.5, ls=":")
-        ax.set_xlabel(f"class rank by ten-crop accuracy ({len(rows)} classes with validation images; "
-                      f"median {np.median(acc10):.1f}%)", fontsize=8)
+        ax.set_xlabel(
+            f"class rank by ten-crop accuracy ({len(rows)} classes with validation images; "
+            f"median {np.median(acc10):.1f}%)",
+            fontsize=8,
+        )
         side.axis("off")
-        side.text(0.0, 1.0, _extremes_text(rows, acc10, order), va="top", ha="left", family="monospace",
-                  fontsize=8, transform=side.transAxes)
+        side.text(
+            0.0,
+            1.0,
+            _extremes_text(rows, acc10, order),
+            va="top",
+            ha="left",
+            family="monospace",
+            fontsize=8,
+            transform=side.transAxes,
+        )
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(-2, 102)  # a curve at 0% or 100% stays visible
     ax.set_title(title, fontsize=9, loc="left")
@@ -191,14 +227,18 @@ def _extremes_text(rows: list[list], acc10: np.ndarray, order: np.ndarray, n: in
     """The easiest and hardest classes by name, ten-crop accuracy first; or why there is no ranking."""
     images = np.array([int(r[3]) for r in rows])
     if np.median(images) < MIN_IMAGES_TO_RANK or acc10.min() == acc10.max():
-        return (f"no ranking of classes:\n{int(np.median(images))} validation image(s) per class "
-                f"(median),\naccuracies from {acc10.min():.1f} to {acc10.max():.1f}%;\n"
-                f"a ranking needs {MIN_IMAGES_TO_RANK}+ images per class\nand accuracies that differ")
+        return (
+            f"no ranking of classes:\n{int(np.median(images))} validation image(s) per class "
+            f"(median),\naccuracies from {acc10.min():.1f} to {acc10.max():.1f}%;\n"
+            f"a ranking needs {MIN_IMAGES_TO_RANK}+ images per class\nand accuracies that differ"
+        )
 
     def line(i):
         name = str(rows[i][2] or rows[i][1]).split(",")[0]  # the synset's first word names it
         return f"{acc10[i]:5.1f}%  {name[:30]}"
+
     easiest = [line(i) for i in order[:n]]
     hardest = [line(i) for i in order[::-1][:n]]
-    return "\n".join([f"easiest {len(easiest)} (ten-crop top-1 accuracy)", *easiest, "",
-                      f"hardest {len(hardest)}", *hardest])
+    return "\n".join(
+        [f"easiest {len(easiest)} (ten-crop top-1 accuracy)", *easiest, "", f"hardest {len(hardest)}", *hardest]
+    )

@@ -42,6 +42,7 @@ of the decoded shards would differ only slightly and would need a second
 decoding pass, which this stage never does. Tests recompute the statistics
 from `downsample` on the same inputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,11 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 from pipeline import archive
-from pipeline.io import atomic_path, read_classes, read_json, write_json
-from pipeline.images import RESAMPLE, crop_box, downsample  # noqa: F401 (crop_box, RESAMPLE: part of the stage's API)
-from pipeline.shards import IMAGE_SIZE, ShardWriter, manifest_entry
 from pipeline.errors import PipelineError, run_cli
+from pipeline.images import RESAMPLE, crop_box, downsample  # noqa: F401 (crop_box, RESAMPLE: part of the stage's API)
+from pipeline.io import atomic_path, read_classes, read_json, write_json
 from pipeline.schema import defaults
+from pipeline.shards import IMAGE_SIZE, ShardWriter, manifest_entry
 
 # Truncated files must raise, not decode as grey padding (PIL's default, kept explicit).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -91,6 +92,7 @@ class TooManyRejectsError(PipelineError, RuntimeError):
 
 # --- one image ---
 
+
 def encode_jpeg(im: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)  # baseline, 4:2:0, like the originals
@@ -98,6 +100,7 @@ def encode_jpeg(im: Image.Image, quality: int = DEFAULT_QUALITY) -> bytes:
 
 
 # --- RGB statistics ---
+
 
 class RGBStats:
     """Sums over written pixels (0-255 scale) for the PCA and the mean image.
@@ -158,12 +161,13 @@ class RGBStats:
 
 # --- one shard ---
 
+
 def shard_rows(n: int, shard: int, shards: int, seed: int) -> np.ndarray:
     """Index rows of shard `shard` of `shards`: a slice of one seeded permutation."""
     if not 0 <= shard < shards:
         raise ResizeError(f"--shard {shard} is outside 0..{shards - 1} (--shards {shards})")
     perm = np.random.default_rng(seed).permutation(n)
-    return perm[shard * n // shards: (shard + 1) * n // shards]
+    return perm[shard * n // shards : (shard + 1) * n // shards]
 
 
 class _Source:
@@ -181,7 +185,8 @@ class _Source:
         if len(data) != size:
             raise archive.ArchiveIndexError(
                 f"{self.path}: {member} at offset {offset} is cut short ({len(data)} of {size} bytes); "
-                "the archive changed since it was indexed, rebuild results/index")
+                "the archive changed since it was indexed, rebuild results/index"
+            )
         return data
 
     def close(self) -> None:
@@ -197,14 +202,19 @@ def _check_rejects(rejects: list[dict], inputs: int, max_fraction: float, where:
             f"{where}: {len(rejects)} of {inputs} images could not be decoded "
             f"({len(rejects) / max(inputs, 1):.2%} > resize.max_reject_fraction {max_fraction:.2%}):\n  "
             f"{shown}{more}\nCheck or replace these files, or raise resize.max_reject_fraction "
-            "if losing them is acceptable.")
+            "if losing them is acceptable."
+        )
 
 
 def shard_paths(out_tar: str | os.PathLike) -> dict[str, Path]:
     tar = Path(out_tar)
     stem = tar.name[: -len(".tar")]
-    return {"tar": tar, "idx": tar.with_suffix(".idx"), "json": tar.with_name(f"{stem}.json"),
-            "stats": tar.with_name(f"{stem}.stats.npz")}
+    return {
+        "tar": tar,
+        "idx": tar.with_suffix(".idx"),
+        "json": tar.with_name(f"{stem}.json"),
+        "stats": tar.with_name(f"{stem}.stats.npz"),
+    }
 
 
 def _remove_stale_temporaries(paths: dict[str, Path]) -> None:
@@ -214,9 +224,19 @@ def _remove_stale_temporaries(paths: dict[str, Path]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: str | os.PathLike,
-                 shard: int, shards: int, seed: int = 0, size: int = IMAGE_SIZE, jpeg_quality: int = DEFAULT_QUALITY,
-                 max_reject_fraction: float = RESIZE["max_reject_fraction"], stats: bool = False, split: str = "train") -> dict:
+def resize_shard(
+    index: str | os.PathLike,
+    source: str | os.PathLike,
+    out_tar: str | os.PathLike,
+    shard: int,
+    shards: int,
+    seed: int = 0,
+    size: int = IMAGE_SIZE,
+    jpeg_quality: int = DEFAULT_QUALITY,
+    max_reject_fraction: float = RESIZE["max_reject_fraction"],
+    stats: bool = False,
+    split: str = "train",
+) -> dict:
     """Write one shard (.tar, .idx), its .json and, with `stats`, its .stats.npz. Returns the .json content."""
     started = time.time()
     paths = shard_paths(out_tar)
@@ -253,29 +273,54 @@ def resize_shard(index: str | os.PathLike, source: str | os.PathLike, out_tar: s
     seconds = time.time() - started
     images = len(idx) - len(rejects)
     report = {
-        "split": split, "shard": shard, "shards": shards,
-        "tar": str(paths["tar"]), "idx": str(paths["idx"]),
+        "split": split,
+        "shard": shard,
+        "shards": shards,
+        "tar": str(paths["tar"]),
+        "idx": str(paths["idx"]),
         "stats": str(paths["stats"]) if acc is not None else None,
-        "inputs": len(idx), "images": images, "rejected": len(rejects), "rejects": rejects,
+        "inputs": len(idx),
+        "images": images,
+        "rejected": len(rejects),
+        "rejects": rejects,
         "bytes": paths["tar"].stat().st_size,
-        "seconds": seconds, "loop_seconds": loop_seconds, "first_image_seconds": first_seconds or 0.0,
+        "seconds": seconds,
+        "loop_seconds": loop_seconds,
+        "first_image_seconds": first_seconds or 0.0,
         "images_per_s": images / seconds if seconds > 0 else 0.0,
-        "started": started, "finished": started + seconds,
+        "started": started,
+        "finished": started + seconds,
         "labels": {str(k): v for k, v in sorted(labels.items())},
-        "settings": {"size": size, "jpeg_quality": jpeg_quality, "seed": seed, "shards": shards,
-                     "max_reject_fraction": max_reject_fraction, "resample": RESAMPLE.name,
-                     "source": str(source), "index": str(index)},
+        "settings": {
+            "size": size,
+            "jpeg_quality": jpeg_quality,
+            "seed": seed,
+            "shards": shards,
+            "max_reject_fraction": max_reject_fraction,
+            "resample": RESAMPLE.name,
+            "source": str(source),
+            "index": str(index),
+        },
     }
     write_json(paths["json"], report)  # last: its presence marks a finished shard
-    print(f"{paths['tar']}: {images} images, {len(rejects)} rejected, {report['bytes'] / 1e6:.1f} MB, "
-          f"{seconds:.1f} s ({report['images_per_s']:.0f} images/s)", file=sys.stderr)
+    print(
+        f"{paths['tar']}: {images} images, {len(rejects)} rejected, {report['bytes'] / 1e6:.1f} MB, "
+        f"{seconds:.1f} s ({report['images_per_s']:.0f} images/s)",
+        file=sys.stderr,
+    )
     return report
 
 
 # --- index and manifest ---
 
-def build_index(split: str, source: str | os.PathLike, classes: str | os.PathLike,
-                val_labels: str | os.PathLike | None, out: str | os.PathLike) -> int:
+
+def build_index(
+    split: str,
+    source: str | os.PathLike,
+    classes: str | os.PathLike,
+    val_labels: str | os.PathLike | None,
+    out: str | os.PathLike,
+) -> int:
     """Write results/index/<split>.tsv for an archive or a <wnid>/ folder tree; returns the row count."""
     if Path(source).is_dir():
         rows = archive.index_folder(source, classes)
@@ -294,8 +339,14 @@ def split_shard_jsons(shards_dir: str | os.PathLike, split: str, shards: int) ->
     return [Path(shards_dir) / split / f"{split}-{k:05d}.json" for k in range(shards)]
 
 
-def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards: int,
-                   classes: str | os.PathLike, out: str | os.PathLike, max_reject_fraction: float) -> dict:
+def write_manifest(
+    shards_dir: str | os.PathLike,
+    train_shards: int,
+    val_shards: int,
+    classes: str | os.PathLike,
+    out: str | os.PathLike,
+    max_reject_fraction: float,
+) -> dict:
     """Reduce the shard .json files into results/shards/manifest.json; check all rejects together."""
     class_rows = read_classes(classes)
     counts = {split: [0] * len(class_rows) for split in ("train", "val")}
@@ -312,8 +363,9 @@ def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards:
             "rejected": sum(r["rejected"] for r in reports),
             "bytes": sum(r["bytes"] for r in reports),
             "shards": [manifest_entry(r, out) for r in reports],
-            "rejects": [dict(rej, shard=os.path.relpath(r["tar"], Path(out).parent)) for r in reports
-                        for rej in r["rejects"]],
+            "rejects": [
+                dict(rej, shard=os.path.relpath(r["tar"], Path(out).parent)) for r in reports for rej in r["rejects"]
+            ],
         }
     rejects = [rej for s in splits.values() for rej in s["rejects"]]
     inputs = sum(s["inputs"] for s in splits.values())
@@ -328,18 +380,30 @@ def write_manifest(shards_dir: str | os.PathLike, train_shards: int, val_shards:
             "job_seconds": sum(r["seconds"] for r in all_reports),
         },
         **splits,
-        "classes": [{"index": int(c["index"]), "wnid": c["wnid"], "names": c["names"],
-                     "train": counts["train"][i], "val": counts["val"][i]} for i, c in enumerate(class_rows)],
+        "classes": [
+            {
+                "index": int(c["index"]),
+                "wnid": c["wnid"],
+                "names": c["names"],
+                "train": counts["train"][i],
+                "val": counts["val"][i],
+            }
+            for i, c in enumerate(class_rows)
+        ],
         "settings": all_reports[0]["settings"] if all_reports else {},
     }
     write_json(out, manifest)
     t = manifest["totals"]
-    print(f"{out}: {t['images']} images in {train_shards} + {val_shards} shards, {t['rejects']} rejected, "
-          f"{t['bytes'] / 1e6:.1f} MB", file=sys.stderr)
+    print(
+        f"{out}: {t['images']} images in {train_shards} + {val_shards} shards, {t['rejects']} rejected, "
+        f"{t['bytes'] / 1e6:.1f} MB",
+        file=sys.stderr,
+    )
     return manifest
 
 
 # --- CLI ---
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.resize", description=__doc__.split("\n")[0])
@@ -380,11 +444,23 @@ def _run_command(args: argparse.Namespace) -> None:
     if args.command == "index":
         build_index(args.split, args.source, args.classes, args.val_labels, args.out)
     elif args.command == "shard":
-        resize_shard(args.index, args.source, args.out, args.shard, args.shards, args.seed, IMAGE_SIZE,
-                     args.jpeg_quality, args.max_reject_fraction, args.stats, args.split)
+        resize_shard(
+            args.index,
+            args.source,
+            args.out,
+            args.shard,
+            args.shards,
+            args.seed,
+            IMAGE_SIZE,
+            args.jpeg_quality,
+            args.max_reject_fraction,
+            args.stats,
+            args.split,
+        )
     else:
-        write_manifest(args.shards_dir, args.train_shards, args.val_shards, args.classes, args.out,
-                       args.max_reject_fraction)
+        write_manifest(
+            args.shards_dir, args.train_shards, args.val_shards, args.classes, args.out, args.max_reject_fraction
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ resize_train_shard and resize_val_shard). Each file holds the latest run of
 its job, so after a partial rerun the table mixes this invocation's jobs and
 earlier ones: it describes the results as they stand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,13 @@ def read_job(path: Path) -> dict:
     try:
         with open(path, newline="") as f:
             row = list(csv.DictReader(f, delimiter="\t"))[-1]
-        return {"wall_s": float(row["s"]), "cpu_s": _number(row.get("cpu_time")),
-                "max_rss_mb": _number(row.get("max_rss")), "read_mb": _number(row.get("io_in")),
-                "written_mb": _number(row.get("io_out"))}
+        return {
+            "wall_s": float(row["s"]),
+            "cpu_s": _number(row.get("cpu_time")),
+            "max_rss_mb": _number(row.get("max_rss")),
+            "read_mb": _number(row.get("io_in")),
+            "written_mb": _number(row.get("io_out")),
+        }
     except (OSError, IndexError, KeyError, ValueError) as exc:
         raise ResourcesError(f"{path}: not a Snakemake benchmark file ({exc}); delete it and rerun its rule") from exc
 
@@ -80,11 +85,15 @@ def gather(benchmarks: Path) -> dict[str, dict]:
         raise ResourcesError(f"no benchmark files under {benchmarks}; run the workflow first")
     table = {}
     for rule, runs in jobs.items():
-        table[rule] = {"jobs": len(runs), "total_s": sum(j["wall_s"] for j in runs),
-                       "max_s": max(j["wall_s"] for j in runs), "cpu_s": _total(j["cpu_s"] for j in runs),
-                       "max_rss_mb": _peak(j["max_rss_mb"] for j in runs),
-                       "read_mb": _total(j["read_mb"] for j in runs),
-                       "written_mb": _total(j["written_mb"] for j in runs)}
+        table[rule] = {
+            "jobs": len(runs),
+            "total_s": sum(j["wall_s"] for j in runs),
+            "max_s": max(j["wall_s"] for j in runs),
+            "cpu_s": _total(j["cpu_s"] for j in runs),
+            "max_rss_mb": _peak(j["max_rss_mb"] for j in runs),
+            "read_mb": _total(j["read_mb"] for j in runs),
+            "written_mb": _total(j["written_mb"] for j in runs),
+        }
     return dict(sorted(table.items(), key=lambda kv: -kv[1]["total_s"]))
 
 
@@ -94,15 +103,21 @@ def _cell(value, fmt: str) -> str:
 
 def markdown(table: dict[str, dict]) -> str:
     total = sum(r["total_s"] for r in table.values())
-    lines = ["# Resources per rule", "",
-             "From the benchmark file of every job (Snakemake `benchmark:`), the latest run of each. "
-             "Time is wall time; memory is the largest peak resident set of one job (n/a: too short to sample).",
-             "", "| rule | jobs | total time | longest job | CPU time | peak memory | read | written |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# Resources per rule",
+        "",
+        "From the benchmark file of every job (Snakemake `benchmark:`), the latest run of each. "
+        "Time is wall time; memory is the largest peak resident set of one job (n/a: too short to sample).",
+        "",
+        "| rule | jobs | total time | longest job | CPU time | peak memory | read | written |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for rule, r in table.items():
-        lines.append(f"| {rule} | {r['jobs']} | {r['total_s']:.1f} s | {r['max_s']:.1f} s | "
-                     f"{_cell(r['cpu_s'], '.1f')} s | {_cell(r['max_rss_mb'], ',.0f')} MB | "
-                     f"{_cell(r['read_mb'], ',.1f')} MB | {_cell(r['written_mb'], ',.1f')} MB |")
+        lines.append(
+            f"| {rule} | {r['jobs']} | {r['total_s']:.1f} s | {r['max_s']:.1f} s | "
+            f"{_cell(r['cpu_s'], '.1f')} s | {_cell(r['max_rss_mb'], ',.0f')} MB | "
+            f"{_cell(r['read_mb'], ',.1f')} MB | {_cell(r['written_mb'], ',.1f')} MB |"
+        )
     lines.append(f"| all | {sum(r['jobs'] for r in table.values())} | {total:.1f} s | | | | | |")
     return "\n".join(lines) + "\n"
 

@@ -5,6 +5,7 @@ its documentation); a stage run without Snakemake takes the same values as
 the workflow. Values the schema does not hold (the architecture's fixed facts,
 runtime knobs such as torch threads) stay with their code.
 """
+
 from __future__ import annotations
 
 from functools import cache

@@ -12,6 +12,7 @@ The resize stage lists the shards in results/shards/manifest.json
 (docs/formats.md); `read_manifest` and `manifest_entries` are the one reader
 of that file for every stage.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,7 +55,9 @@ def _index_lines(shard) -> tuple[str, list[str]]:
     except (OSError, IndexError, ValueError) as exc:
         raise ShardIndexError(f"{idx}: missing or not a DALI wds2idx index ({exc}); rerun the resize stage") from exc
     if len(lines) - 1 != count:
-        raise ShardIndexError(f"{idx}: header says {count} samples, found {len(lines) - 1} lines; rerun the resize stage")
+        raise ShardIndexError(
+            f"{idx}: header says {count} samples, found {len(lines) - 1} lines; rerun the resize stage"
+        )
     return version, lines[1:]
 
 
@@ -108,8 +111,7 @@ def manifest_entries(manifest: str | os.PathLike, split: str) -> list[dict]:
             if "tar" in e:
                 e.setdefault("idx", e["tar"].with_suffix(".idx"))
     except (ManifestError, KeyError, TypeError) as exc:
-        raise ManifestError(f"{manifest}: no shard list for split {split!r} ({exc!r}); "
-                            "rerun the resize stage") from exc
+        raise ManifestError(f"{manifest}: no shard list for split {split!r} ({exc!r}); rerun the resize stage") from exc
     return entries
 
 

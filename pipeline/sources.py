@@ -10,6 +10,7 @@ The workflow's config check and its fetch rule import these, so a source the
 check accepts is one the fetch stage can read. Standard library only: the
 Snakefile imports this module on every run.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,11 @@ import urllib.request
 from pipeline.errors import PipelineError
 
 # The official file names; config keys dataset.archives.<key> and the fetch CLI's --<key>.
-ARCHIVES = {"train": "ILSVRC2012_img_train.tar", "val": "ILSVRC2012_img_val.tar",
-            "devkit": "ILSVRC2012_devkit_t12.tar.gz"}
+ARCHIVES = {
+    "train": "ILSVRC2012_img_train.tar",
+    "val": "ILSVRC2012_img_val.tar",
+    "devkit": "ILSVRC2012_devkit_t12.tar.gz",
+}
 REMOTE_SCHEMES = ("http", "https")
 _DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 _MD5SUM_LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](.+)")

@@ -23,6 +23,7 @@ token) is replaced by *** in everything written to the log and the terminal.
 This module is the command line only; the work is in pipeline.tracking
 (logins and refusals: access; the parent run: parent; the registry: registry).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,30 +50,56 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     run.add_argument("--parent-note", help="markdown file that becomes the parent run's description")
     run.add_argument("--artifact", action="append", help="file or folder logged as an artifact")
     run.add_argument("--jsonl", help="JSONL file of step metrics, followed while the command runs")
-    run.add_argument("--model", help="training checkpoint logged as an MLflow model that classifies images "
-                                     "(needs --mean-image and --classes)")
+    run.add_argument(
+        "--model",
+        help="training checkpoint logged as an MLflow model that classifies images (needs --mean-image and --classes)",
+    )
     run.add_argument("--mean-image", help="the pca stage's mean image, packed with --model")
     run.add_argument("--classes", help="the fetch stage's class table, packed with --model")
     run.add_argument("--parent-file", help="file holding the parent run id (written by the Snakefile)")
     run.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     run.add_argument("--experiment", default=None, help="default: $MLFLOW_EXPERIMENT_NAME or alexnet")
     run.add_argument("--redact-env", help="environment variable whose value is masked in the log")
-    run.add_argument("--attempt", help="the attempt file a resumable stage writes as it starts (the train "
-                                       "stage's); a resumed training continues its MLflow run")
-    run.add_argument("--register", metavar="NAME", help="register the --model as a new version of the registered "
-                                                        "model NAME (needs --registered-file, --fingerprints)")
+    run.add_argument(
+        "--attempt",
+        help="the attempt file a resumable stage writes as it starts (the train "
+        "stage's); a resumed training continues its MLflow run",
+    )
+    run.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the --model as a new version of the registered "
+        "model NAME (needs --registered-file, --fingerprints)",
+    )
     run.add_argument("--registered-file", help="JSON that records the registered version (written with --register)")
-    run.add_argument("--fingerprints", help="the train stage's train.json, whose 'inputs' (the training data's "
-                                            "fingerprints) become tags of the registered version")
-    run.add_argument("--tag-registered", metavar="FILE", help="a --registered-file: the --metrics' top-1/top-5 "
-                                                              "errors become tags of that version")
-    run.add_argument("--evaluated-checkpoint", help="the checkpoint the stage evaluates; with --tag-registered, "
-                                                    "the version is tagged only if it was made from this file")
-    run.add_argument("--system-metrics-s", type=float, default=0.0, metavar="SECONDS",
-                     help="sample the node's CPU, memory, disk, network (and --gpus GPUs) every SECONDS into the "
-                          "stage's run (MLflow's system metrics); 0: none")
-    run.add_argument("--gpus", default="0", help="GPUs the job holds: N (the first N visible ones are sampled) or "
-                                                  "auto (the first, if the node has one)")
+    run.add_argument(
+        "--fingerprints",
+        help="the train stage's train.json, whose 'inputs' (the training data's "
+        "fingerprints) become tags of the registered version",
+    )
+    run.add_argument(
+        "--tag-registered",
+        metavar="FILE",
+        help="a --registered-file: the --metrics' top-1/top-5 errors become tags of that version",
+    )
+    run.add_argument(
+        "--evaluated-checkpoint",
+        help="the checkpoint the stage evaluates; with --tag-registered, "
+        "the version is tagged only if it was made from this file",
+    )
+    run.add_argument(
+        "--system-metrics-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sample the node's CPU, memory, disk, network (and --gpus GPUs) every SECONDS into the "
+        "stage's run (MLflow's system metrics); 0: none",
+    )
+    run.add_argument(
+        "--gpus",
+        default="0",
+        help="GPUs the job holds: N (the first N visible ones are sampled) or auto (the first, if the node has one)",
+    )
     run.add_argument("--no-tracking", action="store_true", help="only run and log the command")
     run.add_argument("command", nargs=argparse.REMAINDER)
     return parser, run
@@ -82,8 +109,10 @@ def check_args(run: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.model and not (args.mean_image and args.classes):
         run.error("--model needs --mean-image and --classes: the logged model preprocesses and names classes itself")
     if args.register and not (args.model and args.registered_file and args.fingerprints):
-        run.error("--register needs --model (what is registered), --registered-file (where the version is "
-                  "recorded) and --fingerprints (the training data it records)")
+        run.error(
+            "--register needs --model (what is registered), --registered-file (where the version is "
+            "recorded) and --fingerprints (the training data it records)"
+        )
     if args.tag_registered and not (args.evaluated_checkpoint and args.metrics):
         run.error("--tag-registered needs --evaluated-checkpoint and --metrics (the errors it sets as tags)")
 
@@ -93,14 +122,16 @@ def stage_command(args: argparse.Namespace) -> StageCommand:
     if not argv:
         raise SystemExit("error: no stage command given after --")
     secret = os.environ.get(args.redact_env, "").encode() if args.redact_env else None
-    return StageCommand(args.stage, argv, Path(args.log), secret or None, args.jsonl, args.attempt,
-                        args.system_metrics_s, args.gpus)
+    return StageCommand(
+        args.stage, argv, Path(args.log), secret or None, args.jsonl, args.attempt, args.system_metrics_s, args.gpus
+    )
 
 
 def stage_outputs(args: argparse.Namespace) -> StageOutputs:
     model = ModelFiles(args.model, args.mean_image, args.classes) if args.model else None
-    return StageOutputs(tuple(args.metrics or ()), tuple(args.parent_metrics or ()), args.parent_note,
-                        tuple(args.artifact or ()), model)
+    return StageOutputs(
+        tuple(args.metrics or ()), tuple(args.parent_metrics or ()), args.parent_note, tuple(args.artifact or ()), model
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,10 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tracking:
             experiment = args.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "alexnet")
             tracking = Tracking(resolve_uri(args.tracking_uri), experiment, args.parent_file)
-        registration = (Registration(args.register, args.registered_file, args.fingerprints)
-                        if args.register else None)
-        evaluated = (EvaluatedVersion(args.tag_registered, args.evaluated_checkpoint)
-                     if args.tag_registered else None)
+        registration = Registration(args.register, args.registered_file, args.fingerprints) if args.register else None
+        evaluated = EvaluatedVersion(args.tag_registered, args.evaluated_checkpoint) if args.tag_registered else None
         return run_stage(command, tracking, stage_outputs(args), registration, evaluated)
     except PipelineError as exc:  # a refused login or permission: one line, as the stages report theirs
         print(f"error: {exc}", file=sys.stderr)

@@ -41,6 +41,7 @@ chance on the demo for 50 epochs; giving it the paper network's per-layer
 gain (std 0.01/sqrt(width) where the fan-in scales with the width) makes it
 learn to 47-96% top-1 accuracy in 12-20 epochs (10% chance).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,13 +72,33 @@ from pipeline.training.recipe import make_optimizer, make_plateau, param_digest,
 from pipeline.training.run_folder import RunFolder, plan_start
 from pipeline.training.state import TrainState
 
-__all__ = ["TrainConfig", "TrainingDiverged", "TrainConfigError", "train", "fit", "main",
-           # the recipe's parts, where the bench scripts and tests take them from
-           "make_optimizer", "make_plateau", "warmup_factor", "param_digest"]
+__all__ = [
+    "TrainConfig",
+    "TrainingDiverged",
+    "TrainConfigError",
+    "train",
+    "fit",
+    "main",
+    # the recipe's parts, where the bench scripts and tests take them from
+    "make_optimizer",
+    "make_plateau",
+    "warmup_factor",
+    "param_digest",
+]
 
 MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout", "dropout_style")
-RECIPE_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "decay", "lr_factor", "patience", "seed",
-               "warmup_steps", "steps_per_epoch")
+RECIPE_KEYS = (
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "decay",
+    "lr_factor",
+    "patience",
+    "seed",
+    "warmup_steps",
+    "steps_per_epoch",
+)
 
 
 class TrainConfigError(PipelineError, ValueError):
@@ -90,24 +111,28 @@ TRAIN, AUGMENT = defaults("train"), defaults("augment")  # the config schema is 
 @dataclass
 class TrainConfig:
     # model (model/alexnet.py)
-    width: float = TRAIN["width"]              # channel multiplier; 1.0 is the paper's network
-    lrn: bool = True                # section 3.3
-    overlapping_pool: bool = True   # section 3.4: 3x3 pools with stride 2
-    init: str = TRAIN["init"]       # paper: biases 1 in conv2,4,5, fc6,7 | caffe: 0.1 (section 5)
-    dropout: float = 0.5            # section 4.2
-    dropout_style: str = TRAIN["dropout_style"]  # paper: x(1-p) at test (section 4.2) | inverted: torch's 1/(1-p) in training
+    width: float = TRAIN["width"]  # channel multiplier; 1.0 is the paper's network
+    lrn: bool = True  # section 3.3
+    overlapping_pool: bool = True  # section 3.4: 3x3 pools with stride 2
+    init: str = TRAIN["init"]  # paper: biases 1 in conv2,4,5, fc6,7 | caffe: 0.1 (section 5)
+    dropout: float = 0.5  # section 4.2
+    dropout_style: str = TRAIN[
+        "dropout_style"
+    ]  # paper: x(1-p) at test (section 4.2) | inverted: torch's 1/(1-p) in training
     # recipe, section 5
     batch_size: int = TRAIN["batch_size"]  # global batch: divided over the DDP replicas
     lr: float = TRAIN["lr"]
     momentum: float = TRAIN["momentum"]
     weight_decay: float = TRAIN["weight_decay"]
-    decay: str = TRAIN["decay"]     # weights: decay on weights only (paper, cuda-convnet, Caffe) | all: biases too
+    decay: str = TRAIN["decay"]  # weights: decay on weights only (paper, cuda-convnet, Caffe) | all: biases too
     lr_factor: float = TRAIN["lr_factor"]  # the lr is divided by 10 ...
     patience: int = TRAIN["patience"]  # ... after this many epochs without a lower val error, plus one
     epochs: int = TRAIN["epochs"]
     steps_per_epoch: int = TRAIN["steps_per_epoch"]  # 0: every full batch; N: at most N (the preflight's cap)
     seed: int = TRAIN["seed"]
-    warmup_steps: int = TRAIN["warmup_steps"]  # not the paper's: lr ramps linearly from lr/K to lr over the first K steps
+    warmup_steps: int = TRAIN[
+        "warmup_steps"
+    ]  # not the paper's: lr ramps linearly from lr/K to lr over the first K steps
     # augmentation (pipeline/augment.py AugmentSettings)
     lighting: str = AUGMENT["lighting"]
     lighting_std: float = AUGMENT["lighting_std"]
@@ -115,19 +140,21 @@ class TrainConfig:
     # runtime: may change between a run and its resumption
     devices: str = TRAIN["devices"]  # auto | cpu | cuda:N | cuda:0,cuda:1
     precision: str = TRAIN["precision"]  # auto (bf16 on GPU) | fp32 | bf16
-    channels_last: str = "auto"     # auto (on GPU) | true | false
+    channels_last: str = "auto"  # auto (on GPU) | true | false
     compile: bool = TRAIN["compile"]
     log_every: int = TRAIN["log_every"]  # steps between metrics.jsonl lines (and health figures)
     monitor: bool = TRAIN["monitor"]  # per-layer health figures each log line (pipeline/health.py)
     flat_after: int = TRAIN["flat_after"]  # steps after which a loss still at ln(classes) is warned about
-    dali_threads: int = 2           # DALI CPU threads per replica: a runtime knob (rule train's dali_threads)
-    torch_threads: int = 0          # torch CPU threads per replica (0: torch's default)
+    dali_threads: int = 2  # DALI CPU threads per replica: a runtime knob (rule train's dali_threads)
+    torch_threads: int = 0  # torch CPU threads per replica (0: torch's default)
 
     def key(self, num_classes: int) -> dict:
         """What a checkpoint must share with this run to be continued."""
-        return {"model": self.model_config(num_classes),
-                "recipe": {k: getattr(self, k) for k in RECIPE_KEYS},
-                "augment": {k: getattr(self, k) for k in AUGMENT_SETTINGS}}
+        return {
+            "model": self.model_config(num_classes),
+            "recipe": {k: getattr(self, k) for k in RECIPE_KEYS},
+            "augment": {k: getattr(self, k) for k in AUGMENT_SETTINGS},
+        }
 
     def model_config(self, num_classes: int) -> dict:
         return {"num_classes": num_classes, **{k: getattr(self, k) for k in MODEL_KEYS}}
@@ -167,8 +194,16 @@ def validate(model, eval_loader, place: Placement, env: Dist, topk: int) -> tupl
 class Trainer:
     """The recipe's state (model, SGD, plateau, counters), the SGD step loop, and checkpoints."""
 
-    def __init__(self, model, cfg: TrainConfig, out_dir, num_classes: int, env: Dist, devices: list[str],
-                 inputs: dict | None = None):
+    def __init__(
+        self,
+        model,
+        cfg: TrainConfig,
+        out_dir,
+        num_classes: int,
+        env: Dist,
+        devices: list[str],
+        inputs: dict | None = None,
+    ):
         self.model, self.cfg, self.env, self.num_classes, self.inputs = model, cfg, env, num_classes, inputs
         self.place = Placement(model, devices, env, cfg.precision, cfg.channels_last)
         self.folder = RunFolder(out_dir)
@@ -212,8 +247,10 @@ class Trainer:
         else:  # the two layouts list their parameters differently (model/alexnet.py)
             for group in self.optimizer.param_groups:
                 group["lr"] = ckpt["optimizer"]["param_groups"][0]["lr"]
-            self.log.say(f"{self.folder.last} was saved from a {ckpt.get('layout')}-device layout; "
-                         "momentum restarts from zero on this one")
+            self.log.say(
+                f"{self.folder.last} was saved from a {ckpt.get('layout')}-device layout; "
+                "momentum restarts from zero on this one"
+            )
         self.plateau.load_state_dict(ckpt["plateau"])
         self.state = TrainState.from_checkpoint(ckpt)
         self.log.resumed(self.state)
@@ -230,8 +267,10 @@ class Trainer:
         if self.env.world > 1:
             dist.all_reduce(steps, op=dist.ReduceOp.MIN)
         if steps.item() == 0:
-            raise TrainConfigError(f"the training loader yields no batch of {self.cfg.batch_size // self.env.world} "
-                                   "images; lower train.batch_size")
+            raise TrainConfigError(
+                f"the training loader yields no batch of {self.cfg.batch_size // self.env.world} "
+                "images; lower train.batch_size"
+            )
         cap = self.cfg.steps_per_epoch
         return min(int(steps.item()), cap) if cap > 0 else int(steps.item())
 
@@ -244,8 +283,10 @@ class Trainer:
         for i, batch in enumerate(self.log.progress(loader.epoch(epoch), steps, per_step, epoch)):
             ends_window = (state.step + 1) % cfg.log_every == 0 or i == steps - 1
             # the health figures are collected inside the warm-up, at the lr the step used
-            with warmup(self.optimizer, lr, state.step, cfg.warmup_steps) as step_lr, \
-                    health_check(self.monitor, self.optimizer, armed=ends_window) as health:
+            with (
+                warmup(self.optimizer, lr, state.step, cfg.warmup_steps) as step_lr,
+                health_check(self.monitor, self.optimizer, armed=ends_window) as health,
+            ):
                 images, labels = self.place.inputs(*batch)
                 with self.place.autocast():
                     logits = self.train_model(images)
@@ -268,33 +309,61 @@ class Trainer:
         rngs = gather(rng_state(), self.env)
         if self.env.main:
             config = {**self.key, "world_size": self.env.world, "inputs": self.inputs}
-            self.folder.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                              "plateau": self.plateau.state_dict(), "rng": rngs, "config": config,
-                              "layout": len(self.place.devices), "uid": self.attempt["uid"],
-                              "target_epochs": self.cfg.epochs, **self.state.as_dict()}, better)
+            self.folder.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "plateau": self.plateau.state_dict(),
+                    "rng": rngs,
+                    "config": config,
+                    "layout": len(self.place.devices),
+                    "uid": self.attempt["uid"],
+                    "target_epochs": self.cfg.epochs,
+                    **self.state.as_dict(),
+                },
+                better,
+            )
         self.folder.saved = {"epoch": self.state.epoch, "step": self.state.step}
         totals["save_s"] += time.perf_counter() - t0
 
     def finish(self) -> dict:
-        setup = {"parameters": sum(p.numel() for p in self.model.parameters()), "num_classes": self.num_classes,
-                 "width": self.cfg.width, "batch_size": self.cfg.batch_size,
-                 "steps_per_epoch_cap": self.cfg.steps_per_epoch, "world_size": self.env.world,
-                 "devices": self.place.devices, "precision": self.place.precision,
-                 "channels_last": self.place.channels_last}
-        summary = self.log.summary(self.lr, setup, gather(param_digest(self.model), self.env), self.attempt,
-                                   self.inputs)
+        setup = {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "num_classes": self.num_classes,
+            "width": self.cfg.width,
+            "batch_size": self.cfg.batch_size,
+            "steps_per_epoch_cap": self.cfg.steps_per_epoch,
+            "world_size": self.env.world,
+            "devices": self.place.devices,
+            "precision": self.place.precision,
+            "channels_last": self.place.channels_last,
+        }
+        summary = self.log.summary(
+            self.lr, setup, gather(param_digest(self.model), self.env), self.attempt, self.inputs
+        )
         if self.env.main:
             if not self.folder.curve.exists():
                 plot_curve(self.folder.metrics, self.folder.curve, self.num_classes)
             self.folder.finish(summary, self.attempt["uid"])
-            self.log.say(f"trained {summary['epochs']} epochs: best val top-1 {summary['best_val_top1_err']:.2f}% "
-                         f"(epoch {summary['best_epoch']}), {summary['images_per_s']:.0f} images/s")
+            self.log.say(
+                f"trained {summary['epochs']} epochs: best val top-1 {summary['best_val_top1_err']:.2f}% "
+                f"(epoch {summary['best_epoch']}), {summary['images_per_s']:.0f} images/s"
+            )
         return summary
 
 
-def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes: int,
-        env: Dist | None = None, devices: list[str] | None = None, fresh: bool = False,
-        inputs: dict | None = None) -> dict:
+def fit(
+    model,
+    train_loader,
+    eval_loader,
+    cfg: TrainConfig,
+    out_dir,
+    num_classes: int,
+    env: Dist | None = None,
+    devices: list[str] | None = None,
+    fresh: bool = False,
+    inputs: dict | None = None,
+) -> dict:
     """Train `model` (already built, on its devices) with the recipe; returns the train.json summary.
 
     Loaders: `train_loader.epoch(e)` yields (images, labels) for epoch e;
@@ -313,8 +382,9 @@ def fit(model, train_loader, eval_loader, cfg: TrainConfig, out_dir, num_classes
         val1, val5 = validate(t.model, eval_loader, t.place, t.env, t.topk)
         t.plateau.step(val1)  # section 5: divide the lr when the validation error stops improving
         better = t.state.end_epoch(epoch, lr, val1, val5)
-        result = EpochResult(epoch, lr, sum(losses) / len(losses), val1, val5, time.perf_counter() - t0,
-                             t.place.peak_memory_mb())
+        result = EpochResult(
+            epoch, lr, sum(losses) / len(losses), val1, val5, time.perf_counter() - t0, t.place.peak_memory_mb()
+        )
         t.log.epoch_row(result)
         t.save(better)
         t.log.epoch_report(result, t.lr)
@@ -345,9 +415,13 @@ def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig
 
 # ---------------------------------------------------------------- CLI
 
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--manifest", required=True, help="results/shards/manifest.json")
     p.add_argument("--pca", required=True, help="results/pca/pca.json")
     p.add_argument("--mean-image", required=True, help="results/pca/mean_image.npy")
@@ -367,8 +441,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     cfg.channels_last = str(cfg.channels_last).lower()
-    return run_cli(train, args.manifest, args.pca, args.mean_image, args.classes, args.out_dir, cfg,
-                   fresh=args.fresh)
+    return run_cli(train, args.manifest, args.pca, args.mean_image, args.classes, args.out_dir, cfg, fresh=args.fresh)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The archive index: offsets of nested tars, headers-only reads, unsafe members refused."""
+
 from __future__ import annotations
 
 import io
@@ -71,7 +72,7 @@ def test_nested_offsets_point_at_the_member_bytes(tmp_path, classes):
                     expected[image.name] = inner.extractfile(image).read()
     raw = path.read_bytes()
     for name, offset, size, label in rows:
-        assert raw[offset: offset + size] == expected[name]
+        assert raw[offset : offset + size] == expected[name]
         assert label == WNIDS.index(name.split("_")[0])
     # headers only: 512-byte blocks (+ 1-byte end probes), never the image data
     headers = len(rows) + len(WNIDS)
@@ -111,16 +112,20 @@ def test_val_archive_labels_and_mismatch(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["outer", "inner"])
-@pytest.mark.parametrize("name,kind,link", [
-    ("../evil.JPEG", tarfile.REGTYPE, ""),
-    ("/etc/evil.JPEG", tarfile.REGTYPE, ""),
-    ("link.JPEG", tarfile.SYMTYPE, "../../etc/passwd"),
-])
+@pytest.mark.parametrize(
+    "name,kind,link",
+    [
+        ("../evil.JPEG", tarfile.REGTYPE, ""),
+        ("/etc/evil.JPEG", tarfile.REGTYPE, ""),
+        ("link.JPEG", tarfile.SYMTYPE, "../../etc/passwd"),
+    ],
+)
 def test_unsafe_members_refused(tmp_path, classes, where, name, kind, link):
     path = tmp_path / "train.tar"
     bad = [(name, b"" if kind != tarfile.REGTYPE else b"x" * 10, kind, link)]
-    write_train_archive(path, 2, extra_inner=bad if where == "inner" else (),
-                        extra_outer=bad if where == "outer" else ())
+    write_train_archive(
+        path, 2, extra_inner=bad if where == "inner" else (), extra_outer=bad if where == "outer" else ()
+    )
     with pytest.raises(archive.UnsafeArchiveError, match="refusing"):
         list(archive.index_train_archive(path, classes))
 
@@ -135,7 +140,10 @@ REFUSED = [
     (tar_member("/etc/evil.JPEG"), "has an absolute path"),
     (tar_member("n01/../../evil.JPEG"), "contains '..'"),
     (tar_member("..", tarfile.DIRTYPE), "contains '..'"),
-    (tar_member("n01/link.JPEG", tarfile.SYMTYPE, "../../etc/passwd"), "links to '../../etc/passwd' outside the archive"),
+    (
+        tar_member("n01/link.JPEG", tarfile.SYMTYPE, "../../etc/passwd"),
+        "links to '../../etc/passwd' outside the archive",
+    ),
     (tar_member("link.JPEG", tarfile.SYMTYPE, "/etc/passwd"), "links to '/etc/passwd' outside the archive"),
     # a hard link's target is relative to the archive's root, not to the member's folder
     (tar_member("n01/n02/hard.JPEG", tarfile.LNKTYPE, "../x.JPEG"), "links to '../x.JPEG' outside the archive"),
@@ -154,11 +162,16 @@ def test_each_refused_kind_has_its_own_message(info, message):
             tarfile.data_filter(info, "/nonexistent-root")
 
 
-@pytest.mark.parametrize("info", [
-    tar_member("n01/a.JPEG"), tar_member("n01", tarfile.DIRTYPE),
-    tar_member("n01/link.JPEG", tarfile.SYMTYPE, "a.JPEG"),
-    tar_member("n01/n02/hard.JPEG", tarfile.LNKTYPE, "n01/a.JPEG"),
-], ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "info",
+    [
+        tar_member("n01/a.JPEG"),
+        tar_member("n01", tarfile.DIRTYPE),
+        tar_member("n01/link.JPEG", tarfile.SYMTYPE, "a.JPEG"),
+        tar_member("n01/n02/hard.JPEG", tarfile.LNKTYPE, "n01/a.JPEG"),
+    ],
+    ids=lambda m: m.name,
+)
 def test_members_inside_the_archive_pass(info):
     archive.check_member(info, "x.tar")
 
@@ -168,8 +181,10 @@ def test_a_refusal_of_the_data_filter_alone_names_the_member(monkeypatch):
         raise tarfile.SpecialFileError(member)
 
     monkeypatch.setattr(tarfile, "data_filter", refuse)
-    with pytest.raises(archive.UnsafeArchiveError,
-                       match=r"x.tar: member 'n01/a.JPEG' is refused by tarfile's data filter \(SpecialFileError"):
+    with pytest.raises(
+        archive.UnsafeArchiveError,
+        match=r"x.tar: member 'n01/a.JPEG' is refused by tarfile's data filter \(SpecialFileError",
+    ):
         archive.check_member(tar_member("n01/a.JPEG"), "x.tar")
 
 

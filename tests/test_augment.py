@@ -6,6 +6,7 @@ a function of id. JPEGs are PIL-encoded at quality 95 without chroma
 subsampling; the read-back error is below 0.01 levels. Runs on the CPU; the
 tests marked by DEVICES also run on cuda:0 where torch sees a GPU.
 """
+
 from __future__ import annotations
 
 import io
@@ -90,15 +91,21 @@ def decoded(shards, device="cpu"):
     """DALI-decoded pixels (N,256,256,3) and labels, in index order, from a decode-only pipeline."""
 
     total = sum(shard_sample_count(s) for s in shards)
-    pipe = dali_pipes.decode_pipe(shards=shards, index_paths=[s[:-4] + ".idx" for s in shards],
-                                  gpu=device != "cpu", batch_size=total, num_threads=2,
-                                  device_id=0 if device != "cpu" else None)
+    pipe = dali_pipes.decode_pipe(
+        shards=shards,
+        index_paths=[s[:-4] + ".idx" for s in shards],
+        gpu=device != "cpu",
+        batch_size=total,
+        num_threads=2,
+        device_id=0 if device != "cpu" else None,
+    )
     pipe.build()
     images, labels = (as_numpy(t) for t in pipe.run())
     return images, labels.ravel()
 
 
 # ---------------------------------------------------------------- training augmentation
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_crops_cover_33_positions_uniformly_flips_half_labels_attached(data, device):
@@ -178,8 +185,10 @@ def test_lighting_offsets_have_the_pca_covariance(data, lighting):
 
 @pytest.mark.parametrize("normalize", ["mean_image", "channel"])
 def test_normalisation_is_exact_against_numpy(data, normalize):
-    pca = as_pca({"eigval": [1, 1, 1], "eigvec": np.eye(3), "mean": [123.7, 116.3, 103.5],
-                  "std": [58.4, 57.1, 57.4]}, data["mean_image"])
+    pca = as_pca(
+        {"eigval": [1, 1, 1], "eigvec": np.eye(3), "mean": [123.7, 116.3, 103.5], "std": [58.4, 57.1, 57.4]},
+        data["mean_image"],
+    )
     loader = TrainLoader(data["train"], pca, 16, AugmentSettings("none", 0.1, normalize), seed=5)
 
     pipe = loader.pipeline(0, expose=True)
@@ -191,7 +200,7 @@ def test_normalisation_is_exact_against_numpy(data, normalize):
             x = x - pca.mean_image
         else:
             x = (x - pca.mean.astype(np.float32)) / pca.std.astype(np.float32)
-        want = x[oy:oy + 224, ox:ox + 224][:, ::-1 if m else 1].transpose(2, 0, 1)
+        want = x[oy : oy + 224, ox : ox + 224][:, :: -1 if m else 1].transpose(2, 0, 1)
         if normalize == "mean_image":
             np.testing.assert_array_equal(out, want)
         else:  # DALI multiplies by 1/std: within a float32 rounding
@@ -199,6 +208,7 @@ def test_normalisation_is_exact_against_numpy(data, normalize):
 
 
 # ---------------------------------------------------------------- reproducibility
+
 
 def first_batches(loader, epoch, n=2):
     out = []
@@ -257,13 +267,22 @@ def test_ranks_read_disjoint_halves_that_change_with_the_epoch(data):
 def load_pca_dict(data):
     path = data["dir"] / "pca.json"
     if not path.exists():
-        path.write_text(json.dumps({"eigval": [4000.0, 400.0, 40.0], "eigvec": np.eye(3).tolist(),
-                                    "mean": [120.0, 110.0, 100.0], "std": [60.0, 60.0, 60.0]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "eigval": [4000.0, 400.0, 40.0],
+                    "eigvec": np.eye(3).tolist(),
+                    "mean": [120.0, 110.0, 100.0],
+                    "std": [60.0, 60.0, 60.0],
+                }
+            )
+        )
         np.save(data["dir"] / "mean_image.npy", data["mean_image"])
     return load_pca(path, data["dir"] / "mean_image.npy")
 
 
 # ---------------------------------------------------------------- test views
+
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_ten_crop_views_equal_numpy_crops_and_flips(data, device):
@@ -279,7 +298,7 @@ def test_ten_crop_views_equal_numpy_crops_and_flips(data, device):
         for views, lab, key in zip(images.cpu().numpy(), labs.cpu().tolist(), keys):
             assert key == f"img{i:05d}" and lab == labels[i] == val_label(i)
             x = raw[i].astype(np.float32) - pca.mean_image
-            want = [x[oy:oy + 224, ox:ox + 224] for ox, oy in corners]
+            want = [x[oy : oy + 224, ox : ox + 224] for ox, oy in corners]
             want = np.stack(want + [w[:, ::-1] for w in want]).transpose(0, 3, 1, 2)
             if device == "cpu":
                 np.testing.assert_array_equal(views, want)
@@ -344,6 +363,7 @@ def test_eval_passes_reuse_one_pipeline_and_repeat_exactly(data):
 
 # ---------------------------------------------------------------- errors and the stage
 
+
 def test_bad_inputs_name_the_problem(data, tmp_path):
     with pytest.raises(LoaderError, match="lighting='bright'"):
         AugmentSettings(lighting="bright")
@@ -366,8 +386,9 @@ def test_manifest_shards_are_relative_to_the_manifest(tmp_path, data):
     manifest.parent.mkdir()
     (manifest.parent / "val").mkdir()
     (manifest.parent / "val" / "val-00000.tar").write_bytes(b"")
-    manifest.write_text(json.dumps({"val": {"shards": [{"tar": "val/val-00000.tar"}, data["val"][0]]},
-                                    "train": {"shards": []}}))
+    manifest.write_text(
+        json.dumps({"val": {"shards": [{"tar": "val/val-00000.tar"}, data["val"][0]]}, "train": {"shards": []}})
+    )
     assert manifest_shards(manifest, "val") == [str(manifest.parent / "val" / "val-00000.tar"), data["val"][0]]
     with pytest.raises(LoaderError, match="the train split has no shards"):
         manifest_shards(manifest, "train")
@@ -383,12 +404,32 @@ def test_stage_writes_grid_and_throughput(data, tmp_path, capsys, device):
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"train": {"shards": data["train"]}, "val": {"shards": data["val"]}}))
     out = tmp_path / "augment"
-    args = ["--manifest", str(manifest), "--pca", str(data["dir"] / "pca.json"),
-            "--mean-image", str(data["dir"] / "mean_image.npy"), "--out-dir", str(out),
-            "--batch-size", "8", "--grid-samples", "4", "--bench-batches", "2", "--device", device]
+    args = [
+        "--manifest",
+        str(manifest),
+        "--pca",
+        str(data["dir"] / "pca.json"),
+        "--mean-image",
+        str(data["dir"] / "mean_image.npy"),
+        "--out-dir",
+        str(out),
+        "--batch-size",
+        "8",
+        "--grid-samples",
+        "4",
+        "--bench-batches",
+        "2",
+        "--device",
+        device,
+    ]
     assert main(args) == 0
     result = json.loads((out / "augment.json").read_text())
-    assert result["device"] == device and result["train_images"] == 120 and result["val_images"] == 23 and result["train_batches_per_epoch"] == 15
+    assert (
+        result["device"] == device
+        and result["train_images"] == 120
+        and result["val_images"] == 23
+        and result["train_batches_per_epoch"] == 15
+    )
     for key in ("train_images_per_s", "eval_center_images_per_s", "eval_ten_images_per_s"):
         assert result[key] > 0
     assert Image.open(out / "grid.png").size[0] > 400

@@ -10,6 +10,7 @@ job; without the login, with a wrong password, or without permission on the
 experiment, they stop with one error naming what to set; the passwords are
 found nowhere in what the server stored nor in what was printed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -25,10 +26,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, TINY, free_port, running_server, tool_env
 from pipeline.errors import PipelineError
 from pipeline.tracking.access import TrackingAccessError, resolve_uri
 from pipeline.tracking.parent import start_parent
+
+from conftest import REPO, TINY, free_port, running_server, tool_env
 from test_predict import trained_run_files
 
 pytest.importorskip("flask_wtf", reason="mlflow[auth] (envs/common.txt) is not installed")
@@ -69,9 +71,11 @@ def _create_user(uri: str, user: str) -> None:
     """The admin creates `user` through the auth app's REST API."""
     basic = base64.b64encode(f"admin:{PASSWORDS['admin']}".encode()).decode()
     request = urllib.request.Request(
-        f"{uri}/api/2.0/mlflow/users/create", method="POST",
+        f"{uri}/api/2.0/mlflow/users/create",
+        method="POST",
         data=json.dumps({"username": user, "password": PASSWORDS[user]}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Basic {basic}"})
+        headers={"Content-Type": "application/json", "Authorization": f"Basic {basic}"},
+    )
     with urllib.request.urlopen(request, timeout=30) as reply:
         assert reply.status == 200
 
@@ -80,26 +84,42 @@ def _create_user(uri: str, user: str) -> None:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth-server")
     ini = root / "basic_auth.ini"
-    ini.write_text("[mlflow]\n"
-                   "default_permission = READ\n"
-                   f"database_uri = sqlite:///{root}/auth.db\n"
-                   "admin_username = admin\n"
-                   f"admin_password = {PASSWORDS['admin']}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-                   # each request checks the password with PBKDF2, a second or two of a busy test CPU;
-                   # the server's cache of good logins saves it for the next ones
-                   "auth_cache_ttl_seconds = 600\n")
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{root}/auth.db\n"
+        "admin_username = admin\n"
+        f"admin_password = {PASSWORDS['admin']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # each request checks the password with PBKDF2, a second or two of a busy test CPU;
+        # the server's cache of good logins saves it for the next ones
+        "auth_cache_ttl_seconds = 600\n"
+    )
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = _env(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
     # one worker: each one loads all of mlflow, and this is a test machine's CPU
-    cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-           "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # stop_timeout 3: a graceful stop waits half a minute for uvicorn's background job runner,
     # which nothing here needs
-    with running_server(cmd, f"{uri}/health", root / "server.log", HEALTH_TIMEOUT_S, stop_timeout=3,
-                        cwd=root, env=env):
+    with running_server(cmd, f"{uri}/health", root / "server.log", HEALTH_TIMEOUT_S, stop_timeout=3, cwd=root, env=env):
         for user in ("alice", "bob"):
             _create_user(uri, user)
         yield {"uri": uri, "root": root}
@@ -107,8 +127,9 @@ def server(tmp_path_factory):
 
 def _wrap(server, work, *args, env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipeline.track", "run", "--experiment", EXPERIMENT, *args]
-    proc = subprocess.run(cmd, cwd=work, env={**env, "MLFLOW_TRACKING_URI": server["uri"]},
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=work, env={**env, "MLFLOW_TRACKING_URI": server["uri"]}, capture_output=True, text=True, timeout=300
+    )
     PRINTED.extend([proc.stdout, proc.stderr])
     return proc
 
@@ -124,22 +145,56 @@ def trained(server, tmp_path_factory):
     # what the Snakefile's onstart passes, with a database URI holding a password among the params
     db_uri = f"postgresql://mlflow:{PASSWORDS['alice']}@dbhost:5432/mlflow"
     with login("alice"):
-        parent = start_parent(server["uri"], EXPERIMENT, parent_file, "workflow auth",
-                              params={"tracking.tracking_uri": server["uri"], "other.db": db_uri},
-                              tags={"command": f"snakemake --config other.db={db_uri}"},
-                              config={"tracking": {"tracking_uri": server["uri"]}, "other": {"db": db_uri}})
+        parent = start_parent(
+            server["uri"],
+            EXPERIMENT,
+            parent_file,
+            "workflow auth",
+            params={"tracking.tracking_uri": server["uri"], "other.db": db_uri},
+            tags={"command": f"snakemake --config other.db={db_uri}"},
+            config={"tracking": {"tracking_uri": server["uri"]}, "other": {"db": db_uri}},
+        )
 
     # the stage echoes the login it inherited: the wrapper masks it in the log and the terminal
-    stage = ("import json, os; print('login:', os.environ['MLFLOW_TRACKING_PASSWORD']); "
-             f"json.dump({{'inputs': {inputs!r}}}, open('train/train.json', 'w')); "
-             "json.dump({'train_loss': 1.25}, open('train/metrics.json', 'w'))")
+    stage = (
+        "import json, os; print('login:', os.environ['MLFLOW_TRACKING_PASSWORD']); "
+        f"json.dump({{'inputs': {inputs!r}}}, open('train/train.json', 'w')); "
+        "json.dump({'train_loss': 1.25}, open('train/metrics.json', 'w'))"
+    )
     record = work / "train" / "registered_model.json"
-    proc = _wrap(server, work, "--stage", "train", "--log", "logs/train.log", "--parent-file", str(parent_file),
-                 "--metrics", "train/metrics.json", "--model", str(ckpt), "--mean-image", str(mean_npy),
-                 "--classes", str(classes_tsv), "--register", MODEL, "--registered-file", str(record),
-                 "--fingerprints", "train/train.json",
-                 "--", sys.executable, "-c", stage, "--epochs", "2", "--url", f"http://alice:{PASSWORDS['alice']}@x/",
-                 env=_env("alice"))
+    proc = _wrap(
+        server,
+        work,
+        "--stage",
+        "train",
+        "--log",
+        "logs/train.log",
+        "--parent-file",
+        str(parent_file),
+        "--metrics",
+        "train/metrics.json",
+        "--model",
+        str(ckpt),
+        "--mean-image",
+        str(mean_npy),
+        "--classes",
+        str(classes_tsv),
+        "--register",
+        MODEL,
+        "--registered-file",
+        str(record),
+        "--fingerprints",
+        "train/train.json",
+        "--",
+        sys.executable,
+        "-c",
+        stage,
+        "--epochs",
+        "2",
+        "--url",
+        f"http://alice:{PASSWORDS['alice']}@x/",
+        env=_env("alice"),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "warning" not in proc.stderr, proc.stderr[-4000:]
     return {"work": work, "parent": parent, "record": record, "proc": proc}
@@ -170,7 +225,8 @@ def test_without_a_login_the_wrapper_stops_with_one_error_before_the_stage(serve
     assert proc.stderr == (
         f"error: the MLflow tracking server {server['uri']} needs a login: export MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD in the shell that starts the workflow, never in config.yaml or on the command "
-        "line\n")
+        "line\n"
+    )
     assert not (tmp_path / "pca.log").exists()  # the stage never ran
 
 
@@ -180,7 +236,8 @@ def test_wrong_password_names_the_user_and_the_variables(server, tmp_path, capsy
     assert str(refused.value) == (
         f"the MLflow tracking server {server['uri']} refused the login of user 'alice' given by "
         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD: check both (the server's admin can reset the "
-        "password)")
+        "password)"
+    )
     assert isinstance(refused.value, PipelineError)
     assert not (tmp_path / "parent_run_id").exists()
     PRINTED.extend(capsys.readouterr())
@@ -192,7 +249,8 @@ def test_no_permission_names_the_experiment(server, trained, tmp_path, capsys):
         start_parent(server["uri"], EXPERIMENT, tmp_path / "parent_run_id", "workflow", {}, {})
     assert str(refused.value).startswith(
         f"the MLflow tracking server {server['uri']} denies user 'bob' permission on experiment 'auth': ask its "
-        "owner or the server's admin for EDIT permission on it")
+        "owner or the server's admin for EDIT permission on it"
+    )
     PRINTED.extend(capsys.readouterr())
 
 
@@ -206,10 +264,23 @@ def test_a_login_in_the_uri_is_refused_and_not_repeated(server):
 
 def _snakemake_demo(server, work, env) -> subprocess.CompletedProcess:
     """The workflow's cheapest job, `demo` at test size, tracked on the server (experiment: the config's)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1",
-           "demo", "--configfile", str(TINY)]
-    proc = subprocess.run(cmd, cwd=work, env={**env, "MLFLOW_TRACKING_URI": server["uri"]}, capture_output=True,
-                          text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--cores",
+        "1",
+        "demo",
+        "--configfile",
+        str(TINY),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=work, env={**env, "MLFLOW_TRACKING_URI": server["uri"]}, capture_output=True, text=True, timeout=300
+    )
     PRINTED.extend([proc.stdout, proc.stderr])
     return proc
 
@@ -219,8 +290,10 @@ def test_without_a_login_snakemake_stops_in_onstart_with_the_error(server, tmp_p
     proc = _snakemake_demo(server, tmp_path, _env())
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, output[-4000:]
-    assert (f"the MLflow tracking server {server['uri']} needs a login: export MLFLOW_TRACKING_USERNAME and "
-            "MLFLOW_TRACKING_PASSWORD") in output, output[-4000:]
+    assert (
+        f"the MLflow tracking server {server['uri']} needs a login: export MLFLOW_TRACKING_USERNAME and "
+        "MLFLOW_TRACKING_PASSWORD"
+    ) in output, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
     assert not (tmp_path / "data").exists()  # no job ran
 
@@ -248,8 +321,9 @@ def test_no_password_in_what_the_server_stored_or_anything_printed(server, train
                 stored += [*run.data.params.items(), *run.data.tags.items()]
         for version in client.search_model_versions(f"name='{MODEL}'"):
             stored += list(version.tags.items())
-        log = client.download_artifacts(json.loads(trained["record"].read_text())["run_id"], "logs/train.log",
-                                        str(trained["work"]))
+        log = client.download_artifacts(
+            json.loads(trained["record"].read_text())["run_id"], "logs/train.log", str(trained["work"])
+        )
     leaked = [(k, v) for k, v in stored for p in passwords if p in k or p in v]
     assert stored and not leaked
     assert open(log).read().startswith("login: ***\n")

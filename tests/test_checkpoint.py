@@ -1,4 +1,5 @@
 """pipeline/checkpoint.py: saving and loading, the errors a user sees, best.pt's link, RNG states, the model."""
+
 from __future__ import annotations
 
 import os
@@ -9,16 +10,31 @@ import pytest
 import torch
 
 from model.alexnet import PaperDropout
-from pipeline.checkpoint import (CheckpointError, build_model, keep_best, load_checkpoint, model_from_checkpoint,
-                                 model_from_state, restore_best, rng_state, save_checkpoint, set_rng_state)
+from pipeline.checkpoint import (
+    CheckpointError,
+    build_model,
+    keep_best,
+    load_checkpoint,
+    model_from_checkpoint,
+    model_from_state,
+    restore_best,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from pipeline.errors import PipelineError
 
 MODEL = {"num_classes": 4, "width": 0.0625, "init": "caffe", "dropout_style": "paper"}
 
 
 def state(epoch: int, **extra) -> dict:
-    return {"model": {"w": torch.full((2,), float(epoch))}, "config": {"model": MODEL}, "epoch": epoch,
-            "step": 3 * epoch, **extra}
+    return {
+        "model": {"w": torch.full((2,), float(epoch))},
+        "config": {"model": MODEL},
+        "epoch": epoch,
+        "step": 3 * epoch,
+        **extra,
+    }
 
 
 def files(folder) -> list[str]:
@@ -64,11 +80,14 @@ def test_an_unreadable_checkpoint_names_the_file_and_what_to_do(tmp_path, damage
     assert err.value.__cause__ is not None
 
 
-@pytest.mark.parametrize("content, missing", [
-    ({"model": {}, "epoch": 1}, "config, step"),
-    ({"weights": torch.zeros(1)}, "model, config, epoch, step"),
-    (torch.zeros(3), "model, config, epoch, step"),  # a bare tensor, not even a dict
-])
+@pytest.mark.parametrize(
+    "content, missing",
+    [
+        ({"model": {}, "epoch": 1}, "config, step"),
+        ({"weights": torch.zeros(1)}, "model, config, epoch, step"),
+        (torch.zeros(3), "model, config, epoch, step"),  # a bare tensor, not even a dict
+    ],
+)
 def test_a_foreign_file_is_not_taken_for_a_checkpoint(tmp_path, content, missing):
     path = tmp_path / "other.pt"
     torch.save(content, path)
@@ -131,14 +150,21 @@ def test_restore_best_without_the_kept_epoch_says_how_to_start_over(tmp_path):
     save_checkpoint(tmp_path / "last.pt", state(3))
     with pytest.raises(CheckpointError) as err:
         restore_best(tmp_path, 2)
-    assert str(err.value) == (f"{tmp_path / 'epoch-002.pt'} (the best epoch's checkpoint) is missing; "
-                              f"delete {tmp_path} to train from scratch")
+    assert str(err.value) == (
+        f"{tmp_path / 'epoch-002.pt'} (the best epoch's checkpoint) is missing; delete {tmp_path} to train from scratch"
+    )
     assert not (tmp_path / "best.pt").exists()
 
 
 def draws() -> tuple:
-    return (torch.rand(4).tolist(), torch.randn(2).tolist(), np.random.rand(3).tolist(), np.random.normal(),
-            random.random(), random.gauss(0, 1))
+    return (
+        torch.rand(4).tolist(),
+        torch.randn(2).tolist(),
+        np.random.rand(3).tolist(),
+        np.random.normal(),
+        random.random(),
+        random.gauss(0, 1),
+    )
 
 
 def test_rng_states_survive_a_checkpoint_and_reproduce_the_same_draws(tmp_path):
@@ -166,9 +192,19 @@ def test_model_from_checkpoint_gives_the_saved_weights_in_eval_mode_and_the_rest
     torch.manual_seed(0)
     trained = build_model(MODEL)
     path = tmp_path / "best.pt"
-    save_checkpoint(path, {"model": trained.state_dict(), "config": {"model": MODEL}, "epoch": 5, "step": 15,
-                           "best": {"epoch": 5, "val_top1_err": 40.0}, "optimizer": {"lr": 0.01},
-                           "plateau": {"best": 40.0}, "rng": [rng_state()]})
+    save_checkpoint(
+        path,
+        {
+            "model": trained.state_dict(),
+            "config": {"model": MODEL},
+            "epoch": 5,
+            "step": 15,
+            "best": {"epoch": 5, "val_top1_err": 40.0},
+            "optimizer": {"lr": 0.01},
+            "plateau": {"best": 40.0},
+            "rng": [rng_state()],
+        },
+    )
     model, meta = model_from_checkpoint(path, ["cpu"])
     assert not model.training
     x = torch.randn(2, 3, 224, 224)

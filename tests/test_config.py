@@ -3,6 +3,7 @@
 pipeline.config_check on plain dicts first, then the same checks through a
 Snakemake dry run, which is how users meet them.
 """
+
 import copy
 import hashlib
 from pathlib import Path
@@ -16,8 +17,18 @@ from conftest import REPO, job_stats, snakemake
 
 DIGEST = "1d675b47d978889d74fa0da5fadfb00e"
 # The jobs the default config (the demo) plans in an empty folder.
-DEMO_JOBS = {"demo": 1, "fetch": 1, "index": 2, "resize_train_shard": 4, "resize_val_shard": 2, "resize": 1,
-             "pca": 1, "augment": 1, "train": 1, "evaluate": 1}
+DEMO_JOBS = {
+    "demo": 1,
+    "fetch": 1,
+    "index": 2,
+    "resize_train_shard": 4,
+    "resize_val_shard": 2,
+    "resize": 1,
+    "pca": 1,
+    "augment": 1,
+    "train": 1,
+    "evaluate": 1,
+}
 
 
 def default_config() -> dict:
@@ -26,13 +37,14 @@ def default_config() -> dict:
 
 def with_archives(urls: dict[str, str], md5s: dict[str, str] | None = None) -> dict:
     cfg = default_config()
-    cfg["dataset"].update(name="imagenet", archives={
-        key: {"url": url, "md5": (md5s or {}).get(key, DIGEST)} for key, url in urls.items()})
+    cfg["dataset"].update(
+        name="imagenet", archives={key: {"url": url, "md5": (md5s or {}).get(key, DIGEST)} for key, url in urls.items()}
+    )
     return cfg
 
 
 def localhost_url(path: Path) -> str:
-    return "file://localhost" + path.absolute().as_uri()[len("file://"):]
+    return "file://localhost" + path.absolute().as_uri()[len("file://") :]
 
 
 @pytest.fixture
@@ -53,6 +65,7 @@ def problems(cfg: dict) -> str:
 
 # ---------------------------------------------------------------- the module, without Snakemake
 
+
 def test_default_config_passes_and_gets_the_schema_defaults():
     cfg = default_config()
     check(cfg)
@@ -65,10 +78,21 @@ def test_default_config_passes_and_gets_the_schema_defaults():
 
 def test_defaults_are_filled_as_snakemake_validate_fills_them():
     validate = pytest.importorskip("snakemake.utils").validate
-    sparse = {"dataset": {"name": "demo", "source": "archives", "folders": {},
-                          "archives": copy.deepcopy(default_config()["dataset"]["archives"])},
-              "demo": {}, "paths": {}, "tracking": {"enabled": False}, "resize": {}, "augment": {"lighting": "sqrt"},
-              "train": {"epochs": 3}, "evaluate": {}}
+    sparse = {
+        "dataset": {
+            "name": "demo",
+            "source": "archives",
+            "folders": {},
+            "archives": copy.deepcopy(default_config()["dataset"]["archives"]),
+        },
+        "demo": {},
+        "paths": {},
+        "tracking": {"enabled": False},
+        "resize": {},
+        "augment": {"lighting": "sqrt"},
+        "train": {"epochs": 3},
+        "evaluate": {},
+    }
     ours, theirs = copy.deepcopy(sparse), copy.deepcopy(sparse)
     check_config(ours)
     validate(theirs, str(REPO / "workflow/schemas/config.schema.yaml"))
@@ -95,8 +119,11 @@ def test_every_wrong_value_is_listed_in_one_error():
 
 def test_command_line_strings_take_the_schema_types():
     schema = load_schema()
-    cfg = {"train": {"epochs": "5", "lr": "0.02", "compile": "true"}, "resize": {"jpeg_quality": "85"},
-           "dataset": {"name": "007"}}
+    cfg = {
+        "train": {"epochs": "5", "lr": "0.02", "compile": "true"},
+        "resize": {"jpeg_quality": "85"},
+        "dataset": {"name": "007"},
+    }
     coerce_to_schema(cfg, schema)
     assert cfg["train"] == {"epochs": 5, "lr": 0.02, "compile": True} and cfg["resize"] == {"jpeg_quality": 85}
     assert cfg["dataset"]["name"] == "007"  # the schema wants a string: left as given
@@ -124,10 +151,11 @@ def test_md5sum_file_may_be_a_path_or_a_file_url(archives, tmp_path):
     md5sums.write_text("".join(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n" for p in archives.values()))
     for spec in (str(md5sums), localhost_url(md5sums)):
         check(with_archives({k: str(p) for k, p in archives.items()}, {k: spec for k in archives}))
-    msg = problems(with_archives({k: str(p) for k, p in archives.items()},
-                                 {"val": str(tmp_path / "NOPE")}))
-    assert f"dataset.archives.val.md5: {tmp_path / 'NOPE'} does not exist; " \
-           "expected 32 hex digits or an md5sum-format file" in msg
+    msg = problems(with_archives({k: str(p) for k, p in archives.items()}, {"val": str(tmp_path / "NOPE")}))
+    assert (
+        f"dataset.archives.val.md5: {tmp_path / 'NOPE'} does not exist; "
+        "expected 32 hex digits or an md5sum-format file" in msg
+    )
 
 
 def test_missing_local_archives_are_named_however_they_are_written(tmp_path):
@@ -135,13 +163,18 @@ def test_missing_local_archives_are_named_however_they_are_written(tmp_path):
     urls = {"train": str(gone), "val": gone.as_uri(), "devkit": localhost_url(gone)}
     msg = problems(with_archives(urls))
     for key, url in urls.items():
-        assert f"dataset.archives.{key}.url: {url} does not exist; " \
-               "expected a local path, file:// or https:// URL of the archive" in msg
+        assert (
+            f"dataset.archives.{key}.url: {url} does not exist; "
+            "expected a local path, file:// or https:// URL of the archive" in msg
+        )
 
 
 def test_sources_fetch_cannot_read_fail_the_check():
-    urls = {"train": "ftp://example.org/train.tar", "val": "file://fileserver/val.tar",
-            "devkit": "https://example.org/devkit.tar.gz"}  # remote: fetch downloads it, nothing to check
+    urls = {
+        "train": "ftp://example.org/train.tar",
+        "val": "file://fileserver/val.tar",
+        "devkit": "https://example.org/devkit.tar.gz",
+    }  # remote: fetch downloads it, nothing to check
     msg = problems(with_archives(urls))
     assert "dataset.archives.train.url: ftp://example.org/train.tar: unsupported URL scheme 'ftp'" in msg
     assert "dataset.archives.val.url: file://fileserver/val.tar: file:// URLs must name a local file" in msg
@@ -151,8 +184,9 @@ def test_sources_fetch_cannot_read_fail_the_check():
 def test_demo_archives_need_not_exist_yet(tmp_path):
     cfg = default_config()
     cfg["demo"]["out_dir"] = str(tmp_path / "demo")
-    cfg["dataset"]["archives"] = {k: {"url": localhost_url(tmp_path / "demo" / f"{k}.tar"), "md5": DIGEST}
-                                  for k in ("train", "val", "devkit")}
+    cfg["dataset"]["archives"] = {
+        k: {"url": localhost_url(tmp_path / "demo" / f"{k}.tar"), "md5": DIGEST} for k in ("train", "val", "devkit")
+    }
     check(cfg)
 
 
@@ -173,6 +207,7 @@ def test_folders_source_needs_both_folders_and_a_readable_devkit(tmp_path):
 
 # ---------------------------------------------------------------- through Snakemake
 
+
 def dry_run(tmp_path: Path, override: dict, *args: str):
     cfg = tmp_path / "override.yaml"
     cfg.write_text(yaml.safe_dump(override))
@@ -186,8 +221,11 @@ def test_default_config_is_valid(tmp_path):
 
 def test_localhost_file_urls_are_accepted_and_fetched_from(tmp_path, archives):
     urls = {key: localhost_url(path) for key, path in archives.items()}
-    proc = dry_run(tmp_path, {"dataset": {"name": "imagenet", "archives": {
-        key: {"url": url, "md5": DIGEST} for key, url in urls.items()}}}, "-p")
+    proc = dry_run(
+        tmp_path,
+        {"dataset": {"name": "imagenet", "archives": {key: {"url": url, "md5": DIGEST} for key, url in urls.items()}}},
+        "-p",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     jobs = job_stats(out)
@@ -211,8 +249,15 @@ def test_wrong_value_names_key_and_expected(tmp_path):
 
 
 def test_missing_local_archive_named(tmp_path):
-    proc = dry_run(tmp_path, {"dataset": {"name": "imagenet", "archives": {
-        "train": {"url": str(tmp_path / "nope.tar"), "md5": "1d675b47d978889d74fa0da5fadfb00e"}}}})
+    proc = dry_run(
+        tmp_path,
+        {
+            "dataset": {
+                "name": "imagenet",
+                "archives": {"train": {"url": str(tmp_path / "nope.tar"), "md5": "1d675b47d978889d74fa0da5fadfb00e"}},
+            }
+        },
+    )
     assert proc.returncode != 0
     assert "dataset.archives.train.url" in proc.stderr and "nope.tar does not exist" in proc.stderr
 
@@ -241,8 +286,15 @@ def test_imagenet_preset_is_valid_schema():
 
 def test_nested_command_line_overrides_take_the_schema_types(tmp_path):
     # Snakemake hands nested --config values over as strings ('5'): they are read as the schema's types
-    proc = snakemake(tmp_path, "-n", "-p", "--config", 'train={"epochs": 5, "lr": 0.02, "compile": true}',
-                     "resize={\"jpeg_quality\": 85}", check=False)
+    proc = snakemake(
+        tmp_path,
+        "-n",
+        "-p",
+        "--config",
+        'train={"epochs": 5, "lr": 0.02, "compile": true}',
+        'resize={"jpeg_quality": 85}',
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "--epochs 5 " in out and "--lr 0.02 " in out and "--compile " in out and "--jpeg-quality 85" in out

@@ -1,5 +1,6 @@
 """The demo dataset: official ILSVRC-2012 layouts, determinism, the real set's quirks; the
 ImageNet-shaped variant (1000 real classes, ImageNet's sizes and quirk rarity)."""
+
 import hashlib
 import io
 import json
@@ -110,6 +111,7 @@ def test_quirks_and_sizes(demo_dir):
 
 def test_classes_differ_in_colour(demo_dir):
     """A weak learnability check: nearest class-mean of the saturated pixels beats chance."""
+
     def feature(data):
         hsv = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64)).convert("HSV"), np.float32)
         top = hsv[..., 1] >= np.percentile(hsv[..., 1], 85)
@@ -144,14 +146,30 @@ def test_bad_settings_are_refused(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    assert demo.main(["--out-dir", str(tmp_path), "--classes", "2", "--train-per-class", "2",
-                      "--val-per-class", "1", "--large-fraction", "0"]) == 0
+    assert (
+        demo.main(
+            [
+                "--out-dir",
+                str(tmp_path),
+                "--classes",
+                "2",
+                "--train-per-class",
+                "2",
+                "--val-per-class",
+                "1",
+                "--large-fraction",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "demo.json").exists() and (tmp_path / "MD5SUMS").exists()
     assert demo.main(["--out-dir", str(tmp_path / "x"), "--classes", "1001"]) == 1
     assert "error: demo.classes = 1001" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- ImageNet-shaped: 1000 classes, sizes imagenet
+
 
 def test_class_table_holds_the_1000_classes():
     table = demo.ilsvrc2012_classes()
@@ -168,13 +186,17 @@ def test_class_table_holds_the_1000_classes():
     living = {w: alive for w, _, _, alive in demo.CLASSES}
     assert sum(living[w] for w in wnids if w < "n02666196") == 398  # the ILSVRC-2012 animals
     assert living["n13054560"] and living["n11939491"]  # bolete, daisy
-    assert not living["n02666196"] and not living["n15075141"] and not living["n09472597"]  # abacus, toilet tissue, volcano
+    assert (
+        not living["n02666196"] and not living["n15075141"] and not living["n09472597"]
+    )  # abacus, toilet tissue, volcano
 
 
 def test_looks_are_distinct_codes_at_1000_classes():
     looks = [demo.class_look(k, 1000) for k in range(1000)]
-    codes = {(round(lk["hue"] * demo.HUE_BINS - 0.5), lk["shape"], lk.get("stripe_angle"), lk.get("stripe_period"))
-             for lk in looks}
+    codes = {
+        (round(lk["hue"] * demo.HUE_BINS - 0.5), lk["shape"], lk.get("stripe_angle"), lk.get("stripe_period"))
+        for lk in looks
+    }
     assert len(codes) == 1000
     assert {c[0] for c in codes} == set(range(10)) and {c[1] for c in codes} == set(demo.SHAPES)
     assert len({c[2:] for c in codes}) == 13
@@ -215,8 +237,9 @@ def test_quirks_at_their_real_rarity():
 @pytest.fixture(scope="module")
 def imagenet_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo1000")
-    demo.make_demo(out, seed=0, classes=1000, train_per_class=2, val_per_class=1, large_fraction=0.001,
-                   sizes="imagenet")
+    demo.make_demo(
+        out, seed=0, classes=1000, train_per_class=2, val_per_class=1, large_fraction=0.001, sizes="imagenet"
+    )
     return out
 
 

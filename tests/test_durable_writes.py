@@ -1,4 +1,5 @@
 """Atomic writes that survive a power loss: the file reaches the disk before its new name, the name after."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,7 @@ def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, eve
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
     assert events[0][1].startswith(str(target) + ".tmp-")  # the data, under its temporary name
     assert events[1][1] == str(target)
-    assert events[2][1] == str(tmp_path)                     # the folder that holds the new name
+    assert events[2][1] == str(tmp_path)  # the folder that holds the new name
 
 
 def test_a_link_is_renamed_with_its_folder_synced(tmp_path, events):

@@ -1,4 +1,5 @@
 """The optional conda environment pins exactly what the pip environment pins."""
+
 import yaml
 
 from conftest import REPO

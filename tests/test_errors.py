@@ -1,4 +1,5 @@
 """Every stage CLI reports bad input as one `error:` line naming the file, exit 1, no traceback."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,8 +43,19 @@ def test_resize_cli_names_a_damaged_class_table(capsys, tmp_path):
     classes = tmp_path / "classes.tsv"
     classes.write_text("index\twnid\tnames\n0\tn01\ta\n5\tn02\tb\n")
     (tmp_path / "train" / "n01").mkdir(parents=True)
-    code = resize.main(["index", "--split", "train", "--source", str(tmp_path / "train"),
-                        "--classes", str(classes), "--out", str(tmp_path / "index.tsv")])
+    code = resize.main(
+        [
+            "index",
+            "--split",
+            "train",
+            "--source",
+            str(tmp_path / "train"),
+            "--classes",
+            str(classes),
+            "--out",
+            str(tmp_path / "index.tsv"),
+        ]
+    )
     one_error_line(capsys, code, str(classes), "row 2 has index 5")
     assert not (tmp_path / "index.tsv").exists()
 
@@ -51,13 +63,24 @@ def test_resize_cli_names_a_damaged_class_table(capsys, tmp_path):
 def test_demo_cli_reports_an_unwritable_folder(capsys, tmp_path):
     blocker = tmp_path / "demo"
     blocker.write_text("a file where the demo folder should go")
-    code = demo.main(["--out-dir", str(blocker / "data"), "--classes", "2", "--train-per-class", "2",
-                      "--val-per-class", "1"])
+    code = demo.main(
+        ["--out-dir", str(blocker / "data"), "--classes", "2", "--train-per-class", "2", "--val-per-class", "1"]
+    )
     one_error_line(capsys, code, str(blocker))
 
 
 def test_fetch_cli_names_a_missing_folder(capsys, tmp_path):
-    code = fetch.main(["--source", "folders", "--train-dir", str(tmp_path / "nowhere"),
-                       "--val-dir", str(tmp_path / "val"), "--out-dir", str(tmp_path / "fetch")])
+    code = fetch.main(
+        [
+            "--source",
+            "folders",
+            "--train-dir",
+            str(tmp_path / "nowhere"),
+            "--val-dir",
+            str(tmp_path / "val"),
+            "--out-dir",
+            str(tmp_path / "fetch"),
+        ]
+    )
     one_error_line(capsys, code, str(tmp_path / "nowhere"), "dataset.folders.train")
     assert not (tmp_path / "fetch" / "fetch.json").exists()

@@ -1,4 +1,5 @@
 """Ten-crop evaluation: top-k with ties, ten-crop averaging, tables, and the stage end to end on tiny shards."""
+
 from __future__ import annotations
 
 import copy
@@ -8,24 +9,33 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import CENTER_VIEW, EvalCounts, ten_crop_probs, topk_correct, topk_error, true_class_rank
 from pipeline import report_tables
-
+from pipeline.metrics import CENTER_VIEW, EvalCounts, ten_crop_probs, topk_correct, topk_error, true_class_rank
 
 # ---------------------------------------------------------------- top-k, ties
 
 
 def test_topk_hand_made_logits_with_ties():
-    scores = torch.tensor([
-        [5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # true 0: clear winner
-        [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # true 0 tied with class 1 for first: wrong at 1, right at 2
-        [3.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0],  # true 1 tied with 2 at rank 2: 2 classes >= it -> right at 5, wrong at 2
-        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # constant output: never right below k=7
-        [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # true 5: rank 5, wrong at 5
-        [6.0, 5.0, 4.0, 3.0, 1.0, 1.0, 0.0],  # true 4 tied with 5 after four higher: 5 >= -> wrong at 5
-        [6.0, 5.0, 4.0, 1.0, 1.0, 0.0, 0.0],  # true 3 tied with 4 after three higher: 4 >= -> right at 5
-        [float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # non-finite true score: wrong
-    ])
+    scores = torch.tensor(
+        [
+            [5.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # true 0: clear winner
+            [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # true 0 tied with class 1 for first: wrong at 1, right at 2
+            [
+                3.0,
+                2.0,
+                2.0,
+                1.0,
+                1.0,
+                1.0,
+                1.0,
+            ],  # true 1 tied with 2 at rank 2: 2 classes >= it -> right at 5, wrong at 2
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # constant output: never right below k=7
+            [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0],  # true 5: rank 5, wrong at 5
+            [6.0, 5.0, 4.0, 3.0, 1.0, 1.0, 0.0],  # true 4 tied with 5 after four higher: 5 >= -> wrong at 5
+            [6.0, 5.0, 4.0, 1.0, 1.0, 0.0, 0.0],  # true 3 tied with 4 after three higher: 4 >= -> right at 5
+            [float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # non-finite true score: wrong
+        ]
+    )
     labels = torch.tensor([0, 0, 1, 2, 5, 4, 3, 0])
     assert true_class_rank(scores, labels).tolist() == [0, 1, 2, 6, 5, 5, 4, 7]
     assert topk_correct(scores, labels, 1).tolist() == [True, False, False, False, False, False, False, False]
@@ -64,8 +74,9 @@ def test_ten_crop_probs_is_mean_of_view_softmaxes_and_centre_is_view_4():
     model = _PerImageLinear()
     views = torch.randn(3, 10, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     mean, centre = ten_crop_probs(model, views)
-    ref = torch.stack([torch.stack([torch.softmax(model(views[i, v:v + 1]), 1)[0] for v in range(10)]).mean(0)
-                       for i in range(3)])
+    ref = torch.stack(
+        [torch.stack([torch.softmax(model(views[i, v : v + 1]), 1)[0] for v in range(10)]).mean(0) for i in range(3)]
+    )
     torch.testing.assert_close(mean, ref)
     torch.testing.assert_close(centre, torch.softmax(model(views[:, CENTER_VIEW]), 1))
     torch.testing.assert_close(mean.sum(1), torch.ones(3))
@@ -130,16 +141,26 @@ def test_per_class_confusions_and_comparison(tmp_path):
     assert back[0]["true_wnid"] == "n00000001" and back[0]["predicted_wnid"] == "n00000000"
     assert back[0]["count"] == "3" and back[0]["share"] == "0.4286"
 
-    metrics = {"dataset_label": report_tables.dataset_label("demo", 3, 6), "checkpoint": "best.pt", "epoch": 2,
-               "checkpoint_choice": "best",
-               "images": 6, "classes": 3, "val_top1_err_center": 50.0, "val_top5_err_center": 0.0,
-               "val_top1_err_10crop": 33.333, "val_top5_err_10crop": 0.0}
+    metrics = {
+        "dataset_label": report_tables.dataset_label("demo", 3, 6),
+        "checkpoint": "best.pt",
+        "epoch": 2,
+        "checkpoint_choice": "best",
+        "images": 6,
+        "classes": 3,
+        "val_top1_err_center": 50.0,
+        "val_top5_err_center": 0.0,
+        "val_top1_err_10crop": 33.333,
+        "val_top5_err_10crop": 0.0,
+    }
     md = report_tables.comparison_markdown(metrics)
     assert "demo (synthetic, 3 classes) — not comparable to ImageNet" in md
     assert "| 40.42 | 18.15 |" in md and "43.48" in md and "| 33.33 |" in md
     assert "Not comparable" in md
     assert "Checkpoint: the epoch with the lowest validation error, chosen on this same validation set" in md
-    assert "Checkpoint: the final network" in report_tables.comparison_markdown({**metrics, "checkpoint_choice": "last"})
+    assert "Checkpoint: the final network" in report_tables.comparison_markdown(
+        {**metrics, "checkpoint_choice": "last"}
+    )
     report_tables.plot_per_class(tmp_path / "per_class.png", rows, "demo")
     assert (tmp_path / "per_class.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -189,8 +210,18 @@ def _jpeg(a: np.ndarray) -> bytes:
 def _checkpoint_state(seed=0) -> dict:
     """A random AlexNet whose ten views disagree (conftest.disagreeing_alexnet_state)."""
     sd = disagreeing_alexnet_state(NUM_CLASSES, seed=seed)
-    config = {"model": {"num_classes": NUM_CLASSES, "width": 0.0625, "lrn": True, "overlapping_pool": True,
-                        "init": "paper", "dropout": 0.5}, "augment": AUGMENT, "world_size": 1}
+    config = {
+        "model": {
+            "num_classes": NUM_CLASSES,
+            "width": 0.0625,
+            "lrn": True,
+            "overlapping_pool": True,
+            "init": "paper",
+            "dropout": 0.5,
+        },
+        "augment": AUGMENT,
+        "world_size": 1,
+    }
     return {"model": sd, "config": config, "epoch": 3, "step": 12}
 
 
@@ -201,7 +232,7 @@ def _reference_probs(model, image: np.ndarray, mean_image: np.ndarray) -> tuple[
     """
     model = copy.deepcopy(model).double()
     x = image.astype(np.float64) - mean_image  # the paper's normalisation: minus the training mean image
-    views = [x[oy:oy + 224, ox:ox + 224] for ox, oy in CORNERS]
+    views = [x[oy : oy + 224, ox : ox + 224] for ox, oy in CORNERS]
     views += [v[:, ::-1] for v in views]
     probs = []
     with torch.no_grad():
@@ -248,23 +279,51 @@ def val_data(tmp_path_factory):
                 keys.append(f"ILSVRC2012_val_{i:08d}")
                 w.add(keys[-1], jpegs[i], labels[i])
                 i += 1
-        entries.append({"images": n, "tar": os.path.relpath(tar, results / "shards"),
-                        "idx": os.path.relpath(tar.with_suffix(".idx"), results / "shards")})
+        entries.append(
+            {
+                "images": n,
+                "tar": os.path.relpath(tar, results / "shards"),
+                "idx": os.path.relpath(tar.with_suffix(".idx"), results / "shards"),
+            }
+        )
     classes = [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
     write_tsv(results / "fetch" / "classes.tsv", ["index", "wnid", "names"], classes)
-    write_json(results / "shards" / "manifest.json", {
-        "val": {"images": len(keys), "shards": entries},
-        "classes": [{"index": c, "wnid": w, "names": n, "val": labels.count(c)} for c, w, n in classes]})
+    write_json(
+        results / "shards" / "manifest.json",
+        {
+            "val": {"images": len(keys), "shards": entries},
+            "classes": [{"index": c, "wnid": w, "names": n, "val": labels.count(c)} for c, w, n in classes],
+        },
+    )
     (results / "pca").mkdir()
     np.save(results / "pca" / "mean_image.npy", mean_image)
-    write_json(results / "pca" / "pca.json", {
-        "mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 62.0], "covariance": np.eye(3).tolist(),
-        "eigval": [3000.0, 300.0, 30.0], "eigvec": np.eye(3).tolist(), "pixels": 1, "images": 1,
-        "imagenet_cosine": [1.0, 1.0, 1.0]})
-    return {"root": root, "results": results, "images": images, "labels": labels, "keys": keys,
-            "mean_image": mean_image, "checkpoint": ckpt, "manifest": results / "shards" / "manifest.json",
-            "pca": results / "pca" / "pca.json", "mean_npy": results / "pca" / "mean_image.npy",
-            "classes": results / "fetch" / "classes.tsv", "reference": reference}
+    write_json(
+        results / "pca" / "pca.json",
+        {
+            "mean": [120.0, 115.0, 100.0],
+            "std": [60.0, 58.0, 62.0],
+            "covariance": np.eye(3).tolist(),
+            "eigval": [3000.0, 300.0, 30.0],
+            "eigvec": np.eye(3).tolist(),
+            "pixels": 1,
+            "images": 1,
+            "imagenet_cosine": [1.0, 1.0, 1.0],
+        },
+    )
+    return {
+        "root": root,
+        "results": results,
+        "images": images,
+        "labels": labels,
+        "keys": keys,
+        "mean_image": mean_image,
+        "checkpoint": ckpt,
+        "manifest": results / "shards" / "manifest.json",
+        "pca": results / "pca" / "pca.json",
+        "mean_npy": results / "pca" / "mean_image.npy",
+        "classes": results / "fetch" / "classes.tsv",
+        "reference": reference,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -274,8 +333,17 @@ def reference(val_data):
 
 def _loader(val_data, shard_id=0, num_shards=1, batch_size=3):
     shards = [str(p) for p in sorted((val_data["results"] / "shards" / "val").glob("*.tar"))]
-    return make_loader(shards, val_data["pca"], val_data["mean_npy"], AUGMENT, batch_size, "cpu",
-                       shard_id=shard_id, num_shards=num_shards, threads=1)
+    return make_loader(
+        shards,
+        val_data["pca"],
+        val_data["mean_npy"],
+        AUGMENT,
+        batch_size,
+        "cpu",
+        shard_id=shard_id,
+        num_shards=num_shards,
+        threads=1,
+    )
 
 
 def test_ten_crop_equals_reference_views_in_both_layouts(val_data, reference):
@@ -323,8 +391,18 @@ def test_two_shards_score_every_image_exactly_once(val_data):
 
 def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
     out = tmp_path / "evaluate"
-    metrics = evaluate(val_data["checkpoint"], val_data["manifest"], val_data["pca"], val_data["mean_npy"],
-                       val_data["classes"], out, dataset_name="demo", batch_size=3, devices="cpu", threads=1)
+    metrics = evaluate(
+        val_data["checkpoint"],
+        val_data["manifest"],
+        val_data["pca"],
+        val_data["mean_npy"],
+        val_data["classes"],
+        out,
+        dataset_name="demo",
+        batch_size=3,
+        devices="cpu",
+        threads=1,
+    )
     assert json.loads((out / "metrics.json").read_text()) == metrics
     e1, e5 = _reference_errors(reference["10crop"], val_data["labels"])
     c1, c5 = _reference_errors(reference["center"], val_data["labels"])
@@ -334,7 +412,8 @@ def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
     assert metrics["val_images"] == 7 and metrics["checkpoint_epoch"] == 3 and metrics["dataset"] == "demo"
     assert metrics["eval_images_per_s"] > 0 and metrics["checkpoint"] == str(val_data["checkpoint"])
     assert metrics["checkpoint_choice"] == {"last.pt": "last", "best.pt": "best"}.get(
-        Path(val_data["checkpoint"]).name, "given")
+        Path(val_data["checkpoint"]).name, "given"
+    )
     assert 0 <= metrics["data_wait_fraction"] <= 1
 
     with open(out / "per_class.csv", newline="") as f:
@@ -356,18 +435,55 @@ def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
 def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
     """Two gloo ranks, each its EvalLoader shard; counts all-reduced; rank 0 writes."""
     out = tmp_path / "evaluate"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", "localhost:0", "-m", "pipeline.evaluate", "--checkpoint", str(val_data["checkpoint"]),
-           "--shards-manifest", str(val_data["manifest"]), "--pca", str(val_data["pca"]),
-           "--mean-image", str(val_data["mean_npy"]), "--classes", str(val_data["classes"]),
-           "--dataset-name", "demo", "--batch-size", "3", "--devices", "cpu", "--dali-threads", "1", "--out-dir", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        "-m",
+        "pipeline.evaluate",
+        "--checkpoint",
+        str(val_data["checkpoint"]),
+        "--shards-manifest",
+        str(val_data["manifest"]),
+        "--pca",
+        str(val_data["pca"]),
+        "--mean-image",
+        str(val_data["mean_npy"]),
+        "--classes",
+        str(val_data["classes"]),
+        "--dataset-name",
+        "demo",
+        "--batch-size",
+        "3",
+        "--devices",
+        "cpu",
+        "--dali-threads",
+        "1",
+        "--out-dir",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     two = json.loads((out / "metrics.json").read_text())
     one_out = tmp_path / "one"
-    one = evaluate(val_data["checkpoint"], val_data["manifest"], val_data["pca"], val_data["mean_npy"],
-                   val_data["classes"], one_out, batch_size=3, devices="cpu", threads=1)
+    one = evaluate(
+        val_data["checkpoint"],
+        val_data["manifest"],
+        val_data["pca"],
+        val_data["mean_npy"],
+        val_data["classes"],
+        one_out,
+        batch_size=3,
+        devices="cpu",
+        threads=1,
+    )
     assert two["world_size"] == 2 and two["val_images"] == 7
     for key in ("val_top1_err_10crop", "val_top5_err_10crop", "val_top1_err_center", "val_top5_err_center"):
         assert two[key] == one[key], key
@@ -376,9 +492,22 @@ def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
 
 
 def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
-    args = ["--checkpoint", str(val_data["checkpoint"]), "--shards-manifest", str(val_data["manifest"]),
-            "--pca", str(val_data["pca"]), "--mean-image", str(val_data["mean_npy"]),
-            "--classes", str(val_data["classes"]), "--out-dir", str(tmp_path / "out"), "--devices", "cpu"]
+    args = [
+        "--checkpoint",
+        str(val_data["checkpoint"]),
+        "--shards-manifest",
+        str(val_data["manifest"]),
+        "--pca",
+        str(val_data["pca"]),
+        "--mean-image",
+        str(val_data["mean_npy"]),
+        "--classes",
+        str(val_data["classes"]),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--devices",
+        "cpu",
+    ]
     # a manifest that promises another image count: the stage refuses to report
     manifest = json.loads(val_data["manifest"].read_text())
     manifest["val"]["images"] = 8
@@ -387,8 +516,17 @@ def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
     bad_manifest = tmp_path / "manifest.json"
     bad_manifest.write_text(json.dumps(manifest))
     with pytest.raises(EvaluateError, match="scored 7 validation images but .* lists 8"):
-        evaluate(val_data["checkpoint"], bad_manifest, val_data["pca"], val_data["mean_npy"], val_data["classes"],
-                 tmp_path / "out", batch_size=4, devices="cpu", threads=1)
+        evaluate(
+            val_data["checkpoint"],
+            bad_manifest,
+            val_data["pca"],
+            val_data["mean_npy"],
+            val_data["classes"],
+            tmp_path / "out",
+            batch_size=4,
+            devices="cpu",
+            threads=1,
+        )
     assert not (tmp_path / "out" / "metrics.json").exists()
     # a class table of another size than the checkpoint's outputs
     other = tmp_path / "classes.tsv"

@@ -1,4 +1,5 @@
 """The fetch stage: local and HTTP sources, resume, auth, verification, bad archives, folders."""
+
 import gzip
 import hashlib
 import io
@@ -52,20 +53,23 @@ def leftovers(out: Path) -> list[str]:
 def expected_tables(demo_dir):
     """Class table and val labels computed straight from meta.mat, independently of pipeline.devkit."""
     with tarfile.open(demo_dir / NAMES["devkit"]) as tar:
-        mat = scipy.io.loadmat(io.BytesIO(tar.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()),
-                               squeeze_me=True)["synsets"]
+        mat = scipy.io.loadmat(
+            io.BytesIO(tar.extractfile("ILSVRC2012_devkit_t12/data/meta.mat").read()), squeeze_me=True
+        )["synsets"]
         gt = tar.extractfile("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read().split()
     leaves = [(int(s["ILSVRC2012_ID"]), str(s["WNID"]), str(s["words"])) for s in mat if int(s["num_children"]) == 0]
     wnids = sorted(w for _, w, _ in leaves)
     words = {w: n for _, w, n in leaves}
     by_id = {i: w for i, w, _ in leaves}
     classes = [{"index": str(i), "wnid": w, "names": words[w]} for i, w in enumerate(wnids)]
-    labels = [{"file": f"ILSVRC2012_val_{n:08d}.JPEG", "index": str(wnids.index(by_id[int(i)]))}
-              for n, i in enumerate(gt, 1)]
+    labels = [
+        {"file": f"ILSVRC2012_val_{n:08d}.JPEG", "index": str(wnids.index(by_id[int(i)]))} for n, i in enumerate(gt, 1)
+    ]
     return classes, labels, [w for _, w, _ in sorted(leaves)]
 
 
 # ---------------------------------------------------------------- local sources
+
 
 def test_local_sources_are_verified_and_linked(demo_dir, tmp_path):
     out = tmp_path / "fetch"
@@ -92,15 +96,16 @@ def test_class_table_is_sorted_wnids_and_labels_follow_the_ids(demo_dir, tmp_pat
 
 
 def test_file_url_and_hex_digest(demo_dir, tmp_path):
-    args = local_args(demo_dir, devkit=(demo_dir / NAMES["devkit"]).absolute().as_uri(),
-                      devkit_md5=md5(demo_dir / NAMES["devkit"]))
+    args = local_args(
+        demo_dir, devkit=(demo_dir / NAMES["devkit"]).absolute().as_uri(), devkit_md5=md5(demo_dir / NAMES["devkit"])
+    )
     fetch.fetch_archives(tmp_path / "fetch", **args)
     assert (tmp_path / "fetch" / NAMES["devkit"]).is_symlink()
 
 
 def test_file_urls_with_localhost_for_archives_and_md5sum_file(demo_dir, tmp_path):
     def localhost_url(path):  # RFC 8089: file://localhost/path is file:///path
-        return "file://localhost" + Path(path).absolute().as_uri()[len("file://"):]
+        return "file://localhost" + Path(path).absolute().as_uri()[len("file://") :]
 
     args = {key: localhost_url(demo_dir / name) for key, name in NAMES.items()}
     args.update({f"{key}_md5": localhost_url(demo_dir / "MD5SUMS") for key in NAMES})
@@ -111,7 +116,7 @@ def test_file_urls_with_localhost_for_archives_and_md5sum_file(demo_dir, tmp_pat
 
 
 def test_file_url_on_another_host_is_refused(demo_dir, tmp_path):
-    url = "file://fileserver" + (demo_dir / NAMES["devkit"]).absolute().as_uri()[len("file://"):]
+    url = "file://fileserver" + (demo_dir / NAMES["devkit"]).absolute().as_uri()[len("file://") :]
     with pytest.raises(SourceError, match="must name a local file"):
         fetch.fetch_archives(tmp_path / "fetch", **local_args(demo_dir, devkit=url))
 
@@ -158,8 +163,10 @@ def rewrite_tar(src: Path, dst: Path, extra_name: str, gz: bool = False) -> None
     """A copy of the archive `src` with one more member, named `extra_name`."""
     raw = src.read_bytes()
     buf = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(raw) if gz else raw)) as old, \
-            tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as new:
+    with (
+        tarfile.open(fileobj=io.BytesIO(gzip.decompress(raw) if gz else raw)) as old,
+        tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as new,
+    ):
         for m in old:
             new.addfile(m, old.extractfile(m) if m.isfile() else None)
         info = tarfile.TarInfo(extra_name)
@@ -168,10 +175,15 @@ def rewrite_tar(src: Path, dst: Path, extra_name: str, gz: bool = False) -> None
     dst.write_bytes(gzip.compress(buf.getvalue()) if gz else buf.getvalue())
 
 
-@pytest.mark.parametrize("key,name", [("devkit", "ILSVRC2012_devkit_t12/../../evil.txt"),
-                                      ("devkit", "/etc/evil.txt"),
-                                      ("train", "../n09999999.tar"),
-                                      ("train", "/abs/n09999999.tar")])
+@pytest.mark.parametrize(
+    "key,name",
+    [
+        ("devkit", "ILSVRC2012_devkit_t12/../../evil.txt"),
+        ("devkit", "/etc/evil.txt"),
+        ("train", "../n09999999.tar"),
+        ("train", "/abs/n09999999.tar"),
+    ],
+)
 def test_unsafe_members_are_refused(demo_dir, tmp_path, key, name):
     bad = tmp_path / "bad" / NAMES[key]
     bad.parent.mkdir()
@@ -188,6 +200,7 @@ def test_missing_local_file_is_a_clear_error(demo_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- http
+
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -224,7 +237,7 @@ class Handler(BaseHTTPRequestHandler):
         for prefix, host in (("/moved/", "127.0.0.1"), ("/moved-away/", "localhost")):
             if self.path.startswith(prefix):
                 self.send_response(302)
-                self.send_header("Location", f"http://{host}:{srv.server_address[1]}/{self.path[len(prefix):]}")
+                self.send_header("Location", f"http://{host}:{srv.server_address[1]}/{self.path[len(prefix) :]}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
@@ -393,8 +406,14 @@ def run_cli(server, demo_dir, out, token_value, **override):
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["FETCH_TEST_TOKEN"] = token_value
-    return subprocess.run([sys.executable, "-m", "pipeline.fetch", *argv, "--auth-env", "FETCH_TEST_TOKEN",
-                           "--out-dir", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.fetch", *argv, "--auth-env", "FETCH_TEST_TOKEN", "--out-dir", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_token_never_reaches_output_or_files(server, demo_dir, tmp_path):
@@ -427,7 +446,7 @@ def test_download_md5_mismatch_leaves_nothing(server, demo_dir, tmp_path):
 
 
 def test_truncated_download_is_deleted(server, demo_dir, tmp_path):
-    (path, ) = [p for label, p in truncated_copies(demo_dir, tmp_path) if label == "middle"]
+    (path,) = [p for label, p in truncated_copies(demo_dir, tmp_path) if label == "middle"]
     shutil.copy(path, demo_dir / "cut.tar")
     try:
         out = tmp_path / "fetch"
@@ -450,6 +469,7 @@ def test_verified_download_is_reused(server, demo_dir, tmp_path):
 
 # ---------------------------------------------------------------- folders
 
+
 def make_tree(root: Path, layout: dict[str, int]) -> None:
     for wnid, n in layout.items():
         (root / wnid).mkdir(parents=True)
@@ -465,14 +485,25 @@ def test_folders_source(tmp_path, demo_dir):
     m = fetch.fetch_folders(out, tmp_path / "train", tmp_path / "val")
     classes = read_tsv(out / "classes.tsv")
     assert [(c["index"], c["wnid"], c["names"]) for c in classes] == [
-        ("0", "n01440764", "n01440764"), ("1", "n02102040", "n02102040"), ("2", "n03000684", "n03000684")]
+        ("0", "n01440764", "n01440764"),
+        ("1", "n02102040", "n02102040"),
+        ("2", "n03000684", "n03000684"),
+    ]
     assert [(r["file"], r["index"]) for r in read_tsv(out / "val_labels.tsv")] == [
-        ("n01440764/n01440764_0.JPEG", "0"), ("n01440764/n01440764_1.JPEG", "0"), ("n03000684/n03000684_0.JPEG", "2")]
+        ("n01440764/n01440764_0.JPEG", "0"),
+        ("n01440764/n01440764_1.JPEG", "0"),
+        ("n03000684/n03000684_0.JPEG", "2"),
+    ]
     assert m["train_images"] == 7 and m["val_images"] == 3
     assert not any((out / name).exists() for name in NAMES.values())
     # With a devkit the names come from meta.mat.
-    fetch.fetch_folders(out, tmp_path / "train", tmp_path / "val", devkit=str(demo_dir / NAMES["devkit"]),
-                        devkit_md5=str(demo_dir / "MD5SUMS"))
+    fetch.fetch_folders(
+        out,
+        tmp_path / "train",
+        tmp_path / "val",
+        devkit=str(demo_dir / NAMES["devkit"]),
+        devkit_md5=str(demo_dir / "MD5SUMS"),
+    )
     assert read_tsv(out / "classes.tsv")[0]["names"] == "tench, Tinca tinca"
 
 

@@ -5,6 +5,7 @@ the warm-up option, the per-layer figures, and the warnings: they fire on a
 constructed exploding run and a constructed flat run, and stay silent on a
 learning one.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,8 @@ import pytest
 import torch
 
 from model.alexnet import AlexNet, PaperDropout
-from pipeline.health import HealthMonitor, LossWatch
 from pipeline.devices import Dist
+from pipeline.health import HealthMonitor, LossWatch
 from pipeline.train import TrainConfig, fit, make_loaders, make_optimizer
 
 from test_train import CLASSES, SMALL, data, reference, rows  # noqa: F401  (fixtures)

@@ -1,4 +1,5 @@
 """pipeline/io.py: outputs appear whole or not at all; JSON and TSV round trips; the class table's checks."""
+
 from __future__ import annotations
 
 import json
@@ -76,19 +77,27 @@ def test_tsv_round_trip_with_commas_quotes_and_tabs_in_fields(tmp_path):
 def test_read_classes_returns_the_rows_in_index_order(tmp_path):
     path = tmp_path / "classes.tsv"
     write_tsv(path, ["index", "wnid", "names"], [(0, "n01", "a"), (1, "n02", "b, c")])
-    assert read_classes(path) == [{"index": "0", "wnid": "n01", "names": "a"},
-                                  {"index": "1", "wnid": "n02", "names": "b, c"}]
+    assert read_classes(path) == [
+        {"index": "0", "wnid": "n01", "names": "a"},
+        {"index": "1", "wnid": "n02", "names": "b, c"},
+    ]
     write_tsv(path, ["index", "wnid", "names"], [])
     assert read_classes(path) == []
 
 
-@pytest.mark.parametrize("header, rows, words", [
-    (["wnid", "names"], [("n01", "a")], ["row 1 has no integer 'index' column", "fetch stage's classes.tsv"]),
-    (["index", "wnid", "names"], [("zero", "n01", "a")], ["row 1 has no integer 'index' column"]),
-    (["index", "wnid", "names"], [(0, "n01", "a"), (2, "n02", "b")],
-     ["row 2 has index 2, expected 1", "rerun the fetch stage"]),
-    (["index", "wnid", "names"], [(1, "n01", "a"), (0, "n02", "b")], ["row 1 has index 1, expected 0"]),
-])
+@pytest.mark.parametrize(
+    "header, rows, words",
+    [
+        (["wnid", "names"], [("n01", "a")], ["row 1 has no integer 'index' column", "fetch stage's classes.tsv"]),
+        (["index", "wnid", "names"], [("zero", "n01", "a")], ["row 1 has no integer 'index' column"]),
+        (
+            ["index", "wnid", "names"],
+            [(0, "n01", "a"), (2, "n02", "b")],
+            ["row 2 has index 2, expected 1", "rerun the fetch stage"],
+        ),
+        (["index", "wnid", "names"], [(1, "n01", "a"), (0, "n02", "b")], ["row 1 has index 1, expected 0"]),
+    ],
+)
 def test_read_classes_names_the_file_the_row_and_what_to_do(tmp_path, header, rows, words):
     path = tmp_path / "classes.tsv"
     write_tsv(path, header, rows)

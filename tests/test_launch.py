@@ -1,6 +1,7 @@
 """pipeline.launch: the commands it builds for fake SLURM environments, and real
 two-process launches on the CPU (gloo) through the same code path a SLURM job uses.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,8 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.launch import (LaunchError, auto_nproc, job_env_from_scontrol, parse_scontrol_job, plan,
-                             rdzv_port, split_target)
+from pipeline.launch import (
+    LaunchError,
+    auto_nproc,
+    job_env_from_scontrol,
+    parse_scontrol_job,
+    plan,
+    rdzv_port,
+    split_target,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = REPO / "tests" / "slurm" / "ddp_probe.py"
@@ -39,6 +47,7 @@ def slurm(**env):
 
 # ---------------------------------------------------------------- commands for fake environments
 
+
 def test_one_process_outside_slurm_runs_the_command_itself():
     launch = plan(TRAIN, {}, 1)
     assert launch.mode == "direct" and launch.argv == TRAIN
@@ -46,8 +55,7 @@ def test_one_process_outside_slurm_runs_the_command_itself():
 
 def test_several_processes_on_one_machine_use_standalone_torchrun():
     launch = plan(TRAIN, {}, 2)
-    assert launch.argv == [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pipeline.train",
-                           "--epochs", "1"]
+    assert launch.argv == [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pipeline.train", "--epochs", "1"]
 
 
 def test_one_node_slurm_job_or_step_stays_on_its_node():
@@ -61,9 +69,28 @@ def test_several_slurm_nodes_run_one_torchrun_per_node_under_srun():
     launch = plan(TRAIN, env, 4, hostnames=fake_hostnames)
     assert launch.mode == "srun" and (launch.nnodes, launch.nproc_per_node) == (2, 4)
     assert launch.argv == [
-        "srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=16", "--kill-on-bad-exit=1",
-        *TORCHRUN, "--nnodes", "2", "--nproc_per_node", "4", "--rdzv_backend", "c10d",
-        "--rdzv_endpoint", "gpu01:33742", "--rdzv_id", "4242", "-m", "pipeline.train", "--epochs", "1"]
+        "srun",
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=16",
+        "--kill-on-bad-exit=1",
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "4",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "gpu01:33742",
+        "--rdzv_id",
+        "4242",
+        "-m",
+        "pipeline.train",
+        "--epochs",
+        "1",
+    ]
 
 
 def test_rendezvous_port_and_host():
@@ -118,8 +145,12 @@ def test_processes_per_node_follow_the_gpus_slurm_granted():
 
 def test_job_geometry_from_scontrol_when_the_variables_were_removed():
     fields = parse_scontrol_job(SCONTROL_JOB)
-    assert job_env_from_scontrol(fields) == {"SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "vm,vm-2",
-                                             "SLURM_CPUS_PER_TASK": "16", "SLURM_GPUS_ON_NODE": "4"}
+    assert job_env_from_scontrol(fields) == {
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_NODELIST": "vm,vm-2",
+        "SLURM_CPUS_PER_TASK": "16",
+        "SLURM_GPUS_ON_NODE": "4",
+    }
     total_only = parse_scontrol_job(SCONTROL_JOB.replace(" TresPerNode=gres:gpu:4", ""))
     assert job_env_from_scontrol(total_only)["SLURM_GPUS_ON_NODE"] == "4"  # gres/gpu=8 over 2 nodes
     typed = parse_scontrol_job("NumNodes=1 NodeList=n1 CPUs/Task=8 TresPerNode=gres:gpu:a100:2")
@@ -130,10 +161,14 @@ def test_job_geometry_from_scontrol_when_the_variables_were_removed():
 
 # ---------------------------------------------------------------- real launches
 
+
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                         "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SLURM_")
+        and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
     env.update(extra)
@@ -141,14 +176,23 @@ def clean_env(**extra):
 
 
 def launch(*args, timeout=240):
-    return subprocess.run([sys.executable, "-m", "pipeline.launch", *args], cwd=REPO, env=clean_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.launch", *args],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_dry_run_and_exit_status_passes_through():
     run = launch("--nproc-per-node", "3", "--dry-run", "--", "python", "-m", "pipeline.train", "--epochs", "1")
     assert run.returncode == 0
-    assert run.stdout.strip() == "python -m torch.distributed.run --standalone --nproc_per_node 3 -m pipeline.train --epochs 1"
+    assert (
+        run.stdout.strip()
+        == "python -m torch.distributed.run --standalone --nproc_per_node 3 -m pipeline.train --epochs 1"
+    )
     run = launch("--", sys.executable, "-c", "import os, sys; print(os.getpid()); sys.exit(3)")
     assert run.returncode == 3  # exec'd in place: the command's own status
     run = launch("--nproc-per-node", "two", "--", "python", "-m", "x")
@@ -167,6 +211,7 @@ def test_two_cpu_processes_meet_and_stay_in_sync(tmp_path):
 
 
 # ---------------------------------------------------------------- the training stage under the launcher
+
 
 def _jpeg(rng, tint):
     from PIL import Image
@@ -192,12 +237,24 @@ def shards(tmp_path_factory):
         with ShardWriter(tar) as writer:
             for i in range(count):
                 writer.add(f"{split}_{i:04d}", _jpeg(rng, tints[i % 4]), i % 4)
-        manifest[split] = {"images": count, "shards": [{"tar": str(tar), "idx": str(tar.with_suffix(".idx")),
-                                                        "images": count}]}
+        manifest[split] = {
+            "images": count,
+            "shards": [{"tar": str(tar), "idx": str(tar.with_suffix(".idx")), "images": count}],
+        }
     write_json(root / "manifest.json", manifest)
-    write_json(root / "pca.json", {"mean": [130.0] * 3, "std": [70.0] * 3, "covariance": np.diag([9.0, 4, 1]).tolist(),
-                                   "eigval": [9.0, 4.0, 1.0], "eigvec": np.eye(3).tolist(), "pixels": 1,
-                                   "images": 1, "imagenet_cosine": [1.0, 1.0, 1.0]})
+    write_json(
+        root / "pca.json",
+        {
+            "mean": [130.0] * 3,
+            "std": [70.0] * 3,
+            "covariance": np.diag([9.0, 4, 1]).tolist(),
+            "eigval": [9.0, 4.0, 1.0],
+            "eigvec": np.eye(3).tolist(),
+            "pixels": 1,
+            "images": 1,
+            "imagenet_cosine": [1.0, 1.0, 1.0],
+        },
+    )
     np.save(root / "mean_image.npy", np.full((256, 256, 3), 130.0, np.float32))
     write_tsv(root / "classes.tsv", ["index", "wnid", "names"], [[i, f"n{i:08d}", f"c{i}"] for i in range(4)])
     return root
@@ -205,11 +262,39 @@ def shards(tmp_path_factory):
 
 def test_training_stage_runs_two_replicas_in_sync(shards, tmp_path):
     out = tmp_path / "train"
-    run = launch("--nproc-per-node", "2", "--", "python", "-m", "pipeline.train",
-                 "--manifest", str(shards / "manifest.json"), "--pca", str(shards / "pca.json"),
-                 "--mean-image", str(shards / "mean_image.npy"), "--classes", str(shards / "classes.tsv"),
-                 "--out-dir", str(out), "--devices", "cpu", "--width", "0.0625", "--batch-size", "8",
-                 "--epochs", "1", "--log-every", "1", "--dali-threads", "1", "--torch-threads", "1", timeout=300)
+    run = launch(
+        "--nproc-per-node",
+        "2",
+        "--",
+        "python",
+        "-m",
+        "pipeline.train",
+        "--manifest",
+        str(shards / "manifest.json"),
+        "--pca",
+        str(shards / "pca.json"),
+        "--mean-image",
+        str(shards / "mean_image.npy"),
+        "--classes",
+        str(shards / "classes.tsv"),
+        "--out-dir",
+        str(out),
+        "--devices",
+        "cpu",
+        "--width",
+        "0.0625",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--log-every",
+        "1",
+        "--dali-threads",
+        "1",
+        "--torch-threads",
+        "1",
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "train.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"]

@@ -39,6 +39,7 @@ def grouped_grads(model):
 
 # --- sizes -------------------------------------------------------------------
 
+
 def test_parameter_count_is_the_papers():
     assert count_parameters(AlexNet()) == 60_965_224
     assert count_parameters(AlexNet(devices=TWO_CPUS)) == 60_965_224
@@ -65,8 +66,15 @@ def test_spatial_sizes_and_output_shape(overlapping_pool):
 def test_width_keeps_counts_even_and_fc8_unchanged():
     m = AlexNet(num_classes=7, width=0.1)
     col = m.columns[0]
-    outs = [col.conv1.out_channels, col.conv2.out_channels, col.conv3.out_channels,
-            col.conv4.out_channels, col.conv5.out_channels, col.fc6.out_features, col.fc7.out_features]
+    outs = [
+        col.conv1.out_channels,
+        col.conv2.out_channels,
+        col.conv3.out_channels,
+        col.conv4.out_channels,
+        col.conv5.out_channels,
+        col.fc6.out_features,
+        col.fc7.out_features,
+    ]
     assert outs == [10, 26, 38, 38, 26, 410, 410]
     assert m.fc8.out_features == 7
     assert small()(torch.randn(2, 3, 224, 224)).shape == (2, 10)
@@ -84,13 +92,14 @@ def test_ablation_switches():
 
 # --- LRN ---------------------------------------------------------------------
 
+
 def lrn_formula(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
     """Section 3.3, alpha divided by n, over the channels of a (C, H, W) array, by loops."""
     C = a.shape[0]
     b = np.empty_like(a)
     for i in range(C):
         lo, hi = max(0, i - n // 2), min(C - 1, i + n // 2)
-        b[i] = a[i] / (k + alpha / n * (a[lo:hi + 1] ** 2).sum(axis=0)) ** beta
+        b[i] = a[i] / (k + alpha / n * (a[lo : hi + 1] ** 2).sum(axis=0)) ** beta
     return b
 
 
@@ -144,10 +153,11 @@ def test_lrn_window_sum_on_cuda_path_matches_cpu_path():
             by_adds = _window_sum(x, 2, before, after, by_conv=False)
             # sums of at most 5 values in [0, 1): float32 rounding, scaled to the sums
             assert_close_to_scale(by_conv, by_adds, 1e-6)
-            assert by_adds[0, 8, 0, 0] == x[0, 8:8 + after + 1, 0, 0].sum()  # the column starts at 8
+            assert by_adds[0, 8, 0, 0] == x[0, 8 : 8 + after + 1, 0, 0].sum()  # the column starts at 8
 
 
 # --- layouts -----------------------------------------------------------------
+
 
 def test_two_device_layout_equals_grouped_layout():
     # float64: one grouped convolution and two separate ones sum in different
@@ -248,6 +258,7 @@ def test_devices_and_properties():
 
 # --- initialisation ----------------------------------------------------------
 
+
 def test_paper_init():
     torch.manual_seed(0)
     state = AlexNet().state_dict()
@@ -275,12 +286,13 @@ def test_width_scaled_init_keeps_the_full_networks_gain():
     paper = AlexNet(width=0.25).state_dict()
     for layer in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"):
         assert abs(full[f"{layer}.weight"].std().item() - 0.01) < 0.0003, layer  # = paper at width 1
-        std = 0.01 if layer == "conv1" else 0.01 / 0.25 ** 0.5
+        std = 0.01 if layer == "conv1" else 0.01 / 0.25**0.5
         assert abs(narrow[f"{layer}.weight"].std().item() - std) < 0.05 * std, layer
         assert torch.equal(narrow[f"{layer}.bias"], paper[f"{layer}.bias"]), layer
 
 
 # --- speed features ----------------------------------------------------------
+
 
 def test_channels_last_and_bf16_autocast():
     torch.manual_seed(0)
@@ -321,6 +333,7 @@ def test_torch_compile_traces_whole_model(devices, fast):
 
 
 # --- DistributedDataParallel -------------------------------------------------
+
 
 def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

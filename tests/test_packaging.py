@@ -1,5 +1,6 @@
 """Installing the project: the Makefile's Python check and torch index, pyproject.toml's dependencies
 (equal to envs/), and the wheel `pip install .` builds, whose `alexnet-predict` runs without the checkout."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,13 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 def make(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", "-C", str(REPO), "--no-print-directory", *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **env})
+    return subprocess.run(
+        ["make", "-C", str(REPO), "--no-print-directory", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
 
 
 def install_commands(tmp_path, *args: str, **env: str) -> list[str]:
@@ -56,8 +62,9 @@ def test_torch_index_override(tmp_path):
 def fake_python(tmp_path, version: tuple[int, int, int]) -> str:
     """An interpreter that reports `version`: the Makefile's check runs `$(PYTHON) -c CODE`."""
     path = tmp_path / f"python{'.'.join(map(str, version))}"
-    path.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import sys; sys.version_info = {version!r}; "
-                    "exec(sys.argv[1])' \"$2\"\n")
+    path.write_text(
+        f"#!/bin/sh\nexec {sys.executable} -c 'import sys; sys.version_info = {version!r}; exec(sys.argv[1])' \"$2\"\n"
+    )
     path.chmod(0o755)
     return str(path)
 
@@ -68,9 +75,11 @@ def test_an_old_python_is_refused_in_one_line_naming_both_versions(tmp_path, ver
     run = make("check-python", f"PYTHON={python}")
     assert run.returncode != 0
     ours = [line for line in run.stderr.splitlines() if not line.startswith("make")]
-    assert ours == [f"error: Python 3.11.4 or newer is needed (snakemake 9 needs 3.11, tarfile.data_filter "
-                    f"3.11.4); {python} is Python {'.'.join(map(str, version))}: rerun with PYTHON=python3.12 "
-                    "or another newer one"]
+    assert ours == [
+        f"error: Python 3.11.4 or newer is needed (snakemake 9 needs 3.11, tarfile.data_filter "
+        f"3.11.4); {python} is Python {'.'.join(map(str, version))}: rerun with PYTHON=python3.12 "
+        "or another newer one"
+    ]
     # `make install` checks first: no venv is made
     run = make("install", f"PYTHON={python}", f"VENV={tmp_path / 'venv'}")
     assert run.returncode != 0 and "3.11.4 or newer is needed" in run.stderr and not (tmp_path / "venv").exists()
@@ -113,15 +122,37 @@ def installed(tmp_path_factory):
     # built from a copy: setuptools leaves build/ and *.egg-info in the tree it builds
     src = root / "src"
     keep = ["pyproject.toml", "README.md", "pipeline", "model"]
-    shutil.copytree(REPO, src, ignore=lambda d, names: [n for n in names if n == "__pycache__" or
-                                                         (Path(d) == REPO and n not in keep)])
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            "-w", str(root / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=lambda d, names: [n for n in names if n == "__pycache__" or (Path(d) == REPO and n not in keep)],
+    )
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(root / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((root / "dist").glob("alexnet_workflow-*.whl"))
     target = root / "site"
-    run = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                          str(wheel)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return target
 
@@ -144,13 +175,32 @@ def test_installed_predictor_classifies_and_exits_1_on_a_broken_file(installed, 
     work = tmp_path / "elsewhere"  # not the checkout: the packages must come from the wheel
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(installed), "OMP_NUM_THREADS": "1"}
-    where = subprocess.run([sys.executable, "-c", "import pipeline, model; print(pipeline.__file__, model.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, timeout=60)
-    assert where.stdout.split() == [str(installed / "pipeline" / "__init__.py"),
-                                    str(installed / "model" / "__init__.py")]
-    cmd = [str(installed / "bin" / "alexnet-predict"), str(broken), str(good), "--json", "--device", "cpu",
-           "--checkpoint", str(run_files["checkpoint"]), "--mean-image", str(run_files["mean"]),
-           "--classes", str(run_files["classes"])]
+    where = subprocess.run(
+        [sys.executable, "-c", "import pipeline, model; print(pipeline.__file__, model.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.stdout.split() == [
+        str(installed / "pipeline" / "__init__.py"),
+        str(installed / "model" / "__init__.py"),
+    ]
+    cmd = [
+        str(installed / "bin" / "alexnet-predict"),
+        str(broken),
+        str(good),
+        "--json",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        str(run_files["checkpoint"]),
+        "--mean-image",
+        str(run_files["mean"]),
+        "--classes",
+        str(run_files["classes"]),
+    ]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     results = json.loads(proc.stdout)

@@ -1,4 +1,5 @@
 """PCA stage: the reduced shard statistics give numpy's eigen-decomposition of all written pixels."""
+
 from __future__ import annotations
 
 import io
@@ -51,8 +52,9 @@ def run_stage(tmp_path, arrays, shards=2):
     resize.build_index("train", root, tmp_path / "classes.tsv", None, tmp_path / "train.tsv")
     stats = []
     for k in range(shards):
-        report = resize.resize_shard(tmp_path / "train.tsv", root, tmp_path / "shards" / f"train-{k:05d}.tar",
-                                     k, shards, stats=True)
+        report = resize.resize_shard(
+            tmp_path / "train.tsv", root, tmp_path / "shards" / f"train-{k:05d}.tar", k, shards, stats=True
+        )
         stats.append(report["stats"])
     result = pca.run_pca(stats, tmp_path / "pca")
     # the pixels written: the same resize function on every input file
@@ -94,8 +96,14 @@ def test_outputs_follow_the_file_contract(tmp_path):
     result, _ = run_stage(tmp_path, [synthetic(i) for i in range(2)], shards=1)
     on_disk = read_json(tmp_path / "pca" / "pca.json")
     assert on_disk == result
-    for key, shape in (("mean", (3,)), ("std", (3,)), ("covariance", (3, 3)), ("eigval", (3,)),
-                       ("eigvec", (3, 3)), ("imagenet_cosine", (3,))):
+    for key, shape in (
+        ("mean", (3,)),
+        ("std", (3,)),
+        ("covariance", (3, 3)),
+        ("eigval", (3,)),
+        ("eigvec", (3, 3)),
+        ("imagenet_cosine", (3,)),
+    ):
         assert np.array(on_disk[key]).shape == shape
     assert on_disk["eigval"] == sorted(on_disk["eigval"], reverse=True)
     assert all(0 <= c <= 1 + 1e-12 for c in on_disk["imagenet_cosine"])
@@ -110,7 +118,7 @@ def test_sign_convention_and_imagenet_cosine():
     for i in range(3):
         col = fixed[:, i]
         assert col[np.argmax(np.abs(col))] > 0
-    cmp = pca.imagenet_comparison(pca.IMAGENET_EIGVAL * 255.0 ** 2, fixed)
+    cmp = pca.imagenet_comparison(pca.IMAGENET_EIGVAL * 255.0**2, fixed)
     np.testing.assert_allclose(cmp["cosine"], 1.0, rtol=1e-3)  # the constants are rounded to 4 digits
     np.testing.assert_allclose(cmp["eigval_ratio"], 1.0)
 

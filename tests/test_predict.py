@@ -5,6 +5,7 @@ shard; the evaluate stage's loader and `ten_crop_probs` give the reference
 per-image probabilities, which the command, its function and the logged
 model must reproduce from the same JPEG files.
 """
+
 from __future__ import annotations
 
 import io
@@ -59,10 +60,20 @@ def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
 def _checkpoint_state(mean_npy, classes_tsv) -> dict:
     """A random AlexNet whose views disagree (conftest.disagreeing_alexnet_state), with its inputs' digests."""
     sd = disagreeing_alexnet_state(NUM_CLASSES)
-    config = {"model": {"num_classes": NUM_CLASSES, "width": 0.0625, "lrn": True, "overlapping_pool": True,
-                        "init": "paper", "dropout": 0.5, "dropout_style": "paper"},
-              "augment": AUGMENT, "world_size": 1,
-              "inputs": {"mean_image": file_digest(mean_npy), "classes": file_digest(classes_tsv)}}
+    config = {
+        "model": {
+            "num_classes": NUM_CLASSES,
+            "width": 0.0625,
+            "lrn": True,
+            "overlapping_pool": True,
+            "init": "paper",
+            "dropout": 0.5,
+            "dropout_style": "paper",
+        },
+        "augment": AUGMENT,
+        "world_size": 1,
+        "inputs": {"mean_image": file_digest(mean_npy), "classes": file_digest(classes_tsv)},
+    }
     return {"model": sd, "config": config, "epoch": 2, "step": 8}
 
 
@@ -95,11 +106,21 @@ def data(tmp_path_factory):
     mean_npy, classes_tsv = root / "pca" / "mean_image.npy", root / "fetch" / "classes.tsv"
     mean_npy.parent.mkdir()
     np.save(mean_npy, rng.uniform(60, 200, (256, 256, 3)).astype(np.float32))
-    write_tsv(classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}, thing"]
-                                                         for c in range(NUM_CLASSES)])
-    write_json(root / "pca" / "pca.json", {
-        "mean": [120.0, 115.0, 100.0], "std": [60.0, 58.0, 62.0], "covariance": np.eye(3).tolist(),
-        "eigval": [3000.0, 300.0, 30.0], "eigvec": np.eye(3).tolist(), "pixels": 1, "images": 1})
+    write_tsv(
+        classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
+    )
+    write_json(
+        root / "pca" / "pca.json",
+        {
+            "mean": [120.0, 115.0, 100.0],
+            "std": [60.0, 58.0, 62.0],
+            "covariance": np.eye(3).tolist(),
+            "eigval": [3000.0, 300.0, 30.0],
+            "eigvec": np.eye(3).tolist(),
+            "pixels": 1,
+            "images": 1,
+        },
+    )
     ckpt = root / "train" / "best.pt"
     save_checkpoint(ckpt, _checkpoint_state(mean_npy, classes_tsv))
     tar = root / "shards" / "val-00000.tar"
@@ -131,8 +152,17 @@ def data(tmp_path_factory):
     (odd / "cmyk.jpg").write_bytes(_encode(rgb.convert("CMYK"), "JPEG", quality=95))
     (odd / "palette.png").write_bytes(_encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"))
     (odd / "corrupt.jpg").write_bytes(jpegs[0][:200])  # a truncated JPEG
-    return {"root": root, "files": files, "keys": keys, "jpegs": jpegs, "odd": odd, "checkpoint": ckpt,
-            "mean": mean_npy, "classes": classes_tsv, "reference": reference}
+    return {
+        "root": root,
+        "files": files,
+        "keys": keys,
+        "jpegs": jpegs,
+        "odd": odd,
+        "checkpoint": ckpt,
+        "mean": mean_npy,
+        "classes": classes_tsv,
+        "reference": reference,
+    }
 
 
 def _run(data, inputs, **kw):
@@ -156,8 +186,10 @@ def test_predict_gives_the_evaluate_stage_probabilities(data):
         np.testing.assert_allclose(got, expected, rtol=0, atol=ATOL)
         assert [r["top"][0]["index"] for r in results] == expected.argmax(1).tolist()
         assert all(r["top"][0]["wnid"] == f"n{r['top'][0]['index']:08d}" for r in results)
-        assert all([t["probability"] for t in r["top"]] == sorted((t["probability"] for t in r["top"]), reverse=True)
-                   for r in results)
+        assert all(
+            [t["probability"] for t in r["top"]] == sorted((t["probability"] for t in r["top"]), reverse=True)
+            for r in results
+        )
 
 
 def test_grayscale_cmyk_and_png_inputs_and_a_corrupt_file(data):
@@ -179,8 +211,16 @@ def test_grayscale_cmyk_and_png_inputs_and_a_corrupt_file(data):
 
 def test_cli_table_json_and_exit_status(data, capsys):
     files = [str(data["files"] / f"{k}.JPEG") for k in data["keys"]]
-    common = ["--checkpoint", str(data["checkpoint"]), "--mean-image", str(data["mean"]),
-              "--classes", str(data["classes"]), "--device", "cpu"]
+    common = [
+        "--checkpoint",
+        str(data["checkpoint"]),
+        "--mean-image",
+        str(data["mean"]),
+        "--classes",
+        str(data["classes"]),
+        "--device",
+        "cpu",
+    ]
     assert main(files[:2] + common + ["--top", "3"]) == 0
     out = capsys.readouterr().out
     top1 = data["reference"]["ten"].argmax(1)
@@ -198,8 +238,9 @@ def test_cli_table_json_and_exit_status(data, capsys):
     assert f"error: {data['odd'] / 'corrupt.jpg'}: not a readable image" in proc.stderr
     top = results[-1]["top"]
     assert top[0]["index"] == top1[1]
-    np.testing.assert_allclose([t["probability"] for t in top], data["reference"]["ten"][1][[t["index"] for t in top]],
-                               rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        [t["probability"] for t in top], data["reference"]["ten"][1][[t["index"] for t in top]], rtol=0, atol=ATOL
+    )
 
 
 def test_wrong_inputs_are_named(data, tmp_path, capsys):
@@ -207,8 +248,22 @@ def test_wrong_inputs_are_named(data, tmp_path, capsys):
     np.save(other_mean, np.zeros((256, 256, 3), np.float32))
     with pytest.raises(PredictError, match="mean.npy is not the mean image .* was trained with"):
         predict([data["files"]], data["checkpoint"], other_mean, data["classes"], device="cpu")
-    assert main([str(tmp_path), "--checkpoint", str(data["checkpoint"]), "--mean-image", str(data["mean"]),
-                 "--classes", str(data["classes"]), "--device", "cpu"]) == 1
+    assert (
+        main(
+            [
+                str(tmp_path),
+                "--checkpoint",
+                str(data["checkpoint"]),
+                "--mean-image",
+                str(data["mean"]),
+                "--classes",
+                str(data["classes"]),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 1
+    )
     assert "error: no images (.jpg, .jpeg, .png) in" in capsys.readouterr().err
     assert main([str(data["files"]), "--checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"]) == 1
     assert "none.pt does not exist" in capsys.readouterr().err
@@ -260,14 +315,22 @@ def test_logged_model_loads_in_a_fresh_process_and_matches(data, tmp_path, monke
     assert set(torch.load(weights, weights_only=True)) == set(torch.load(data["checkpoint"])["model"])
     assert not list(model_dir.rglob("*.pkl")) and not list(model_dir.rglob("__pycache__"))
 
-    files = [str(data["files"] / f"{k}.JPEG") for k in data["keys"]] + [str(data["odd"] / "gray.jpg"),
-                                                                      str(data["odd"] / "cmyk.jpg"),
-                                                                      str(data["odd"] / "palette.png")]
+    files = [str(data["files"] / f"{k}.JPEG") for k in data["keys"]] + [
+        str(data["odd"] / "gray.jpg"),
+        str(data["odd"] / "cmyk.jpg"),
+        str(data["odd"] / "palette.png"),
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_TRACKING_URI")}
     env.update(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS="1")
     # cwd outside the repository: the code must come from the model's own code paths
-    proc = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, f"runs:/{run_id}/model", *files],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PREDICT, f"runs:/{run_id}/model", *files],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "/code/pipeline/" in got["pipeline"] and not got["pipeline"].startswith(str(data["root"]))

@@ -5,18 +5,23 @@ One small run of the real workflow (all 1000 classes, 2 + 1 images per class,
 the devkit mapping, the shards, the partial evaluation and forecast.json;
 and unit checks that the forecast scales each cost the way it says.
 """
+
 import copy
 import json
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO, snakemake
 from pipeline import forecast as fc
 from pipeline.io import read_tsv
 
-PRESETS = [REPO / "workflow/presets/imagenet.yaml", REPO / "workflow/presets/preflight.yaml",
-           REPO / "tests/configs/preflight-small.yaml"]
+from conftest import REPO, snakemake
+
+PRESETS = [
+    REPO / "workflow/presets/imagenet.yaml",
+    REPO / "workflow/presets/preflight.yaml",
+    REPO / "tests/configs/preflight-small.yaml",
+]
 CLASS_TABLE = REPO / "pipeline/data/ilsvrc2012_classes.tsv"
 
 
@@ -47,6 +52,7 @@ def test_validation_labels_follow_the_devkit_ids(run_dir):
     id_of_wnid = {r["wnid"]: int(r["ilsvrc2012_id"]) for r in real_classes()}
     assert list(id_of_wnid.values()) != [id_of_wnid[w] for w in sorted(id_of_wnid)]
     import tarfile
+
     with tarfile.open(res / "fetch/ILSVRC2012_devkit_t12.tar.gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith("ground_truth.txt"))
         truth = [int(x) for x in tar.extractfile(member).read().split()]
@@ -77,8 +83,12 @@ def test_training_capped_and_evaluation_partial(run_dir):
 def test_forecast_is_plausible(run_dir):
     res = run_dir / "results/preflight"
     f = json.loads((res / "forecast/forecast.json").read_text())
-    assert f["target"] == {"train_images": 1281167, "val_images": 50000, "epochs": 90,
-                           "archive_gb": pytest.approx(154.645, abs=0.01)}
+    assert f["target"] == {
+        "train_images": 1281167,
+        "val_images": 50000,
+        "epochs": 90,
+        "archive_gb": pytest.approx(154.645, abs=0.01),
+    }
     assert f["measured_on"]["train_images"] == 2000 and f["assumed"]["cores"] == 2
     stages = f["stages"]
     assert set(stages) >= {"fetch", "index train", "resize train", "resize val", "pca", "train", "evaluate"}
@@ -118,8 +128,8 @@ def test_report_shows_the_forecast(run_dir):
 
 def test_a_checkpoint_from_before_the_step_cap_still_resumes(tmp_path):
     """train.steps_per_epoch joined the checkpoint's key later: an older checkpoint trained with none (0)."""
-    from pipeline.training.run_folder import plan_start
     from pipeline.train import TrainConfig
+    from pipeline.training.run_folder import plan_start
 
     key = TrainConfig().key(10)
     old = {section: dict(values) for section, values in key.items()}
@@ -132,23 +142,51 @@ def test_a_checkpoint_from_before_the_step_cap_still_resumes(tmp_path):
 
 # --- the scaling, on made-up measurements
 
+
 def measured(per_image=0.02, startup=1.0, jobs=4, images=400) -> dict:
-    shard = lambda n: {"images": n, "inputs": n, "loop_s": per_image * n,  # noqa: E731
-                       "wall_s": startup + per_image * n,
-                       "bytes": 30_000 * n, "stats_bytes": 100, "cpu_s": 0.0, "max_rss_mb": 200.0}
+    def shard(n: int) -> dict:
+        return {
+            "images": n,
+            "inputs": n,
+            "loop_s": per_image * n,
+            "wall_s": startup + per_image * n,
+            "bytes": 30_000 * n,
+            "stats_bytes": 100,
+            "cpu_s": 0.0,
+            "max_rss_mb": 200.0,
+        }
+
     job = {"wall_s": 10.0, "cpu_s": 10.0, "max_rss_mb": 300.0}
     return {
-        "train_images": images, "val_images": images // 4, "train_shards": jobs, "val_shards": 1,
+        "train_images": images,
+        "val_images": images // 4,
+        "train_shards": jobs,
+        "val_shards": 1,
         "fetch": {"job": job, "archive_bytes": 1e6, "hash_mb_per_s": 500.0},
         "index": {s: {"job": job, "bytes": 1000} for s in ("train", "val")},
         "resize": {"train": [shard(images // jobs) for _ in range(jobs)], "val": [shard(images // 4)]},
         "resize_elapsed_s": 0.0,  # no scheduling gap (test_scheduling_gap sets one)
-        "resize_manifest": {"job": job}, "pca": {"job": job, "bytes": 10}, "augment": {"job": job,
-                                                                                      "train_images_per_s": 900.0, "threads": 4, "device": "cpu"},
-        "train": {"job": job, "steps": 12, "batch_size": 128, "devices": ["cpu"], "precision": "fp32",
-                  "world_size": 1, "images_per_s": 100.0, "val_s_per_epoch": 1.0, "peak_device_mem_mb": 0,
-                  "epochs": 1, "save_s_per_epoch": 2.0, "fixed_s": 30.0,
-                  "checkpoint_bytes": 5e8, "jsonl_bytes_per_window": 100.0, "log_every": 4, "width": 1.0},
+        "resize_manifest": {"job": job},
+        "pca": {"job": job, "bytes": 10},
+        "augment": {"job": job, "train_images_per_s": 900.0, "threads": 4, "device": "cpu"},
+        "train": {
+            "job": job,
+            "steps": 12,
+            "batch_size": 128,
+            "devices": ["cpu"],
+            "precision": "fp32",
+            "world_size": 1,
+            "images_per_s": 100.0,
+            "val_s_per_epoch": 1.0,
+            "peak_device_mem_mb": 0,
+            "epochs": 1,
+            "save_s_per_epoch": 2.0,
+            "fixed_s": 30.0,
+            "checkpoint_bytes": 5e8,
+            "jsonl_bytes_per_window": 100.0,
+            "log_every": 4,
+            "width": 1.0,
+        },
         "evaluate": {"job": {**job, "wall_s": 12.0}, "images": 100, "images_per_s": 10.0, "seconds": 11.0},
     }
 

@@ -1,4 +1,5 @@
 """Resize stage: geometry, dirty inputs, rejects, shards (incl. DALI), fused statistics, reruns."""
+
 from __future__ import annotations
 
 import io
@@ -23,7 +24,7 @@ def photo(seed: int, size: tuple[int, int]) -> Image.Image:
     src = PHOTOS[seed % 2]
     h = int(rng.integers(200, 400))
     y, x = rng.integers(0, 427 - h + 1), rng.integers(0, 640 - h + 1)
-    return Image.fromarray(src[y:y + h, x:x + h]).resize(size, Image.Resampling.BICUBIC)
+    return Image.fromarray(src[y : y + h, x : x + h]).resize(size, Image.Resampling.BICUBIC)
 
 
 def encode(im: Image.Image, fmt="JPEG") -> bytes:
@@ -89,17 +90,30 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("resize")
     images, val = make_dataset(root)
     for split in ("train", "val"):
-        resize.build_index(split, root / f"ILSVRC2012_img_{split}.tar", root / "classes.tsv",
-                           root / "val_labels.tsv", root / "index" / f"{split}.tsv")
+        resize.build_index(
+            split,
+            root / f"ILSVRC2012_img_{split}.tar",
+            root / "classes.tsv",
+            root / "val_labels.tsv",
+            root / "index" / f"{split}.tsv",
+        )
     reports = {}
     for split, shards in (("train", 2), ("val", 1)):
         for k in range(shards):
             reports[split, k] = resize.resize_shard(
-                root / "index" / f"{split}.tsv", root / f"ILSVRC2012_img_{split}.tar",
-                root / "shards" / split / f"{split}-{k:05d}.tar", k, shards, seed=0,
-                max_reject_fraction=0.2, stats=split == "train", split=split)
-    manifest = resize.write_manifest(root / "shards", 2, 1, root / "classes.tsv", root / "shards" / "manifest.json",
-                                     max_reject_fraction=0.2)
+                root / "index" / f"{split}.tsv",
+                root / f"ILSVRC2012_img_{split}.tar",
+                root / "shards" / split / f"{split}-{k:05d}.tar",
+                k,
+                shards,
+                seed=0,
+                max_reject_fraction=0.2,
+                stats=split == "train",
+                split=split,
+            )
+    manifest = resize.write_manifest(
+        root / "shards", 2, 1, root / "classes.tsv", root / "shards" / "manifest.json", max_reject_fraction=0.2
+    )
     return {"root": root, "images": images, "val": val, "reports": reports, "manifest": manifest}
 
 
@@ -197,13 +211,35 @@ def test_too_many_rejects_fail_the_shard_with_a_clear_message(run, tmp_path, cap
     shard = next(k for k in range(2) if run["reports"]["train", k]["rejects"])
     out = tmp_path / "train" / f"train-{shard:05d}.tar"
     with pytest.raises(resize.TooManyRejectsError, match=r"truncated\.JPEG.*\n.*max_reject_fraction"):
-        resize.resize_shard(root / "index" / "train.tsv", root / "ILSVRC2012_img_train.tar", out, shard, 2,
-                            max_reject_fraction=0.0, stats=True)
+        resize.resize_shard(
+            root / "index" / "train.tsv",
+            root / "ILSVRC2012_img_train.tar",
+            out,
+            shard,
+            2,
+            max_reject_fraction=0.0,
+            stats=True,
+        )
     assert list(tmp_path.rglob("*")) == [tmp_path / "train"]  # nothing complete-looking, no temporaries
 
-    argv = ["shard", "--split", "train", "--index", str(root / "index" / "train.tsv"),
-            "--source", str(root / "ILSVRC2012_img_train.tar"), "--shard", str(shard), "--shards", "2",
-            "--max-reject-fraction", "0", "--stats", "--out", str(out)]
+    argv = [
+        "shard",
+        "--split",
+        "train",
+        "--index",
+        str(root / "index" / "train.tsv"),
+        "--source",
+        str(root / "ILSVRC2012_img_train.tar"),
+        "--shard",
+        str(shard),
+        "--shards",
+        "2",
+        "--max-reject-fraction",
+        "0",
+        "--stats",
+        "--out",
+        str(out),
+    ]
     assert resize.main(argv) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "could not be decoded" in err and "Traceback" not in err
@@ -212,8 +248,9 @@ def test_too_many_rejects_fail_the_shard_with_a_clear_message(run, tmp_path, cap
 def test_manifest_checks_rejects_over_all_shards(run, tmp_path):
     root = run["root"]
     with pytest.raises(resize.TooManyRejectsError, match="all shards"):
-        resize.write_manifest(root / "shards", 2, 1, root / "classes.tsv", tmp_path / "manifest.json",
-                              max_reject_fraction=0.01)
+        resize.write_manifest(
+            root / "shards", 2, 1, root / "classes.tsv", tmp_path / "manifest.json", max_reject_fraction=0.01
+        )
     assert not (tmp_path / "manifest.json").exists()
 
 
@@ -226,7 +263,7 @@ def test_fused_statistics_equal_recomputed_pixels(run):
         pixels = []
         for i in range(len(rows)):
             if "truncated" not in rows.name(i):
-                data = raw[rows.offset[i]: rows.offset[i] + rows.size[i]]
+                data = raw[rows.offset[i] : rows.offset[i] + rows.size[i]]
                 pixels.append(np.asarray(resize.downsample(data)))
         stack = np.stack(pixels).astype(np.float64)
         flat = stack.reshape(-1, 3)
@@ -290,9 +327,13 @@ def test_dali_webdataset_reader_reads_the_shards(run):
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
-        jpg, cls = fn.readers.webdataset(paths=[str(p) for p in shards],
-                                         index_paths=[str(p.with_suffix(".idx")) for p in shards],
-                                         ext=["jpg", "cls"], missing_component_behavior="error", name="reader")
+        jpg, cls = fn.readers.webdataset(
+            paths=[str(p) for p in shards],
+            index_paths=[str(p.with_suffix(".idx")) for p in shards],
+            ext=["jpg", "cls"],
+            missing_component_behavior="error",
+            name="reader",
+        )
         return fn.decoders.image(jpg, device="cpu"), cls
 
     p = pipe()
@@ -316,8 +357,9 @@ def test_stale_temporaries_of_a_killed_run_are_removed(run, tmp_path):
     other = out.with_name("train-00001.tar.tmp-99999")  # another shard's job may be running
     for p in stale + [other]:
         p.write_bytes(b"partial")
-    resize.resize_shard(root / "index" / "train.tsv", root / "ILSVRC2012_img_train.tar", out, 0, 2,
-                        max_reject_fraction=0.2)
+    resize.resize_shard(
+        root / "index" / "train.tsv", root / "ILSVRC2012_img_train.tar", out, 0, 2, max_reject_fraction=0.2
+    )
     assert not any(p.exists() for p in stale) and other.exists()
 
 

@@ -1,4 +1,5 @@
 """Per-rule resources from Snakemake's benchmark files."""
+
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,15 @@ def test_jobs_are_summed_per_rule_and_unsampled_figures_stay_unknown(tmp_path):
     table = gather(tmp_path)
     assert list(table) == ["train", "resize_train_shard", "index"]  # longest total first
     shards = table["resize_train_shard"]
-    assert shards == {"jobs": 2, "total_s": 5.0, "max_s": 3.0, "cpu_s": 1.5, "max_rss_mb": 50.0,
-                      "read_mb": 2.0, "written_mb": 4.0}
+    assert shards == {
+        "jobs": 2,
+        "total_s": 5.0,
+        "max_s": 3.0,
+        "cpu_s": 1.5,
+        "max_rss_mb": 50.0,
+        "read_mb": 2.0,
+        "written_mb": 4.0,
+    }
     assert table["index"]["max_rss_mb"] is None and table["index"]["cpu_s"] is None
 
 
@@ -40,7 +48,13 @@ def test_outputs_and_metrics(tmp_path):
     bench(tmp_path / "b", "resize/val-00000.tsv", 1.0, rss="NA")
     resources(tmp_path / "b", tmp_path / "out")
     assert read_json(tmp_path / "out" / "metrics.json")["resources"]["resize_val_shard"] == {
-        "jobs": 1, "total_s": 1.0, "max_s": 1.0, "cpu_s": 1.5, "read_mb": 1.0, "written_mb": 2.0}
+        "jobs": 1,
+        "total_s": 1.0,
+        "max_s": 1.0,
+        "cpu_s": 1.5,
+        "read_mb": 1.0,
+        "written_mb": 2.0,
+    }
     md = (tmp_path / "out" / "resources.md").read_text()
     assert "| pca | 1 | 4.0 s | 4.0 s | 1.5 s | 100 MB | 1.0 MB | 2.0 MB |" in md
     assert "| resize_val_shard | 1 | 1.0 s | 1.0 s | 1.5 s | n/a MB |" in md

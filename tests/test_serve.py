@@ -5,6 +5,7 @@ The wrapper runs as the train rule runs it (pipeline.track run --register ...)
 under a parent run that start_parent created with a git checkout and a config,
 so the registered version carries the provenance of a real invocation.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,10 +22,11 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import free_port, running_server, tool_env
 from pipeline.fingerprint import file_digest
 from pipeline.predict import predict
 from pipeline.tracking.registry import Registration, RegistryError, register_version
+
+from conftest import free_port, running_server, tool_env
 from test_predict import _encode, _image, trained_run_files
 from test_tracking_parent import git
 
@@ -77,21 +79,64 @@ def registered(tmp_path_factory):
     # logs best.pt as the model "model" and registers it
     record = root / "train" / "registered_model.json"
     stage = f"import json; json.dump({{'inputs': {inputs!r}}}, open({str(root / 'train' / 'train.json')!r}, 'w'))"
-    cmd = [sys.executable, "-m", "pipeline.track", "run", "--stage", "train", "--log", str(root / "train.log"),
-           "--tracking-uri", uri, "--experiment", "serve", "--parent-file", str(parent_file),
-           "--model", str(ckpt), "--mean-image", str(mean_npy), "--classes", str(classes_tsv),
-           "--register", NAME, "--registered-file", str(record), "--fingerprints", str(root / "train" / "train.json"),
-           "--", sys.executable, "-c", stage, "--batch-size", "128"]
-    proc = subprocess.run(cmd, cwd=root, env=tool_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.track",
+        "run",
+        "--stage",
+        "train",
+        "--log",
+        str(root / "train.log"),
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "serve",
+        "--parent-file",
+        str(parent_file),
+        "--model",
+        str(ckpt),
+        "--mean-image",
+        str(mean_npy),
+        "--classes",
+        str(classes_tsv),
+        "--register",
+        NAME,
+        "--registered-file",
+        str(record),
+        "--fingerprints",
+        str(root / "train" / "train.json"),
+        "--",
+        sys.executable,
+        "-c",
+        stage,
+        "--batch-size",
+        "128",
+    ]
+    proc = subprocess.run(cmd, cwd=root, env=tool_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # no "Failed to log model config as params": the model's settings stay out of the run's params
     assert "warning" not in proc.stderr.lower(), proc.stderr[-4000:]
-    assert client.search_runs([client.get_experiment_by_name("serve").experiment_id],
-                              "attributes.run_name = 'train'")[0].data.params["batch_size"] == "128"
-    return {"root": root, "uri": uri, "client": client, "images": sorted(images.iterdir()), "checkpoint": ckpt,
-            "mean": mean_npy, "classes": classes_tsv, "inputs": inputs, "record": record, "code": code,
-            "config": config, "train_stderr": proc.stderr}
+    assert (
+        client.search_runs([client.get_experiment_by_name("serve").experiment_id], "attributes.run_name = 'train'")[
+            0
+        ].data.params["batch_size"]
+        == "128"
+    )
+    return {
+        "root": root,
+        "uri": uri,
+        "client": client,
+        "images": sorted(images.iterdir()),
+        "checkpoint": ckpt,
+        "mean": mean_npy,
+        "classes": classes_tsv,
+        "inputs": inputs,
+        "record": record,
+        "code": code,
+        "config": config,
+        "train_stderr": proc.stderr,
+    }
 
 
 def test_registered_version_carries_provenance(registered):
@@ -104,7 +149,8 @@ def test_registered_version_carries_provenance(registered):
     tags = version.tags
     assert tags["git_commit"] == git(registered["code"], "rev-parse", "HEAD") and tags["git_dirty"] == "true"
     assert {k: v for k, v in tags.items() if k.startswith("inputs.")} == {
-        f"inputs.{k}": v for k, v in registered["inputs"].items()}
+        f"inputs.{k}": v for k, v in registered["inputs"].items()
+    }
     assert set(registered["inputs"]) == {"manifest", "shards", "pca", "mean_image", "classes"}
     assert tags["checkpoint_sha256"] == record["checkpoint_sha256"]
     assert tags["config"] == f"runs:/{version.run_id}/config.yaml"
@@ -122,15 +168,20 @@ def test_registration_without_fingerprints_is_refused_by_name(registered, tmp_pa
     run_id = client.get_model_version(NAME, "1").run_id
     registration = Registration(NAME, str(tmp_path / "registered_model.json"), str(tmp_path / "train.json"))
     with pytest.raises(RegistryError, match=r"train.json has no key 'inputs'"):
-        register_version(client, registered["uri"], run_id, types.SimpleNamespace(model_uri=f"runs:/{run_id}/model"),
-                         str(registered["checkpoint"]), registration)
+        register_version(
+            client,
+            registered["uri"],
+            run_id,
+            types.SimpleNamespace(model_uri=f"runs:/{run_id}/model"),
+            str(registered["checkpoint"]),
+            registration,
+        )
     assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == ["1"]
     assert not (tmp_path / "registered_model.json").exists()
 
 
 def _post(url: str, body: dict) -> tuple[int, dict | str]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=120) as reply:
             return reply.status, json.loads(reply.read())
@@ -142,16 +193,30 @@ def test_served_model_answers_with_predicts_numbers(registered):
     root, port = registered["root"], free_port()
     env = tool_env(MLFLOW_TRACKING_URI=registered["uri"], OMP_NUM_THREADS="1")
     # cwd outside the repository: the served code comes from the model's own code paths
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}/latest",
-           "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        f"models:/{NAME}/latest",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with running_server(cmd, f"http://127.0.0.1:{port}/ping", root / "serve.log", PING_TIMEOUT_S, cwd=root, env=env):
         files = registered["images"]
         records = [{"image": base64.b64encode(f.read_bytes()).decode()} for f in files]
         status, reply = _post(f"http://127.0.0.1:{port}/invocations", {"dataframe_records": records})
         assert status == 200, reply
         rows = reply["predictions"]
-        expected = predict(files, registered["checkpoint"], registered["mean"], registered["classes"], device="cpu",
-                           progress=False)
+        expected = predict(
+            files, registered["checkpoint"], registered["mean"], registered["classes"], device="cpu", progress=False
+        )
         assert len(rows) == len(expected) == IMAGES
         for row, result in zip(rows, expected):
             top = result["top"]
@@ -162,6 +227,8 @@ def test_served_model_answers_with_predicts_numbers(registered):
             assert row["wnid"] == [t["wnid"] for t in top] and row["names"] == [t["names"] for t in top]
             np.testing.assert_allclose(row["probability"], [t["probability"] for t in top], rtol=0, atol=ATOL)
 
-        status, reply = _post(f"http://127.0.0.1:{port}/invocations",
-                              {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]})
+        status, reply = _post(
+            f"http://127.0.0.1:{port}/invocations",
+            {"dataframe_records": [{"image": base64.b64encode(b"not an image").decode()}]},
+        )
         assert status == 400 and "row 0: not an image format PIL recognises" in reply

@@ -1,4 +1,5 @@
 """Shard index readers: the sample count and keys the loaders take from a shard's DALI index."""
+
 import pytest
 
 from pipeline.shards import ShardIndexError, ShardWriter, index_path, shard_sample_count, shard_sample_keys
@@ -23,7 +24,9 @@ def test_an_index_without_member_names_numbers_its_samples(shard):
     idx = index_path(shard)
     lines = idx.read_text().splitlines()
     # v1.1 (wds2idx before member names): "<ext> <offset> <size>" per member
-    idx.write_text("\n".join(["v1.1 3"] + [" ".join(line.split()[:3] + line.split()[4:7]) for line in lines[1:]]) + "\n")
+    idx.write_text(
+        "\n".join(["v1.1 3"] + [" ".join(line.split()[:3] + line.split()[4:7]) for line in lines[1:]]) + "\n"
+    )
     assert shard_sample_count(shard) == 3
     assert shard_sample_keys(shard) == ["train-00000:0", "train-00000:1", "train-00000:2"]
 

@@ -21,6 +21,7 @@ Takes 3 to 5 minutes on 2 cores, mostly SLURM and Snakemake latency: the
 plugin polls squeue at growing intervals (2, 14, 36 s, ... after a submission),
 and each job starts Snakemake twice (in the batch step, then under srun).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,14 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 STATE = Path(os.environ.get("ALEXNET_SLURM_DIR", "/tmp/alexnet-slurm"))
 SBIN = os.pathsep.join(["/usr/sbin", "/sbin"])
 # No slurmdbd here: sacct is off, so the plugin polls squeue (MinJobAge=600 keeps finished jobs listed).
-PLUGIN_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account",
-                "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs"]
+PLUGIN_FLAGS = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-no-account",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--slurm-keep-successful-logs",
+]
 # One CPU thread count for both runs, so training on the CPU is bit-for-bit comparable.
 THREADS = ["--set-threads", "train=2", "evaluate=1", "demo=1"]
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
@@ -53,9 +60,11 @@ FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: (?!all\))(\w+)\)")
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(shutil.which("slurmctld", path=f"{os.environ.get('PATH', '')}{os.pathsep}{SBIN}") is None,
-                       reason="slurmctld is not installed; `bash tests/slurm/start.sh` (as root) installs "
-                              "SLURM and starts a test cluster"),
+    pytest.mark.skipif(
+        shutil.which("slurmctld", path=f"{os.environ.get('PATH', '')}{os.pathsep}{SBIN}") is None,
+        reason="slurmctld is not installed; `bash tests/slurm/start.sh` (as root) installs "
+        "SLURM and starts a test cluster",
+    ),
 ]
 
 
@@ -82,8 +91,9 @@ def tool_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cluster():
     started_here = not running()
-    run = subprocess.run(["bash", str(START)], env=tool_env(ALEXNET_SLURM_NO_INSTALL="1"),
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        ["bash", str(START)], env=tool_env(ALEXNET_SLURM_NO_INSTALL="1"), capture_output=True, text=True, timeout=120
+    )
     if run.returncode != 0:
         subprocess.run(["bash", str(STOP)], env=tool_env(), capture_output=True, timeout=60)
         pytest.fail(f"the test cluster did not start:\n{run.stderr[-3000:]}")
@@ -94,8 +104,20 @@ def cluster():
 
 def snakemake(workdir: Path, env: dict, *args: str, snakefile: Path = REPO / "Snakefile", timeout: int = 900):
     """Snakemake, bounded by `timeout -s KILL` (a plugin waiting on a lost job would wait forever)."""
-    cmd = ["timeout", "-s", "KILL", str(timeout), sys.executable, "-m", "snakemake", "-s", str(snakefile),
-           "-d", str(workdir), *args]
+    cmd = [
+        "timeout",
+        "-s",
+        "KILL",
+        str(timeout),
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(snakefile),
+        "-d",
+        str(workdir),
+        *args,
+    ]
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -121,8 +143,14 @@ def finish(proc: subprocess.Popen, what: str, env: dict, workdir: Path | None = 
 
 def squeue(env: dict, ids: list[str]) -> dict[str, tuple[str, str, str]]:
     """{job id: (name of the rule, partition, state)} of finished jobs, while MinJobAge keeps them."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%k|%P|%T"],
-                         env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%k|%P|%T"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     rows = [line.split("|") for line in out.splitlines() if line.strip()]
     return {i: (comment.removeprefix("rule_").split("_wildcards_")[0], part, state) for i, comment, part, state in rows}
 
@@ -140,8 +168,11 @@ def without_timings(obj):
     """JSON minus wall-clock fields (seconds, images per second, input wait) and paths, which differ between runs,
     and the training's run_uid, which is drawn anew for every training by design."""
     if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items()
-                if not (k.endswith(("seconds", "_s")) or "per_s" in k or "wait" in k or k == "run_uid")}
+        return {
+            k: without_timings(v)
+            for k, v in obj.items()
+            if not (k.endswith(("seconds", "_s")) or "per_s" in k or "wait" in k or k == "run_uid")
+        }
     if isinstance(obj, list):
         return [without_timings(v) for v in obj]
     return obj
@@ -193,19 +224,23 @@ def check_demo_workflow(cluster, tmp_path):
     assert sorted(rule for rule, _, _ in jobs.values()) == sent
     assert (remote / "results" / "fetch" / "fetch.json").is_file()
     assert {state for _, _, state in jobs.values()} == {"COMPLETED"}
-    assert {rule: part for rule, part, _ in jobs.values()} == \
-        {rule: "gpu" if rule in ("train", "evaluate") else "cpu" for rule in sent}
+    assert {rule: part for rule, part, _ in jobs.values()} == {
+        rule: "gpu" if rule in ("train", "evaluate") else "cpu" for rule in sent
+    }
 
     # Same results as the local run.
     a, b = local / "results", remote / "results"
     for tar in sorted(a.glob("shards/*/*.tar")):
         assert digest(tar) == digest(b / tar.relative_to(a)), tar.name
     for name in ("shards/manifest.json", "pca/pca.json", "train/train.json", "evaluate/metrics.json"):
-        assert without_timings(json.loads((b / name).read_text())) == \
-            without_timings(json.loads((a / name).read_text())), name
+        assert without_timings(json.loads((b / name).read_text())) == without_timings(
+            json.loads((a / name).read_text())
+        ), name
     assert json.loads((b / "train/train.json").read_text())["replicas_in_sync"]
-    losses = [[row for row in map(json.loads, (r / "train/metrics.jsonl").read_text().splitlines())
-               if "train_loss" in row] for r in (a, b)]
+    losses = [
+        [row for row in map(json.loads, (r / "train/metrics.jsonl").read_text().splitlines()) if "train_loss" in row]
+        for r in (a, b)
+    ]
     assert [r["train_loss"] for r in losses[0]] == [r["train_loss"] for r in losses[1]] and losses[0]
 
     # MLflow: the store the submitting process created holds the cluster jobs' runs.
@@ -225,7 +260,7 @@ def multi_node_block() -> dict:
     lines = (PROFILE / "config.yaml").read_text().splitlines()
     start = lines.index("#  train:")
     block = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("#    "):
             break
         block.append(line[1:])
@@ -248,26 +283,39 @@ def check_gpu_entries(cluster, tmp_path):
     (tmp_path / "Snakefile").write_text(
         "rule all:\n"
         "    input: 'gpus/rank-0.json', 'nodes/rank-0.json'\n"
-        + "".join(f"rule {name}:\n"
-                  f"    output: '{name}/rank-0.json'\n"
-                  f"    log: '{name}.log'\n"
-                  f"    shell: '{probe} {name} > {{log}} 2>&1'\n" for name in ("gpus", "nodes")))
+        + "".join(
+            f"rule {name}:\n"
+            f"    output: '{name}/rank-0.json'\n"
+            f"    log: '{name}.log'\n"
+            f"    shell: '{probe} {name} > {{log}} 2>&1'\n"
+            for name in ("gpus", "nodes")
+        )
+    )
     profile = tmp_path / "profile"
     profile.mkdir()
     # One job at a time: the test cluster's two nodes are one host sharing two fake GPU
     # device files, and with both jobs in flight the second job's step was sometimes
     # refused ("Invalid generic resource (gres) specification"), seen twice in CI runs.
-    (profile / "config.yaml").write_text(yaml.safe_dump({
-        "executor": "slurm", "jobs": 1, "latency-wait": 10,
-        "default-resources": {"mem_mb": 1000, "runtime": 10},
-        "set-threads": {"gpus": 2, "nodes": 2},
-        "set-resources": {"gpus": one_node, "nodes": nodes}}))
-    run = snakemake(tmp_path, cluster, "--profile", str(profile), *PLUGIN_FLAGS,
-                    snakefile=tmp_path / "Snakefile", timeout=300)
+    (profile / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "executor": "slurm",
+                "jobs": 1,
+                "latency-wait": 10,
+                "default-resources": {"mem_mb": 1000, "runtime": 10},
+                "set-threads": {"gpus": 2, "nodes": 2},
+                "set-resources": {"gpus": one_node, "nodes": nodes},
+            }
+        )
+    )
+    run = snakemake(
+        tmp_path, cluster, "--profile", str(profile), *PLUGIN_FLAGS, snakefile=tmp_path / "Snakefile", timeout=300
+    )
     out = finish(run, "the DDP jobs", cluster, tmp_path)
     assert len(SUBMITTED.findall(out)) == 2
-    hosts = subprocess.run(["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N"], env=cluster, capture_output=True,
-                           text=True, check=True).stdout.split()
+    hosts = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", "gpu", "-o", "%N"], env=cluster, capture_output=True, text=True, check=True
+    ).stdout.split()
 
     log = (tmp_path / "gpus.log").read_text()
     assert "launch: standalone, 1 node(s) x 2 process(es)" in log, log[-3000:]

@@ -1,6 +1,7 @@
 """`python -m pipeline.track run`, as the rules call it: child runs under a parent, params, metrics,
 artifacts, secrets, the registry. The modules behind it: tests/test_tracking_*.py.
 """
+
 import json
 import subprocess
 import sys
@@ -8,14 +9,24 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import tool_env
 from pipeline.fingerprint import file_digest
 from pipeline.tracking.parent import start_parent
 
+from conftest import tool_env
+
 
 def wrap(tmp_path, *args, env=None):
-    cmd = [sys.executable, "-m", "pipeline.track", "run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-           "--experiment", "t", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.track",
+        "run",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        "--experiment",
+        "t",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=tmp_path, env=tool_env(**(env or {})), capture_output=True, text=True)
 
 
@@ -29,9 +40,28 @@ def test_child_run_under_parent_with_params_metrics_artifacts(tmp_path):
     parent = start_parent(f"sqlite:///{tmp_path}/m.db", "t", tmp_path / "parent", "workflow", {"k": "v"}, {})
     (tmp_path / "m.json").write_text(json.dumps({"images": 12, "nested": {"rate": 3.5}}))
     (tmp_path / "steps.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n')
-    proc = wrap(tmp_path, "--stage", "pca", "--log", "logs/pca.log", "--parent-file", "parent",
-                "--metrics", "m.json", "--parent-metrics", "m.json", "--artifact", "m.json",
-                "--jsonl", "steps.jsonl", "--", "echo", "hello", "--size", "256")
+    proc = wrap(
+        tmp_path,
+        "--stage",
+        "pca",
+        "--log",
+        "logs/pca.log",
+        "--parent-file",
+        "parent",
+        "--metrics",
+        "m.json",
+        "--parent-metrics",
+        "m.json",
+        "--artifact",
+        "m.json",
+        "--jsonl",
+        "steps.jsonl",
+        "--",
+        "echo",
+        "hello",
+        "--size",
+        "256",
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "logs/pca.log").read_text() == "hello --size 256\n"
     client, by_name = runs(tmp_path)
@@ -45,12 +75,25 @@ def test_child_run_under_parent_with_params_metrics_artifacts(tmp_path):
     assert {a.path for a in client.list_artifacts(child.info.run_id)} == {"m.json", "logs"}
     assert [a.path for a in client.list_artifacts(child.info.run_id, "logs")] == ["logs/pca.log"]
     assert child.data.metrics["wall_time_s"] >= 0 and set(child.data.metrics) == {
-        "wall_time_s", "images", "nested.rate", "loss"}
+        "wall_time_s",
+        "images",
+        "nested.rate",
+        "loss",
+    }
 
 
 def test_failure_marks_run_failed_and_shows_log_tail(tmp_path):
-    proc = wrap(tmp_path, "--stage", "fetch", "--log", "f.log", "--",
-                sys.executable, "-c", "import sys; print('error: md5 mismatch'); sys.exit(3)")
+    proc = wrap(
+        tmp_path,
+        "--stage",
+        "fetch",
+        "--log",
+        "f.log",
+        "--",
+        sys.executable,
+        "-c",
+        "import sys; print('error: md5 mismatch'); sys.exit(3)",
+    )
     assert proc.returncode == 3
     assert "error: md5 mismatch" in proc.stderr and "fetch failed" in proc.stderr
     client, by_name = runs(tmp_path)
@@ -78,11 +121,25 @@ def test_flags_that_need_others_are_refused_by_name(tmp_path):
 @pytest.mark.parametrize("split", [1, 3, 7])
 def test_secret_is_masked_even_when_split_across_writes(tmp_path, split):
     token = "s3cr3t-token-value"
-    script = ("import os, sys, time; t = os.environ['TOK']; "
-              f"sys.stdout.write('auth ' + t[:{split}]); sys.stdout.flush(); time.sleep(0.2); "
-              f"sys.stdout.write(t[{split}:] + ' done\\n')")
-    proc = wrap(tmp_path, "--stage", "fetch", "--log", "f.log", "--redact-env", "TOK", "--",
-                sys.executable, "-c", script, env={"TOK": token})
+    script = (
+        "import os, sys, time; t = os.environ['TOK']; "
+        f"sys.stdout.write('auth ' + t[:{split}]); sys.stdout.flush(); time.sleep(0.2); "
+        f"sys.stdout.write(t[{split}:] + ' done\\n')"
+    )
+    proc = wrap(
+        tmp_path,
+        "--stage",
+        "fetch",
+        "--log",
+        "f.log",
+        "--redact-env",
+        "TOK",
+        "--",
+        sys.executable,
+        "-c",
+        script,
+        env={"TOK": token},
+    )
     assert proc.returncode == 0
     assert (tmp_path / "f.log").read_text() == "auth *** done\n"
     assert token not in proc.stdout + proc.stderr
@@ -95,18 +152,44 @@ def test_evaluate_wrapper_tags_the_registered_version(tmp_path):
     version = client.create_model_version("alexnet-t", source=str(tmp_path), tags={"git_commit": "abc"})
     (tmp_path / "best.pt").write_bytes(b"the registered weights")
     record = tmp_path / "registered_model.json"
-    record.write_text(json.dumps({"name": "alexnet-t", "version": version.version,
-                                  "checkpoint_sha256": file_digest(tmp_path / "best.pt")}))
-    errors = {"val_top1_err_10crop": 41.5, "val_top5_err_10crop": 18.25, "val_top1_err_center": 43.0,
-              "val_top5_err_center": 20.0, "val_images": 200}
+    record.write_text(
+        json.dumps(
+            {"name": "alexnet-t", "version": version.version, "checkpoint_sha256": file_digest(tmp_path / "best.pt")}
+        )
+    )
+    errors = {
+        "val_top1_err_10crop": 41.5,
+        "val_top5_err_10crop": 18.25,
+        "val_top1_err_center": 43.0,
+        "val_top5_err_center": 20.0,
+        "val_images": 200,
+    }
     (tmp_path / "metrics.json").write_text(json.dumps(errors))
-    proc = wrap(tmp_path, "--stage", "evaluate", "--log", "e.log", "--metrics", "metrics.json",
-                "--tag-registered", str(record), "--evaluated-checkpoint", "best.pt", "--", "true")
+    proc = wrap(
+        tmp_path,
+        "--stage",
+        "evaluate",
+        "--log",
+        "e.log",
+        "--metrics",
+        "metrics.json",
+        "--tag-registered",
+        str(record),
+        "--evaluated-checkpoint",
+        "best.pt",
+        "--",
+        "true",
+    )
     assert proc.returncode == 0, proc.stderr
     _, by_name = runs(tmp_path)
     assert client.get_model_version("alexnet-t", version.version).tags == {
-        "git_commit": "abc", "val_top1_err_10crop": "41.5", "val_top5_err_10crop": "18.25",
-        "val_top1_err_center": "43.0", "val_top5_err_center": "20.0", "evaluate_run": by_name["evaluate"].info.run_id}
+        "git_commit": "abc",
+        "val_top1_err_10crop": "41.5",
+        "val_top5_err_10crop": "18.25",
+        "val_top1_err_center": "43.0",
+        "val_top5_err_center": "20.0",
+        "evaluate_run": by_name["evaluate"].info.run_id,
+    }
     assert by_name["evaluate"].data.metrics["val_images"] == 200
 
 
@@ -117,9 +200,28 @@ def test_failed_registration_leaves_the_stage_standing(tmp_path):
     stale.write_text('{"name": "alexnet-t", "version": "1"}')  # an earlier training's
     (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "train.json").write_text(json.dumps({"inputs": {"manifest": "0" * 64}}))
-    proc = wrap(tmp_path, "--stage", "train", "--log", "t.log", "--model", "best.pt", "--mean-image", "m.npy",
-                "--classes", "c.tsv", "--register", "alexnet-t", "--registered-file", str(stale),
-                "--fingerprints", "train.json", "--", "echo", "trained")
+    proc = wrap(
+        tmp_path,
+        "--stage",
+        "train",
+        "--log",
+        "t.log",
+        "--model",
+        "best.pt",
+        "--mean-image",
+        "m.npy",
+        "--classes",
+        "c.tsv",
+        "--register",
+        "alexnet-t",
+        "--registered-file",
+        str(stale),
+        "--fingerprints",
+        "train.json",
+        "--",
+        "echo",
+        "trained",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "warning: train succeeded but MLflow logging failed" in proc.stderr
     assert "warning: train succeeded but registering its model as alexnet-t failed: no model was logged" in proc.stderr

@@ -1,10 +1,19 @@
 """pipeline.tracking.access: logins kept out of what is stored, refusals explained, sqlite locks waited out."""
+
 import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.tracking import access
-from pipeline.tracking.access import (TrackingAccessError, explain, redact, redact_tree, refusal, resolve_uri, retry,
-                                      server_access)
+from pipeline.tracking.access import (
+    TrackingAccessError,
+    explain,
+    redact,
+    redact_tree,
+    refusal,
+    resolve_uri,
+    retry,
+    server_access,
+)
 
 LOGIN_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
@@ -19,9 +28,12 @@ def no_login(monkeypatch):
 def test_logins_are_masked_in_what_is_stored(no_login):
     no_login.setenv("MLFLOW_TRACKING_PASSWORD", "pa55-word")
     assert redact("postgresql://u:pw@db/x and https://tok@h/a@b and sqlite:////a@b/c.db, pa55-word") == (
-        "postgresql://***@db/x and https://***@h/a@b and sqlite:////a@b/c.db, ***")
+        "postgresql://***@db/x and https://***@h/a@b and sqlite:////a@b/c.db, ***"
+    )
     assert redact_tree({"db": ["http://u:p@h/x", 3, {"pw": "pa55-word"}], "n": None}) == {
-        "db": ["http://***@h/x", 3, {"pw": "***"}], "n": None}
+        "db": ["http://***@h/x", 3, {"pw": "***"}],
+        "n": None,
+    }
     # a password this short would mask ordinary letters of every text
     no_login.setenv("MLFLOW_TRACKING_PASSWORD", "abc")
     assert redact("abc def") == "abc def"
@@ -47,14 +59,17 @@ def test_refused_requests_become_one_error_naming_what_to_set(no_login):
     denied = MlflowException("403 != 200", error_code=PERMISSION_DENIED)
     missing = refusal(unauthenticated, "http://h:5000")
     assert isinstance(missing, TrackingAccessError) and isinstance(missing, PipelineError)
-    assert str(missing).startswith("the MLflow tracking server http://h:5000 needs a login: export "
-                                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    assert str(missing).startswith(
+        "the MLflow tracking server http://h:5000 needs a login: export "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    )
     no_login.setenv("MLFLOW_TRACKING_USERNAME", "bob")
     assert "(MLFLOW_TRACKING_PASSWORD is not set)" in str(refusal(unauthenticated, "http://h:5000"))
     no_login.setenv("MLFLOW_TRACKING_PASSWORD", "secret-pw")
     assert "refused the login of user 'bob'" in str(refusal(unauthenticated, "http://h:5000"))
     assert str(refusal(denied, "http://h:5000", "registered model 'alexnet-x'")).startswith(
-        "the MLflow tracking server http://h:5000 denies user 'bob' permission on registered model 'alexnet-x'")
+        "the MLflow tracking server http://h:5000 denies user 'bob' permission on registered model 'alexnet-x'"
+    )
     # an artifact upload refused: requests' HTTPError, maybe inside another exception
     response = requests.Response()
     response.status_code = 401

@@ -1,4 +1,5 @@
 """pipeline.tracking.follow: the JSONL metrics follower and the masked tee, against a recording client."""
+
 import sys
 import types
 
@@ -56,8 +57,10 @@ def test_a_truncated_file_is_read_again_from_its_start(tmp_path):
 
 def test_a_resumed_run_logs_only_what_the_earlier_attempt_had_not(tmp_path):
     jsonl = tmp_path / "m.jsonl"
-    jsonl.write_text('{"step": 4, "loss": 1.0, "acc": 0.5}\n{"step": 5, "loss": 0.9, "acc": 0.6}\n'
-                     '{"step": 6, "loss": 0.8, "acc": 0.7}\n')
+    jsonl.write_text(
+        '{"step": 4, "loss": 1.0, "acc": 0.5}\n{"step": 5, "loss": 0.9, "acc": 0.6}\n'
+        '{"step": 6, "loss": 0.8, "acc": 0.7}\n'
+    )
     # the earlier attempt sent loss up to step 5 and acc up to step 4 before it was killed
     client = RecordingClient(history={"loss": [4, 5], "acc": [4]})
     f = follower(client, jsonl, opened=("run-1", 5))

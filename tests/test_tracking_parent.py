@@ -1,4 +1,5 @@
 """pipeline.tracking.parent: the invocation's parent run, its code version and config."""
+
 import json
 import subprocess
 
@@ -11,8 +12,12 @@ from pipeline.tracking.parent import CODE_VERSION, CONFIG_SNAPSHOT, code_version
 
 def git(repo, *args):
     # an identity of its own: the machine running the tests may have none configured
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -46,11 +51,18 @@ def test_code_version_names_commit_and_uncommitted_changes(checkout, tmp_path):
 def test_parent_run_records_code_version_and_config(checkout, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     uri = f"sqlite:///{tmp_path}/m.db"
-    config = {"dataset": {"name": "demo", "source": "archives"}, "train": {"epochs": 3, "lr": 0.01,
-                                                                           "devices": ["cpu"]}}
+    config = {"dataset": {"name": "demo", "source": "archives"}, "train": {"epochs": 3, "lr": 0.01, "devices": ["cpu"]}}
     parent_file = tmp_path / "results" / ".tracking" / "parent_run_id"
-    run_id = start_parent(uri, "t", parent_file, "workflow", {"db": "postgresql://u:pw@h/x", "n": "3"},
-                          {"dataset": "demo"}, code_dir=checkout, config=config)
+    run_id = start_parent(
+        uri,
+        "t",
+        parent_file,
+        "workflow",
+        {"db": "postgresql://u:pw@h/x", "n": "3"},
+        {"dataset": "demo"},
+        code_dir=checkout,
+        config=config,
+    )
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     tags = run.data.tags

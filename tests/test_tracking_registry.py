@@ -2,6 +2,7 @@
 
 Logging and registering a real model, and serving it: tests/test_serve.py.
 """
+
 import json
 
 import pytest
@@ -9,11 +10,23 @@ from mlflow import MlflowClient
 
 from pipeline.fingerprint import file_digest
 from pipeline.tracking.parent import CODE_VERSION, CONFIG_SNAPSHOT, code_version
-from pipeline.tracking.registry import (EVALUATION_TAGS, REPOSITORY, RegistryError, evaluation_tags, read_record,
-                                        tag_registered_version, version_provenance)
+from pipeline.tracking.registry import (
+    EVALUATION_TAGS,
+    REPOSITORY,
+    RegistryError,
+    evaluation_tags,
+    read_record,
+    tag_registered_version,
+    version_provenance,
+)
 
-ERRORS = {"val_top1_err_10crop": 41.5, "val_top5_err_10crop": 18.25, "val_top1_err_center": 43.0,
-          "val_top5_err_center": 20.0, "val_images": 200}
+ERRORS = {
+    "val_top1_err_10crop": 41.5,
+    "val_top5_err_10crop": 18.25,
+    "val_top1_err_center": 43.0,
+    "val_top5_err_center": 20.0,
+    "val_images": 200,
+}
 
 
 def test_read_record_names_what_is_wrong(tmp_path):
@@ -32,8 +45,11 @@ def test_evaluation_tags_are_the_headline_errors_of_all_files(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({k: ERRORS[k] for k in EVALUATION_TAGS[:2]}))
     (tmp_path / "b.json").write_text(json.dumps({k: ERRORS[k] for k in EVALUATION_TAGS[2:]} | {"val_images": 3}))
     assert evaluation_tags([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == {
-        "val_top1_err_10crop": "41.5", "val_top5_err_10crop": "18.25", "val_top1_err_center": "43.0",
-        "val_top5_err_center": "20.0"}
+        "val_top1_err_10crop": "41.5",
+        "val_top5_err_10crop": "18.25",
+        "val_top1_err_center": "43.0",
+        "val_top5_err_center": "20.0",
+    }
     with pytest.raises(RegistryError, match=r"no 'val_top1_err_center' in the --metrics files \[.*a.json'\]"):
         evaluation_tags([str(tmp_path / "a.json")])
 
@@ -54,8 +70,13 @@ def test_provenance_from_the_parent_runs_folder(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({"inputs": {"manifest": "m1", "pca": "p1"}}))
     client = ArtifactClient()
     tags = version_provenance(client, "run-1", str(tracking / "parent_run_id"), str(tmp_path / "train.json"))
-    assert tags == {"git_commit": "abc", "git_dirty": "true", "config": "runs:/run-1/config.yaml",
-                    "inputs.manifest": "m1", "inputs.pca": "p1"}
+    assert tags == {
+        "git_commit": "abc",
+        "git_dirty": "true",
+        "config": "runs:/run-1/config.yaml",
+        "inputs.manifest": "m1",
+        "inputs.pca": "p1",
+    }
     assert client.artifacts == [("run-1", str(tracking / CONFIG_SNAPSHOT))]
 
 
@@ -79,13 +100,17 @@ def test_evaluation_tags_the_registered_version_of_its_checkpoint_only(tmp_path,
     (tmp_path / "best.pt").write_bytes(b"the registered weights")
     (tmp_path / "last.pt").write_bytes(b"other weights")
     record = tmp_path / "registered_model.json"
-    record.write_text(json.dumps({"name": "alexnet-t", "version": version.version,
-                                  "checkpoint_sha256": file_digest(tmp_path / "best.pt")}))
+    record.write_text(
+        json.dumps(
+            {"name": "alexnet-t", "version": version.version, "checkpoint_sha256": file_digest(tmp_path / "best.pt")}
+        )
+    )
     (tmp_path / "metrics.json").write_text(json.dumps(ERRORS))
 
     def tag(checkpoint, record_file=record, metrics="metrics.json"):
-        return tag_registered_version(client, "run-id", str(record_file), str(tmp_path / checkpoint),
-                                      [str(tmp_path / metrics)])
+        return tag_registered_version(
+            client, "run-id", str(record_file), str(tmp_path / checkpoint), [str(tmp_path / metrics)]
+        )
 
     def version_tags():
         return client.get_model_version("alexnet-t", version.version).tags
@@ -104,8 +129,11 @@ def test_evaluation_tags_the_registered_version_of_its_checkpoint_only(tmp_path,
     record.write_text(json.dumps({"name": "alexnet-t", "version": version.version}))
     with pytest.raises(RegistryError, match="registered_model.json has no key 'checkpoint_sha256'"):
         tag("best.pt")
-    record.write_text(json.dumps({"name": "alexnet-t", "version": version.version,
-                                  "checkpoint_sha256": file_digest(tmp_path / "best.pt")}))
+    record.write_text(
+        json.dumps(
+            {"name": "alexnet-t", "version": version.version, "checkpoint_sha256": file_digest(tmp_path / "best.pt")}
+        )
+    )
     expected = {k: str(ERRORS[k]) for k in EVALUATION_TAGS} | {"evaluate_run": "run-id"}
     assert tag("best.pt") == expected
     assert version_tags() == {"git_commit": "abc", **expected}

@@ -1,4 +1,5 @@
 """pipeline.tracking.runs: the stage's child run opened, continued for a resumed training, and its params."""
+
 import json
 
 import pytest
@@ -10,7 +11,10 @@ from pipeline.tracking.runs import ATTEMPT_RECORD, StageRunOpener, cli_params, f
 def test_cli_params_and_flatten(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     assert cli_params(["python", "-m", "x", "--out-dir", "r", "--quality=90", "--fast"]) == {
-        "out_dir": "r", "quality": "90", "fast": "true"}
+        "out_dir": "r",
+        "quality": "90",
+        "fast": "true",
+    }
     assert cli_params(["x", "--url", "http://user:pw@host/file.tar"]) == {"url": "http://***@host/file.tar"}
     assert cli_params(["x", "--note", "y" * 7000])["note"] == "y" * 6000  # MLflow's limit
     assert flatten({"a": 1, "b": {"c": 2.5, "d": "s", "e": True}, "f": float("nan")}) == {"a": 1.0, "b.c": 2.5}

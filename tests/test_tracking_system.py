@@ -1,18 +1,36 @@
 """System metrics in a stage's run: MLflow's monitor, the job's GPUs, a stage shorter than an interval."""
+
 import sys
 
 import pytest
 
 from pipeline.tracking.system import gpu_count, visible_gpus
+
 from test_track import runs, wrap
 
-SYSTEM = {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
-          "system/system_memory_usage_percentage"}
+SYSTEM = {
+    "system/cpu_utilization_percentage",
+    "system/system_memory_usage_megabytes",
+    "system/system_memory_usage_percentage",
+}
 
 
 def test_a_stage_run_gets_the_nodes_cpu_and_memory_over_time(tmp_path):
-    proc = wrap(tmp_path, "--stage", "pca", "--log", "pca.log", "--system-metrics-s", "0.5", "--gpus", "auto",
-                "--", sys.executable, "-c", "import time; time.sleep(3)")
+    proc = wrap(
+        tmp_path,
+        "--stage",
+        "pca",
+        "--log",
+        "pca.log",
+        "--system-metrics-s",
+        "0.5",
+        "--gpus",
+        "auto",
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(3)",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "system_metrics" not in proc.stderr  # MLflow's start and stop lines stay out of the stage's log
     client, by_name = runs(tmp_path)

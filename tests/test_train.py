@@ -3,6 +3,7 @@
 Everything runs on the CPU on tiny generated shards (4 classes of tinted
 noise, 48 train and 8 val images, width 1/16, batch 4, one torch thread).
 """
+
 from __future__ import annotations
 
 import io
@@ -19,9 +20,9 @@ import pytest
 import torch
 
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.devices import DeviceError, Dist, resolve_devices
 from pipeline.io import write_json, write_tsv
 from pipeline.shards import ShardWriter
-from pipeline.devices import DeviceError, Dist, resolve_devices
 from pipeline.train import TrainConfig, TrainingDiverged, fit, make_loaders, param_digest, train
 from pipeline.training.state import collapse_epoch
 
@@ -30,7 +31,9 @@ CLASSES = 4
 TINTS = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]], dtype=np.float64)
 # Caffe's init: with the paper's (biases 1) a 1/16-width net's loss swings over the
 # first steps (lr * |fc7 output|^2 is large), which would hide the trend tested here.
-SMALL = dict(width=0.0625, init="caffe", batch_size=4, lr=0.01, log_every=1, dali_threads=1, torch_threads=1, devices="cpu")
+SMALL = dict(
+    width=0.0625, init="caffe", batch_size=4, lr=0.01, log_every=1, dali_threads=1, torch_threads=1, devices="cpu"
+)
 
 
 def _image(rng, label):
@@ -58,15 +61,29 @@ def make_data(root: Path) -> dict:
         splits[split] = {"images": shards * per_shard, "shards": entries}
     write_json(root / "shards" / "manifest.json", splits)
     cov = np.diag([1500.0, 900.0, 600.0])
-    write_json(root / "pca.json", {"mean": TINTS.mean(0).tolist(), "std": [70.0, 70.0, 70.0],
-                                   "covariance": cov.tolist(), "eigval": [1500.0, 900.0, 600.0],
-                                   "eigvec": np.eye(3).tolist(), "pixels": 1, "images": 1,
-                                   "imagenet_cosine": [1.0, 1.0, 1.0]})
+    write_json(
+        root / "pca.json",
+        {
+            "mean": TINTS.mean(0).tolist(),
+            "std": [70.0, 70.0, 70.0],
+            "covariance": cov.tolist(),
+            "eigval": [1500.0, 900.0, 600.0],
+            "eigvec": np.eye(3).tolist(),
+            "pixels": 1,
+            "images": 1,
+            "imagenet_cosine": [1.0, 1.0, 1.0],
+        },
+    )
     np.save(root / "mean_image.npy", np.full((256, 256, 3), TINTS.mean(0), np.float32))
-    write_tsv(root / "classes.tsv", ["index", "wnid", "names"],
-              [[i, f"n{i:08d}", f"class {i}"] for i in range(CLASSES)])
-    return {"manifest": root / "shards" / "manifest.json", "pca": root / "pca.json",
-            "mean_image": root / "mean_image.npy", "classes": root / "classes.tsv"}
+    write_tsv(
+        root / "classes.tsv", ["index", "wnid", "names"], [[i, f"n{i:08d}", f"class {i}"] for i in range(CLASSES)]
+    )
+    return {
+        "manifest": root / "shards" / "manifest.json",
+        "pca": root / "pca.json",
+        "mean_image": root / "mean_image.npy",
+        "classes": root / "classes.tsv",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +92,21 @@ def data(tmp_path_factory):
 
 
 def cli(data, out, **overrides):
-    args = [sys.executable, "-m", "pipeline.train", "--manifest", str(data["manifest"]), "--pca", str(data["pca"]),
-            "--mean-image", str(data["mean_image"]), "--classes", str(data["classes"]), "--out-dir", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        "--manifest",
+        str(data["manifest"]),
+        "--pca",
+        str(data["pca"]),
+        "--mean-image",
+        str(data["mean_image"]),
+        "--classes",
+        str(data["classes"]),
+        "--out-dir",
+        str(out),
+    ]
     for key, value in {**SMALL, **overrides}.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     return args
@@ -102,8 +132,9 @@ def env():
 def reference(data, tmp_path_factory):
     """An uninterrupted 3-epoch run, in this process."""
     out = tmp_path_factory.mktemp("reference")
-    summary = train(data["manifest"], data["pca"], data["mean_image"], data["classes"], out,
-                    TrainConfig(epochs=3, **SMALL))
+    summary = train(
+        data["manifest"], data["pca"], data["mean_image"], data["classes"], out, TrainConfig(epochs=3, **SMALL)
+    )
     return out, summary
 
 
@@ -134,9 +165,15 @@ def test_training_lowers_loss_and_writes_outputs(reference):
     assert last["epoch"] == 3 and last["step"] == 36
     assert {"model", "optimizer", "plateau", "rng", "config"} <= set(last)
     assert {"torch", "numpy", "python"} <= set(last["rng"][0])
-    assert last["config"]["model"] == {"num_classes": CLASSES, "width": 0.0625, "lrn": True,
-                                       "overlapping_pool": True, "init": "caffe", "dropout": 0.5,
-                                       "dropout_style": "paper"}
+    assert last["config"]["model"] == {
+        "num_classes": CLASSES,
+        "width": 0.0625,
+        "lrn": True,
+        "overlapping_pool": True,
+        "init": "caffe",
+        "dropout": 0.5,
+        "dropout_style": "paper",
+    }
     assert last["config"]["augment"] == {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
 
 
@@ -226,8 +263,10 @@ def test_changed_input_starts_over(data, reference, tmp_path):
     # epochs was raised too, but on other data the old weights are not worth extending
     assert "starting over: the PCA differs from the checkpoint's" in done.stderr
     assert sorted(losses(out)) == list(range(1, 49))
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["inputs"]["pca"] != \
-        load_checkpoint(out / "previous" / "checkpoints" / "last.pt")["config"]["inputs"]["pca"]
+    assert (
+        load_checkpoint(out / "checkpoints" / "last.pt")["config"]["inputs"]["pca"]
+        != load_checkpoint(out / "previous" / "checkpoints" / "last.pt")["config"]["inputs"]["pca"]
+    )
 
 
 class Poisoned:
@@ -254,7 +293,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path):
     with pytest.raises(TrainingDiverged) as err:
         fit(model, Poisoned(train_loader, bad=2), eval_loader, cfg, tmp_path, CLASSES)
     msg = str(err.value)
-    assert "loss nan at step 15 (epoch 2)" in msg and f"{tmp_path / 'checkpoints' / 'last.pt'} (epoch 1, step 12)" in msg
+    assert (
+        "loss nan at step 15 (epoch 2)" in msg and f"{tmp_path / 'checkpoints' / 'last.pt'} (epoch 1, step 12)" in msg
+    )
     kept = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert kept["epoch"] == 1 and all(torch.isfinite(t).all() for t in kept["model"].values())
     assert not (tmp_path / "train.json").exists()
@@ -283,8 +324,19 @@ def test_cli_names_a_missing_shard_without_traceback(data, tmp_path, capsys):
 
 
 def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
-              "--rdzv-endpoint", "localhost:0", "-m", "pipeline.train"]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        "-m",
+        "pipeline.train",
+    ]
     args = cli(data, tmp_path, epochs=1, batch_size=8)
     run = subprocess.run(launch + args[3:], env=env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -1,4 +1,5 @@
 """The training log: window figures, warnings given once, the divergence message, the epoch lines."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.devices import Dist
-from pipeline.training.run_folder import RunFolder
 from pipeline.training.log import EpochResult, TrainingDiverged, TrainingLog, Window
+from pipeline.training.run_folder import RunFolder
 from pipeline.training.state import TrainState
 
 

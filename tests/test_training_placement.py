@@ -1,4 +1,5 @@
 """Placement: precision, memory format and where inputs go, decided from the devices."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,15 @@ from pipeline.checkpoint import build_model
 from pipeline.devices import Dist
 from pipeline.training.placement import Placement
 
-CONFIG = {"num_classes": 3, "width": 0.0625, "lrn": True, "overlapping_pool": True, "init": "caffe",
-          "dropout": 0.5, "dropout_style": "paper"}
+CONFIG = {
+    "num_classes": 3,
+    "width": 0.0625,
+    "lrn": True,
+    "overlapping_pool": True,
+    "init": "caffe",
+    "dropout": 0.5,
+    "dropout_style": "paper",
+}
 
 
 def test_cpu_defaults_to_fp32_and_contiguous_inputs():

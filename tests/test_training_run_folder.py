@@ -1,4 +1,5 @@
 """The run folder: whether a rerun resumes, extends or starts over, and what each leaves on disk."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.io import read_json
-from pipeline.training.run_folder import RunFolder, plan_start, set_aside, truncate_jsonl
 from pipeline.train import TrainConfig
+from pipeline.training.run_folder import RunFolder, plan_start, set_aside, truncate_jsonl
 
 CLASSES = 4
 SMALL = dict(width=0.0625, init="caffe", batch_size=4, lr=0.01, devices="cpu")
@@ -16,8 +17,11 @@ SMALL = dict(width=0.0625, init="caffe", batch_size=4, lr=0.01, devices="cpu")
 
 def test_plan_start_decisions(tmp_path):
     cfg = TrainConfig(**SMALL)
-    key, inputs, last = cfg.key(CLASSES), {k: "x" for k in ("manifest", "shards", "pca", "mean_image", "classes")}, \
-        tmp_path / "last.pt"
+    key, inputs, last = (
+        cfg.key(CLASSES),
+        {k: "x" for k in ("manifest", "shards", "pca", "mean_image", "classes")},
+        tmp_path / "last.pt",
+    )
     ckpt = {"config": {**key, "inputs": inputs}, "epoch": 3, "step": 36, "uid": "a"}
     plan = lambda c=ckpt, f=None, k=key, i=inputs, e=3, fresh=False: plan_start(c, f, k, i, e, last, fresh)  # noqa: E731
     assert plan()[0] == "resume" and "interruption" in plan()[1]  # no finished mark: it was killed after epoch 3
@@ -27,8 +31,10 @@ def test_plan_start_decisions(tmp_path):
     assert plan(e=2) == ("start", f"starting over: {last} is at epoch 3, past the 2 asked for")
     assert plan(c=None)[0] == "start" and plan(fresh=True) == ("start", "starting over: --fresh")
     other = dict(inputs, shards="y", classes="z")
-    assert plan(i=other) == ("start", "starting over: the training and validation shards and the class list "
-                                      "differ from the checkpoint's")
+    assert plan(i=other) == (
+        "start",
+        "starting over: the training and validation shards and the class list differ from the checkpoint's",
+    )
     assert plan(c={**ckpt, "config": key})[0] == "start"  # a checkpoint with no fingerprints (older version)
     lr = TrainConfig(**{**SMALL, "lr": 0.02}).key(CLASSES)
     assert plan(k=lr) == ("start", "starting over: the recipe differs from the checkpoint's (lr 0.01 -> 0.02)")
@@ -36,8 +42,12 @@ def test_plan_start_decisions(tmp_path):
 
 def test_truncate_drops_lines_after_the_checkpoint_and_a_cut_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    rows = [{"step": 4, "epoch": 1, "train_loss": 1.0}, {"step": 4, "epoch": 1, "val_top1_err": 50.0},
-            {"step": 8, "epoch": 2, "train_loss": 0.5}, {"step": 6, "epoch": 2, "warning": "flat"}]
+    rows = [
+        {"step": 4, "epoch": 1, "train_loss": 1.0},
+        {"step": 4, "epoch": 1, "val_top1_err": 50.0},
+        {"step": 8, "epoch": 2, "train_loss": 0.5},
+        {"step": 6, "epoch": 2, "warning": "flat"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 9, "ep')
     truncate_jsonl(path, step=4, epoch=1)
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]

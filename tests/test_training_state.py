@@ -1,4 +1,5 @@
 """The training's counters, best epoch and history, and the collapse rule read from them."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,5 +64,3 @@ def test_collapse_is_flagged_only_after_learning():
     assert collapse_epoch(hist([90, 80.1, 90]), chance) is None  # 9.9 points is not learning yet
     assert collapse_epoch(hist([99.9, 70, 99.95]), 99.9) == 3  # ImageNet's 1000 classes
     assert collapse_epoch([], chance) is None
-
-

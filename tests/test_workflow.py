@@ -3,6 +3,7 @@
 One run of `snakemake --cores 2` in a temporary folder, then checks on what it
 left: outputs, the MLflow store, rerun behaviour, the report and the linter.
 """
+
 import json
 import os
 import shutil
@@ -61,11 +62,21 @@ def test_every_job_has_a_benchmark_and_the_resources_table_sums_them(run_dir):
         by_rule.setdefault(rule_of(path.relative_to(bench)), []).append(read_job(path)["wall_s"])
     # tests/configs/tiny.yaml: 2 train and 1 val shards, one job for each other rule
     assert {rule: len(times) for rule, times in by_rule.items()} == {
-        "demo": 1, "fetch": 1, "index": 2, "resize_train_shard": 2, "resize_val_shard": 1, "resize": 1,
-        "pca": 1, "augment": 1, "train": 1, "evaluate": 1}
+        "demo": 1,
+        "fetch": 1,
+        "index": 2,
+        "resize_train_shard": 2,
+        "resize_val_shard": 1,
+        "resize": 1,
+        "pca": 1,
+        "augment": 1,
+        "train": 1,
+        "evaluate": 1,
+    }
     table = json.loads((run_dir / "results/resources/resources.json").read_text())
     assert {rule: (r["jobs"], r["total_s"]) for rule, r in table.items()} == {
-        rule: (len(times), sum(times)) for rule, times in by_rule.items()}
+        rule: (len(times), sum(times)) for rule, times in by_rule.items()
+    }
     assert "| train | 1 |" in (run_dir / "results/resources/resources.md").read_text()
 
 
@@ -84,8 +95,10 @@ def test_changed_quality_reruns_resize_and_downstream_not_fetch(run_dir):
 
 # --- what a rerun of the train job does (each on its own copy of the finished run)
 
+
 def copy_run(run_dir: Path, dst: Path, with_train: bool = True) -> Path:
     """A copy of the finished demo run; without results/train and results/evaluate if asked."""
+
     def skip(folder, names):
         return {"train", "evaluate"} & set(names) if Path(folder) == run_dir / "results" else set()
 
@@ -129,8 +142,12 @@ def test_changed_quality_retrains_on_the_new_shards(run_dir, tmp_path):
     after = train_state(work)
     assert after["uid"] != before["uid"] and after["epoch"] == 2
     # trained on the new data: the checkpoint's fingerprints are those of the new shards and PCA
-    now = input_fingerprints(results / "shards/manifest.json", results / "pca/pca.json",
-                             results / "pca/mean_image.npy", results / "fetch/classes.tsv")
+    now = input_fingerprints(
+        results / "shards/manifest.json",
+        results / "pca/pca.json",
+        results / "pca/mean_image.npy",
+        results / "fetch/classes.tsv",
+    )
     assert after["config"]["inputs"] == now != before["config"]["inputs"]
     assert sorted(train_losses(work))[0] == 1
     from pipeline.checkpoint import load_checkpoint  # evaluation scored the new run's best epoch
@@ -188,8 +205,9 @@ def test_killed_training_resumes_the_same_trajectory(run_dir, extended, tmp_path
     (work / "mlflow.db").unlink()
     configs = ["--configfile", str(TINY), str(_epochs_override(work, 6))]
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "2", *configs]
-    proc = subprocess.Popen(cmd, cwd=work, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=work, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     jsonl, attempt = work / "results/train/metrics.jsonl", work / "results/train/attempt.json"
     deadline = time.time() + 600
     try:
@@ -272,8 +290,15 @@ def test_report(run_dir):
     # the outputs the rules mark with report(), each under its category
     for category in ("PCA", "Augmentation", "Training", "Evaluation", "Resources"):
         assert category in html, category
-    for name in ("pca.png", "grid.png", "curve.png", "per_class.csv", "confusions.csv", "comparison.md",
-                 "resources.md"):
+    for name in (
+        "pca.png",
+        "grid.png",
+        "curve.png",
+        "per_class.csv",
+        "confusions.csv",
+        "comparison.md",
+        "resources.md",
+    ):
         assert name in html, name
 
 

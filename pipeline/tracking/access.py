@@ -15,6 +15,7 @@ The client, its retries while sqlite is locked, and batched logging live here
 too. mlflow is imported inside the functions that call it: the rest serves a
 stage run with tracking off, which should not pay mlflow's import time.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,7 +79,8 @@ def resolve_uri(tracking_uri: str | None) -> str:
         raise PipelineError(
             f"the tracking URI {redact(uri)} holds a login: remove the user:password@ part from "
             f"tracking.tracking_uri or MLFLOW_TRACKING_URI and export {USERNAME_ENV} and {PASSWORD_ENV} "
-            "instead (a URI is printed and recorded with the runs; the environment is not)")
+            "instead (a URI is printed and recorded with the runs; the environment is not)"
+        )
     return uri
 
 
@@ -103,24 +105,32 @@ def refusal(exc: BaseException, tracking_uri: str, resource: str | None = None) 
 def _login_refused(server: str) -> str:
     user, password, token = (os.environ.get(n) for n in (USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV))
     if user and password:
-        return (f"the MLflow tracking server {server} refused the login of user {user!r} given by {USERNAME_ENV} "
-                f"and {PASSWORD_ENV}: check both (the server's admin can reset the password)")
+        return (
+            f"the MLflow tracking server {server} refused the login of user {user!r} given by {USERNAME_ENV} "
+            f"and {PASSWORD_ENV}: check both (the server's admin can reset the password)"
+        )
     if token and not (user or password):
-        return (f"the MLflow tracking server {server} refused the token in {TOKEN_ENV}; with the server's own "
-                f"logins, export {USERNAME_ENV} and {PASSWORD_ENV} instead")
+        return (
+            f"the MLflow tracking server {server} refused the token in {TOKEN_ENV}; with the server's own "
+            f"logins, export {USERNAME_ENV} and {PASSWORD_ENV} instead"
+        )
     unset = [n for n, v in ((USERNAME_ENV, user), (PASSWORD_ENV, password)) if not v]
     which = f" ({unset[0]} is not set)" if len(unset) == 1 else ""
-    return (f"the MLflow tracking server {server} needs a login{which}: export {USERNAME_ENV} and {PASSWORD_ENV} "
-            "in the shell that starts the workflow, never in config.yaml or on the command line")
+    return (
+        f"the MLflow tracking server {server} needs a login{which}: export {USERNAME_ENV} and {PASSWORD_ENV} "
+        "in the shell that starts the workflow, never in config.yaml or on the command line"
+    )
 
 
 def _permission_denied(server: str, resource: str | None) -> str:
     user = os.environ.get(USERNAME_ENV)
     who = f"user {user!r}" if user else "this login"
     on = resource or "the experiment or registered model it writes to"
-    return (f"the MLflow tracking server {server} denies {who} permission on {on}: ask its "
-            "owner or the server's admin for EDIT permission on it, or (for an experiment) set "
-            "tracking.experiment to one of your own")
+    return (
+        f"the MLflow tracking server {server} denies {who} permission on {on}: ask its "
+        "owner or the server's admin for EDIT permission on it, or (for an experiment) set "
+        "tracking.experiment to one of your own"
+    )
 
 
 def explain(exc: BaseException, tracking_uri: str, resource: str | None = None) -> str:
@@ -184,7 +194,7 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -
     now = int(time.time() * 1000)
     items = [Metric(k, v, now, step) for k, v in metrics.items()]
     for i in range(0, len(items), METRICS_PER_BATCH):
-        retry(client.log_batch, run_id, metrics=items[i:i + METRICS_PER_BATCH])
+        retry(client.log_batch, run_id, metrics=items[i : i + METRICS_PER_BATCH])
 
 
 def log_params(client, run_id: str, params: dict[str, str]) -> None:
@@ -193,4 +203,4 @@ def log_params(client, run_id: str, params: dict[str, str]) -> None:
 
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), PARAMS_PER_BATCH):
-        retry(client.log_batch, run_id, params=items[i:i + PARAMS_PER_BATCH])
+        retry(client.log_batch, run_id, params=items[i : i + PARAMS_PER_BATCH])

@@ -1,4 +1,5 @@
 """Watching a stage command while it runs: its output teed to the log, masked; its JSONL metrics live."""
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,12 @@ class JsonlFollower(threading.Thread):
     def log_row(self, row: dict) -> None:
         step = int(row.pop("step", 0))
         if "warning" in row:
-            retry(self.client.set_tag, self.run_id, f"warning.{row['warning']}",
-                  str(row.get("message", ""))[:TAG_VALUE_LIMIT])
+            retry(
+                self.client.set_tag,
+                self.run_id,
+                f"warning.{row['warning']}",
+                str(row.get("message", ""))[:TAG_VALUE_LIMIT],
+            )
             return
         metrics = flatten(row)
         if self.resumed_at and step <= self.resumed_at:

@@ -11,6 +11,7 @@ git_dirty) and the resolved config as the artifact config.yaml; it leaves
 both beside the parent run file (CONFIG_SNAPSHOT, CODE_VERSION) for the jobs,
 which tag their registered model versions with them.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,19 @@ from pathlib import Path
 import yaml
 
 from pipeline.io import write_json, write_text
-from pipeline.tracking.access import (PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT, experiment_id, explain, log_params,
-                                      open_client, redact, redact_tree, resolve_uri, retry, server_access)
+from pipeline.tracking.access import (
+    PARAM_VALUE_LIMIT,
+    TAG_VALUE_LIMIT,
+    experiment_id,
+    explain,
+    log_params,
+    open_client,
+    redact,
+    redact_tree,
+    resolve_uri,
+    retry,
+    server_access,
+)
 
 # beside the parent run file: what the invocation ran with, for the jobs' model versions
 CONFIG_SNAPSHOT = "config.yaml"
@@ -38,9 +50,11 @@ def code_version(directory: str | os.PathLike) -> dict[str, str]:
     files included (a new module changes what runs as much as an edited one);
     ignored files (results, caches) do not count.
     """
+
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True,
-                              timeout=GIT_TIMEOUT_S)
+        return subprocess.run(
+            ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+        )
 
     try:
         inside = git("rev-parse", "--is-inside-work-tree")
@@ -61,9 +75,16 @@ def code_version(directory: str | os.PathLike) -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": "true" if status.stdout.strip() else "false"}
 
 
-def start_parent(tracking_uri: str | None, experiment: str, parent_file: str | os.PathLike,
-                 run_name: str, params: dict[str, str], tags: dict[str, str],
-                 code_dir: str | os.PathLike | None = None, config: dict | None = None) -> str:
+def start_parent(
+    tracking_uri: str | None,
+    experiment: str,
+    parent_file: str | os.PathLike,
+    run_name: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    code_dir: str | os.PathLike | None = None,
+    config: dict | None = None,
+) -> str:
     """Create the invocation's parent run; returns its id, also written to `parent_file`.
 
     code_dir: the workflow's folder, whose git commit and state become tags;

@@ -10,6 +10,7 @@ version, if the checkpoint it evaluated is the one the version was made from.
 A registry failure leaves the stage's outputs standing: the caller warns and
 sets the run's tag tracking_error.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,15 +40,15 @@ class ModelFiles:
 
     checkpoint: str
     mean_image: str  # the pca stage's mean image
-    classes: str     # the fetch stage's class table
+    classes: str  # the fetch stage's class table
 
 
 @dataclass(frozen=True)
 class Registration:
     """Where a logged model is registered, and what the version records."""
 
-    name: str          # the registered model the checkpoint becomes a new version of
-    record_file: str   # JSON that records the version, for the evaluate stage
+    name: str  # the registered model the checkpoint becomes a new version of
+    record_file: str  # JSON that records the version, for the evaluate stage
     fingerprints: str  # the train stage's train.json, whose "inputs" become the version's tags
 
 
@@ -98,17 +99,27 @@ def version_provenance(client, run_id: str, parent_file: str | None, fingerprint
         tags["config"] = f"runs:/{run_id}/{CONFIG_SNAPSHOT}"
     else:
         tags["config"] = "not recorded: the workflow's onstart did not leave " + (
-            str(config) if config else f"{CONFIG_SNAPSHOT} (no --parent-file)")
+            str(config) if config else f"{CONFIG_SNAPSHOT} (no --parent-file)"
+        )
     inputs = read_record(Path(fingerprints), ("inputs",))["inputs"]
     if not isinstance(inputs, dict) or not inputs:
-        raise RegistryError(f"{fingerprints}: key 'inputs' is {inputs!r}; expected the training data's "
-                            "fingerprints {manifest, shards, pca, mean_image, classes}")
+        raise RegistryError(
+            f"{fingerprints}: key 'inputs' is {inputs!r}; expected the training data's "
+            "fingerprints {manifest, shards, pca, mean_image, classes}"
+        )
     tags.update({f"inputs.{k}": str(v) for k, v in inputs.items()})
     return tags
 
 
-def register_version(client, tracking_uri: str, run_id: str, model_info, checkpoint: str,
-                     registration: Registration, parent_file: str | None = None) -> dict:
+def register_version(
+    client,
+    tracking_uri: str,
+    run_id: str,
+    model_info,
+    checkpoint: str,
+    registration: Registration,
+    parent_file: str | None = None,
+) -> dict:
     """Register the run's logged model as a new version of `registration.name`; record it in its record file."""
     import mlflow
 
@@ -116,16 +127,23 @@ def register_version(client, tracking_uri: str, run_id: str, model_info, checkpo
     tags = {**version_provenance(client, run_id, parent_file, registration.fingerprints), "checkpoint_sha256": digest}
     mlflow.set_tracking_uri(tracking_uri)
     version = retry(mlflow.register_model, model_info.model_uri, registration.name, tags=tags)
-    record = {"name": version.name, "version": str(version.version), "model_uri": model_info.model_uri,
-              "run_id": run_id, "checkpoint": str(checkpoint), "checkpoint_sha256": digest}
+    record = {
+        "name": version.name,
+        "version": str(version.version),
+        "model_uri": model_info.model_uri,
+        "run_id": run_id,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": digest,
+    }
     write_json(Path(registration.record_file), record)
     retry(client.set_tag, run_id, "registered_model", f"{version.name}/{version.version}")
     print(f"MLflow: registered {version.name} version {version.version}", file=sys.stderr)
     return record
 
 
-def tag_registered_version(client, run_id: str, record_file: str, evaluated_checkpoint: str,
-                           metrics_files: list[str]) -> dict | None:
+def tag_registered_version(
+    client, run_id: str, record_file: str, evaluated_checkpoint: str, metrics_files: list[str]
+) -> dict | None:
     """Set the evaluation's errors (from `metrics_files`) as tags on the version recorded in `record_file`.
 
     Only when the evaluated checkpoint is the one that version was made from:
@@ -133,20 +151,25 @@ def tag_registered_version(client, run_id: str, record_file: str, evaluated_chec
     """
     path = Path(record_file)
     if not path.exists():
-        print(f"note: no registered model version recorded in {path} (registration off or failed in the "
-              "train stage); the evaluation is tagged on no version", file=sys.stderr)
+        print(
+            f"note: no registered model version recorded in {path} (registration off or failed in the "
+            "train stage); the evaluation is tagged on no version",
+            file=sys.stderr,
+        )
         return None
     record = read_record(path, ("name", "version", "checkpoint_sha256"))
     if file_digest(evaluated_checkpoint) != record["checkpoint_sha256"]:
-        print(f"note: {evaluated_checkpoint} is not the checkpoint of {record['name']} version "
-              f"{record['version']} ({path}); its tags are left as they are", file=sys.stderr)
+        print(
+            f"note: {evaluated_checkpoint} is not the checkpoint of {record['name']} version "
+            f"{record['version']} ({path}); its tags are left as they are",
+            file=sys.stderr,
+        )
         return None
     tags = evaluation_tags(metrics_files)
     tags["evaluate_run"] = run_id
     for key, value in tags.items():
         retry(client.set_model_version_tag, record["name"], record["version"], key, value)
-    print(f"MLflow: tagged {record['name']} version {record['version']} with the evaluation's errors",
-          file=sys.stderr)
+    print(f"MLflow: tagged {record['name']} version {record['version']} with the evaluation's errors", file=sys.stderr)
     return tags
 
 
@@ -158,6 +181,8 @@ def evaluation_tags(metrics_files: list[str]) -> dict[str, str]:
         tags.update({k: str(metrics[k]) for k in EVALUATION_TAGS if k in metrics})
     missing = [k for k in EVALUATION_TAGS if k not in tags]
     if missing:
-        raise RegistryError(f"no {missing[0]!r} in the --metrics files {metrics_files}; the registered version "
-                            f"is tagged with {list(EVALUATION_TAGS)}")
+        raise RegistryError(
+            f"no {missing[0]!r} in the --metrics files {metrics_files}; the registered version "
+            f"is tagged with {list(EVALUATION_TAGS)}"
+        )
     return tags

@@ -12,6 +12,7 @@ Every `--flag value` of the stage command becomes a parameter; when the
 command ends, the numeric leaves of its metrics files, its artifacts, its log
 and (for training) its model are logged (`log_outcome`).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.io import read_json, write_text
-from pipeline.tracking.access import (PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT, log_metrics, log_params, redact,
-                                      retry)
+from pipeline.tracking.access import PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT, log_metrics, log_params, redact, retry
 from pipeline.tracking.registry import ModelFiles, log_model
 
 ATTEMPT_RECORD = "mlflow_run.json"  # beside the stage's attempt file: which MLflow run its training uses
@@ -73,8 +73,15 @@ class StageRunOpener:
     yet (`final`: the stage has ended; open a run whatever it wrote).
     """
 
-    def __init__(self, client, experiment_id: str, stage: str, command: list[str], parent: str | None = None,
-                 attempt_file: str | Path | None = None):
+    def __init__(
+        self,
+        client,
+        experiment_id: str,
+        stage: str,
+        command: list[str],
+        parent: str | None = None,
+        attempt_file: str | Path | None = None,
+    ):
         self.client, self.exp, self.stage, self.command, self.parent = client, experiment_id, stage, command, parent
         self.attempt_file = Path(attempt_file) if attempt_file else None
         self.record_path = self.attempt_file.with_name(ATTEMPT_RECORD) if self.attempt_file else None
@@ -96,8 +103,9 @@ class StageRunOpener:
     def _continued_run(self, attempt: dict | None) -> tuple[str | None, int]:
         """(run id, step it had reached) of the training this attempt continues, or (None, 0)."""
         record = read_json_or_none(self.record_path) if self.record_path else None
-        if not (attempt and attempt.get("action") in ("resume", "extend") and record
-                and record.get("uid") == attempt["uid"]):
+        if not (
+            attempt and attempt.get("action") in ("resume", "extend") and record and record.get("uid") == attempt["uid"]
+        ):
             return None, 0
         run_id = self._reopen(record["run_id"])
         return run_id, int(attempt.get("from_step", 0)) if run_id else 0
@@ -109,8 +117,11 @@ class StageRunOpener:
         return retry(self.client.create_run, self.exp, run_name=self.stage, tags=tags).info.run_id
 
     def _record_start(self, run_id: str, attempt: dict) -> None:
-        for key, value in (("start", attempt.get("action")), ("start_reason", attempt.get("why")),
-                           ("run_uid", attempt.get("uid"))):
+        for key, value in (
+            ("start", attempt.get("action")),
+            ("start_reason", attempt.get("why")),
+            ("run_uid", attempt.get("uid")),
+        ):
             retry(self.client.set_tag, run_id, key, str(value)[:TAG_VALUE_LIMIT])
         write_text(self.record_path, json.dumps({"run_id": run_id, "uid": attempt.get("uid")}) + "\n")
 
@@ -139,15 +150,16 @@ class StageRunOpener:
 class StageOutputs:
     """What a stage leaves to log once its command has succeeded."""
 
-    metrics: tuple[str, ...] = ()         # JSON files whose numeric leaves become the run's metrics
+    metrics: tuple[str, ...] = ()  # JSON files whose numeric leaves become the run's metrics
     parent_metrics: tuple[str, ...] = ()  # JSON files logged on the parent run as well
-    parent_note: str | None = None        # markdown that becomes the parent run's description
-    artifacts: tuple[str, ...] = ()       # files or folders
-    model: ModelFiles | None = None       # a checkpoint logged as the run's MLflow model
+    parent_note: str | None = None  # markdown that becomes the parent run's description
+    artifacts: tuple[str, ...] = ()  # files or folders
+    model: ModelFiles | None = None  # a checkpoint logged as the run's MLflow model
 
 
-def log_outcome(client, tracking_uri: str, run_id: str, outputs: StageOutputs, ok: bool, parent: str | None,
-                wall: float, log: Path):
+def log_outcome(
+    client, tracking_uri: str, run_id: str, outputs: StageOutputs, ok: bool, parent: str | None, wall: float, log: Path
+):
     """Metrics, artifacts and model of a finished stage command; returns the logged model's ModelInfo or None."""
     metrics = {"wall_time_s": wall}
     if ok:

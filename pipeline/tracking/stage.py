@@ -7,6 +7,7 @@ metrics stream live; what the finished stage left is logged, registered and
 tagged, each failure of those a warning and the tag tracking_error (the
 stage's outputs stand); the run ends FINISHED or FAILED with the command.
 """
+
 from __future__ import annotations
 
 import sys
@@ -14,10 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.tracking.access import explain, experiment_id, open_client, retry, server_access
+from pipeline.tracking.access import experiment_id, explain, open_client, retry, server_access
 from pipeline.tracking.follow import JsonlFollower, run_logged, tail
-from pipeline.tracking.registry import (ModelFiles, Registration, RegistryError, register_version,
-                                        tag_registered_version)
+from pipeline.tracking.registry import ModelFiles, Registration, RegistryError, register_version, tag_registered_version
 from pipeline.tracking.runs import StageOutputs, StageRunOpener, log_outcome, tracking_failed
 from pipeline.tracking.system import SystemMetrics
 
@@ -28,12 +28,12 @@ class StageCommand:
 
     stage: str
     argv: list[str]
-    log: Path                     # receives the command's output
-    secret: bytes | None = None   # masked in the log and on the terminal
-    jsonl: str | None = None      # step metrics, followed while the command runs
-    attempt: str | None = None    # a resumable stage's attempt file (see pipeline.tracking.runs)
+    log: Path  # receives the command's output
+    secret: bytes | None = None  # masked in the log and on the terminal
+    jsonl: str | None = None  # step metrics, followed while the command runs
+    attempt: str | None = None  # a resumable stage's attempt file (see pipeline.tracking.runs)
     system_metrics_s: float = 0.0  # sampling interval of the node's system metrics; 0: none
-    gpus: str = "0"               # GPUs the job holds, N or auto: their metrics are sampled
+    gpus: str = "0"  # GPUs the job holds, N or auto: their metrics are sampled
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class EvaluatedVersion:
     """The registered version an evaluation may tag with its errors."""
 
     record_file: str  # a Registration's record file
-    checkpoint: str   # the checkpoint the stage evaluated
+    checkpoint: str  # the checkpoint the stage evaluated
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ class _ChildRun:
     uri: str
     run_id: str
     stage: str
-    parent: str | None       # the parent run's id
+    parent: str | None  # the parent run's id
     parent_file: str | None  # where it was read; beside it, the invocation's code version and config
-    on_experiment: str       # what a refusal names when a request needs no other permission
+    on_experiment: str  # what a refusal names when a request needs no other permission
 
     def attempt(self, what: str, resource: str | None, fn, *args):
         """fn(*args); a failure is a warning and the tag tracking_error, not the stage's failure. None then."""
@@ -74,8 +74,13 @@ class _ChildRun:
             return None
 
 
-def run_stage(command: StageCommand, tracking: Tracking | None, outputs: StageOutputs = StageOutputs(),
-              registration: Registration | None = None, evaluated: EvaluatedVersion | None = None) -> int:
+def run_stage(
+    command: StageCommand,
+    tracking: Tracking | None,
+    outputs: StageOutputs = StageOutputs(),
+    registration: Registration | None = None,
+    evaluated: EvaluatedVersion | None = None,
+) -> int:
     """Run the stage command, tracked unless `tracking` is None; returns its exit status."""
     if registration:
         # a record left by an earlier training must not be taken for this one's
@@ -90,8 +95,9 @@ def run_stage(command: StageCommand, tracking: Tracking | None, outputs: StageOu
     parent = _parent_run(tracking.parent_file)
     # checked before the command runs: a refused login should not wait for days of training
     with server_access(tracking.uri, on_experiment):
-        opener = StageRunOpener(client, experiment_id(client, tracking.experiment), command.stage, command.argv,
-                                parent, command.attempt)
+        opener = StageRunOpener(
+            client, experiment_id(client, tracking.experiment), command.stage, command.argv, parent, command.attempt
+        )
         follower = JsonlFollower(client, opener, command.jsonl, on_open=system.start)
         follower.ensure_run()
     follower.start()
@@ -110,8 +116,10 @@ def run_stage(command: StageCommand, tracking: Tracking | None, outputs: StageOu
         with server_access(tracking.uri, on_experiment):
             retry(client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
     if not ok:
-        print(f"\n{command.stage} failed (exit {status}); last lines of {command.log}:\n{tail(command.log)}",
-              file=sys.stderr)
+        print(
+            f"\n{command.stage} failed (exit {status}); last lines of {command.log}:\n{tail(command.log)}",
+            file=sys.stderr,
+        )
     return status
 
 
@@ -121,22 +129,54 @@ def _parent_run(parent_file: str | None) -> str | None:
     return None
 
 
-def _log_results(run: _ChildRun, outputs: StageOutputs, ok: bool, wall: float, log: Path,
-                 registration: Registration | None, evaluated: EvaluatedVersion | None) -> None:
-    model_info = run.attempt(f"{run.stage} succeeded but MLflow logging failed", None,
-                             log_outcome, run.client, run.uri, run.run_id, outputs, ok, run.parent, wall, log)
+def _log_results(
+    run: _ChildRun,
+    outputs: StageOutputs,
+    ok: bool,
+    wall: float,
+    log: Path,
+    registration: Registration | None,
+    evaluated: EvaluatedVersion | None,
+) -> None:
+    model_info = run.attempt(
+        f"{run.stage} succeeded but MLflow logging failed",
+        None,
+        log_outcome,
+        run.client,
+        run.uri,
+        run.run_id,
+        outputs,
+        ok,
+        run.parent,
+        wall,
+        log,
+    )
     if ok and registration:
-        run.attempt(f"{run.stage} succeeded but registering its model as {registration.name} failed",
-                    f"registered model {registration.name!r}", _register, run, model_info, outputs.model, registration)
+        run.attempt(
+            f"{run.stage} succeeded but registering its model as {registration.name} failed",
+            f"registered model {registration.name!r}",
+            _register,
+            run,
+            model_info,
+            outputs.model,
+            registration,
+        )
     if ok and evaluated:
-        run.attempt(f"{run.stage} succeeded but tagging the registered model version failed",
-                    f"the registered model recorded in {evaluated.record_file}",
-                    tag_registered_version, run.client, run.run_id, evaluated.record_file, evaluated.checkpoint,
-                    list(outputs.metrics))
+        run.attempt(
+            f"{run.stage} succeeded but tagging the registered model version failed",
+            f"the registered model recorded in {evaluated.record_file}",
+            tag_registered_version,
+            run.client,
+            run.run_id,
+            evaluated.record_file,
+            evaluated.checkpoint,
+            list(outputs.metrics),
+        )
 
 
 def _register(run: _ChildRun, model_info, model: ModelFiles, registration: Registration) -> dict:
     if model_info is None:
         raise RegistryError("no model was logged")
-    return register_version(run.client, run.uri, run.run_id, model_info, model.checkpoint, registration,
-                            run.parent_file)
+    return register_version(
+        run.client, run.uri, run.run_id, model_info, model.checkpoint, registration, run.parent_file
+    )

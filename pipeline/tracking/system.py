@@ -14,6 +14,7 @@ see (CUDA_VISIBLE_DEVICES, set by SLURM's --gres and by users) and a stage
 takes the first ones of those (pipeline/devices.py), so the monitor keeps the
 first `gpus` of the visible ones.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,11 @@ def _keep_gpus(monitor, gpus: int) -> None:
         handles = []
         for ident in visible_gpus(gpus):
             try:
-                handles.append(pynvml.nvmlDeviceGetHandleByIndex(int(ident)) if ident.isdigit()
-                               else pynvml.nvmlDeviceGetHandleByUUID(ident))
+                handles.append(
+                    pynvml.nvmlDeviceGetHandleByIndex(int(ident))
+                    if ident.isdigit()
+                    else pynvml.nvmlDeviceGetHandleByUUID(ident)
+                )
             except pynvml.NVMLError as exc:
                 _log.warning("GPU %s is not known to NVML (%s): no metrics for it", ident, exc)
         m.gpu_handles, m.num_gpus = handles, len(handles)
@@ -109,8 +113,9 @@ class SystemMetrics:
         try:
             # its start, stop and "no GPU" lines would repeat in every stage's log
             logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-            self.monitor = _monitor_class()(run_id, sampling_interval=self.interval_s,
-                                            resume_logging=resumed, tracking_uri=self.uri)
+            self.monitor = _monitor_class()(
+                run_id, sampling_interval=self.interval_s, resume_logging=resumed, tracking_uri=self.uri
+            )
             _keep_gpus(self.monitor, self.gpus)
             self.monitor.start()
         except Exception as exc:  # the stage runs and is tracked without them

@@ -1,4 +1,5 @@
 """The training curve: train loss and validation error against epoch, from metrics.jsonl."""
+
 from __future__ import annotations
 
 import json
@@ -24,14 +25,16 @@ def plot_curve(jsonl: Path, png: Path, num_classes: int | None = None) -> None:
         xs = np.interp([r["step"] for r in steps], [s for s, _ in ends], [e for _, e in ends])
         ax.plot(xs, [r["train_loss"] for r in steps], color="tab:blue", lw=0.8, label="train loss")
     if num_classes:
-        ax.axhline(math.log(num_classes), color="tab:blue", ls="--", lw=0.7, alpha=0.6,
-                   label=f"chance loss, ln({num_classes})")
+        ax.axhline(
+            math.log(num_classes), color="tab:blue", ls="--", lw=0.7, alpha=0.6, label=f"chance loss, ln({num_classes})"
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss (cross-entropy)")
     ax2 = ax.twinx()
     if num_classes:
-        ax2.axhline(100.0 * (1 - 1 / num_classes), color="tab:red", ls="--", lw=0.7, alpha=0.6,
-                    label="chance top-1 error")
+        ax2.axhline(
+            100.0 * (1 - 1 / num_classes), color="tab:red", ls="--", lw=0.7, alpha=0.6, label="chance top-1 error"
+        )
     ex = [r["epoch"] for r in epochs]
     ax2.plot(ex, [r["val_top1_err"] for r in epochs], "o-", color="tab:red", label="val top-1 error")
     ax2.plot(ex, [r["val_top5_err"] for r in epochs], "s--", color="tab:orange", label="val top-5 error")

@@ -6,6 +6,7 @@ metrics.jsonl (docs/formats.md) gets a line per window of `log_every` steps
 (validation errors, time, peak memory) and a line per warning. Only rank 0
 writes and prints; every rank takes part in the reductions.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,8 @@ from pipeline.devices import Dist, InputWait, all_sum
 from pipeline.errors import PipelineError
 from pipeline.health import LossWatch
 from pipeline.metrics import true_class_rank
-from pipeline.training.run_folder import RunFolder
 from pipeline.training.curve import plot_curve
+from pipeline.training.run_folder import RunFolder
 from pipeline.training.state import TrainState, collapse_epoch
 
 
@@ -59,8 +60,13 @@ class Window:
     def reduce(self, env: Dist) -> tuple[list[float], float, float, int, float]:
         """Per-step mean losses over ranks, top-1/top-5 error (%), images, seconds."""
         k = len(self.losses)
-        packed = torch.cat([torch.stack(self.losses), torch.stack(self.hits).sum(0).float(),
-                            torch.tensor([float(self.images)], device=self.losses[0].device)])
+        packed = torch.cat(
+            [
+                torch.stack(self.losses),
+                torch.stack(self.hits).sum(0).float(),
+                torch.tensor([float(self.images)], device=self.losses[0].device),
+            ]
+        )
         packed = all_sum(packed, env).double().cpu()
         losses = (packed[:k] / env.world).tolist()
         n = packed[k + 2].item()
@@ -71,17 +77,25 @@ class Window:
 @dataclass
 class EpochResult:
     epoch: int
-    lr: float            # the lr the epoch trained with
-    train_loss: float    # mean of its step losses
+    lr: float  # the lr the epoch trained with
+    train_loss: float  # mean of its step losses
     val_top1_err: float  # centre crop, %
     val_top5_err: float
-    seconds: float       # training and validation
+    seconds: float  # training and validation
     peak_mem_mb: float
 
 
 class TrainingLog:
-    def __init__(self, folder: RunFolder, state: TrainState, env: Dist, num_classes: int, epochs: int,
-                 flat_after: int, devices: list[str] = ("cpu",)):
+    def __init__(
+        self,
+        folder: RunFolder,
+        state: TrainState,
+        env: Dist,
+        num_classes: int,
+        epochs: int,
+        flat_after: int,
+        devices: list[str] = ("cpu",),
+    ):
         self.folder, self.state, self.env, self.num_classes, self.epochs = folder, state, env, num_classes, epochs
         self.watch = LossWatch(num_classes, flat_after=flat_after)
         self.wait = InputWait(devices)
@@ -105,8 +119,15 @@ class TrainingLog:
 
     def progress(self, batches, steps: int, per_step: int, epoch: int):
         """The first `steps` of `batches`, timed (InputWait), with a progress bar in images."""
-        self.bar = tqdm(total=steps * per_step, unit="img", unit_scale=True, desc=f"epoch {epoch}/{self.epochs}",
-                        disable=None if self.env.main else True, file=sys.stderr, leave=False)
+        self.bar = tqdm(
+            total=steps * per_step,
+            unit="img",
+            unit_scale=True,
+            desc=f"epoch {epoch}/{self.epochs}",
+            disable=None if self.env.main else True,
+            file=sys.stderr,
+            leave=False,
+        )
         self.first_window = True
         for i, batch in enumerate(self.wait.batches(batches)):
             if i == steps:
@@ -126,9 +147,17 @@ class TrainingLog:
         totals["train_images"] += n
         totals["train_s"] += secs
         totals["data_wait_s"] += wait
-        row = {"step": self.state.step, "epoch": epoch, "train_loss": sum(losses) / len(losses),
-               "train_top1_err": e1, "train_top5_err": e5, "lr": lr, "images_per_s": n / secs,
-               "data_wait_s": wait, "data_wait_fraction": wait / secs}
+        row = {
+            "step": self.state.step,
+            "epoch": epoch,
+            "train_loss": sum(losses) / len(losses),
+            "train_top1_err": e1,
+            "train_top5_err": e5,
+            "lr": lr,
+            "images_per_s": n / secs,
+            "data_wait_s": wait,
+            "data_wait_fraction": wait / secs,
+        }
         if health:
             row["health"] = health
         self.write(row)
@@ -151,33 +180,49 @@ class TrainingLog:
 
     def epoch_row(self, r: EpochResult) -> None:
         """The epoch's metrics line: written before its checkpoint, so a resumed run keeps it."""
-        self.write({"step": self.state.step, "epoch": r.epoch, "val_top1_err": r.val_top1_err,
-                    "val_top5_err": r.val_top5_err, "epoch_train_loss": r.train_loss, "lr": r.lr,
-                    "epoch_time_s": r.seconds, "peak_mem_mb": r.peak_mem_mb})
+        self.write(
+            {
+                "step": self.state.step,
+                "epoch": r.epoch,
+                "val_top1_err": r.val_top1_err,
+                "val_top5_err": r.val_top5_err,
+                "epoch_train_loss": r.train_loss,
+                "lr": r.lr,
+                "epoch_time_s": r.seconds,
+                "peak_mem_mb": r.peak_mem_mb,
+            }
+        )
 
     def epoch_report(self, r: EpochResult, new_lr: float) -> None:
         """The curve, the epoch's log line, and the collapse warning."""
         if self.env.main:
             plot_curve(self.folder.metrics, self.folder.curve, self.num_classes)
-        self.say(f"epoch {r.epoch}/{self.epochs}: train loss {r.train_loss:.4f}, val top-1 {r.val_top1_err:.2f}% "
-                 f"top-5 {r.val_top5_err:.2f}% (centre crop), {r.seconds:.1f} s"
-                 + (f"; lr {r.lr:g} -> {new_lr:g}" if new_lr < r.lr else ""))
+        self.say(
+            f"epoch {r.epoch}/{self.epochs}: train loss {r.train_loss:.4f}, val top-1 {r.val_top1_err:.2f}% "
+            f"top-5 {r.val_top5_err:.2f}% (centre crop), {r.seconds:.1f} s"
+            + (f"; lr {r.lr:g} -> {new_lr:g}" if new_lr < r.lr else "")
+        )
         chance, best = self.chance_top1_err, self.state.best
         if collapse_epoch(self.state.history, chance) == r.epoch:
-            self.warn("collapse", f"epoch {r.epoch}: validation top-1 error is back at chance "
-                      f"({r.val_top1_err:.2f}%, chance {chance:.2f}%) after {best['val_top1_err']:.2f}% at epoch "
-                      f"{best['epoch']}: the network has collapsed and rarely recovers. best.pt keeps the best "
-                      "epoch (evaluation uses it); train.warmup_steps, another train.seed or a lower train.lr "
-                      "may train further.", r.epoch)
-
+            self.warn(
+                "collapse",
+                f"epoch {r.epoch}: validation top-1 error is back at chance "
+                f"({r.val_top1_err:.2f}%, chance {chance:.2f}%) after {best['val_top1_err']:.2f}% at epoch "
+                f"{best['epoch']}: the network has collapsed and rarely recovers. best.pt keeps the best "
+                "epoch (evaluation uses it); train.warmup_steps, another train.seed or a lower train.lr "
+                "may train further.",
+                r.epoch,
+            )
 
     def summary(self, lr: float, setup: dict, digests: list[str], attempt: dict, inputs: dict | None) -> dict:
         """train.json (docs/formats.md): what the run did, then `setup` (what it ran on), then how it started."""
         state, totals, hist = self.state, self.state.totals, self.state.history
         return {
-            "epochs": state.epoch, "steps": state.step,
+            "epochs": state.epoch,
+            "steps": state.step,
             "best_epoch": state.best["epoch"],
-            "best_val_top1_err": state.best["val_top1_err"], "best_val_top5_err": state.best["val_top5_err"],
+            "best_val_top1_err": state.best["val_top1_err"],
+            "best_val_top5_err": state.best["val_top5_err"],
             "final_val_top1_err": hist[-1]["val_top1_err"] if hist else None,
             "final_val_top5_err": hist[-1]["val_top5_err"] if hist else None,
             "chance_top1_err": self.chance_top1_err,
@@ -185,7 +230,8 @@ class TrainingLog:
             "final_lr": lr,
             "lr_drops": state.lr_drops(),
             "images_per_s": totals["train_images"] / totals["train_s"] if totals["train_s"] else 0.0,
-            "train_time_s": totals["train_s"], "wall_time_s": totals["wall_s"],
+            "train_time_s": totals["train_s"],
+            "wall_time_s": totals["wall_s"],
             "checkpoint_time_s": totals["save_s"],
             "data_wait_s": totals["data_wait_s"],
             "data_wait_fraction": totals["data_wait_s"] / totals["train_s"] if totals["train_s"] else 0.0,
@@ -194,22 +240,31 @@ class TrainingLog:
             "replica_digests": digests,
             "replicas_in_sync": len(set(digests)) == 1,
             "warnings": state.warnings,
-            "start": attempt.get("action"), "start_reason": attempt.get("why"), "run_uid": attempt.get("uid"),
+            "start": attempt.get("action"),
+            "start_reason": attempt.get("why"),
+            "run_uid": attempt.get("uid"),
             "inputs": inputs,
         }
 
 
 def input_bound_message(step: int, fraction: float) -> str:
-    return (f"step {step}: {fraction:.0%} of the last window went to waiting for the next batch (over "
-            f"{INPUT_BOUND_FRACTION:.0%}): the input pipeline is slower than the training. Give DALI more "
-            "threads (--set-resources train:dali_threads=N, at most the job's threads) or the train job more "
-            "cores (--cores, or set-threads in a cluster profile); data_wait_fraction in metrics.jsonl shows "
-            "each window")
+    return (
+        f"step {step}: {fraction:.0%} of the last window went to waiting for the next batch (over "
+        f"{INPUT_BOUND_FRACTION:.0%}): the input pipeline is slower than the training. Give DALI more "
+        "threads (--set-resources train:dali_threads=N, at most the job's threads) or the train job more "
+        "cores (--cores, or set-threads in a cluster profile); data_wait_fraction in metrics.jsonl shows "
+        "each window"
+    )
 
 
 def diverged(step: int, epoch: int, value: float, folder: RunFolder) -> TrainingDiverged:
     saved = folder.saved
-    kept = (f"the last good checkpoint is {folder.last} (epoch {saved['epoch']}, step {saved['step']})" if saved
-            else "no checkpoint was written (it diverged in the first epoch)")
-    return TrainingDiverged(f"training diverged: loss {value} at step {step} (epoch {epoch}); stopped; "
-                            f"{kept}. Lower the learning rate (train.lr) or check the inputs.")
+    kept = (
+        f"the last good checkpoint is {folder.last} (epoch {saved['epoch']}, step {saved['step']})"
+        if saved
+        else "no checkpoint was written (it diverged in the first epoch)"
+    )
+    return TrainingDiverged(
+        f"training diverged: loss {value} at step {step} (epoch {epoch}); stopped; "
+        f"{kept}. Lower the learning rate (train.lr) or check the inputs."
+    )

@@ -7,6 +7,7 @@ torch.compile wrappers. The model itself is always kept unwrapped: it is
 what checkpoints save and what validation runs (ranks may hold different
 numbers of validation images, which DDP's forward cannot handle).
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -18,8 +19,14 @@ from pipeline.devices import Dist, peak_memory_mb
 
 
 class Placement:
-    def __init__(self, model: torch.nn.Module, devices: list[str], env: Dist, precision: str = "auto",
-                 channels_last: str = "auto"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        devices: list[str],
+        env: Dist,
+        precision: str = "auto",
+        channels_last: str = "auto",
+    ):
         on_gpu = devices[0].startswith("cuda")
         self.devices, self.env = devices, env
         self.bf16 = precision == "bf16" or (precision == "auto" and on_gpu)

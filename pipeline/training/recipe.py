@@ -1,6 +1,7 @@
 """The paper's optimisation recipe (section 5): SGD with momentum and weight decay,
 the lr divided by 10 when the validation error stops improving, and the
 optional linear warm-up (not the paper's) in front of it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,8 @@ def make_plateau(optimizer, factor: float, patience: int):
     count exceeds `patience`; its state_dict holds the best error and the count.
     """
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=factor, patience=patience, threshold=0.0, threshold_mode="abs")
+        optimizer, mode="min", factor=factor, patience=patience, threshold=0.0, threshold_mode="abs"
+    )
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:

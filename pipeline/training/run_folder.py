@@ -10,6 +10,7 @@
 
 Only rank 0 writes. Every file is written atomically (pipeline/io.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ SECTIONS = {"model": "the model", "recipe": "the recipe", "augment": "the augmen
 ADDED_KEYS = {"recipe": {"steps_per_epoch": 0}}
 
 
-def plan_start(ckpt: dict | None, finished: dict | None, key: dict, inputs: dict | None, epochs: int,
-               last: Path, fresh: bool = False) -> tuple[str, str]:
+def plan_start(
+    ckpt: dict | None,
+    finished: dict | None,
+    key: dict,
+    inputs: dict | None,
+    epochs: int,
+    last: Path,
+    fresh: bool = False,
+) -> tuple[str, str]:
     """(action, reason): "resume" after an interruption, "extend" a finished run, or "start" over.
 
     A run continues only from a run that was interrupted (no finished mark for
@@ -58,8 +66,10 @@ def plan_start(ckpt: dict | None, finished: dict | None, key: dict, inputs: dict
     if done and epochs > epoch:
         return "extend", f"extending the finished run from epoch {epoch} to {epochs} (train.epochs was raised)"
     if done:
-        return "start", (f"starting over: the run in {last} had finished (epoch {epoch}); a rerun retrains, "
-                         "raise train.epochs to extend a finished run instead")
+        return "start", (
+            f"starting over: the run in {last} had finished (epoch {epoch}); a rerun retrains, "
+            "raise train.epochs to extend a finished run instead"
+        )
     return "resume", f"resuming after an interruption from {last}: epoch {epoch}, step {step}"
 
 

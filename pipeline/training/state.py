@@ -4,6 +4,7 @@ Saved in every checkpoint beside the weights (pipeline/checkpoint.py lists
 the keys), so a resumed run goes on with the same counts, the same best
 epoch and the warnings already given.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -19,22 +20,27 @@ def _zero_totals() -> dict:
 
 @dataclass
 class TrainState:
-    epoch: int = 0                  # epochs completed
-    step: int = 0                   # SGD updates so far
-    best: dict = field(default_factory=_no_best)        # by centre-crop validation top-1 error
+    epoch: int = 0  # epochs completed
+    step: int = 0  # SGD updates so far
+    best: dict = field(default_factory=_no_best)  # by centre-crop validation top-1 error
     totals: dict = field(default_factory=_zero_totals)  # images and seconds, summed over attempts
-    history: list = field(default_factory=list)         # per epoch: epoch, lr, val_top1_err, val_top5_err
-    warnings: list = field(default_factory=list)        # health warnings given: kind, step, epoch, message
+    history: list = field(default_factory=list)  # per epoch: epoch, lr, val_top1_err, val_top5_err
+    warnings: list = field(default_factory=list)  # health warnings given: kind, step, epoch, message
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict) -> "TrainState":
+    def from_checkpoint(cls, ckpt: dict) -> TrainState:
         # checkpoints written before a counter existed lack it
-        return cls(epoch=ckpt["epoch"], step=ckpt["step"], best=ckpt.get("best", _no_best()),
-                   totals={**_zero_totals(), **ckpt.get("totals", {})},
-                   history=list(ckpt.get("history", [])), warnings=list(ckpt.get("warnings", [])))
+        return cls(
+            epoch=ckpt["epoch"],
+            step=ckpt["step"],
+            best=ckpt.get("best", _no_best()),
+            totals={**_zero_totals(), **ckpt.get("totals", {})},
+            history=list(ckpt.get("history", [])),
+            warnings=list(ckpt.get("warnings", [])),
+        )
 
     def end_epoch(self, epoch: int, lr: float, val1: float, val5: float) -> bool:
         """Record a validated epoch; True if it is the best so far."""

@@ -9,6 +9,7 @@ DistributedDataParallel, and writes OUT_DIR/rank-<RANK>.json with what it saw
 Replicas in sync end with identical weights although their data differ.
 Without torchrun's variables it runs as one process (rank 0 of 1).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,8 @@ def main(out_dir: str) -> int:
         dist.barrier()
         dist.destroy_process_group()
     record = {
-        "rank": rank, "world_size": world,
+        "rank": rank,
+        "world_size": world,
         "local_rank": int(os.environ.get("LOCAL_RANK", 0)),
         "group_rank": int(os.environ.get("GROUP_RANK", 0)),
         "node": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),

@@ -34,9 +34,24 @@ REGISTERED_MODEL = f"alexnet-{config['dataset']['name']}"
 REGISTERED_FILE = f"{RESULTS}/train/registered_model.json"
 
 
-def tracked(stage, metrics=None, artifacts=(), jsonl=None, model=None, mean_image=None, classes=None,
-            parent_metrics=None, parent_note=None, redact_env=None, attempt=None, register=None, fingerprints=None,
-            tag_registered=None, evaluated_checkpoint=None, gpus=None):
+def tracked(
+    stage,
+    metrics=None,
+    artifacts=(),
+    jsonl=None,
+    model=None,
+    mean_image=None,
+    classes=None,
+    parent_metrics=None,
+    parent_note=None,
+    redact_env=None,
+    attempt=None,
+    register=None,
+    fingerprints=None,
+    tag_registered=None,
+    evaluated_checkpoint=None,
+    gpus=None,
+):
     """Shell prefix that runs a stage command in its MLflow child run, output to {log}.
 
     model: a checkpoint logged as the run's MLflow model, which takes images;
@@ -121,9 +136,13 @@ def train_settings():
     """Every setting of the train stage, from config: train.*, the augmentation, the devices.
 
     train.gpus is a resource (how many GPUs the job holds), not a flag."""
-    return settings_flags("train", exclude=("gpus", "devices", "channels_last"), devices=train_devices(),
-                          channels_last=str(TRAIN["channels_last"]).lower(),
-                          **{k: config["augment"][k] for k in AUGMENT_SETTINGS})
+    return settings_flags(
+        "train",
+        exclude=("gpus", "devices", "channels_last"),
+        devices=train_devices(),
+        channels_last=str(TRAIN["channels_last"]).lower(),
+        **{k: config["augment"][k] for k in AUGMENT_SETTINGS},
+    )
 
 
 def dali_threads(wildcards, threads):
@@ -168,8 +187,10 @@ def launch(module):
     process, torchrun for several replicas on a node, srun + torchrun across SLURM nodes.
     Replicas: the GPUs SLURM granted the job on a node, or locally its gpu resource,
     over one replica's GPUs."""
-    return (f"python -m pipeline.launch --gpus {{resources.gpu}} --gpus-per-process {gpus_per_replica()} "
-            f"-- python -m {module}")
+    return (
+        f"python -m pipeline.launch --gpus {{resources.gpu}} --gpus-per-process {gpus_per_replica()} "
+        f"-- python -m {module}"
+    )
 
 
 # The preflight's forecast (rule forecast)
@@ -186,9 +207,11 @@ def parallel_jobs():
 
 def preflight_changes():
     """What the rehearsal changed from the ImageNet preset, for every report it writes."""
-    changes = [f"generated ImageNet-shaped data ({config['demo']['classes']} classes, "
-               f"{config['demo']['train_per_class']} + {config['demo']['val_per_class']} images per class, "
-               f"{config['demo'].get('sizes', 'demo')} size mix)"]
+    changes = [
+        f"generated ImageNet-shaped data ({config['demo']['classes']} classes, "
+        f"{config['demo']['train_per_class']} + {config['demo']['val_per_class']} images per class, "
+        f"{config['demo'].get('sizes', 'demo')} size mix)"
+    ]
     if TRAIN["steps_per_epoch"]:
         changes.append(f"{TRAIN['epochs']} epoch(s) of at most {TRAIN['steps_per_epoch']} steps")
     if config["evaluate"]["max_images"]:

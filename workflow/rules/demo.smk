@@ -9,24 +9,24 @@ DEMO = config["demo"]
 
 
 rule demo:
-    conda:
-        CONDA_ENV
     output:
         train=f"{DEMO['out_dir']}/ILSVRC2012_img_train.tar",
         val=f"{DEMO['out_dir']}/ILSVRC2012_img_val.tar",
         devkit=f"{DEMO['out_dir']}/ILSVRC2012_devkit_t12.tar.gz",
         md5=f"{DEMO['out_dir']}/MD5SUMS",
         json=f"{DEMO['out_dir']}/demo.json",
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
-        settings=settings_flags("demo", exclude=("out_dir",)),
+    log:
+        f"{RESULTS}/logs/demo.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/demo.tsv"
+    conda:
+        CONDA_ENV
     # processes that draw the images: a runtime knob, the bytes do not depend on it; Snakemake caps a
     # rule's threads at --cores
     threads: 64
-    benchmark:
-        f"{RESULTS}/benchmarks/demo.tsv"
-    log:
-        f"{RESULTS}/logs/demo.log",
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        settings=settings_flags("demo", exclude=("out_dir",)),
     message:
         f"Drawing the demo dataset: {DEMO['classes']} classes, seed {DEMO['seed']}, into {{params.out_dir}}"
     shell:

@@ -14,13 +14,14 @@ from pipeline.sources import ARCHIVES, is_md5_digest, is_remote, local_path
 FETCH_DATASET = config["dataset"]
 # The dataset.archives entries fetch reads: all three, or only the devkit for folder names.
 FETCH_SOURCES = (
-    FETCH_DATASET["archives"] if FETCH_DATASET["source"] == "archives"
-    else {"devkit": FETCH_DATASET["archives"]["devkit"]} if (FETCH_DATASET.get("folders") or {}).get("devkit")
-    else {}
+    FETCH_DATASET["archives"]
+    if FETCH_DATASET["source"] == "archives"
+    else {"devkit": FETCH_DATASET["archives"]["devkit"]} if (FETCH_DATASET.get("folders") or {}).get("devkit") else {}
 )
 FETCH_INPUTS = {key: local_path(src["url"]) for key, src in FETCH_SOURCES.items() if not is_remote(src["url"])}
-FETCH_INPUTS.update({f"{key}_md5": local_path(src["md5"]) for key, src in FETCH_SOURCES.items()
-                     if not is_md5_digest(src["md5"])})
+FETCH_INPUTS.update(
+    {f"{key}_md5": local_path(src["md5"]) for key, src in FETCH_SOURCES.items() if not is_md5_digest(src["md5"])}
+)
 FETCH_OUTPUTS = {
     "classes": f"{RESULTS}/fetch/classes.tsv",
     "val_labels": f"{RESULTS}/fetch/val_labels.tsv",
@@ -46,21 +47,21 @@ localrules:
 
 
 rule fetch:
-    conda:
-        CONDA_ENV
     input:
         **FETCH_INPUTS,
     output:
         **FETCH_OUTPUTS,
+    log:
+        f"{RESULTS}/logs/fetch.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fetch.tsv"
+    conda:
+        CONDA_ENV
     params:
         args=shlex.join(FETCH_ARGS),
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
         dataset=FETCH_DATASET["name"],
         source=FETCH_DATASET["source"],
-    benchmark:
-        f"{RESULTS}/benchmarks/fetch.tsv"
-    log:
-        f"{RESULTS}/logs/fetch.log",
     message:
         "Fetching and verifying the {params.dataset} dataset ({params.source})"
     shell:
@@ -69,4 +70,5 @@ rule fetch:
             metrics="{output.json}",
             artifacts=["{output.classes}", "{output.val_labels}"],
             redact_env=FETCH_DATASET.get("auth_env"),
-        ) + "python -m pipeline.fetch {params.args} --out-dir {params.out_dir}"
+        )
+        + "python -m pipeline.fetch {params.args} --out-dir {params.out_dir}"

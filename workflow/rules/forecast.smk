@@ -7,8 +7,6 @@
 
 
 rule forecast:
-    conda:
-        CONDA_ENV
     input:
         manifest=f"{RESULTS}/shards/manifest.json",
         augment=f"{RESULTS}/augment/augment.json",
@@ -17,20 +15,30 @@ rule forecast:
     output:
         json=f"{RESULTS}/forecast/forecast.json",
         metrics=f"{RESULTS}/forecast/metrics.json",
-        table=report(f"{RESULTS}/forecast/forecast.md", category="Forecast",
-                     labels={"table": "time, memory and disk of the real run"}),
+        table=report(
+            f"{RESULTS}/forecast/forecast.md",
+            category="Forecast",
+            labels={"table": "time, memory and disk of the real run"},
+        ),
+    log:
+        f"{RESULTS}/logs/forecast.log",
+    conda:
+        CONDA_ENV
     params:
         results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.manifest)),
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
         cores=lambda wildcards: parallel_jobs(),
         settings=settings_flags("preflight", ("train_images", "val_images", "epochs")),
         rehearsal=lambda wildcards: " ".join(f"--rehearsal {shlex.quote(c)}" for c in preflight_changes()),
-    log:
-        f"{RESULTS}/logs/forecast.log",
     message:
         "Forecasting the real run ({params.cores} cores) from the preflight's costs"
     shell:
-        tracked("forecast", metrics="{output.metrics}", artifacts=["{output.table}", "{output.json}"],
-                parent_metrics="{output.metrics}", parent_note="{output.table}")
+        tracked(
+            "forecast",
+            metrics="{output.metrics}",
+            artifacts=["{output.table}", "{output.json}"],
+            parent_metrics="{output.metrics}",
+            parent_note="{output.table}",
+        )
         + "python -m pipeline.forecast --results {params.results} --out-dir {params.out_dir} "
         "--cores {params.cores} {params.settings} {params.rehearsal}"

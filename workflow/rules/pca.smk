@@ -7,22 +7,21 @@
 
 
 rule pca:
-    conda:
-        CONDA_ENV
     input:
         stats=RESIZE_SHARD_FILES["train", ".stats.npz"],
         manifest=f"{RESULTS}/shards/manifest.json",
     output:
         json=f"{RESULTS}/pca/pca.json",
         mean_image=f"{RESULTS}/pca/mean_image.npy",
-        png=report(f"{RESULTS}/pca/pca.png", category="PCA",
-                   labels={"figure": "RGB eigenvectors and mean image"}),
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
-    benchmark:
-        f"{RESULTS}/benchmarks/pca.tsv"
+        png=report(f"{RESULTS}/pca/pca.png", category="PCA", labels={"figure": "RGB eigenvectors and mean image"}),
     log:
         f"{RESULTS}/logs/pca.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pca.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.json),
     message:
         "PCA of the training pixels' RGB covariance, and the mean image"
     shell:

@@ -16,17 +16,20 @@ RESIZE_SHARDS = {"train": RESIZE["train_shards"], "val": RESIZE["val_shards"]}
 # Snakemake can date, so its path is only a param.
 RESIZE_FROM_FOLDERS = config["dataset"]["source"] == "folders"
 RESIZE_ARCHIVE = {
-    split: [] if RESIZE_FROM_FOLDERS else [f"{RESULTS}/fetch/ILSVRC2012_img_{split}.tar"]
-    for split in ("train", "val")
+    split: [] if RESIZE_FROM_FOLDERS else [f"{RESULTS}/fetch/ILSVRC2012_img_{split}.tar"] for split in ("train", "val")
 }
 RESIZE_SOURCE = {
-    split: (lambda wildcards, input, split=split: config["dataset"]["folders"][split]
-            if RESIZE_FROM_FOLDERS else input.source)
+    split: (
+        lambda wildcards, input, split=split: (
+            config["dataset"]["folders"][split] if RESIZE_FROM_FOLDERS else input.source
+        )
+    )
     for split in ("train", "val")
 }
 RESIZE_SHARD_FILES = {
     (split, suffix): expand(f"{RESULTS}/shards/{split}/{split}-{{k:05d}}{suffix}", k=range(RESIZE_SHARDS[split]))
-    for split in ("train", "val") for suffix in (".tar", ".idx", ".json", ".stats.npz")
+    for split in ("train", "val")
+    for suffix in (".tar", ".idx", ".json", ".stats.npz")
 }
 # resize.* settings of one shard; the shard counts are per split
 RESIZE_SHARD_SETTINGS = ("seed", "jpeg_quality", "max_reject_fraction")
@@ -37,22 +40,22 @@ RESIZE_SHARD_SHELL = (
 
 
 rule index:
-    conda:
-        CONDA_ENV
     input:
         source=lambda wildcards: RESIZE_ARCHIVE[wildcards.split],
         classes=f"{RESULTS}/fetch/classes.tsv",
         val_labels=f"{RESULTS}/fetch/val_labels.tsv",
     output:
         f"{RESULTS}/index/{{split}}.tsv",
-    params:
-        source=lambda wildcards, input: RESIZE_SOURCE[wildcards.split](wildcards, input),
-    wildcard_constraints:
-        split="train|val",
-    benchmark:
-        f"{RESULTS}/benchmarks/index/{{split}}.tsv"
     log:
         f"{RESULTS}/logs/index/{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/index/{{split}}.tsv"
+    wildcard_constraints:
+        split="train|val",
+    conda:
+        CONDA_ENV
+    params:
+        source=lambda wildcards, input: RESIZE_SOURCE[wildcards.split](wildcards, input),
     message:
         "Indexing the {wildcards.split} images of {params.source} by byte offset"
     shell:
@@ -61,8 +64,6 @@ rule index:
 
 
 rule resize_train_shard:
-    conda:
-        CONDA_ENV
     input:
         index=f"{RESULTS}/index/train.tsv",
         source=RESIZE_ARCHIVE["train"],
@@ -71,20 +72,22 @@ rule resize_train_shard:
         idx=f"{RESULTS}/shards/train/train-{{shard}}.idx",
         json=f"{RESULTS}/shards/train/train-{{shard}}.json",
         stats=f"{RESULTS}/shards/train/train-{{shard}}.stats.npz",
+    log:
+        f"{RESULTS}/logs/resize/train-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/resize/train-{{shard}}.tsv"
+    wildcard_constraints:
+        shard=r"\d{5}",
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=1024,
     params:
         split="train",
         stats="--stats",
         source=RESIZE_SOURCE["train"],
         shards=RESIZE_SHARDS["train"],
         settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE_SHARDS["train"]),
-    wildcard_constraints:
-        shard=r"\d{5}",
-    resources:
-        mem_mb=1024,
-    benchmark:
-        f"{RESULTS}/benchmarks/resize/train-{{shard}}.tsv"
-    log:
-        f"{RESULTS}/logs/resize/train-{{shard}}.log",
     message:
         "Resizing training shard {wildcards.shard} of {params.shards}, with RGB statistics"
     shell:
@@ -92,8 +95,6 @@ rule resize_train_shard:
 
 
 rule resize_val_shard:
-    conda:
-        CONDA_ENV
     input:
         index=f"{RESULTS}/index/val.tsv",
         source=RESIZE_ARCHIVE["val"],
@@ -101,20 +102,22 @@ rule resize_val_shard:
         tar=f"{RESULTS}/shards/val/val-{{shard}}.tar",
         idx=f"{RESULTS}/shards/val/val-{{shard}}.idx",
         json=f"{RESULTS}/shards/val/val-{{shard}}.json",
+    log:
+        f"{RESULTS}/logs/resize/val-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/resize/val-{{shard}}.tsv"
+    wildcard_constraints:
+        shard=r"\d{5}",
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=1024,
     params:
         split="val",
         stats="",
         source=RESIZE_SOURCE["val"],
         shards=RESIZE_SHARDS["val"],
         settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE_SHARDS["val"]),
-    wildcard_constraints:
-        shard=r"\d{5}",
-    resources:
-        mem_mb=1024,
-    benchmark:
-        f"{RESULTS}/benchmarks/resize/val-{{shard}}.tsv"
-    log:
-        f"{RESULTS}/logs/resize/val-{{shard}}.log",
     message:
         "Resizing validation shard {wildcards.shard} of {params.shards}"
     shell:
@@ -122,8 +125,6 @@ rule resize_val_shard:
 
 
 rule resize:
-    conda:
-        CONDA_ENV
     input:
         train=RESIZE_SHARD_FILES["train", ".json"],
         val=RESIZE_SHARD_FILES["val", ".json"],
@@ -132,13 +133,15 @@ rule resize:
         classes=f"{RESULTS}/fetch/classes.tsv",
     output:
         manifest=f"{RESULTS}/shards/manifest.json",
+    log:
+        f"{RESULTS}/logs/resize.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/resize.tsv"
+    conda:
+        CONDA_ENV
     params:
         shards_dir=lambda wildcards, output: os.path.dirname(output.manifest),
         settings=settings_flags("resize", ("train_shards", "val_shards", "max_reject_fraction")),
-    benchmark:
-        f"{RESULTS}/benchmarks/resize.tsv"
-    log:
-        f"{RESULTS}/logs/resize.log",
     message:
         f"Checking the rejects over all {RESIZE_SHARDS['train']} + {RESIZE_SHARDS['val']} shards and writing the manifest"
     shell:

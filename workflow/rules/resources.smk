@@ -4,13 +4,12 @@
 # the submitting host: reading a few hundred small files is no cluster job.
 # It writes no benchmark of its own: it could only count in the next table.
 
+
 localrules:
     resources,
 
 
 rule resources:
-    conda:
-        CONDA_ENV
     input:
         f"{RESULTS}/augment/augment.json",
         f"{RESULTS}/evaluate/metrics.json",
@@ -18,16 +17,25 @@ rule resources:
     output:
         json=f"{RESULTS}/resources/resources.json",
         metrics=f"{RESULTS}/resources/metrics.json",
-        table=report(f"{RESULTS}/resources/resources.md", category="Resources",
-                     labels={"table": "time, memory and I/O per rule"}),
+        table=report(
+            f"{RESULTS}/resources/resources.md",
+            category="Resources",
+            labels={"table": "time, memory and I/O per rule"},
+        ),
+    log:
+        f"{RESULTS}/logs/resources.log",
+    conda:
+        CONDA_ENV
     params:
         benchmarks=f"{RESULTS}/benchmarks",
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
-    log:
-        f"{RESULTS}/logs/resources.log",
     message:
         "Gathering the jobs' benchmark files into resources per rule"
     shell:
-        tracked("resources", metrics="{output.metrics}", artifacts=["{output.table}", "{output.json}"],
-                parent_metrics="{output.metrics}")
+        tracked(
+            "resources",
+            metrics="{output.metrics}",
+            artifacts=["{output.table}", "{output.json}"],
+            parent_metrics="{output.metrics}",
+        )
         + "python -m pipeline.resources --benchmarks {params.benchmarks} --out-dir {params.out_dir}"

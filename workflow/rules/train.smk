@@ -30,16 +30,16 @@
 # stage scores: best.pt, or last.pt where evaluate.checkpoint is last (the
 # ImageNet preset: the final network, as the paper reports), so the
 # evaluation's errors can become the version's tags.
-LOGGED_CHECKPOINT = (f"{RESULTS}/train/checkpoints/last.pt" if config["evaluate"]["checkpoint"] == "last"
-                     else "{output.best}")
+LOGGED_CHECKPOINT = (
+    f"{RESULTS}/train/checkpoints/last.pt" if config["evaluate"]["checkpoint"] == "last" else "{output.best}"
+)
 
 # GPUs: resources gpu=N is only a counter; the stage picks its devices itself.
 # With more GPUs than one replica uses (train.devices: one device, or two for
 # the paper's split), the rule starts one DDP replica per share via torchrun.
 
+
 rule train:
-    conda:
-        CONDA_ENV
     input:
         manifest=f"{RESULTS}/shards/manifest.json",
         pca=f"{RESULTS}/pca/pca.json",
@@ -47,31 +47,41 @@ rule train:
         classes=f"{RESULTS}/fetch/classes.tsv",
     output:
         json=f"{RESULTS}/train/train.json",
-        curve=report(f"{RESULTS}/train/curve.png", category="Training",
-                     labels={"figure": "training curve"}),
+        curve=report(f"{RESULTS}/train/curve.png", category="Training", labels={"figure": "training curve"}),
         best=f"{RESULTS}/train/checkpoints/best.pt",
+    log:
+        f"{RESULTS}/logs/train.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train.tsv"
+    conda:
+        CONDA_ENV
+    threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
+    resources:
+        gpu=TRAIN["gpus"],
+        dali_threads=dali_threads,  # runtime, not a param: the images do not depend on it (common.smk)
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.json),
         settings=train_settings(),
         # torch threads per replica, so replicas on the CPU do not oversubscribe it
         torch_threads=lambda wildcards, threads, resources: max(1, threads // train_replicas(resources.gpu)),
-    threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
-    resources:
-        gpu=TRAIN["gpus"],
-        dali_threads=dali_threads,  # runtime, not a param: the images do not depend on it (common.smk)
-    benchmark:
-        f"{RESULTS}/benchmarks/train.tsv"
-    log:
-        f"{RESULTS}/logs/train.log",
     message:
         f"Training AlexNet (width {TRAIN['width']}, {TRAIN['epochs']} epochs, batch {TRAIN['batch_size']}, "
         f"lr {TRAIN['lr']}) on {train_devices()}"
     shell:
-        tracked("train", metrics="{output.json}", artifacts=["{output.curve}"],
-                jsonl=f"{RESULTS}/train/metrics.jsonl", model=LOGGED_CHECKPOINT,
-                mean_image="{input.mean_image}", classes="{input.classes}",
-                attempt=f"{RESULTS}/train/{ATTEMPT_FILE}", register=REGISTERED_MODEL, fingerprints="{output.json}",
-                gpus=monitored_gpus())
-        + launch("pipeline.train") + " --manifest {input.manifest} --pca {input.pca} "
+        tracked(
+            "train",
+            metrics="{output.json}",
+            artifacts=["{output.curve}"],
+            jsonl=f"{RESULTS}/train/metrics.jsonl",
+            model=LOGGED_CHECKPOINT,
+            mean_image="{input.mean_image}",
+            classes="{input.classes}",
+            attempt=f"{RESULTS}/train/{ATTEMPT_FILE}",
+            register=REGISTERED_MODEL,
+            fingerprints="{output.json}",
+            gpus=monitored_gpus(),
+        )
+        + launch("pipeline.train")
+        + " --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
         "{params.settings} --torch-threads {params.torch_threads} --dali-threads {resources.dali_threads}"
