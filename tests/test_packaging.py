@@ -187,20 +187,13 @@ def test_installed_predictor_classifies_and_exits_1_on_a_broken_file(installed, 
         str(installed / "pipeline" / "__init__.py"),
         str(installed / "model" / "__init__.py"),
     ]
-    cmd = [
-        str(installed / "bin" / "alexnet-predict"),
-        str(broken),
-        str(good),
-        "--json",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        str(run_files["checkpoint"]),
-        "--mean-image",
-        str(run_files["mean"]),
-        "--classes",
-        str(run_files["classes"]),
-    ]
+    inputs = {
+        "--checkpoint": run_files["checkpoint"],
+        "--mean-image": run_files["mean"],
+        "--classes": run_files["classes"],
+    }
+    cmd = [str(installed / "bin" / "alexnet-predict"), str(broken), str(good), "--json", "--device", "cpu"]
+    cmd += [str(arg) for option in inputs.items() for arg in option]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
