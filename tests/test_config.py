@@ -28,6 +28,7 @@ DEMO_JOBS = {
     "augment": 1,
     "train": 1,
     "evaluate": 1,
+    "resources": 1,
 }
 
 
