@@ -118,6 +118,12 @@ def test_loss_watch_warnings():
     assert kinds == [(3, "explosion")]
 
 
+def loss_warnings(warnings: list[dict]) -> list[dict]:
+    """The warnings these tests are about. input_bound depends on the machine's load (a 1/16-wide
+    network on one-step windows can wait on DALI on a busy CI machine): tests/test_train.py tests it."""
+    return [w for w in warnings if w.get("kind", w.get("warning")) != "input_bound"]
+
+
 def _fit(data, tmp_path, **over):  # noqa: F811
     from pipeline.checkpoint import build_model
 
@@ -130,7 +136,7 @@ def _fit(data, tmp_path, **over):  # noqa: F811
 
 def test_monitor_silent_on_a_learning_run(reference):  # noqa: F811
     out, summary = reference
-    assert summary["warnings"] == []
+    assert loss_warnings(summary["warnings"]) == []
     health = [r["health"] for r in rows(out) if "health" in r]
     assert len(health) == 36  # log_every 1: every step
     assert set(health[0]) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"}
@@ -139,16 +145,18 @@ def test_monitor_silent_on_a_learning_run(reference):  # noqa: F811
 
 def test_monitor_warns_on_a_flat_run(data, tmp_path):  # noqa: F811
     summary = _fit(data, tmp_path, lr=1e-12, flat_after=6)  # the weights barely move: the loss stays at ln 4
-    assert [w["kind"] for w in summary["warnings"]] == ["flat"] and summary["warnings"][0]["step"] == 6
-    marks = [r for r in rows(tmp_path) if "warning" in r]
+    warnings = loss_warnings(summary["warnings"])
+    assert [w["kind"] for w in warnings] == ["flat"] and warnings[0]["step"] == 6
+    marks = loss_warnings([r for r in rows(tmp_path) if "warning" in r])
     assert [(r["warning"], r["step"]) for r in marks] == [("flat", 6)]
 
 
 def test_monitor_warns_on_an_exploding_run(data, tmp_path):  # noqa: F811
     summary = _fit(data, tmp_path, lr=3.0, flat_after=10**6)  # 300x the recipe's lr: finite but exploding
-    kinds = [w["kind"] for w in summary["warnings"]]
+    warnings = loss_warnings(summary["warnings"])
+    kinds = [w["kind"] for w in warnings]
     assert kinds and kinds[0] == "explosion", summary["warnings"]
-    assert "above 2 x ln(4)" in summary["warnings"][0]["message"]
+    assert "above 2 x ln(4)" in warnings[0]["message"]
 
 
 def test_warmup_ramps_the_lr(data, tmp_path):  # noqa: F811
