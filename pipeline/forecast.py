@@ -32,13 +32,13 @@ with the images and which are fixed):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
+from pipeline import benchmarks
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_json, write_json, write_text
 
@@ -60,25 +60,10 @@ class ForecastError(PipelineError, ValueError):
 
 
 def read_benchmark(path: Path) -> dict:
-    """One Snakemake benchmark file: wall seconds, CPU seconds, peak RSS in MB (the last repeat)."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-        row = rows[-1]
-        return {
-            "wall_s": float(row["s"]),
-            "cpu_s": _number(row.get("cpu_time")),
-            "max_rss_mb": _number(row.get("max_rss")),
-        }
-    except (OSError, IndexError, KeyError, ValueError) as exc:
-        raise ForecastError(f"{path}: not a readable Snakemake benchmark file ({exc}); rerun the preflight") from exc
-
-
-def _number(text) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):  # Snakemake writes NA where it could not measure (a job too short to sample)
-        return None
+        return benchmarks.read_benchmark(path, "rerun the preflight")
+    except benchmarks.BenchmarkError as exc:
+        raise ForecastError(str(exc)) from exc
 
 
 def _need(path: Path, stage: str) -> Path:

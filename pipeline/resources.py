@@ -20,10 +20,10 @@ earlier ones: it describes the results as they stand.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
+from pipeline.benchmarks import BenchmarkError, read_benchmark
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import write_json, write_text
 
@@ -43,27 +43,12 @@ def rule_of(relative: Path) -> str:
     return folder
 
 
-def _number(text) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError):  # NA: Snakemake could not sample a job that short
-        return None
-
-
 def read_job(path: Path) -> dict:
     """One job's figures (the last repeat of its benchmark file)."""
     try:
-        with open(path, newline="") as f:
-            row = list(csv.DictReader(f, delimiter="\t"))[-1]
-        return {
-            "wall_s": float(row["s"]),
-            "cpu_s": _number(row.get("cpu_time")),
-            "max_rss_mb": _number(row.get("max_rss")),
-            "read_mb": _number(row.get("io_in")),
-            "written_mb": _number(row.get("io_out")),
-        }
-    except (OSError, IndexError, KeyError, ValueError) as exc:
-        raise ResourcesError(f"{path}: not a Snakemake benchmark file ({exc}); delete it and rerun its rule") from exc
+        return read_benchmark(path, "delete it and rerun its rule")
+    except BenchmarkError as exc:
+        raise ResourcesError(str(exc)) from exc
 
 
 def _total(values) -> float | None:
