@@ -18,12 +18,12 @@ import hashlib
 import json
 import os
 
-from pipeline.shards import manifest_entries, read_manifest
+from pipeline.shards import manifest_entries, read_manifest, validation_split
 
 # what each fingerprint covers, as a log line names it
 LABELS = {
     "manifest": "the shard manifest",
-    "shards": "the training and validation shards",
+    "shards": "the training, validation and held-out shards",
     "pca": "the PCA",
     "mean_image": "the mean image",
     "classes": "the class list",
@@ -39,9 +39,9 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def shards_digest(manifest: str | os.PathLike) -> str:
-    """One digest over every listed shard's name, size and .idx content, train then val."""
+    """One digest over every listed shard's name, size and .idx content, train, val, then the held-out slice."""
     h = hashlib.sha256()
-    for split in ("train", "val"):
+    for split in ("train", "val", "holdout")[: 3 if validation_split(manifest) == "holdout" else 2]:
         for entry in manifest_entries(manifest, split):
             tar, idx = entry["tar"], entry["idx"]
             h.update(f"{split}/{tar.name}:{tar.stat().st_size}:".encode())

@@ -60,12 +60,12 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from pipeline import archive
+from pipeline import archive, holdout
 from pipeline.errors import PipelineError, run_cli
 from pipeline.images import RESAMPLE, crop_box, downsample  # noqa: F401 (crop_box, RESAMPLE: part of the stage's API)
 from pipeline.io import atomic_path, read_classes, read_json, write_json
 from pipeline.schema import defaults
-from pipeline.shards import IMAGE_SIZE, ShardWriter, manifest_entry
+from pipeline.shards import IMAGE_SIZE, ShardWriter, manifest_entry, shard_sample_keys
 
 # Truncated files must raise, not decode as grey padding (PIL's default, kept explicit).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -346,12 +346,19 @@ def write_manifest(
     classes: str | os.PathLike,
     out: str | os.PathLike,
     max_reject_fraction: float,
+    holdout_shards: int = 0,
 ) -> dict:
-    """Reduce the shard .json files into results/shards/manifest.json; check all rejects together."""
+    """Reduce the shard .json files into results/shards/manifest.json; check all rejects together.
+
+    With `holdout_shards`, the held-out slice of the training set
+    (pipeline/holdout.py) is a third split whose entry also lists its images'
+    keys: the record of which training images the training never sees.
+    """
     class_rows = read_classes(classes)
-    counts = {split: [0] * len(class_rows) for split in ("train", "val")}
+    split_shards = {"train": train_shards, "val": val_shards, **({"holdout": holdout_shards} if holdout_shards else {})}
+    counts = {split: [0] * len(class_rows) for split in split_shards}
     splits, all_reports = {}, []
-    for split, shards in (("train", train_shards), ("val", val_shards)):
+    for split, shards in split_shards.items():
         reports = [read_json(p) for p in split_shard_jsons(shards_dir, split, shards)]
         all_reports += reports
         for r in reports:
@@ -367,6 +374,8 @@ def write_manifest(
                 dict(rej, shard=os.path.relpath(r["tar"], Path(out).parent)) for r in reports for rej in r["rejects"]
             ],
         }
+        if split == "holdout":
+            splits[split]["members"] = sorted(key for r in reports for key in shard_sample_keys(r["tar"]))
     rejects = [rej for s in splits.values() for rej in s["rejects"]]
     inputs = sum(s["inputs"] for s in splits.values())
     _check_rejects(rejects, inputs, max_reject_fraction, f"{shards_dir} (all shards)")
@@ -385,8 +394,7 @@ def write_manifest(
                 "index": int(c["index"]),
                 "wnid": c["wnid"],
                 "names": c["names"],
-                "train": counts["train"][i],
-                "val": counts["val"][i],
+                **{split: counts[split][i] for split in split_shards},
             }
             for i, c in enumerate(class_rows)
         ],
@@ -395,7 +403,8 @@ def write_manifest(
     write_json(out, manifest)
     t = manifest["totals"]
     print(
-        f"{out}: {t['images']} images in {train_shards} + {val_shards} shards, {t['rejects']} rejected, "
+        f"{out}: {t['images']} images in {' + '.join(map(str, split_shards.values()))} shards "
+        f"({', '.join(split_shards)}), {t['rejects']} rejected, "
         f"{t['bytes'] / 1e6:.1f} MB",
         file=sys.stderr,
     )
@@ -416,8 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-labels", help="val_labels.tsv from fetch (validation archive)")
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("holdout", help="split a training index into kept and held-out rows (pipeline/holdout.py)")
+    p.add_argument("--index", required=True, help="results/index/train.tsv")
+    p.add_argument("--per-class", type=int, required=True, help="images held out of every class")
+    p.add_argument("--seed", type=int, default=RESIZE["seed"])
+    p.add_argument("--out-kept", required=True, help="the rows the training shards are cut from")
+    p.add_argument("--out-holdout", required=True, help="the held-out rows")
+
     p = sub.add_parser("shard", help="write one shard")
-    p.add_argument("--split", choices=["train", "val"], required=True)
+    p.add_argument("--split", choices=["train", "val", "holdout"], required=True)
     p.add_argument("--index", required=True)
     p.add_argument("--source", required=True)
     p.add_argument("--shard", type=int, required=True)
@@ -432,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards-dir", required=True)
     p.add_argument("--train-shards", type=int, required=True)
     p.add_argument("--val-shards", type=int, required=True)
+    p.add_argument("--holdout-shards", type=int, default=0, help="shards of the held-out slice (0: none)")
     p.add_argument("--classes", required=True)
     p.add_argument("--max-reject-fraction", type=float, default=RESIZE["max_reject_fraction"])
     p.add_argument("--out", required=True)
@@ -443,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace) -> None:
     if args.command == "index":
         build_index(args.split, args.source, args.classes, args.val_labels, args.out)
+    elif args.command == "holdout":
+        holdout.split_index(args.index, args.per_class, args.seed, args.out_kept, args.out_holdout)
     elif args.command == "shard":
         resize_shard(
             args.index,
@@ -459,7 +478,13 @@ def _run_command(args: argparse.Namespace) -> None:
         )
     else:
         write_manifest(
-            args.shards_dir, args.train_shards, args.val_shards, args.classes, args.out, args.max_reject_fraction
+            args.shards_dir,
+            args.train_shards,
+            args.val_shards,
+            args.classes,
+            args.out,
+            args.max_reject_fraction,
+            args.holdout_shards,
         )
 
 

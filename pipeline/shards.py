@@ -115,6 +115,11 @@ def manifest_entries(manifest: str | os.PathLike, split: str) -> list[dict]:
     return entries
 
 
+def validation_split(manifest: str | os.PathLike) -> str:
+    """The split the training validates on: the held-out training slice when the manifest has one, else val."""
+    return "holdout" if read_manifest(manifest).get("holdout", {}).get("shards") else "val"
+
+
 def encode_label(label: int) -> bytes:
     if not 0 <= label < 10**CLS_WIDTH:
         raise ShardWriteError(f"label {label} does not fit {CLS_WIDTH} digits")

@@ -65,6 +65,7 @@ from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, manifest_
 from pipeline.metrics import true_class_rank
 from pipeline.pca_files import load_pca
 from pipeline.schema import AUGMENT_SETTINGS, defaults
+from pipeline.shards import validation_split
 from pipeline.training.curve import plot_curve
 from pipeline.training.log import EpochResult, TrainingDiverged, TrainingLog, Window
 from pipeline.training.placement import Placement
@@ -160,13 +161,13 @@ class TrainConfig:
         return {"num_classes": num_classes, **{k: getattr(self, k) for k in MODEL_KEYS}}
 
 
-def make_loaders(cfg: TrainConfig, manifest, pca_json, mean_image, env: Dist, device: str):
+def make_loaders(cfg: TrainConfig, manifest, pca_json, mean_image, env: Dist, device: str, eval_split: str = "val"):
     pca = load_pca(str(pca_json), str(mean_image))
     settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
     per_rank = cfg.batch_size // env.world
     common = dict(settings=settings, device=device, shard_id=env.rank, num_shards=env.world, threads=cfg.dali_threads)
     train_loader = TrainLoader(manifest_shards(manifest, "train"), pca, per_rank, seed=cfg.seed, **common)
-    eval_loader = EvalLoader(manifest_shards(manifest, "val"), pca, per_rank, views="center", **common)
+    eval_loader = EvalLoader(manifest_shards(manifest, eval_split), pca, per_rank, views="center", **common)
     return train_loader, eval_loader
 
 
@@ -203,12 +204,15 @@ class Trainer:
         env: Dist,
         devices: list[str],
         inputs: dict | None = None,
+        validated_on: str = "val",
     ):
         self.model, self.cfg, self.env, self.num_classes, self.inputs = model, cfg, env, num_classes, inputs
         self.place = Placement(model, devices, env, cfg.precision, cfg.channels_last)
         self.folder = RunFolder(out_dir)
         self.state = TrainState()
-        self.log = TrainingLog(self.folder, self.state, env, num_classes, cfg.epochs, cfg.flat_after, devices)
+        self.log = TrainingLog(
+            self.folder, self.state, env, num_classes, cfg.epochs, cfg.flat_after, devices, validated_on
+        )
         self.topk, self.key = min(5, num_classes), cfg.key(num_classes)
         self.optimizer = make_optimizer(model, cfg)
         self.plateau = make_plateau(self.optimizer, cfg.lr_factor, cfg.patience)
@@ -337,6 +341,7 @@ class Trainer:
             "devices": self.place.devices,
             "precision": self.place.precision,
             "channels_last": self.place.channels_last,
+            "validated_on": self.log.validated_on,
         }
         summary = self.log.summary(
             self.lr, setup, gather(param_digest(self.model), self.env), self.attempt, self.inputs
@@ -346,7 +351,7 @@ class Trainer:
                 plot_curve(self.folder.metrics, self.folder.curve, self.num_classes)
             self.folder.finish(summary, self.attempt["uid"])
             self.log.say(
-                f"trained {summary['epochs']} epochs: best val top-1 {summary['best_val_top1_err']:.2f}% "
+                f"trained {summary['epochs']} epochs: best {self.log.val_label} top-1 {summary['best_val_top1_err']:.2f}% "
                 f"(epoch {summary['best_epoch']}), {summary['images_per_s']:.0f} images/s"
             )
         return summary
@@ -363,16 +368,18 @@ def fit(
     devices: list[str] | None = None,
     fresh: bool = False,
     inputs: dict | None = None,
+    validated_on: str = "val",
 ) -> dict:
     """Train `model` (already built, on its devices) with the recipe; returns the train.json summary.
 
     Loaders: `train_loader.epoch(e)` yields (images, labels) for epoch e;
     iterating `eval_loader` yields (images, labels, keys) once over this rank's
-    validation share. `inputs`: the fingerprints of the data (pipeline/fingerprint.py),
+    validation share (`validated_on`: "val", or "holdout" for the held-out
+    training slice). `inputs`: the fingerprints of the data (pipeline/fingerprint.py),
     stored in the checkpoints. Continues from out_dir/checkpoints/last.pt only
     after an interruption, or to extend a finished run (`plan_start`).
     """
-    t = Trainer(model, cfg, out_dir, num_classes, env or Dist(), devices or ["cpu"], inputs)
+    t = Trainer(model, cfg, out_dir, num_classes, env or Dist(), devices or ["cpu"], inputs, validated_on)
     t.start(fresh)
     steps = t.steps_per_epoch(train_loader)
     for epoch in range(t.state.epoch + 1, cfg.epochs + 1):
@@ -405,9 +412,13 @@ def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig
         if env.world > 1:  # then each replica its own dropout stream
             seed_everything(cfg.seed + env.rank)
         device = str(getattr(model, "input_device", devices[0]))
-        train_loader, eval_loader = make_loaders(cfg, manifest, pca_json, mean_image, env, device)
+        # the held-out training slice, when resize made one, so the official validation set is left to evaluate
+        validated_on = validation_split(manifest)
+        train_loader, eval_loader = make_loaders(cfg, manifest, pca_json, mean_image, env, device, validated_on)
         inputs = input_fingerprints(manifest, pca_json, mean_image, classes_tsv)
-        return fit(model, train_loader, eval_loader, cfg, out_dir, num_classes, env, devices, fresh, inputs)
+        return fit(
+            model, train_loader, eval_loader, cfg, out_dir, num_classes, env, devices, fresh, inputs, validated_on
+        )
     finally:
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -36,9 +36,13 @@ def plot_curve(jsonl: Path, png: Path, num_classes: int | None = None) -> None:
             100.0 * (1 - 1 / num_classes), color="tab:red", ls="--", lw=0.7, alpha=0.6, label="chance top-1 error"
         )
     ex = [r["epoch"] for r in epochs]
-    ax2.plot(ex, [r["val_top1_err"] for r in epochs], "o-", color="tab:red", label="val top-1 error")
-    ax2.plot(ex, [r["val_top5_err"] for r in epochs], "s--", color="tab:orange", label="val top-5 error")
-    ax2.set_ylabel("validation error, centre crop (%)")
+    held_out = bool(epochs) and epochs[-1].get("validated_on") == "holdout"
+    name = "held-out" if held_out else "val"
+    ax2.plot(ex, [r["val_top1_err"] for r in epochs], "o-", color="tab:red", label=f"{name} top-1 error")
+    ax2.plot(ex, [r["val_top5_err"] for r in epochs], "s--", color="tab:orange", label=f"{name} top-5 error")
+    ax2.set_ylabel(
+        "held-out training slice error, centre crop (%)" if held_out else "validation error, centre crop (%)"
+    )
     for prev, cur in zip(epochs, epochs[1:]):
         if cur.get("lr", 0) < prev.get("lr", 0):
             ax.axvline(prev["epoch"], color="gray", ls=":", lw=1)

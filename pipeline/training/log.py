@@ -85,6 +85,10 @@ class EpochResult:
     peak_mem_mb: float
 
 
+# how the log lines and the curve name the split the epochs are validated on
+VALIDATION_LABELS = {"val": "val", "holdout": "held-out"}
+
+
 class TrainingLog:
     def __init__(
         self,
@@ -95,8 +99,11 @@ class TrainingLog:
         epochs: int,
         flat_after: int,
         devices: list[str] = ("cpu",),
+        validated_on: str = "val",
     ):
         self.folder, self.state, self.env, self.num_classes, self.epochs = folder, state, env, num_classes, epochs
+        self.validated_on = validated_on  # val, or holdout: the held-out training slice (pipeline/holdout.py)
+        self.val_label = VALIDATION_LABELS[validated_on]
         self.watch = LossWatch(num_classes, flat_after=flat_after)
         self.wait = InputWait(devices)
         self.bar, self.first_window = None, True
@@ -186,6 +193,7 @@ class TrainingLog:
                 "epoch": r.epoch,
                 "val_top1_err": r.val_top1_err,
                 "val_top5_err": r.val_top5_err,
+                "validated_on": self.validated_on,
                 "epoch_train_loss": r.train_loss,
                 "lr": r.lr,
                 "epoch_time_s": r.seconds,
@@ -198,7 +206,7 @@ class TrainingLog:
         if self.env.main:
             plot_curve(self.folder.metrics, self.folder.curve, self.num_classes)
         self.say(
-            f"epoch {r.epoch}/{self.epochs}: train loss {r.train_loss:.4f}, val top-1 {r.val_top1_err:.2f}% "
+            f"epoch {r.epoch}/{self.epochs}: train loss {r.train_loss:.4f}, {self.val_label} top-1 {r.val_top1_err:.2f}% "
             f"top-5 {r.val_top5_err:.2f}% (centre crop), {r.seconds:.1f} s"
             + (f"; lr {r.lr:g} -> {new_lr:g}" if new_lr < r.lr else "")
         )

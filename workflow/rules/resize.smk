@@ -11,24 +11,38 @@
 # the paper's 256 (section 2; pipeline/shards.py IMAGE_SIZE), not a setting.
 
 RESIZE = config["resize"]
-RESIZE_SHARDS = {"train": RESIZE["train_shards"], "val": RESIZE["val_shards"]}
+# resize.holdout_per_class > 0: a held-out slice of the training set (pipeline/holdout.py) gets its own
+# shards, cut from the same training archive; the training shards come from the rows that are left.
+RESIZE_HOLDOUT = RESIZE["holdout_per_class"] > 0
+RESIZE_SHARDS = {
+    "train": RESIZE["train_shards"],
+    "val": RESIZE["val_shards"],
+    **({"holdout": RESIZE["holdout_shards"]} if RESIZE_HOLDOUT else {}),
+}
+RESIZE_INDEX = {
+    "train": f"{RESULTS}/index/train-kept.tsv" if RESIZE_HOLDOUT else f"{RESULTS}/index/train.tsv",
+    "val": f"{RESULTS}/index/val.tsv",
+    "holdout": f"{RESULTS}/index/holdout.tsv",
+}
 # The archive fetch verified is an input file; a folder tree is no file
 # Snakemake can date, so its path is only a param.
 RESIZE_FROM_FOLDERS = config["dataset"]["source"] == "folders"
+RESIZE_SOURCE_SPLIT = {"train": "train", "val": "val", "holdout": "train"}  # the held-out images are training images
 RESIZE_ARCHIVE = {
-    split: [] if RESIZE_FROM_FOLDERS else [f"{RESULTS}/fetch/ILSVRC2012_img_{split}.tar"] for split in ("train", "val")
+    split: [] if RESIZE_FROM_FOLDERS else [f"{RESULTS}/fetch/ILSVRC2012_img_{RESIZE_SOURCE_SPLIT[split]}.tar"]
+    for split in RESIZE_SOURCE_SPLIT
 }
 RESIZE_SOURCE = {
     split: (
         lambda wildcards, input, split=split: (
-            config["dataset"]["folders"][split] if RESIZE_FROM_FOLDERS else input.source
+            config["dataset"]["folders"][RESIZE_SOURCE_SPLIT[split]] if RESIZE_FROM_FOLDERS else input.source
         )
     )
-    for split in ("train", "val")
+    for split in RESIZE_SOURCE_SPLIT
 }
 RESIZE_SHARD_FILES = {
-    (split, suffix): expand(f"{RESULTS}/shards/{split}/{split}-{{k:05d}}{suffix}", k=range(RESIZE_SHARDS[split]))
-    for split in ("train", "val")
+    (split, suffix): expand(f"{RESULTS}/shards/{split}/{split}-{{k:05d}}{suffix}", k=range(shards))
+    for split, shards in RESIZE_SHARDS.items()
     for suffix in (".tar", ".idx", ".json", ".stats.npz")
 }
 # resize.* settings of one shard; the shard counts are per split
@@ -63,9 +77,31 @@ rule index:
         " --classes {input.classes} --val-labels {input.val_labels} --out {output} > {log} 2>&1"
 
 
+rule holdout:
+    input:
+        f"{RESULTS}/index/train.tsv",
+    output:
+        kept=f"{RESULTS}/index/train-kept.tsv",
+        holdout=f"{RESULTS}/index/holdout.tsv",
+    log:
+        f"{RESULTS}/logs/index/holdout.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/index/holdout.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        per_class=RESIZE["holdout_per_class"],
+        seed=RESIZE["seed"],
+    message:
+        "Holding out {params.per_class} training images of every class (seed {params.seed})"
+    shell:
+        "python -m pipeline.resize holdout --index {input} --per-class {params.per_class} --seed {params.seed}"
+        " --out-kept {output.kept} --out-holdout {output.holdout} > {log} 2>&1"
+
+
 rule resize_train_shard:
     input:
-        index=f"{RESULTS}/index/train.tsv",
+        index=RESIZE_INDEX["train"],
         source=RESIZE_ARCHIVE["train"],
     output:
         tar=f"{RESULTS}/shards/train/train-{{shard}}.tar",
@@ -124,12 +160,41 @@ rule resize_val_shard:
         RESIZE_SHARD_SHELL
 
 
+rule resize_holdout_shard:
+    input:
+        index=RESIZE_INDEX["holdout"],
+        source=RESIZE_ARCHIVE["holdout"],
+    output:
+        tar=f"{RESULTS}/shards/holdout/holdout-{{shard}}.tar",
+        idx=f"{RESULTS}/shards/holdout/holdout-{{shard}}.idx",
+        json=f"{RESULTS}/shards/holdout/holdout-{{shard}}.json",
+    log:
+        f"{RESULTS}/logs/resize/holdout-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/resize/holdout-{{shard}}.tsv"
+    wildcard_constraints:
+        shard=r"\d{5}",
+    conda:
+        CONDA_ENV
+    resources:
+        mem_mb=1024,
+    params:
+        split="holdout",
+        stats="",
+        source=RESIZE_SOURCE["holdout"],
+        shards=RESIZE["holdout_shards"],
+        settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE["holdout_shards"]),
+    message:
+        "Resizing held-out training shard {wildcards.shard} of {params.shards}"
+    shell:
+        RESIZE_SHARD_SHELL
+
+
 rule resize:
     input:
-        train=RESIZE_SHARD_FILES["train", ".json"],
-        val=RESIZE_SHARD_FILES["val", ".json"],
+        json=[RESIZE_SHARD_FILES[split, ".json"] for split in RESIZE_SHARDS],
         # the shards themselves, so a missing or deleted one is made again
-        shards=[RESIZE_SHARD_FILES[split, suffix] for split in ("train", "val") for suffix in (".tar", ".idx")],
+        shards=[RESIZE_SHARD_FILES[split, suffix] for split in RESIZE_SHARDS for suffix in (".tar", ".idx")],
         classes=f"{RESULTS}/fetch/classes.tsv",
     output:
         manifest=f"{RESULTS}/shards/manifest.json",
@@ -141,9 +206,13 @@ rule resize:
         CONDA_ENV
     params:
         shards_dir=lambda wildcards, output: os.path.dirname(output.manifest),
-        settings=settings_flags("resize", ("train_shards", "val_shards", "max_reject_fraction")),
+        settings=settings_flags(
+            "resize",
+            ("train_shards", "val_shards", "max_reject_fraction"),
+            holdout_shards=RESIZE_SHARDS.get("holdout", 0),
+        ),
     message:
-        f"Checking the rejects over all {RESIZE_SHARDS['train']} + {RESIZE_SHARDS['val']} shards and writing the manifest"
+        f"Checking the rejects over all {' + '.join(map(str, RESIZE_SHARDS.values()))} shards and writing the manifest"
     shell:
         tracked("resize", metrics="{output.manifest}", artifacts=["{output.manifest}"])
         + "python -m pipeline.resize manifest --shards-dir {params.shards_dir} --classes {input.classes}"
