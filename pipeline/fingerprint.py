@@ -23,7 +23,7 @@ from pipeline.shards import manifest_entries, read_manifest, validation_split
 # what each fingerprint covers, as a log line names it
 LABELS = {
     "manifest": "the shard manifest",
-    "shards": "the training, validation and held-out shards",
+    "shards": "the training and validation shards",  # the held-out slice's too: training images validated on
     "pca": "the PCA",
     "mean_image": "the mean image",
     "classes": "the class list",

@@ -281,8 +281,20 @@ def test_imagenet_preset_is_valid_schema():
             a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
         return a
 
-    errors = list(Draft202012Validator(schema).iter_errors(merge(base, preset)))
+    merged = merge(base, preset)
+    errors = list(Draft202012Validator(schema).iter_errors(merged))
     assert not errors, errors
+    # the demo's own recipe (config.yaml) does not leak into the paper's: section 5's numbers, full width
+    recipe = {k: merged["train"][k] for k in ("width", "lr", "momentum", "weight_decay", "batch_size", "epochs")}
+    assert recipe == {
+        "width": 1.0,
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "batch_size": 128,
+        "epochs": 90,
+    }
+    assert merged["train"]["init"] == "paper" and merged["train"]["dropout_style"] == "paper"
 
 
 def test_nested_command_line_overrides_take_the_schema_types(tmp_path):

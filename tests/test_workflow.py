@@ -258,6 +258,25 @@ def test_killed_resize_redoes_only_missing_shards(run_dir):
             path.with_name(path.name + ".moved").rename(path)
 
 
+def test_held_out_slice_gets_its_own_shards_cut_from_training(run_dir, tmp_path):
+    """resize.holdout_per_class on a finished run: the training shards are cut again without the held-out images."""
+    from pipeline.shards import shard_sample_keys
+
+    work = copy_run(run_dir, tmp_path / "work", with_train=False)
+    override = work / "holdout.yaml"
+    override.write_text("resize:\n  holdout_per_class: 2\n  holdout_shards: 1\n")
+    before = {k for t in (work / "results/shards/train").glob("*.tar") for k in shard_sample_keys(t)}
+    proc = snakemake(work, "results/shards/manifest.json", "--cores", "2", "--configfile", str(TINY), str(override))
+    ran = job_stats(proc.stdout + proc.stderr)
+    assert ran.get("holdout") == 1 and ran.get("resize_holdout_shard") == 1, ran
+    assert not {"demo", "fetch", "index", "resize_val_shard"} & set(ran), ran
+    manifest = json.loads((work / "results/shards/manifest.json").read_text())
+    held = set(manifest["holdout"]["members"])
+    after = {k for e in manifest["train"]["shards"] for k in shard_sample_keys(work / "results/shards" / e["tar"])}
+    assert len(held) == 2 * len(manifest["classes"])
+    assert after | held == before and not after & held
+
+
 def test_mlflow_store_holds_parent_and_children(run_dir):
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     exp = client.get_experiment_by_name("alexnet")
