@@ -69,7 +69,14 @@ from pipeline.shards import validation_split
 from pipeline.training.curve import plot_curve
 from pipeline.training.log import EpochResult, TrainingDiverged, TrainingLog, Window
 from pipeline.training.placement import Placement
-from pipeline.training.recipe import make_optimizer, make_plateau, param_digest, warmup, warmup_factor
+from pipeline.training.recipe import (
+    make_optimizer,
+    make_plateau,
+    param_digest,
+    plateau_step,
+    warmup,
+    warmup_factor,
+)
 from pipeline.training.run_folder import RunFolder, plan_start
 from pipeline.training.state import TrainState
 
@@ -387,8 +394,9 @@ def fit(
         t.place.reset_peak_memory()
         losses = t.train_epoch(train_loader, epoch, steps)
         val1, val5 = validate(t.model, eval_loader, t.place, t.env, t.topk)
-        t.plateau.step(val1)  # section 5: divide the lr when the validation error stops improving
         better = t.state.end_epoch(epoch, lr, val1, val5)
+        # section 5: divide the lr when the validation error stops improving (once it has left chance)
+        plateau_step(t.plateau, t.state.history, t.log.chance_top1_err)
         result = EpochResult(
             epoch, lr, sum(losses) / len(losses), val1, val5, time.perf_counter() - t0, t.place.peak_memory_mb()
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.training.recipe import make_plateau, warmup
+from pipeline.training.recipe import make_plateau, plateau_step, warmup
 from pipeline.training.state import TrainState, collapse_epoch
 
 
@@ -37,6 +37,28 @@ def test_plateau_divides_lr_by_ten_after_patience_epochs():
         lrs.append(opt.param_groups[0]["lr"])
     # epochs 3, 4, 5 do not beat 50 -> drop after epoch 5; 7, 8, 9 do not beat 45 -> drop after epoch 9
     assert lrs == pytest.approx([0.01] * 4 + [0.001] * 4 + [0.0001] * 2)
+
+
+def test_plateau_waits_until_the_error_has_left_chance():
+    """A slow start (the demo at lr 0.005: seven epochs at 90%) is no plateau; counting starts once learning has."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.005, momentum=0.9)
+    plateau = make_plateau(opt, factor=0.1, patience=2)
+    errors = [90, 90, 89.5, 90, 90, 90, 90, 84, 79, 77.5, 78, 79, 80, 60]  # 10-class chance: 90%
+    history, lrs, stepped = [], [], []
+    for epoch, err in enumerate(errors, 1):
+        history.append({"epoch": epoch, "val_top1_err": err})
+        stepped.append(plateau_step(plateau, history, chance=90.0))
+        lrs.append(opt.param_groups[0]["lr"])
+    # 84% is only 6 below chance; 79% (epoch 9) is the first epoch 10 below: counting starts there
+    assert stepped == [False] * 8 + [True] * 6
+    # 79 -> 77.5 improves; 78, 79, 80 do not -> divided after epoch 13, not during the seven at chance
+    assert lrs == pytest.approx([0.005] * 12 + [0.0005] * 2)
+    # without the wait, the same errors divide it at chance, after epoch 6 (4, 5, 6 no lower than 89.5)
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.005)
+    plain = make_plateau(opt2, factor=0.1, patience=2)
+    for err in errors[:6]:
+        plain.step(err)
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.0005)
 
 
 def test_warmup_scales_the_lr_of_one_update_only():

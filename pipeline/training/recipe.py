@@ -46,6 +46,22 @@ def make_plateau(optimizer, factor: float, patience: int):
     )
 
 
+# How far below chance (points of top-1 error) the validation error must first fall before the
+# plateau schedule counts epochs. Section 5 divides the lr "when the validation error rate stopped
+# improving"; while a network still sits at chance there is no improvement to stop, and counting
+# those epochs cut the lr of a slow start (the demo at lr 0.005 sat at chance for 7 epochs and its
+# lr was divided at epoch 7, leaving it at 79% error after 40 epochs; bench/RESULTS-train.md).
+LEFT_CHANCE_POINTS = 10.0
+
+
+def plateau_step(plateau, history: list[dict], chance: float) -> bool:
+    """Step the plateau schedule with the latest epoch's error once any epoch has left chance; True if stepped."""
+    if not any(h["val_top1_err"] <= chance - LEFT_CHANCE_POINTS for h in history):
+        return False
+    plateau.step(history[-1]["val_top1_err"])
+    return True
+
+
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """Share of the lr used at 0-based `step`: (step + 1) / K over the first K steps, then 1."""
     return (step + 1) / warmup_steps if step < warmup_steps else 1.0
