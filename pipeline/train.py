@@ -8,7 +8,10 @@
 Recipe: SGD, global batch 128 (split over the DDP replicas), momentum 0.9,
 weight decay 5e-4, lr 0.01 divided by 10 when the centre-crop validation
 top-1 error stops improving (torch's ReduceLROnPlateau: `patience` epochs
-without a strictly lower error are tolerated, the next one divides the lr).
+without a strictly lower error are tolerated, the next one divides the lr;
+counted once the error has first left chance, training.recipe.plateau_step).
+The validation is on the held-out training slice when resize made one
+(pipeline/holdout.py), else on val.
 
 The paper's update (section 5) is
     v <- 0.9 v - 0.0005 eps w - eps grad;   w <- w + v
