@@ -11,8 +11,8 @@ metrics.json (resources.<rule>.<figure>, logged on the parent run).
 
 A file names its rule by where it lies: benchmarks/<rule>.tsv, or
 benchmarks/<rule>/<job>.tsv; the resize stage's shard jobs lie in
-benchmarks/resize/train-NNNNN.tsv and val-NNNNN.tsv (rules
-resize_train_shard and resize_val_shard). Each file holds the latest run of
+benchmarks/resize/train-NNNNN.tsv, val-NNNNN.tsv and holdout-NNNNN.tsv (rules
+resize_train_shard, resize_val_shard and resize_holdout_shard). Each file holds the latest run of
 its job, so after a partial rerun the table mixes this invocation's jobs and
 earlier ones: it describes the results as they stand.
 """

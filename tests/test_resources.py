@@ -21,6 +21,8 @@ def test_files_name_their_rules():
     assert rule_of(Path("index/val.tsv")) == "index"
     assert rule_of(Path("resize/train-00003.tsv")) == "resize_train_shard"
     assert rule_of(Path("resize/val-00000.tsv")) == "resize_val_shard"
+    assert rule_of(Path("resize/holdout-00000.tsv")) == "resize_holdout_shard"
+    assert rule_of(Path("holdout.tsv")) == "holdout"
 
 
 def test_jobs_are_summed_per_rule_and_unsampled_figures_stay_unknown(tmp_path):

@@ -275,6 +275,11 @@ def test_held_out_slice_gets_its_own_shards_cut_from_training(run_dir, tmp_path)
     after = {k for e in manifest["train"]["shards"] for k in shard_sample_keys(work / "results/shards" / e["tar"])}
     assert len(held) == 2 * len(manifest["classes"])
     assert after | held == before and not after & held
+    # the resources table files the new jobs under their own rules
+    from pipeline.resources import rule_of
+
+    bench = work / "results/benchmarks"
+    assert {"holdout", "resize_holdout_shard"} <= {rule_of(f.relative_to(bench)) for f in bench.rglob("*.tsv")}
 
 
 def test_mlflow_store_holds_parent_and_children(run_dir):

@@ -84,9 +84,9 @@ rule holdout:
         kept=f"{RESULTS}/index/train-kept.tsv",
         holdout=f"{RESULTS}/index/holdout.tsv",
     log:
-        f"{RESULTS}/logs/index/holdout.log",
+        f"{RESULTS}/logs/holdout.log",
     benchmark:
-        f"{RESULTS}/benchmarks/index/holdout.tsv"
+        f"{RESULTS}/benchmarks/holdout.tsv"
     conda:
         CONDA_ENV
     params:
