@@ -126,37 +126,6 @@ def train_mlflow_runs(work: Path) -> list:
     return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "train"]
 
 
-def test_changed_quality_retrains_on_the_new_shards(run_dir, tmp_path):
-    from pipeline.fingerprint import input_fingerprints
-
-    work = copy_run(run_dir, tmp_path / "q")
-    before = train_state(work)
-    override = work / "quality.yaml"
-    override.write_text("resize:\n  jpeg_quality: 80\n")
-    snakemake(work, "--cores", "2", "--configfile", str(TINY), str(override))
-    log = (work / "results/logs/train.log").read_text()
-    # the PCA is unchanged: its statistics come from the pixels before JPEG encoding
-    assert "starting over: the shard manifest and the training and validation shards differ" in log, log[-3000:]
-    assert "resuming" not in log and "epoch 1/2" in log  # it trained, from the first epoch
-    results = work / "results"
-    after = train_state(work)
-    assert after["uid"] != before["uid"] and after["epoch"] == 2
-    # trained on the new data: the checkpoint's fingerprints are those of the new shards and PCA
-    now = input_fingerprints(
-        results / "shards/manifest.json",
-        results / "pca/pca.json",
-        results / "pca/mean_image.npy",
-        results / "fetch/classes.tsv",
-    )
-    assert after["config"]["inputs"] == now != before["config"]["inputs"]
-    assert sorted(train_losses(work))[0] == 1
-    from pipeline.checkpoint import load_checkpoint  # evaluation scored the new run's best epoch
-
-    assert load_checkpoint(results / "train/checkpoints/best.pt")["uid"] == after["uid"]
-    runs = train_mlflow_runs(work)
-    assert len(runs) == 2 and {r.data.tags.get("start") for r in runs} == {"start"}
-
-
 def test_forcerun_train_retrains_the_same_run(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path / "f")
     before = train_state(work)
@@ -258,28 +227,55 @@ def test_killed_resize_redoes_only_missing_shards(run_dir):
             path.with_name(path.name + ".moved").rename(path)
 
 
-def test_held_out_slice_gets_its_own_shards_cut_from_training(run_dir, tmp_path):
-    """resize.holdout_per_class on a finished run: the training shards are cut again without the held-out images."""
+def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path):
+    """resize.holdout_per_class on a finished run: the training shards are cut again without the held-out
+    images; the training starts over on the new shards and validates on the slice; the evaluation scores val."""
+    from pipeline.fingerprint import input_fingerprints
+    from pipeline.resources import rule_of
     from pipeline.shards import shard_sample_keys
 
-    work = copy_run(run_dir, tmp_path / "work", with_train=False)
+    work = copy_run(run_dir, tmp_path / "h")
+    before = train_state(work)
+    before_keys = {k for t in (work / "results/shards/train").glob("*.tar") for k in shard_sample_keys(t)}
     override = work / "holdout.yaml"
     override.write_text("resize:\n  holdout_per_class: 2\n  holdout_shards: 1\n")
-    before = {k for t in (work / "results/shards/train").glob("*.tar") for k in shard_sample_keys(t)}
-    proc = snakemake(work, "results/shards/manifest.json", "--cores", "2", "--configfile", str(TINY), str(override))
+    proc = snakemake(work, "--cores", "2", "--configfile", str(TINY), str(override))
     ran = job_stats(proc.stdout + proc.stderr)
-    assert ran.get("holdout") == 1 and ran.get("resize_holdout_shard") == 1, ran
+    assert ran.get("holdout") == 1 and ran.get("resize_holdout_shard") == 1 and ran.get("train") == 1, ran
     assert not {"demo", "fetch", "index", "resize_val_shard"} & set(ran), ran
-    manifest = json.loads((work / "results/shards/manifest.json").read_text())
+    results = work / "results"
+    manifest = json.loads((results / "shards/manifest.json").read_text())
     held = set(manifest["holdout"]["members"])
-    after = {k for e in manifest["train"]["shards"] for k in shard_sample_keys(work / "results/shards" / e["tar"])}
+    after_keys = {k for e in manifest["train"]["shards"] for k in shard_sample_keys(results / "shards" / e["tar"])}
     assert len(held) == 2 * len(manifest["classes"])
-    assert after | held == before and not after & held
-    # the resources table files the new jobs under their own rules
-    from pipeline.resources import rule_of
-
-    bench = work / "results/benchmarks"
+    assert after_keys | held == before_keys and not after_keys & held
+    bench = results / "benchmarks"  # the resources table files the new jobs under their own rules
     assert {"holdout", "resize_holdout_shard"} <= {rule_of(f.relative_to(bench)) for f in bench.rglob("*.tsv")}
+
+    log = (results / "logs/train.log").read_text()
+    assert "starting over: the shard manifest and the training and validation shards" in log, log[-3000:]
+    assert "resuming" not in log and "epoch 1/2" in log  # it trained, from the first epoch
+    after = train_state(work)
+    assert after["uid"] != before["uid"] and after["epoch"] == 2
+    # trained on the new data: the checkpoint's fingerprints are those of the new shards and PCA
+    now = input_fingerprints(
+        results / "shards/manifest.json",
+        results / "pca/pca.json",
+        results / "pca/mean_image.npy",
+        results / "fetch/classes.tsv",
+    )
+    assert after["config"]["inputs"] == now != before["config"]["inputs"]
+    assert sorted(train_losses(work))[0] == 1
+    summary = json.loads((results / "train/train.json").read_text())
+    assert summary["validated_on"] == "holdout"
+    assert {r["validated_on"] for r in train_rows(work) if "val_top1_err" in r} == {"holdout"}
+    from pipeline.checkpoint import load_checkpoint  # evaluation scored the new run's best epoch, on val
+
+    assert load_checkpoint(results / "train/checkpoints/best.pt")["uid"] == after["uid"]
+    metrics = json.loads((results / "evaluate/metrics.json").read_text())
+    assert metrics["val_images"] == manifest["val"]["images"]
+    runs = train_mlflow_runs(work)
+    assert len(runs) == 2 and {r.data.tags.get("start") for r in runs} == {"start"}
 
 
 def test_mlflow_store_holds_parent_and_children(run_dir):
