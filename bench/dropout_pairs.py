@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,7 @@ def main() -> None:
             run.mkdir(parents=True, exist_ok=True)
             code = train_once(res, run, seed, style, args.steps, args.torch_threads)
             rows.append(summarise(run, seed, style, code, classes))
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)  # 438 MB a run at full width; the figures stay
             r = rows[-1]
             print(
                 f"seed {seed} {style}: max loss {r['max_loss']}, last {r['last_loss']}, "
