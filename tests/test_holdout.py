@@ -13,7 +13,7 @@ from pipeline.io import read_json, write_json
 from pipeline.shards import ShardWriter, shard_sample_keys, validation_split
 from pipeline.train import TrainConfig, train
 
-from test_resize import make_dataset
+from test_resize import index_archives, make_dataset
 from test_train import SMALL, make_data
 
 
@@ -42,14 +42,7 @@ def chain(tmp_path_factory):
     """The resize stage's jobs with a held-out slice: index, split, train/val/holdout shards, manifest."""
     root = tmp_path_factory.mktemp("holdout")
     make_dataset(root)
-    for split in ("train", "val"):
-        resize.build_index(
-            split,
-            root / f"ILSVRC2012_img_{split}.tar",
-            root / "classes.tsv",
-            root / "val_labels.tsv",
-            root / "index" / f"{split}.tsv",
-        )
+    index_archives(root)
     assert (
         resize.main(
             ["holdout", "--index", str(root / "index/train.tsv"), "--per-class", "2", "--seed", "3"]

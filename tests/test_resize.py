@@ -84,11 +84,8 @@ def make_dataset(root):
     return images, val
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Index both archives and write 2 train + 1 val shards, as the workflow does."""
-    root = tmp_path_factory.mktemp("resize")
-    images, val = make_dataset(root)
+def index_archives(root):
+    """results/index/{train,val}.tsv of make_dataset's archives, as the workflow's index jobs write them."""
     for split in ("train", "val"):
         resize.build_index(
             split,
@@ -97,6 +94,14 @@ def run(tmp_path_factory):
             root / "val_labels.tsv",
             root / "index" / f"{split}.tsv",
         )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Index both archives and write 2 train + 1 val shards, as the workflow does."""
+    root = tmp_path_factory.mktemp("resize")
+    images, val = make_dataset(root)
+    index_archives(root)
     reports = {}
     for split, shards in (("train", 2), ("val", 1)):
         for k in range(shards):
