@@ -38,6 +38,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import load_independent
+
 REPO = Path(__file__).resolve().parents[1]
 START, STOP = REPO / "tests" / "slurm" / "start.sh", REPO / "tests" / "slurm" / "stop.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
@@ -164,20 +166,6 @@ def declared_local_rules() -> set[str]:
     return names
 
 
-def without_timings(obj):
-    """JSON minus wall-clock fields (seconds, images per second, input wait) and paths, which differ between runs,
-    and the training's run_uid, which is drawn anew for every training by design."""
-    if isinstance(obj, dict):
-        return {
-            k: without_timings(v)
-            for k, v in obj.items()
-            if not (k.endswith(("seconds", "_s")) or "per_s" in k or "wait" in k or k == "run_uid")
-        }
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
-
-
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -233,7 +221,7 @@ def check_demo_workflow(cluster, tmp_path):
     for tar in sorted(a.glob("shards/*/*.tar")):
         assert digest(tar) == digest(b / tar.relative_to(a)), tar.name
     for name in ("shards/manifest.json", "pca/pca.json", "train/train.json", "evaluate/metrics.json"):
-        assert without_timings(json.loads((b / name).read_text())) == without_timings(
+        assert load_independent(json.loads((b / name).read_text())) == load_independent(
             json.loads((a / name).read_text())
         ), name
     assert json.loads((b / "train/train.json").read_text())["replicas_in_sync"]
