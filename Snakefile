@@ -56,10 +56,14 @@ onerror:
         end_parent(TRACKING_URI, PARENT_FILE, "FAILED")
 
 
+# The training's summary is a target of its own: after a failed training (whose outputs Snakemake
+# removes) the evaluation's older outputs would otherwise satisfy the run, and a plain rerun would
+# call the workflow complete with no trained network behind it.
 rule all:
     default_target: True
     input:
         f"{RESULTS}/augment/augment.json",
+        f"{RESULTS}/train/train.json",
         f"{RESULTS}/evaluate/metrics.json",
         [f"{RESULTS}/forecast/forecast.json"] if config["preflight"]["forecast"] else [],
         f"{RESULTS}/resources/resources.json",

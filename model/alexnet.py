@@ -36,6 +36,14 @@ Options:
                      fc7, 0 elsewhere (section 5).
     init="caffe"     Caffe's bvlc_alexnet fillers: those biases 0.1, and fc6/fc7
                      weights N(0, 0.005); Caffe reported a flat loss with 1.
+    init="cuda_convnet2"
+                     Krizhevsky's released two-column config: the paper's, but
+                     N(0, 0.03) in conv3, conv4, conv5 (sources quoted at INITS).
+    init_gain="width"
+                     any init's std / sqrt(width) where the fan-in scales with
+                     the width (as "width_scaled" does for the paper's), so a
+                     narrow network keeps the full one's per-layer gain; the
+                     same as "source" (the stds as printed) at width 1.0.
     init="width_scaled"
                      this project's own rescaling, not the paper's init: the
                      paper's init with the full network's per-layer gain
@@ -80,7 +88,20 @@ Observer = Callable[[str, torch.Tensor], None]
 
 INPUT_SIZE = 224
 SPLIT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")  # fc8 is not split
-# The two inits side by side, one row per source (the formatter would give one line per layer).
+# The inits side by side, one row per source (the formatter would give one line per layer).
+# paper: section 5, "We initialized the weights in each layer from a zero-mean Gaussian
+#   distribution with standard deviation 0.01. We initialized the neuron biases in the second,
+#   fourth, and fifth convolutional layers, as well as in the fully-connected hidden layers,
+#   with the constant 1. We initialized the neuron biases in the remaining layers with the constant 0."
+# caffe: BVLC/caffe models/bvlc_alexnet/train_val.prototxt (commit 9b89154): weight_filler std 0.01
+#   (lines 59, 115, 170, 204, 238, 360), 0.005 in fc6 and fc7 (lines 280, 320); bias_filler 0.1
+#   in conv2, conv4, conv5, fc6, fc7 (lines 119, 208, 242, 284, 324), 0 in conv1, conv3, fc8
+#   (lines 63, 174, 364). Its readme.md line 14: biases 0.1 "instead of 1 (found necessary for
+#   training, as initialization to 1 gave flat loss)".
+# cuda_convnet2: akrizhevsky/cuda-convnet2 layers/layers-imagenet-2gpu-model.cfg (commit 3238bf0),
+#   Krizhevsky's released two-column configuration: initW=0.01 in conv1 (line 17), conv2 (73),
+#   fc6 (242), fc7 (268), fc8 (294); initW=0.03 in conv3 (143), conv4 (172), conv5 (200);
+#   initB=1 in conv2 (74), conv4 (173), conv5 (201), fc6 (243), fc7 (269); no initB (0) elsewhere.
 # fmt: off
 INITS: dict[str, dict[str, tuple[float, float]]] = {
     # layer -> (weight std, bias)
@@ -88,11 +109,17 @@ INITS: dict[str, dict[str, tuple[float, float]]] = {
               "conv5": (0.01, 1.0), "fc6": (0.01, 1.0), "fc7": (0.01, 1.0), "fc8": (0.01, 0.0)},
     "caffe": {"conv1": (0.01, 0.0), "conv2": (0.01, 0.1), "conv3": (0.01, 0.0), "conv4": (0.01, 0.1),
               "conv5": (0.01, 0.1), "fc6": (0.005, 0.1), "fc7": (0.005, 0.1), "fc8": (0.01, 0.0)},
+    "cuda_convnet2": {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.03, 0.0), "conv4": (0.03, 1.0),
+                      "conv5": (0.03, 1.0), "fc6": (0.01, 1.0), "fc7": (0.01, 1.0), "fc8": (0.01, 0.0)},
 }
 # fmt: on
 INITS["width_scaled"] = INITS["paper"]
 INITS["paper_scaled"] = INITS["paper"]  # its earlier name, so older checkpoints still load
-WIDTH_SCALED_INITS = {"width_scaled", "paper_scaled"}  # std / sqrt(width) where the fan-in grows with the width
+WIDTH_SCALED_INITS = {"width_scaled", "paper_scaled"}  # init_gain "width" implied
+INIT_GAINS = (
+    "source",
+    "width",
+)  # the source's stds as printed | std / sqrt(width) where the fan-in grows with the width
 FIXED_FAN_IN = {"conv1"}  # reads the 3-channel image whatever the width
 
 
@@ -198,6 +225,7 @@ class AlexNet(nn.Module):
         init: str = "paper",
         dropout: float = 0.5,
         dropout_style: str = "paper",
+        init_gain: str = "source",
     ) -> None:
         super().__init__()
         if devices is None:
@@ -208,6 +236,9 @@ class AlexNet(nn.Module):
         if len(devices) > 2:
             raise ValueError(f"devices: at most two (one per column), got {len(devices)}")
         self.width = width
+        if init_gain not in INIT_GAINS:
+            raise ValueError(f"init_gain: one of {INIT_GAINS}, got {init_gain!r}")
+        self.init_gain = init_gain
 
         def even(n: int) -> int:
             return max(2, 2 * round(n * width / 2))
@@ -264,7 +295,8 @@ class AlexNet(nn.Module):
         for key, value in self.state_dict().items():
             layer, kind = key.split(".")
             std, bias = INITS[init][layer]
-            if init in WIDTH_SCALED_INITS and layer not in FIXED_FAN_IN:
+            scaled = init in WIDTH_SCALED_INITS or self.init_gain == "width"
+            if scaled and layer not in FIXED_FAN_IN:
                 std /= self.width**0.5
             state[key] = torch.randn(value.shape) * std if kind == "weight" else torch.full(value.shape, bias)
         self.load_state_dict(state)

@@ -37,8 +37,10 @@ def coerce_to_schema(cfg: dict, schema: dict, root: dict | None = None) -> None:
 
     `snakemake --config 'train={"epochs": 5}'` hands nested values over as
     strings ('5'); without this, every numeric override fails validation. A
-    string is replaced only when the schema rejects it and accepts its YAML
-    reading, so a wrong value ('high' for an integer) still fails, naming the key.
+    string is replaced only when the schema rejects it and accepts the kind of
+    its YAML reading, so a wrong value ('high' for an integer) still fails,
+    naming the key, and an out-of-range number ('-0.01' for a positive lr)
+    fails on its bound with the message a config file's value gets.
     """
     root = root or schema
     props = schema.get("properties", {})
@@ -58,8 +60,21 @@ def coerce_to_schema(cfg: dict, schema: dict, root: dict | None = None) -> None:
                     parsed = yaml.safe_load(value)
                 except yaml.YAMLError:
                     continue
-                if not isinstance(parsed, str) and _accepts(sub, parsed):
-                    cfg[key] = parsed
+                if isinstance(parsed, str):  # YAML 1.1 reads 1e-9 (no dot) as a string
+                    try:
+                        parsed = float(value)
+                    except ValueError:
+                        pass
+                if not isinstance(parsed, str) and _accepts(_without_bounds(sub), parsed):
+                    cfg[key] = parsed  # out of range too: then validation names the bound, as for a file
+
+
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def _without_bounds(schema: dict) -> dict:
+    """The schema minus its numeric bounds: is the value of the right kind, whatever its size."""
+    return {k: v for k, v in schema.items() if k not in BOUNDS}
 
 
 # Keys that left the config, and where their job went.

@@ -18,8 +18,13 @@ Warnings (`check_loss`), each given once per run, with the step and a hint:
     explosion   the window's mean loss is above `explode_factor` * ln(classes)
                 (a network at init sits near ln(classes); the paper's recipe at
                 full width on the demo reached 14.6 = 6.3 ln 10)
-    flat        the mean loss is still within `flat_margin` of ln(classes)
-                after `flat_after` steps: the network has not started to learn
+    flat        the mean loss is still at chance (`at_chance`: within
+                CHANCE_MARGIN of ln(classes)) after `flat_after` steps: the
+                network has not started to learn
+    stall       the same after `stall_after` steps stops the run (TrainingStalled,
+                pipeline/training/log.py): hours of GPU time at chance are a loss
+    dead        fc6 or fc7 over DEAD_SHARE dead in the first epoch (the
+                paper's init at 1000 classes: fc7 10% -> 93% dead in 400 steps)
     collapse    validation error back at chance after learning (pipeline/train.py)
 """
 
@@ -147,19 +152,42 @@ def health_check(monitor: HealthMonitor | None, optimizer, armed: bool):
         figures.update(monitor.collect(optimizer))
 
 
+# A window's mean loss is at chance within this many nats of ln(classes). An absolute margin: a
+# share of ln(classes) (5% was used) called a loss of 6.6 at 1000 classes flat, though it had left
+# chance by 0.3. Far above chance is the explosion warning's business.
+CHANCE_MARGIN = 0.1
+# Share of a fully connected layer's ReLUs that are zero, over which the `dead` warning is given.
+DEAD_SHARE = 0.8
+DEAD_LAYERS = ("fc6", "fc7")
+
+
+def at_chance(loss: float, num_classes: int) -> bool:
+    return abs(loss - math.log(num_classes)) < CHANCE_MARGIN
+
+
+def dead_layers(health: dict | None) -> dict[str, float]:
+    """fc6's and fc7's dead shares where over DEAD_SHARE."""
+    shares = {layer: (health or {}).get(layer, {}).get("dead") for layer in DEAD_LAYERS}
+    return {layer: v for layer, v in shares.items() if v is not None and v > DEAD_SHARE}
+
+
 @dataclass
 class LossWatch:
     """The loss-based warnings; `check_loss` returns the new ones as (kind, message)."""
 
     num_classes: int
     flat_after: int = 1000  # steps
-    flat_margin: float = 0.05  # fraction of ln(classes)
     explode_factor: float = 2.0  # times ln(classes)
     given: set = field(default_factory=set)
 
     @property
     def chance_loss(self) -> float:
         return math.log(self.num_classes)
+
+    def stalled(self, first_step: int, step: int, loss: float, stall_after: int) -> bool:
+        """True if the window of steps first_step..step holds step `stall_after` (0: never) and its
+        mean loss is still at chance. Judged once: a later relapse is the collapse warning's business."""
+        return 0 < stall_after and first_step <= stall_after <= step and at_chance(loss, self.num_classes)
 
     def check_loss(self, step: int, loss: float) -> list[tuple[str, str]]:
         new = []
@@ -173,12 +201,13 @@ class LossWatch:
                     "for this network (train.warmup_steps or a lower train.lr)",
                 )
             )
-        if step >= self.flat_after and abs(loss - chance) < self.flat_margin * chance and "flat" not in self.given:
+        if step >= self.flat_after and at_chance(loss, self.num_classes) and "flat" not in self.given:
             new.append(
                 (
                     "flat",
-                    f"step {step}: mean loss {loss:.3f} is still at ln({self.num_classes}) = "
-                    f"{chance:.3f}: the network is not learning (check the init, lr and inputs)",
+                    f"step {step}: mean loss {loss:.3f} is still at chance (within {CHANCE_MARGIN:g} of "
+                    f"ln({self.num_classes}) = {chance:.3f}): the network is not learning (check the init, lr "
+                    "and inputs; train.stall_after stops such a run)",
                 )
             )
         self.given |= {kind for kind, _ in new}

@@ -77,6 +77,7 @@ from pipeline.training.recipe import (
     make_plateau,
     param_digest,
     plateau_step,
+    set_lr,
     warmup,
     warmup_factor,
 )
@@ -97,10 +98,11 @@ __all__ = [
     "param_digest",
 ]
 
-MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "dropout", "dropout_style")
+MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "init_gain", "dropout", "dropout_style")
 RECIPE_KEYS = (
     "batch_size",
     "lr",
+    "bias_lr_factor",
     "momentum",
     "weight_decay",
     "decay",
@@ -125,7 +127,8 @@ class TrainConfig:
     width: float = TRAIN["width"]  # channel multiplier; 1.0 is the paper's network
     lrn: bool = True  # section 3.3
     overlapping_pool: bool = True  # section 3.4: 3x3 pools with stride 2
-    init: str = TRAIN["init"]  # paper: biases 1 in conv2,4,5, fc6,7 | caffe: 0.1 (section 5)
+    init: str = TRAIN["init"]  # paper (section 5) | caffe | cuda_convnet2 | width_scaled: model/alexnet.py INITS
+    init_gain: str = TRAIN["init_gain"]  # source: the init's stds as printed | width: / sqrt(width) (narrow nets)
     dropout: float = 0.5  # section 4.2
     dropout_style: str = TRAIN[
         "dropout_style"
@@ -133,6 +136,7 @@ class TrainConfig:
     # recipe, section 5
     batch_size: int = TRAIN["batch_size"]  # global batch: divided over the DDP replicas
     lr: float = TRAIN["lr"]
+    bias_lr_factor: float = TRAIN["bias_lr_factor"]  # biases' lr / weights' lr: 1 paper, 2 cuda-convnet2 and Caffe
     momentum: float = TRAIN["momentum"]
     weight_decay: float = TRAIN["weight_decay"]
     decay: str = TRAIN["decay"]  # weights: decay on weights only (paper, cuda-convnet, Caffe) | all: biases too
@@ -155,7 +159,8 @@ class TrainConfig:
     compile: bool = TRAIN["compile"]
     log_every: int = TRAIN["log_every"]  # steps between metrics.jsonl lines (and health figures)
     monitor: bool = TRAIN["monitor"]  # per-layer health figures each log line (pipeline/health.py)
-    flat_after: int = TRAIN["flat_after"]  # steps after which a loss still at ln(classes) is warned about
+    flat_after: int = TRAIN["flat_after"]  # steps after which a loss still at chance is warned about
+    stall_after: int = TRAIN["stall_after"]  # steps after which a loss still at chance stops the run (0: never)
     dali_threads: int = 2  # DALI CPU threads per replica: a runtime knob (rule train's dali_threads)
     torch_threads: int = 0  # torch CPU threads per replica (0: torch's default)
 
@@ -221,7 +226,15 @@ class Trainer:
         self.folder = RunFolder(out_dir)
         self.state = TrainState()
         self.log = TrainingLog(
-            self.folder, self.state, env, num_classes, cfg.epochs, cfg.flat_after, devices, validated_on
+            self.folder,
+            self.state,
+            env,
+            num_classes,
+            cfg.epochs,
+            cfg.flat_after,
+            devices,
+            validated_on,
+            cfg.stall_after,
         )
         self.topk, self.key = min(5, num_classes), cfg.key(num_classes)
         self.optimizer = make_optimizer(model, cfg)
@@ -259,8 +272,7 @@ class Trainer:
         if ckpt.get("layout") == len(self.place.devices):
             self.optimizer.load_state_dict(ckpt["optimizer"])
         else:  # the two layouts list their parameters differently (model/alexnet.py)
-            for group in self.optimizer.param_groups:
-                group["lr"] = ckpt["optimizer"]["param_groups"][0]["lr"]
+            set_lr(self.optimizer, ckpt["optimizer"]["param_groups"][0]["lr"])
             self.log.say(
                 f"{self.folder.last} was saved from a {ckpt.get('layout')}-device layout; "
                 "momentum restarts from zero on this one"

@@ -131,6 +131,16 @@ def test_command_line_strings_take_the_schema_types():
     wrong = {"train": {"epochs": "many"}}
     coerce_to_schema(wrong, schema)
     assert wrong == {"train": {"epochs": "many"}}
+    exponent = {"train": {"lr": "1e-9"}}  # YAML 1.1 reads it as a string
+    coerce_to_schema(exponent, schema)
+    assert exponent == {"train": {"lr": 1e-9}}
+
+
+def test_an_out_of_range_command_line_number_gets_the_config_files_message():
+    from_command_line, from_file = default_config(), default_config()
+    from_command_line["train"]["lr"], from_file["train"]["lr"] = "-0.01", -0.01  # check() coerces strings
+    assert problems(from_command_line) == problems(from_file)
+    assert "config key train.lr: -0.01 is less than or equal to the minimum of 0" in problems(from_file)
 
 
 def test_moved_key_says_where_its_job_went():

@@ -18,6 +18,7 @@ from pipeline.devices import Dist
 from pipeline.health import HealthMonitor, LossWatch
 from pipeline.train import TrainConfig, fit, make_loaders, make_optimizer
 
+from conftest import load_independent_warnings
 from test_train import CLASSES, SMALL, data, reference, rows  # noqa: F401  (fixtures)
 
 
@@ -118,12 +119,6 @@ def test_loss_watch_warnings():
     assert kinds == [(3, "explosion")]
 
 
-def loss_warnings(warnings: list[dict]) -> list[dict]:
-    """The warnings these tests are about. input_bound depends on the machine's load (a 1/16-wide
-    network on one-step windows can wait on DALI on a busy CI machine): tests/test_train.py tests it."""
-    return [w for w in warnings if w.get("kind", w.get("warning")) != "input_bound"]
-
-
 def _fit(data, tmp_path, **over):  # noqa: F811
     from pipeline.checkpoint import build_model
 
@@ -136,7 +131,7 @@ def _fit(data, tmp_path, **over):  # noqa: F811
 
 def test_monitor_silent_on_a_learning_run(reference):  # noqa: F811
     out, summary = reference
-    assert loss_warnings(summary["warnings"]) == []
+    assert load_independent_warnings(summary["warnings"]) == []
     health = [r["health"] for r in rows(out) if "health" in r]
     assert len(health) == 36  # log_every 1: every step
     assert set(health[0]) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"}
@@ -145,18 +140,55 @@ def test_monitor_silent_on_a_learning_run(reference):  # noqa: F811
 
 def test_monitor_warns_on_a_flat_run(data, tmp_path):  # noqa: F811
     summary = _fit(data, tmp_path, lr=1e-12, flat_after=6)  # the weights barely move: the loss stays at ln 4
-    warnings = loss_warnings(summary["warnings"])
+    warnings = load_independent_warnings(summary["warnings"])
     assert [w["kind"] for w in warnings] == ["flat"] and warnings[0]["step"] == 6
-    marks = loss_warnings([r for r in rows(tmp_path) if "warning" in r])
+    marks = load_independent_warnings([r for r in rows(tmp_path) if "warning" in r])
     assert [(r["warning"], r["step"]) for r in marks] == [("flat", 6)]
 
 
 def test_monitor_warns_on_an_exploding_run(data, tmp_path):  # noqa: F811
     summary = _fit(data, tmp_path, lr=3.0, flat_after=10**6)  # 300x the recipe's lr: finite but exploding
-    warnings = loss_warnings(summary["warnings"])
-    kinds = [w["kind"] for w in warnings]
-    assert kinds and kinds[0] == "explosion", summary["warnings"]
-    assert "above 2 x ln(4)" in warnings[0]["message"]
+    warnings = load_independent_warnings(summary["warnings"])
+    loss = [w for w in warnings if w["kind"] != "dead"]
+    assert loss and loss[0]["kind"] == "explosion", summary["warnings"]
+    assert "above 2 x ln(4)" in loss[0]["message"]
+    # and its fully connected layers die within the first epoch, which the dead warning says
+    dead = [w for w in warnings if w["kind"] == "dead"]
+    assert len(dead) == 1 and dead[0]["epoch"] == 1 and "fc7" in dead[0]["message"], summary["warnings"]
+    assert "train.init" in dead[0]["message"]
+
+
+def test_a_run_still_at_chance_after_stall_after_steps_stops_and_says_why(data, tmp_path):  # noqa: F811
+    from pipeline.training.log import TrainingStalled
+
+    with pytest.raises(TrainingStalled) as stop:
+        _fit(data, tmp_path, lr=1e-9, stall_after=5, log_every=2)  # windows end at 2, 4, 6: judged at 6
+    message = str(stop.value)
+    assert message.startswith("training stalled: at step 6 (epoch 1)"), message
+    assert "ln(4) = 1.386" in message and "fc6" in message and "fc7" in message and "dead" in message
+    assert "train.init" in message and "train.lr" in message and "train.stall_after: 0" in message
+    marks = [r for r in rows(tmp_path) if r.get("warning") == "stall"]
+    assert [r["step"] for r in marks] == [6] and not (tmp_path / "train.json").exists()
+
+
+def test_a_learning_run_is_not_stopped_by_stall_after(data, tmp_path):  # noqa: F811
+    # the second epoch's window (steps 13-24) holds step 24; its mean loss is 1.16, below ln(4) - 0.1
+    summary = _fit(data, tmp_path, init="width_scaled", stall_after=24, log_every=12)
+    windows = [r["train_loss"] for r in rows(tmp_path) if "train_loss" in r]
+    assert windows[1] < 1.386 - 0.1 and summary["steps"] == 24
+    assert "stall" not in [w["kind"] for w in summary["warnings"]]
+
+
+def test_chance_is_an_absolute_margin_around_ln_classes():
+    from pipeline.health import at_chance
+
+    assert at_chance(6.90, 1000) and at_chance(6.95, 1000)
+    assert not at_chance(6.6, 1000)  # leaving: 0.3 below ln(1000) (5% of ln(1000) called it flat)
+    watch = LossWatch(1000, flat_after=1)
+    assert watch.check_loss(5, 6.6) == [] and [k for k, _ in watch.check_loss(6, 6.9)] == ["flat"]
+    assert not watch.stalled(1, 20, 6.6, stall_after=10) and watch.stalled(1, 20, 6.9, stall_after=10)
+    assert not watch.stalled(21, 40, 6.9, stall_after=10)  # judged once, in the window holding step 10
+    assert not watch.stalled(1, 20, 6.9, stall_after=0)
 
 
 def test_warmup_ramps_the_lr(data, tmp_path):  # noqa: F811

@@ -171,6 +171,7 @@ def test_training_lowers_loss_and_writes_outputs(reference):
         "lrn": True,
         "overlapping_pool": True,
         "init": "caffe",
+        "init_gain": "source",
         "dropout": 0.5,
         "dropout_style": "paper",
     }

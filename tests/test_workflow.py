@@ -139,6 +139,35 @@ def test_forcerun_train_retrains_the_same_run(run_dir, tmp_path):
     assert len(runs) == 2 and [r.data.tags["start"] for r in runs] == ["start", "start"]
 
 
+def test_a_stalled_forcerun_train_keeps_the_finished_run_and_a_plain_rerun_trains(run_dir, tmp_path):
+    work = copy_run(run_dir, tmp_path / "s")
+    before = train_state(work)
+    metrics = (work / "results/evaluate/metrics.json").read_bytes()
+    stall = ['train={"lr": 1e-9, "stall_after": 3, "log_every": 3, "init": "caffe"}']
+    failed = snakemake(
+        work, "--cores", "2", "--configfile", str(TINY), "--forcerun", "train", "--config", *stall, check=False
+    )
+    assert failed.returncode != 0
+    log = (work / "results/logs/train.log").read_text()
+    error = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith("error: training stalled: at step 3 (epoch 1)"), log[-3000:]
+    assert "ln(4) = 1.386" in error[0] and "fc7" in error[0] and "train.init" in error[0]
+    # nothing of the finished run is lost: its checkpoints are set aside, its evaluation stands
+    from pipeline.checkpoint import load_checkpoint
+
+    assert load_checkpoint(work / "results/train/previous/checkpoints/last.pt")["uid"] == before["uid"]
+    assert (work / "results/evaluate/metrics.json").read_bytes() == metrics
+    assert not (work / "results/train/train.json").exists()
+
+    # a plain rerun does not call the workflow complete: it trains (same seed, same losses) and evaluates
+    rerun = snakemake(work, "--cores", "2", "--configfile", str(TINY))
+    assert {"train", "evaluate"} <= set(job_stats(rerun.stdout + rerun.stderr)), rerun.stderr[-3000:]
+    assert (work / "results/train/train.json").exists()
+    assert train_losses(work) == train_losses(run_dir)
+    results = work / "results"
+    assert (results / "evaluate/metrics.json").stat().st_mtime > (results / "train/train.json").stat().st_mtime
+
+
 def _epochs_override(work: Path, epochs: int) -> Path:
     path = work / f"epochs{epochs}.yaml"
     path.write_text(f"train:\n  epochs: {epochs}\n")

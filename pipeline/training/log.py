@@ -10,6 +10,7 @@ writes and prints; every rank takes part in the reductions.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.devices import Dist, InputWait, all_sum
 from pipeline.errors import PipelineError
-from pipeline.health import LossWatch
+from pipeline.health import DEAD_LAYERS, DEAD_SHARE, LossWatch, dead_layers
 from pipeline.metrics import true_class_rank
 from pipeline.training.curve import plot_curve
 from pipeline.training.run_folder import RunFolder
@@ -30,6 +31,10 @@ from pipeline.training.state import TrainState, collapse_epoch
 
 class TrainingDiverged(PipelineError, RuntimeError):
     """The training loss became inf or nan."""
+
+
+class TrainingStalled(PipelineError, RuntimeError):
+    """The training loss was still at chance after train.stall_after steps."""
 
 
 # A window that spends more than this share of its time waiting for batches is
@@ -100,11 +105,13 @@ class TrainingLog:
         flat_after: int,
         devices: list[str] = ("cpu",),
         validated_on: str = "val",
+        stall_after: int = 0,
     ):
         self.folder, self.state, self.env, self.num_classes, self.epochs = folder, state, env, num_classes, epochs
         self.validated_on = validated_on  # val, or holdout: the held-out training slice (pipeline/holdout.py)
         self.val_label = VALIDATION_LABELS[validated_on]
         self.watch = LossWatch(num_classes, flat_after=flat_after)
+        self.stall_after = stall_after
         self.wait = InputWait(devices)
         self.bar, self.first_window = None, True
 
@@ -170,6 +177,12 @@ class TrainingLog:
         self.write(row)
         for kind, message in self.watch.check_loss(self.state.step, row["train_loss"]):
             self.warn(kind, message, epoch)
+        dead = dead_layers(health)
+        if dead and epoch == 1:
+            self.warn("dead", dead_message(self.state.step, dead), epoch)
+        if self.watch.stalled(window.first_step, self.state.step, row["train_loss"], self.stall_after):
+            self.warn("stall", f"step {self.state.step}: stopped at chance", epoch)
+            raise stalled(self.state.step, epoch, row["train_loss"], self.num_classes, health, self.folder)
         if not self.first_window and row["data_wait_fraction"] > INPUT_BOUND_FRACTION:
             self.warn("input_bound", input_bound_message(self.state.step, row["data_wait_fraction"]), epoch)
         self.first_window = False
@@ -262,6 +275,30 @@ def input_bound_message(step: int, fraction: float) -> str:
         "threads (--set-resources train:dali_threads=N, at most the job's threads) or the train job more "
         "cores (--cores, or set-threads in a cluster profile); data_wait_fraction in metrics.jsonl shows "
         "each window"
+    )
+
+
+def dead_message(step: int, dead: dict[str, float]) -> str:
+    shares = " and ".join(f"{layer} {share:.0%}" for layer, share in dead.items())
+    return (
+        f"step {step}: {shares} of the units are dead (ReLU output 0; over {DEAD_SHARE:.0%}) in the first "
+        "epoch: the classifier sees almost nothing and the loss tends to sit at chance. The paper's init "
+        "(biases 1) did this at 1000 classes; try train.init caffe or cuda_convnet2, or a lower train.lr"
+    )
+
+
+def stalled(step: int, epoch: int, loss: float, num_classes: int, health: dict | None, folder: RunFolder):
+    shares = ", ".join(
+        f"{layer} {health[layer]['dead']:.0%} dead" if health and layer in health else f"{layer} not measured"
+        for layer in DEAD_LAYERS
+    )
+    saved = folder.saved
+    kept = f"; its last checkpoint is {folder.last} (epoch {saved['epoch']})" if saved else ""
+    return TrainingStalled(
+        f"training stalled: at step {step} (epoch {epoch}) the mean loss {loss:.3f} is still at chance, "
+        f"ln({num_classes}) = {math.log(num_classes):.3f} ({shares}); stopped by train.stall_after{kept}. "
+        "Try another init (train.init: caffe or cuda_convnet2, with train.bias_lr_factor: 2 as their "
+        "sources train), another train.lr, or check the inputs; train.stall_after: 0 trains on regardless"
     )
 
 

@@ -17,22 +17,41 @@ class RecipeError(PipelineError, ValueError):
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on the weights only (decay: weights), or on every parameter (all).
+    """SGD with momentum; weight decay on the weights only (decay: weights), or on every parameter (all);
+    the biases' lr `cfg.bias_lr_factor` times the weights'.
 
     The paper's update rule decays "the weight w"; cuda-convnet2's layer
     parameters set the decay (wc) on weights only, and Caffe's bvlc_alexnet
     gives biases decay_mult 0. Biases start at 1 in five layers (section 5),
     so decaying them would pull those units toward inactivity.
+
+    Section 5 uses "an equal learning rate for all layers" (factor 1). Both
+    released reproductions give biases twice the weights' rate (factor 2):
+    akrizhevsky/cuda-convnet2 layers/layer-params-imagenet-2gpu-model.cfg lines 2-3,
+    epsW base 0.02 and epsB base 0.04, in every layer; BVLC/caffe
+    models/bvlc_alexnet/train_val.prototxt, lr_mult 1 on weights and 2 on biases.
+    Each group keeps its share of the lr as "lr_scale", so the warm-up and the
+    plateau's divisions keep the ratio.
     """
     if cfg.decay not in ("weights", "all"):
         raise RecipeError(f"train.decay {cfg.decay!r}: expected weights or all")
+    factor = getattr(cfg, "bias_lr_factor", 1.0)
     params = list(model.named_parameters())
-    decayed = [p for n, p in params if cfg.decay == "all" or n.endswith("weight")]
-    kept = [p for n, p in params if not (cfg.decay == "all" or n.endswith("weight"))]
-    groups = [{"params": decayed, "weight_decay": cfg.weight_decay}]
-    if kept:
-        groups.append({"params": kept, "weight_decay": 0.0})
+    weights = [p for n, p in params if n.endswith("weight")]
+    biases = [p for n, p in params if not n.endswith("weight")]
+    bias_decay = cfg.weight_decay if cfg.decay == "all" else 0.0
+    if bias_decay == cfg.weight_decay and factor == 1.0:  # nothing sets the biases apart: one group
+        weights, biases = [p for _, p in params], []
+    groups = [{"params": weights, "weight_decay": cfg.weight_decay, "lr": cfg.lr, "lr_scale": 1.0}]
+    if biases:
+        groups.append({"params": biases, "weight_decay": bias_decay, "lr": cfg.lr * factor, "lr_scale": factor})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the weights' lr to `lr` and every other group's to its share of it (lr_scale)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def make_plateau(optimizer, factor: float, patience: int):
@@ -69,17 +88,15 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 
 @contextmanager
 def warmup(optimizer: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int):
-    """Scale the lr for the SGD update of 0-based `step` inside the block; yields the lr used."""
+    """Scale the lr for the SGD update of 0-based `step` inside the block; yields the weights' lr used."""
     warm = warmup_factor(step, warmup_steps)
     if warm < 1.0:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * warm
+        set_lr(optimizer, lr * warm)
     try:
         yield lr * warm
     finally:
         if warm < 1.0:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
 
 
 def param_digest(model: torch.nn.Module) -> str:
