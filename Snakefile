@@ -20,6 +20,7 @@ include: "workflow/rules/pca.smk"
 include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/trainability.smk"
 include: "workflow/rules/forecast.smk"
 include: "workflow/rules/resources.smk"
 

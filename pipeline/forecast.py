@@ -32,7 +32,6 @@ with the images and which are fixed):
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -40,7 +39,8 @@ from pathlib import Path
 
 from pipeline import benchmarks
 from pipeline.errors import PipelineError, run_cli
-from pipeline.io import read_json, write_json, write_text
+from pipeline.io import read_json, read_jsonl, write_json, write_text
+from pipeline.training.verdict import section as trainability_section
 
 # ILSVRC-2012 (the official archives' counts and byte sizes)
 IMAGENET = {
@@ -70,11 +70,6 @@ def _need(path: Path, stage: str) -> Path:
     if not path.is_file():
         raise ForecastError(f"{path} does not exist; the preflight's {stage} stage must run first")
     return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def measure(results: str | os.PathLike) -> dict:
@@ -472,6 +467,8 @@ def table(fc: dict) -> str:
     lines += [f"- {name}: {s['how']}" for name, s in fc["stages"].items()]
     if fc.get("rehearsal"):
         lines += ["", "What the preflight changed from the ImageNet preset: " + "; ".join(fc["rehearsal"]) + "."]
+    if fc.get("trainability"):
+        lines += ["", *trainability_section(fc["trainability"])]
     return "\n".join(lines) + "\n"
 
 
@@ -495,13 +492,23 @@ def flat_metrics(fc: dict) -> dict[str, float]:
 
 
 def write_forecast(
-    results, out_dir, cores: int, train_images: int, val_images: int, epochs: int, rehearsal: list[str] = ()
+    results,
+    out_dir,
+    cores: int,
+    train_images: int,
+    val_images: int,
+    epochs: int,
+    rehearsal: list[str] = (),
+    trainability: str | None = None,
 ) -> dict:
-    """The stage: measure the preflight in `results`, forecast the real run, write forecast.json and .md."""
+    """The stage: measure the preflight in `results`, forecast the real run, write forecast.json and .md;
+    with `trainability` (pipeline/trainability.py's trainability.json), whether the run will learn."""
     m = measure(results)
     fc = forecast(m, train_images, val_images, epochs, cores)
     fc["measured_on"] = {k: m[k] for k in ("train_images", "val_images", "train_shards", "val_shards")}
     fc["rehearsal"] = list(rehearsal)
+    if trainability:
+        fc["trainability"] = read_json(_need(Path(trainability), "trainability"))
     out = Path(out_dir)
     text = table(fc)
     write_text(out / "forecast.md", text)
@@ -524,8 +531,19 @@ def main(argv=None) -> int:
     p.add_argument("--val-images", type=int, default=IMAGENET["val_images"])
     p.add_argument("--epochs", type=int, default=IMAGENET["epochs"])
     p.add_argument("--rehearsal", action="append", default=[], help="a change the preflight made (repeatable)")
+    p.add_argument("--trainability", help="the trainability stage's trainability.json: whether the run will learn")
     a = p.parse_args(argv)
-    return run_cli(write_forecast, a.results, a.out_dir, a.cores, a.train_images, a.val_images, a.epochs, a.rehearsal)
+    return run_cli(
+        write_forecast,
+        a.results,
+        a.out_dir,
+        a.cores,
+        a.train_images,
+        a.val_images,
+        a.epochs,
+        a.rehearsal,
+        a.trainability,
+    )
 
 
 if __name__ == "__main__":

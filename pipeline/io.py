@@ -70,6 +70,12 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines file (metrics.jsonl), blank lines skipped."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_tsv(path: str | os.PathLike, header: list[str], rows) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as f:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, read_jsonl
 
 
 def plot_curve(jsonl: Path, png: Path, num_classes: int | None = None) -> None:
     """Train loss and validation error against epoch, lr drops marked; with `num_classes`, the
     chance levels: ln(classes) for the loss, (1 - 1/classes) for the top-1 error."""
-    rows = [json.loads(l) for l in jsonl.read_text().splitlines() if l.strip()]
+    rows = read_jsonl(jsonl)
     steps = [r for r in rows if "train_loss" in r]
     epochs = [r for r in rows if "val_top1_err" in r]
     fig = Figure(figsize=(7, 4))

@@ -48,6 +48,12 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
+# The biases' lr over the weights' as each init's source trains them (train.bias_lr_factor): the
+# paper's section 5 gives every parameter the same lr; cuda-convnet2 (epsB = 2 x epsW) and Caffe
+# (bias lr_mult 2) double it. width_scaled is this project's variant of the paper's init.
+SOURCE_BIAS_LR_FACTOR = {"paper": 1.0, "width_scaled": 1.0, "caffe": 2.0, "cuda_convnet2": 2.0}
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the weights' lr to `lr` and every other group's to its share of it (lr_scale)."""
     for group in optimizer.param_groups:

@@ -105,6 +105,7 @@ def flat_config(cfg, prefix=""):
 
 # Training devices and replicas (rule train)
 TRAIN = config["train"]
+PREFLIGHT = config["preflight"]
 
 
 def cli_flags(settings):

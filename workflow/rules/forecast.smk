@@ -12,6 +12,7 @@ rule forecast:
         augment=f"{RESULTS}/augment/augment.json",
         train=f"{RESULTS}/train/train.json",
         evaluate=f"{RESULTS}/evaluate/metrics.json",
+        trainability=[f"{RESULTS}/trainability/trainability.json"] if PREFLIGHT["trainability_inits"] else [],
     output:
         json=f"{RESULTS}/forecast/forecast.json",
         metrics=f"{RESULTS}/forecast/metrics.json",
@@ -30,6 +31,7 @@ rule forecast:
         cores=lambda wildcards: parallel_jobs(),
         settings=settings_flags("preflight", ("train_images", "val_images", "epochs")),
         rehearsal=lambda wildcards: " ".join(f"--rehearsal {shlex.quote(c)}" for c in preflight_changes()),
+        trainability=lambda wildcards, input: " ".join(f"--trainability {path}" for path in input.trainability),
     message:
         "Forecasting the real run ({params.cores} cores) from the preflight's costs"
     shell:
@@ -41,4 +43,4 @@ rule forecast:
             parent_note="{output.table}",
         )
         + "python -m pipeline.forecast --results {params.results} --out-dir {params.out_dir} "
-        "--cores {params.cores} {params.settings} {params.rehearsal}"
+        "--cores {params.cores} {params.settings} {params.rehearsal} {params.trainability}"
