@@ -285,3 +285,59 @@ def test_workers_do_not_change_a_byte(tmp_path):
     two = demo.make_demo(tmp_path / "two", workers=2, **settings)
     assert one["md5"] == two["md5"] and two["workers"] == 2
     assert (tmp_path / "one" / "MD5SUMS").read_bytes() == (tmp_path / "two" / "MD5SUMS").read_bytes()
+
+
+# ---------------------------------------------------------------- ImageNet's bytes per file, the class code kept
+
+
+def test_imagenet_images_carry_imagenet_bytes(tmp_path):
+    """ILSVRC-2012's training JPEGs average about 115 kB (147,897,477,120 archive bytes / 1,281,167
+    images); the rehearsal's must not be much lighter, or it forecasts the decoding short."""
+    demo.make_demo(
+        tmp_path, seed=0, classes=20, train_per_class=5, val_per_class=1, large_fraction=0.03, sizes="imagenet"
+    )
+    files = [data for _, _, data in train_images(tmp_path)]
+    sizes = [Image.open(io.BytesIO(d)).size for d in files]
+    assert len(files) == 100 and any(max(s) > 1000 for s in sizes)
+    assert np.mean([len(d) for d in files]) >= 90e3
+    small = [len(d) / (w * h) for d, (w, h) in zip(files, sizes) if max(w, h) <= 1000]
+    assert np.mean(small) >= 0.4  # bytes per pixel: the ordinary images carry their share, not only the tail
+
+
+def _object_hue(img):
+    """Median hue (0-1) of the strongly saturated, bright pixels, and their share of the image."""
+    hsv = np.asarray(img.convert("HSV"), np.float32) / 255
+    strong = (hsv[..., 1] >= 0.55) & (hsv[..., 2] >= 0.5)
+    angle = hsv[..., 0][strong] * 2 * np.pi
+    return (math.atan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi)) % 1.0, strong.mean()
+
+
+def test_imagenet_images_keep_the_class_code():
+    """The photographs' clutter and texture leave the code readable: the object's hue lies in its
+    class's bin, and the object covers a good share of the image, at 500 px and over 1000 px."""
+    job = demo.Job(0, 1000, "imagenet", tuple(demo.class_look(k, 1000) for k in range(1000)), ())
+    texture = demo.texture_tile(0)
+    for k in (0, 13, 27, 101, 555, 999):  # plain and striped, all hue bins' neighbours
+        look = job.looks[k]
+        for size in ((500, 375), (375, 500), (1600, 1200)):
+            img = demo.draw_photo(np.random.default_rng([k, size[0]]), look, 1000, size, texture)
+            hue, share = _object_hue(img)
+            off = abs((hue - look["hue"] + 0.5) % 1.0 - 0.5)
+            assert off < 0.5 / demo.HUE_BINS, (k, size, hue)  # inside the class's hue bin
+            assert share >= 0.03, (k, size, share)
+
+
+def test_imagenet_stripes_are_drawn_at_full_size():
+    """A striped class's stripes, drawn as polygons on the object's box, match the per-pixel mask of
+    the demo's drawing but for the stripes' edges."""
+    from PIL import ImageDraw
+
+    for angle in (0.0, 0.3, 1.2, math.pi / 2):
+        mask = np.asarray(demo._stripe_mask(20.0, angle, 300, 200)).astype(bool)
+        whole = Image.new("L", (300, 200), 0)
+        demo._draw_stripes(ImageDraw.Draw(whole), 20.0, angle, (0, 0), (300, 200))
+        part = Image.new("L", (100, 80), 0)
+        demo._draw_stripes(ImageDraw.Draw(part), 20.0, angle, (150, 90), (100, 80))
+        drawn = np.asarray(whole) > 0
+        assert (drawn == mask).mean() >= 0.9
+        assert ((np.asarray(part) > 0) == drawn[90:170, 150:250]).mean() >= 0.9
