@@ -230,3 +230,50 @@ def test_failed_registration_leaves_the_stage_standing(tmp_path):
     run = by_name["train"]
     assert run.info.status == "FINISHED" and "registering its model" in run.data.tags["tracking_error"]
     assert client.search_registered_models() == []
+
+
+def test_a_resumed_training_logs_each_step_once(tmp_path):
+    """Killed after logging steps 1-9, resumed from its checkpoint at step 7: the stage truncates its
+    metrics file to step 7 and computes 8 and 9 again; MLflow's one run holds steps 1-12 once each."""
+    stage = (
+        "import json, pathlib, sys\n"
+        "action, from_step, last, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])\n"
+        "jsonl = pathlib.Path('metrics.jsonl')\n"
+        "kept = [l for l in jsonl.read_text().splitlines() if json.loads(l)['step'] <= from_step] "
+        "if jsonl.exists() else []\n"
+        "rows = [json.dumps({'step': s, 'loss': 100.0 - s}) for s in range(from_step + 1, last + 1)]\n"
+        "jsonl.write_text(''.join(l + '\\n' for l in kept))\n"
+        "attempt = {'action': action, 'why': 'test', 'uid': 'u1', 'from_step': from_step}\n"
+        "pathlib.Path('attempt.json').write_text(json.dumps(attempt))\n"
+        "with open(jsonl, 'a') as f:\n"
+        "    f.write(''.join(r + '\\n' for r in rows))\n"
+        "sys.exit(status)\n"
+    )
+
+    def attempt(*args):
+        proc = wrap(
+            tmp_path,
+            "--stage",
+            "train",
+            "--log",
+            "t.log",
+            "--jsonl",
+            "metrics.jsonl",
+            "--attempt",
+            "attempt.json",
+            "--",
+            sys.executable,
+            "-c",
+            stage,
+            *map(str, args),
+        )
+        return proc
+
+    assert attempt("start", 0, 9, 137).returncode == 137  # killed after step 9, its checkpoint at step 7
+    proc = attempt("resume", 7, 12, 0)
+    assert proc.returncode == 0, proc.stderr
+    client, by_name = runs(tmp_path)
+    run = by_name["train"]
+    assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, 13))

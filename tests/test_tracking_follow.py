@@ -69,6 +69,42 @@ def test_a_resumed_run_logs_only_what_the_earlier_attempt_had_not(tmp_path):
     assert [m[1:] for m in client.metrics] == [("acc", 0.6, 5), ("loss", 0.8, 6), ("acc", 0.7, 6)]
 
 
+def test_steps_the_killed_attempt_logged_past_the_checkpoint_are_not_logged_again(tmp_path):
+    """Killed at step 9 after logging it, resumed from the checkpoint at step 7: the stage's file holds
+    steps up to 7 and then 8, 9, ... again; MLflow gets 10 and on, and a re-read file adds nothing."""
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text("".join(f'{{"step": {s}, "loss": {10 - s}}}\n' for s in range(1, 12)))
+    client = RecordingClient(history={"loss": list(range(1, 10))})
+    f = follower(client, jsonl, opened=("run-1", 7))
+    f.ensure_run()
+    f.drain()
+    assert [m[2:] for m in client.metrics] == [(0, 10), (-1, 11)]
+    jsonl.write_text('{"step": 8, "loss": 5.0}\n')  # truncated again: still nothing new
+    f.drain()
+    assert [m[3] for m in client.metrics] == [10, 11]
+
+
+def test_a_line_that_fails_to_log_is_tried_again(tmp_path):
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.0}\n')
+    client = RecordingClient()
+    calls = []
+
+    def log_batch(run_id, metrics=(), params=()):
+        calls.append(metrics[0].step)
+        if len(calls) == 2:
+            raise ConnectionError("the server went away")
+        client.metrics += [(run_id, m.key, m.value, m.step) for m in metrics]
+
+    client.log_batch = log_batch
+    f = follower(client, jsonl)
+    f.ensure_run()
+    with pytest.raises(ConnectionError):
+        f.drain()
+    f.drain()
+    assert calls == [1, 2, 2] and [m[3] for m in client.metrics] == [1, 2]
+
+
 def test_lines_wait_until_the_run_is_known(tmp_path):
     jsonl = tmp_path / "m.jsonl"
     jsonl.write_text('{"step": 1, "loss": 3.0}\n')

@@ -14,6 +14,15 @@ and what to set or ask for (TrackingAccessError), not a traceback.
 The client, its retries while sqlite is locked, and batched logging live here
 too. mlflow is imported inside the functions that call it: the rest serves a
 stage run with tracking off, which should not pay mlflow's import time.
+
+Requests to a tracking server are bounded. MLflow's client reads its HTTP
+timeout and retries from the environment at every request; its defaults (120 s,
+7 retries with a backoff that doubles up to 2 min) spend about 4 minutes on
+each request to a server that is gone. `bound_requests` sets them (the config's
+tracking.request_timeout_s and tracking.request_retries; a value already in the
+environment wins), and `check_reachable` asks an http(s) server once, within
+seconds, before a workflow starts: a URI nothing answers at stops it there
+(TrackingUnreachable) with the two ways on.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
@@ -37,10 +47,22 @@ TAG_VALUE_LIMIT = 5000  # what is kept of a tag: a note or an error message, not
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 500
 # a value this short would mask ordinary characters of every text instead of a secret
 _SHORTEST_SECRET = 4
+# what MLflow's HTTP client reads for every request (mlflow.environment_variables)
+TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"  # seconds to connect, and to wait for each reply
+RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"  # retries wait 0, 2x, 4x, ... this many seconds
+# the schema's defaults of tracking.request_timeout_s and tracking.request_retries, for the wrapper run by hand
+REQUEST_TIMEOUT_S, REQUEST_RETRIES, REQUEST_BACKOFF_S = 30, 2, 1
+# the check before a workflow starts: one try, this long
+CHECK_TIMEOUT_S = 5
 
 
 class TrackingAccessError(PipelineError):
     """The tracking server refused a request: no login, a wrong one, or no permission."""
+
+
+class TrackingUnreachable(PipelineError):
+    """Nothing answers at the tracking URI (or not as an MLflow server does)."""
 
 
 def login_secrets() -> list[str]:
@@ -153,8 +175,69 @@ def server_access(tracking_uri: str, resource: str | None = None):
         raise refused from None  # MLflow's own text adds only the endpoint
 
 
+def bound_requests(
+    timeout_s: int = REQUEST_TIMEOUT_S, retries: int = REQUEST_RETRIES, environ: MutableMapping | None = None
+) -> None:
+    """Bound every later MLflow HTTP request: `timeout_s` per wait, `retries` retries 0, 2, 4... s apart.
+
+    Set in `environ` (this process's environment), which jobs inherit; a value
+    already there wins, as MLFLOW_TRACKING_URI does over the config.
+    """
+    environ = os.environ if environ is None else environ
+    environ.setdefault(TIMEOUT_ENV, str(int(timeout_s)))
+    environ.setdefault(RETRIES_ENV, str(int(retries)))
+    environ.setdefault(BACKOFF_ENV, str(REQUEST_BACKOFF_S))
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` inside the block, as it was after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def unreachable(tracking_uri: str, exc: BaseException | str) -> str:
+    """What to say when nothing answers at the tracking URI: which URI, why, and the two ways on."""
+    text = redact(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)  # "Connection refused", not three wrapped layers
+    why = errno.group(0) if errno else text[:300]
+    return (
+        f"no MLflow tracking server answers at {redact(tracking_uri)} ({why}). Start the server there, "
+        "or run without tracking: tracking.enabled: false in the config, or "
+        "--config 'tracking={\"enabled\": false}' on the command line"
+    )
+
+
+def check_reachable(client, tracking_uri: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+    """For an http(s) URI: one request, `timeout_s` long and not retried, that an MLflow server answers.
+
+    Raises TrackingUnreachable (nothing answers, or not as MLflow does) or
+    TrackingAccessError (it refuses the login). A database URI is not checked:
+    there is no server to be down, and the first write creates the database.
+    """
+    if urlsplit(tracking_uri).scheme not in ("http", "https"):
+        return
+    with _environ({TIMEOUT_ENV: str(max(1, round(timeout_s))), RETRIES_ENV: "0"}):
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as exc:
+            refused = refusal(exc, tracking_uri)
+            if refused is not None:
+                raise refused from None
+            raise TrackingUnreachable(unreachable(tracking_uri, exc)) from None
+
+
 def open_client(tracking_uri: str):
-    """MLflow's client for a URI that `resolve_uri` has already checked."""
+    """MLflow's client for a URI that `resolve_uri` has already checked; its requests bounded."""
+    bound_requests()
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri)

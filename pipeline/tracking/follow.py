@@ -20,9 +20,12 @@ class JsonlFollower(threading.Thread):
 
     `open_run` gives the run to log to, or None while it cannot be known yet
     (a resumable stage has not said how it starts); lines wait until then.
-    When the run continues an earlier attempt from step `resumed_at`, a line at
-    or below that step is logged only for the metrics the earlier attempt had
-    not logged yet (it may have been killed before its last lines were sent).
+    When the run continues an earlier attempt from step `resumed_at`, each
+    metric is logged only at steps beyond the last one the run holds of it:
+    the earlier attempt may have been killed before its last lines were sent
+    (the resumed stage's file still has them, up to its checkpoint), or after
+    it had sent steps past that checkpoint, which the resumed stage computes
+    again; those keep the values first logged, and every step shows once.
     A line with a "warning" key (the stage's health warning) becomes the tag
     warning.<name> instead, which the run list shows.
     """
@@ -45,14 +48,15 @@ class JsonlFollower(threading.Thread):
         return self.run_id
 
     def already_logged(self, key: str) -> int:
-        """The last step of `key` in the run (-1: none)."""
+        """The last step of `key` in the run (-1: none): asked once, then kept up to date."""
         if key not in self.logged_up_to:
             history = retry(self.client.get_metric_history, self.run_id, key)
             self.logged_up_to[key] = max((m.step for m in history), default=-1)
         return self.logged_up_to[key]
 
-    def new_lines(self) -> list[bytes]:
-        """The complete lines written since the last call (all of them again after a truncation)."""
+    def new_lines(self) -> list[tuple[bytes, int]]:
+        """The complete lines past `offset` (all of them again after a truncation), each with the offset
+        just past it, which `drain` takes once the line is logged."""
         if self.path is None or not self.path.exists():
             return []
         with open(self.path, "rb") as f:
@@ -60,19 +64,24 @@ class JsonlFollower(threading.Thread):
                 self.offset = 0
             f.seek(self.offset)
             data = f.read()
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return data[:end].splitlines()
+        lines, start = [], 0
+        while (newline := data.find(b"\n", start)) >= 0:
+            lines.append((data[start:newline], self.offset + newline + 1))
+            start = newline + 1
+        return lines
 
     def drain(self) -> None:
+        """Log the new lines; a line that fails to log stays new, for the next try (`stop`'s)."""
         if self.run_id is None:
             return
-        for line in self.new_lines():
+        for line, end in self.new_lines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue
-            self.log_row(row)
+                row = None
+            if row is not None:
+                self.log_row(row)
+            self.offset = end
 
     def log_row(self, row: dict) -> None:
         step = int(row.pop("step", 0))
@@ -85,10 +94,12 @@ class JsonlFollower(threading.Thread):
             )
             return
         metrics = flatten(row)
-        if self.resumed_at and step <= self.resumed_at:
+        if self.resumed_at:
             metrics = {k: v for k, v in metrics.items() if self.already_logged(k) < step}
         if metrics:
             log_metrics(self.client, self.run_id, metrics, step=step)
+            if self.resumed_at:
+                self.logged_up_to.update(dict.fromkeys(metrics, step))
 
     def run(self) -> None:
         try:

@@ -4,6 +4,8 @@ The Snakefile's onstart handler calls `start_parent` once per invocation,
 before any job runs: that also creates the sqlite database and experiment,
 so parallel jobs never race to create them. The parent's id is passed to the
 jobs in a file (`--parent-file`), which works for local and cluster jobs.
+A tracking server that does not answer stops the invocation there, within
+seconds (`check_reachable`); `end_parent` only warns: the jobs' work is done.
 
 Provenance. `start_parent` records, on the parent run, the workflow's git
 commit and whether its work tree had uncommitted changes (tags git_commit,
@@ -26,6 +28,7 @@ from pipeline.io import write_json, write_text
 from pipeline.tracking.access import (
     PARAM_VALUE_LIMIT,
     TAG_VALUE_LIMIT,
+    check_reachable,
     experiment_id,
     explain,
     log_params,
@@ -94,15 +97,17 @@ def start_parent(
 
     A user:password@ in the params, tags or config (the tracking or a
     download URI; the command line in a tag) is stored as ***@.
-    A refused request raises TrackingAccessError.
+    A refused request raises TrackingAccessError; an http(s) server that does
+    not answer within seconds, TrackingUnreachable.
     """
     uri = resolve_uri(tracking_uri)
+    client = open_client(uri)
+    check_reachable(client, uri)  # first: a server that is down leaves nothing behind
     path = Path(parent_file)
     tags = {k: redact(v) for k, v in tags.items()}
     if code_dir is not None:
         tags.update(_record_code_version(code_dir, path.with_name(CODE_VERSION)))
     snapshot = _write_config_snapshot(config, path.with_name(CONFIG_SNAPSHOT)) if config is not None else None
-    client = open_client(uri)
     on_experiment = f"experiment {experiment!r}"
     with server_access(uri, on_experiment):
         run_id = retry(client.create_run, experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
@@ -140,9 +145,17 @@ def _log_snapshot(client, run_id: str, snapshot: Path, explain_failure) -> None:
 
 
 def end_parent(tracking_uri: str | None, parent_file: str | os.PathLike, status: str) -> None:
-    """Mark the parent run recorded in `parent_file` FINISHED or FAILED (`status`); nothing without the file."""
+    """Mark the parent run recorded in `parent_file` FINISHED or FAILED (`status`); nothing without the file.
+
+    A failure is a warning: the jobs' outputs are what the invocation made.
+    """
     path = Path(parent_file)
-    if path.exists():
-        uri = resolve_uri(tracking_uri)
-        with server_access(uri, "the workflow's parent run"):
-            retry(open_client(uri).set_terminated, path.read_text().strip(), status)
+    if not path.exists():
+        return
+    uri = resolve_uri(tracking_uri)
+    run_id = path.read_text().strip()
+    try:
+        retry(open_client(uri).set_terminated, run_id, status)
+    except Exception as exc:
+        why = explain(exc, uri, "the workflow's parent run")
+        print(f"warning: could not mark the parent run {run_id} {status}: {why}", file=sys.stderr)

@@ -10,7 +10,9 @@ ATTEMPT_RECORD beside the attempt file.
 
 Every `--flag value` of the stage command becomes a parameter; when the
 command ends, the numeric leaves of its metrics files, its artifacts, its log
-and (for training) its model are logged (`log_outcome`).
+and (for training) its model are logged (`log_outcome`). What the tracking
+failed to do is kept by `TrackingErrors`: warnings, the tag tracking_error,
+and the record file <log stem>.tracking_error.json beside the stage's log.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pipeline.tracking.access import PARAM_VALUE_LIMIT, TAG_VALUE_LIMIT, log_met
 from pipeline.tracking.registry import ModelFiles, log_model
 
 ATTEMPT_RECORD = "mlflow_run.json"  # beside the stage's attempt file: which MLflow run its training uses
+ERROR_RECORD_SUFFIX = ".tracking_error.json"  # beside the stage's log: what the tracking failed to do
 
 
 def flatten(obj, prefix: str = "") -> dict[str, float]:
@@ -193,10 +196,56 @@ def _log_artifacts(client, run_id: str, artifacts: tuple[str, ...]) -> None:
             client.log_artifact(run_id, artifact)
 
 
-def tracking_failed(client, run_id: str, what: str, why: str) -> None:
-    """Warn that logging `what` failed, and say so in the run's tag tracking_error where the server lets us."""
-    print(f"warning: {what}: {why}", file=sys.stderr)
-    try:
-        retry(client.set_tag, run_id, "tracking_error", f"{what}: {why}"[:TAG_VALUE_LIMIT])
-    except Exception as exc:  # the same refusal, most likely; the warning above says it
-        print(f"warning: could not set the tag tracking_error on run {run_id} either: {redact(exc)}", file=sys.stderr)
+def error_record(log: str | Path) -> Path:
+    """Where a stage's tracking failures are recorded: beside its log, results/logs/pca.log -> pca.tracking_error.json."""
+    log = Path(log)
+    return log.with_name(log.stem + ERROR_RECORD_SUFFIX)
+
+
+class TrackingErrors:
+    """The tracking failures of one stage command, none of which is the stage's failure.
+
+    Each is a warning on stderr as it happens; at the end (`finish`) they are
+    appended to the job's log, set as the run's tag tracking_error where the
+    server still takes it, and written to the record file beside the log
+    (`error_record`), which a run without failures removes.
+    """
+
+    def __init__(self, stage: str, log: str | Path, tracking_uri: str | None):
+        self.stage, self.log, self.uri = stage, Path(log), tracking_uri
+        self.path = error_record(log)
+        self.path.unlink(missing_ok=True)  # an earlier run's: this one says whether it stands
+        self.errors: list[dict[str, str]] = []
+        self.warnings: list[str] = []
+
+    def add(self, what: str, why: str) -> None:
+        self._warn(f"{what}: {why}")
+        self.errors.append({"what": what, "why": why})
+
+    def _warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+        self.warnings.append(f"warning: {message}")
+
+    def finish(self, client, run_id: str | None, exit_status: int) -> None:
+        """Tag the run (when there is one), then append the warnings to the log and write the record."""
+        if not self.errors:
+            return
+        if client is not None and run_id:
+            message = "; ".join(f"{e['what']}: {e['why']}" for e in self.errors)
+            try:
+                retry(client.set_tag, run_id, "tracking_error", message[:TAG_VALUE_LIMIT])
+            except Exception as exc:  # the same outage or refusal, most likely
+                self._warn(f"could not set the tag tracking_error on run {run_id} either: {redact(exc)}")
+        try:
+            with open(self.log, "a") as out:
+                out.write("".join(f"{line}\n" for line in self.warnings))
+        except OSError as exc:
+            print(f"warning: could not append the tracking warnings to {self.log}: {exc}", file=sys.stderr)
+        record = {
+            "stage": self.stage,
+            "exit_status": exit_status,
+            "tracking_uri": redact(self.uri) if self.uri else None,
+            "run_id": run_id,
+            "errors": self.errors,
+        }
+        write_text(self.path, json.dumps(record, indent=2) + "\n")

@@ -4,8 +4,14 @@ The order matters: the server is asked for the experiment (and the run, where
 it can be known) before the command starts, so a refused login does not wait
 for days of training; the command's output goes to the log while its JSONL
 metrics stream live; what the finished stage left is logged, registered and
-tagged, each failure of those a warning and the tag tracking_error (the
-stage's outputs stand); the run ends FINISHED or FAILED with the command.
+tagged; the run ends FINISHED or FAILED with the command.
+
+Tracking is never the reason a stage's work is lost: the exit status is the
+command's. A server that cannot be reached as the stage starts leaves the
+stage to run untracked; once the command has run, every tracking failure (a
+server gone, a refusal, a registry error) is a warning, the run's tag
+tracking_error where it can still be set, and the record file beside the log
+(pipeline.tracking.runs.TrackingErrors), and the outputs stand.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.tracking.access import experiment_id, explain, open_client, retry, server_access
+from pipeline.tracking.access import TrackingAccessError, experiment_id, explain, open_client, retry, server_access
 from pipeline.tracking.follow import JsonlFollower, run_logged, tail
 from pipeline.tracking.registry import ModelFiles, Registration, RegistryError, register_version, tag_registered_version
-from pipeline.tracking.runs import StageOutputs, StageRunOpener, log_outcome, tracking_failed
+from pipeline.tracking.runs import StageOutputs, StageRunOpener, TrackingErrors, log_outcome
 from pipeline.tracking.system import SystemMetrics
 
 
@@ -64,13 +70,14 @@ class _ChildRun:
     parent: str | None  # the parent run's id
     parent_file: str | None  # where it was read; beside it, the invocation's code version and config
     on_experiment: str  # what a refusal names when a request needs no other permission
+    errors: TrackingErrors
 
     def attempt(self, what: str, resource: str | None, fn, *args):
-        """fn(*args); a failure is a warning and the tag tracking_error, not the stage's failure. None then."""
+        """fn(*args); a failure is recorded in `errors`, not the stage's failure. None then."""
         try:
             return fn(*args)
         except Exception as exc:  # the stage's outputs stand even when the store misbehaves
-            tracking_failed(self.client, self.run_id, what, explain(exc, self.uri, resource or self.on_experiment))
+            self.errors.add(what, explain(exc, self.uri, resource or self.on_experiment))
             return None
 
 
@@ -85,6 +92,7 @@ def run_stage(
     if registration:
         # a record left by an earlier training must not be taken for this one's
         Path(registration.record_file).unlink(missing_ok=True)
+    errors = TrackingErrors(command.stage, command.log, tracking.uri if tracking else None)
     if tracking is None:
         return run_logged(command.argv, command.log, command.secret)
 
@@ -93,34 +101,69 @@ def run_stage(
     client = open_client(tracking.uri)
     on_experiment = f"experiment {tracking.experiment!r}"
     parent = _parent_run(tracking.parent_file)
-    # checked before the command runs: a refused login should not wait for days of training
-    with server_access(tracking.uri, on_experiment):
-        opener = StageRunOpener(
-            client, experiment_id(client, tracking.experiment), command.stage, command.argv, parent, command.attempt
-        )
-        follower = JsonlFollower(client, opener, command.jsonl, on_open=system.start)
-        follower.ensure_run()
-    follower.start()
+    follower = _open_run(command, tracking, client, parent, system, errors)
+    if follower is not None:
+        follower.start()
     start = time.time()
     status = run_logged(command.argv, command.log, command.secret)
     wall = time.time() - start
-    system.stop()
-    with server_access(tracking.uri, on_experiment):
-        run_id = follower.stop()
-
     ok = status == 0
-    run = _ChildRun(client, tracking.uri, run_id, command.stage, parent, tracking.parent_file, on_experiment)
-    try:
-        _log_results(run, outputs, ok, wall, command.log, registration, evaluated)
-    finally:
-        with server_access(tracking.uri, on_experiment):
-            retry(client.set_terminated, run_id, "FINISHED" if ok else "FAILED")
+    outcome = "succeeded" if ok else f"failed (exit {status})"
+
+    run_id = None
+    if follower is not None:
+        run = _ChildRun(client, tracking.uri, "", command.stage, parent, tracking.parent_file, on_experiment, errors)
+        run.attempt(f"{command.stage} {outcome} but its system metrics were not all logged", None, system.stop)
+        run.attempt(f"{command.stage} {outcome} but its step metrics were not all logged", None, follower.stop)
+        run_id = follower.run_id
+    if run_id is not None:
+        run = _ChildRun(
+            client, tracking.uri, run_id, command.stage, parent, tracking.parent_file, on_experiment, errors
+        )
+        _log_results(run, outcome, outputs, ok, wall, command.log, registration, evaluated)
+        run.attempt(
+            f"{command.stage} {outcome} but its MLflow run could not be ended",
+            None,
+            retry,
+            client.set_terminated,
+            run_id,
+            "FINISHED" if ok else "FAILED",
+        )
+    errors.finish(client, run_id, status)
     if not ok:
         print(
             f"\n{command.stage} failed (exit {status}); last lines of {command.log}:\n{tail(command.log)}",
             file=sys.stderr,
         )
     return status
+
+
+def _open_run(
+    command: StageCommand, tracking: Tracking, client, parent: str | None, system: SystemMetrics, errors: TrackingErrors
+) -> JsonlFollower | None:
+    """The follower of the stage's run, asked for before the command starts; None: the stage runs untracked.
+
+    A refusal (login, permission) stops the wrapper here, before any work: it
+    lasts, and is the user's to fix. A server that cannot be reached (it went
+    down after the workflow started) is a tracking failure like the later ones.
+    """
+    on_experiment = f"experiment {tracking.experiment!r}"
+    try:
+        # checked before the command runs: a refused login should not wait for days of training
+        with server_access(tracking.uri, on_experiment):
+            opener = StageRunOpener(
+                client, experiment_id(client, tracking.experiment), command.stage, command.argv, parent, command.attempt
+            )
+            follower = JsonlFollower(client, opener, command.jsonl, on_open=system.start)
+            follower.ensure_run()
+        return follower
+    except TrackingAccessError:
+        raise
+    except Exception as exc:
+        errors.add(
+            f"{command.stage} ran untracked: MLflow could not be reached as it started", explain(exc, tracking.uri)
+        )
+        return None
 
 
 def _parent_run(parent_file: str | None) -> str | None:
@@ -131,6 +174,7 @@ def _parent_run(parent_file: str | None) -> str | None:
 
 def _log_results(
     run: _ChildRun,
+    outcome: str,
     outputs: StageOutputs,
     ok: bool,
     wall: float,
@@ -139,7 +183,7 @@ def _log_results(
     evaluated: EvaluatedVersion | None,
 ) -> None:
     model_info = run.attempt(
-        f"{run.stage} succeeded but MLflow logging failed",
+        f"{run.stage} {outcome} but MLflow logging failed",
         None,
         log_outcome,
         run.client,

@@ -12,6 +12,7 @@ from snakemake.exceptions import WorkflowError
 from pipeline.config_check import check_or_exit
 from pipeline.layout import ATTEMPT_FILE
 from pipeline.schema import AUGMENT_SETTINGS
+from pipeline.tracking.access import bound_requests
 
 # Coerces command-line strings, validates, fills in the schema's defaults, and
 # checks local sources; exits with the keys at fault.
@@ -28,6 +29,9 @@ PARENT_FILE = f"{RESULTS}/.tracking/parent_run_id"
 os.environ.setdefault("MLFLOW_TRACKING_URI", TRACKING["tracking_uri"])
 os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", TRACKING["experiment"])
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+# Every MLflow request of the jobs and of onstart/onsuccess is bounded: MLflow reads its timeout and
+# retries from the environment, which the jobs inherit (a value already set there wins).
+bound_requests(TRACKING["request_timeout_s"], TRACKING["request_retries"])
 # Each successful training registers a version of this model; the evaluate
 # stage tags the version recorded in REGISTERED_FILE with its errors.
 REGISTERED_MODEL = f"alexnet-{config['dataset']['name']}"
