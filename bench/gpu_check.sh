@@ -7,10 +7,11 @@
 # before it.
 #   DALI_WHEELS=/tmp BUDGET=540 bash bench/gpu_check.sh
 # Order: the preflight at ImageNet's shape (bench/gpu_preflight.sh: 1000
-# classes, 1024 + 64 shards, width 1.0, bf16, DALI on the GPU; the forecast of
-# the real run on this GPU and the loss leaving ln(1000)), the full-width trainability run (the ImageNet preset's training
-# settings on the 100-class generated set, at least 2,000 steps; curve and
-# per-layer health figures copied to $OUT), training end to end (the 15,000
+# classes, 40 + 4 images per class, 1024 + 64 shards, width 1.0, bf16, DALI on
+# the GPU), which first trains the candidate inits (paper, cuda_convnet2) for
+# 2,500 steps each (the trainability verdict: which init leaves ln(1000); curves,
+# per-layer health figures and trainability.json copied to $OUT), then forecasts
+# the real run on this GPU; training end to end (the 15,000
 # images/s target), the stages on the GPU (bench/gpu_stages.sh), whether
 # DALI's thread count changes the GPU loaders' batches (bench/dali_threads.py), the DALI
 # pipelines, evaluation, the model layouts with torch.compile. A step is skipped when less than 30 s of the budget is
@@ -35,8 +36,7 @@ step() {  # step NAME SECONDS COMMAND...: run with at most SECONDS (or what the 
     if [ "$rc" -ne 0 ]; then tail -15 "$OUT/$name.log"; echo "== $name: FAILED ($rc)"; status=1; fi
     echo "== $name: $rc after $SECONDS s in all"
 }
-step preflight 240 env OUT="$OUT" bash bench/gpu_preflight.sh
-step trainability 240 env OUT="$OUT" bash bench/gpu_trainability.sh
+step preflight 420 env OUT="$OUT" bash bench/gpu_preflight.sh
 step train 150 python3 bench/train_speed.py --device cuda:0 --widths 1.0 --batch 128 --steps 200 --log-every 40 \
     --input synthetic dali --precision bf16 fp32 --dali-threads 8 --input-wait sync nosync --json "$OUT/train.json"
 step stages 240 env WORK=/tmp/gpu-stages bash bench/gpu_stages.sh

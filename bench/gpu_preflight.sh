@@ -5,12 +5,12 @@
 # 1.0, the paper's recipe, bf16 and DALI's GPU path where a GPU is present),
 # every command timed into a Snakemake-format benchmark file (bench/timed.py)
 # so pipeline/forecast.py forecasts the real run from it. On a GPU it trains
-# longer than the preset's 12 steps (EPOCHS x up to STEPS steps) to show the
-# loss leaving ln(1000) (on a CPU, 300 full-width steps had not: bench/RESULTS-scale.md)
-# and to give the steady images/s.
+# longer than the preset's 12 steps (EPOCHS x up to STEPS steps) for a steady
+# images/s, and first trains each init of TRAINABILITY for TRAINABILITY_STEPS
+# (the preflight's trainability stage: which init leaves ln(1000); forecast.md says).
 #   OUT=gpu-results bash bench/gpu_preflight.sh                 (part of bench/gpu_check.sh)
 #   CPU=1 WIDTH=0.0625 TRAIN_PER_CLASS=2 TRAIN_SHARDS=8 VAL_SHARDS=2 STEPS=3 EPOCHS=1 BATCH=16 \
-#       bash bench/gpu_preflight.sh                              (a check of the script on a CPU)
+#       TRAINABILITY_STEPS=4 bash bench/gpu_preflight.sh        (a check of the script on a CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -19,12 +19,14 @@ WORK=${WORK:-/tmp/preflight}
 CPU=${CPU:-0}
 CORES=${CORES:-$(nproc)}
 WIDTH=${WIDTH:-1.0}
-TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-10}
-VAL_PER_CLASS=${VAL_PER_CLASS:-1}
+TRAIN_PER_CLASS=${TRAIN_PER_CLASS:-40}  # 40 + 4 per class: the trainability runs' data (312 steps an epoch)
+VAL_PER_CLASS=${VAL_PER_CLASS:-4}
 TRAIN_SHARDS=${TRAIN_SHARDS:-1024}
 VAL_SHARDS=${VAL_SHARDS:-64}
-EPOCHS=${EPOCHS:-25}         # 25 x 78 = 1,950 steps at 10 images per class: on a CPU 300 steps stayed at ln(1000)
-STEPS=${STEPS:-0}            # 0: every batch of an epoch
+EPOCHS=${EPOCHS:-2}          # the preset's training for its speed: 2 x 150 steps (the loss is the trainability's)
+STEPS=${STEPS:-150}          # 0: every batch of an epoch
+TRAINABILITY=${TRAINABILITY:-paper cuda_convnet2}  # inits trained TRAINABILITY_STEPS each (pipeline/trainability.py)
+TRAINABILITY_STEPS=${TRAINABILITY_STEPS:-2500}
 BATCH=${BATCH:-128}
 LOG_EVERY=${LOG_EVERY:-20}
 EVAL_IMAGES=${EVAL_IMAGES:-0}  # 0: the whole generated validation set
@@ -72,16 +74,30 @@ IN="--manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca
 timed augment python3 -m pipeline.augment $IN --out-dir $R/augment --lighting paper --lighting-std 0.1 \
     --normalize mean_image --grid-samples 8 --bench-batches 5 --batch-size "$BATCH" --seed 0 --dali-threads "$DALI" \
     --device auto
-timed train python3 -m pipeline.train $IN --classes $R/fetch/classes.tsv --out-dir $R/train --width "$WIDTH" \
-    --init paper --dropout-style paper --decay weights --warmup-steps 0 --log-every "$LOG_EVERY" --flat-after 2000 \
-    --epochs "$EPOCHS" --patience 5 --steps-per-epoch "$STEPS" --precision auto --no-compile --batch-size "$BATCH" \
-    --lr 0.01 --momentum 0.9 --weight-decay 0.0005 --lr-factor 0.1 --seed 0 --monitor --devices auto \
-    --channels-last auto --lighting paper --lighting-std 0.1 --normalize mean_image --torch-threads "$CORES" --dali-threads "$DALI"
+# the ImageNet preset's training settings (workflow/presets/imagenet.yaml), for both runs below
+RECIPE="--width $WIDTH --init paper --dropout-style paper --decay weights --warmup-steps 0 --flat-after 2000 \
+    --patience 5 --precision auto --no-compile --batch-size $BATCH --lr 0.01 --momentum 0.9 --weight-decay 0.0005 \
+    --lr-factor 0.1 --seed 0 --monitor --devices auto --channels-last auto --lighting paper --lighting-std 0.1 \
+    --normalize mean_image --torch-threads $CORES --dali-threads $DALI"
+TRAINABILITY_FLAG=
+if [ -n "$TRAINABILITY" ]; then  # first: whether the real run will learn is worth more than its speed
+    timed trainability python3 -m pipeline.trainability $IN --classes $R/fetch/classes.tsv \
+        --out-dir $R/trainability --inits $TRAINABILITY --steps "$TRAINABILITY_STEPS" $([ "$CPU" = 1 ] && echo --on-cpu) \
+        -- $RECIPE
+    TRAINABILITY_FLAG="--trainability $R/trainability/trainability.json"
+    tail -n "$(echo $TRAINABILITY | wc -w | awk '{print $1 + 1}')" "$R/logs/trainability.log" | sed 's/^/== /'
+    for init in $TRAINABILITY; do
+        for f in metrics.jsonl curve.png train.json; do cp "$R/trainability/$init/$f" "$OUT/trainability-$init-$f"; done
+    done
+    cp "$R/trainability/trainability.json" "$OUT/trainability.json"
+fi
+timed train python3 -m pipeline.train $IN --classes $R/fetch/classes.tsv --out-dir $R/train $RECIPE \
+    --log-every "$LOG_EVERY" --epochs "$EPOCHS" --steps-per-epoch "$STEPS"
 timed evaluate python3 -m pipeline.evaluate --checkpoint $R/train/checkpoints/last.pt \
     --shards-manifest $R/shards/manifest.json --pca $R/pca/pca.json --mean-image $R/pca/mean_image.npy \
     --classes $R/fetch/classes.tsv --dataset-name preflight --batch-size "$BATCH" --max-images "$EVAL_IMAGES" \
     --devices auto --dali-threads "$DALI" --out-dir $R/evaluate
-python3 -m pipeline.forecast --results $R --out-dir $R/forecast --cores "$CORES" \
+python3 -m pipeline.forecast --results $R --out-dir $R/forecast --cores "$CORES" $TRAINABILITY_FLAG \
     --rehearsal "generated ImageNet-shaped data (1000 classes, $TRAIN_PER_CLASS + $VAL_PER_CLASS images per class)" \
     --rehearsal "$EPOCHS epoch(s)$([ "$STEPS" != 0 ] && echo " of at most $STEPS steps")" \
     --rehearsal "bench/gpu_preflight.sh: the stage commands without Snakemake or MLflow" 2>&1 | tee "$OUT/preflight-forecast.md"

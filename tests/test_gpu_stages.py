@@ -56,6 +56,8 @@ def test_gpu_preflight_script_forecasts_on_the_cpu(tmp_path):
         "CPU": "1",
         "WIDTH": "0.0625",
         "TRAIN_PER_CLASS": "2",
+        "VAL_PER_CLASS": "1",
+        "TRAINABILITY_STEPS": "4",
         "TRAIN_SHARDS": "8",
         "VAL_SHARDS": "2",
         "STEPS": "3",
@@ -76,3 +78,8 @@ def test_gpu_preflight_script_forecasts_on_the_cpu(tmp_path):
     assert forecast["measured_on"] == {"train_images": 2000, "val_images": 1000, "train_shards": 8, "val_shards": 2}
     assert forecast["stages"]["resize train"]["jobs"] == 8 and forecast["stages"]["train"]["images_per_s"] > 0
     assert "== loss: first window" in run.stdout and "== preflight:" in run.stdout
+    # the trainability stage trained both candidates first, and the forecast reports them
+    verdict = json.loads((out / "trainability.json").read_text())
+    assert verdict["ran"] and [r["init"] for r in verdict["runs"]] == ["paper", "cuda_convnet2"]
+    assert forecast["trainability"] == verdict and (out / "trainability-cuda_convnet2-curve.png").exists()
+    assert "## Will it learn?" in (out / "preflight-forecast.md").read_text()
