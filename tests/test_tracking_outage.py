@@ -55,7 +55,6 @@ def _wait_for(path: Path, timeout: float) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.slow
 def test_a_server_killed_mid_stage_leaves_the_stage_standing(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
