@@ -42,8 +42,20 @@ REQUIRED = ("model", "config", "epoch", "step")
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    with atomic_path(path) as tmp:
+    """Write a checkpoint atomically; a full disk is named (pipeline.io.DiskFull), not torch's zip error."""
+    with atomic_path(path, need=state_bytes(state)) as tmp:
         torch.save(state, tmp)
+
+
+def state_bytes(obj) -> int:
+    """The bytes of the tensors in a (nested) checkpoint: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -11,6 +11,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 
@@ -24,6 +25,13 @@ def run_cli(stage: Callable, *args, **kwargs) -> int:
     try:
         stage(*args, **kwargs)
     except (PipelineError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}{_disk_full_hint(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _disk_full_hint(exc: BaseException) -> str:
+    """What to do after a full disk that a writer reported without the file (pipeline.io names it where it writes)."""
+    if not isinstance(exc, OSError) or isinstance(exc, PipelineError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return ""
+    return "; free some space (or move paths.results to a larger disk) and rerun: the rerun continues from what is done"

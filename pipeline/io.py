@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,15 +27,55 @@ class TableError(PipelineError, ValueError):
     """A table (classes.tsv) that does not hold what the stage that writes it writes."""
 
 
+class DiskFull(PipelineError, OSError):
+    """A write that ran out of disk space; the message names the file, the bytes and what to do."""
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def disk_full(exc: BaseException, folder: Path, need: int | None = None) -> bool:
+    """Whether `exc`, raised while writing into `folder`, means the disk is full. Some writers do
+    not say so (torch.save reports an "unexpected pos" from its zip writer): then the free space decides."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < max(need or 0, 1 << 20)
+    except OSError:
+        return False
+
+
+def disk_full_error(path: Path, written: int, need: int | None) -> DiskFull:
+    free = shutil.disk_usage(path.parent).free
+    needs = f"it needs {_size(need)}" if need else f"{_size(written)} were written before the disk filled"
+    return DiskFull(
+        f"no space left on the device while writing {path}: {needs}, {_size(free)} are free in {path.parent}. "
+        "Nothing half-written was kept; free some space (or move paths.results to a larger disk) and rerun: "
+        "the rerun continues from what is done"
+    )
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` on success."""
+def atomic_path(path: str | os.PathLike, need: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` on success. `need`: the bytes the
+    file will take, where known, for the message should the disk fill up (DiskFull)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         replace_durably(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, DiskFull) or not disk_full(exc, path.parent, need):
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        raise disk_full_error(path, written, need) from exc
     finally:
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()

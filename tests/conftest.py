@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -151,6 +152,23 @@ def disagreeing_alexnet_state(num_classes: int, width: float = 0.0625, seed: int
         else:
             value.zero_()
     return sd
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on its own 1 MB tmpfs: a disk that fills up. Skipped, with the reason, where this
+    machine does not let the tests mount one (it needs root, or a user namespace's)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("cannot mount a small tmpfs here: no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip() or mounted.returncode}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 @pytest.fixture

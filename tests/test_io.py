@@ -108,3 +108,50 @@ def test_read_classes_names_the_file_the_row_and_what_to_do(tmp_path, header, ro
         assert w in str(err.value)
     # the stages' CLIs report PipelineErrors as one line; callers that catch ValueError still do
     assert isinstance(err.value, PipelineError) and isinstance(err.value, ValueError)
+
+
+# ---------------------------------------------------------------- a disk that fills up (a 1 MB tmpfs)
+
+
+def test_a_full_disk_names_the_file_the_bytes_and_that_a_rerun_continues(small_disk):
+    from pipeline.io import DiskFull
+
+    target = small_disk / "results" / "manifest.json"
+    with pytest.raises(DiskFull) as full:
+        write_json(target, {"rows": ["x" * 100] * 20_000})  # about 2 MB
+    message = str(full.value)
+    assert message.startswith(f"no space left on the device while writing {target}: ")
+    assert "were written before the disk filled" in message and "are free in" in message
+    assert "the rerun continues from what is done" in message
+    assert not target.exists() and leftovers(target.parent) == []  # nothing half-written kept
+
+
+def test_a_checkpoint_on_a_full_disk_is_named_with_the_bytes_it_needs(small_disk):
+    import torch
+
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.io import DiskFull
+
+    target = small_disk / "last.pt"
+    with pytest.raises(DiskFull) as full:  # torch's own error would be "unexpected pos ..." from its zip writer
+        save_checkpoint(target, {"model": {"w": torch.zeros(500_000)}, "epoch": 3})
+    assert f"while writing {target}: it needs 2.0 MB" in str(full.value)
+    assert not target.exists() and leftovers(small_disk) == []
+
+
+def test_a_stage_cli_reports_a_full_disk_on_one_error_line(small_disk, capsys):
+    from pipeline.errors import run_cli
+
+    def stage():
+        write_json(small_disk / "out.json", {"rows": ["x" * 100] * 20_000})
+
+    assert run_cli(stage) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no space left on the device while writing ")
+
+
+def test_a_write_error_that_is_not_a_full_disk_stays_what_it_is(tmp_path):
+    with pytest.raises(RuntimeError, match="not the disk"):
+        with atomic_path(tmp_path / "x.json") as tmp:
+            tmp.write_text("{}")
+            raise RuntimeError("not the disk")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pipeline.devices import Dist, InputWait, all_sum
 from pipeline.errors import PipelineError
 from pipeline.health import DEAD_LAYERS, DEAD_SHARE, LossWatch, dead_layers
+from pipeline.io import disk_full, disk_full_error
 from pipeline.metrics import true_class_rank
 from pipeline.training.curve import plot_curve
 from pipeline.training.run_folder import RunFolder
@@ -44,9 +45,15 @@ INPUT_BOUND_FRACTION = 0.25
 
 
 def append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    line = json.dumps(row) + "\n"
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+            f.flush()
+    except OSError as exc:
+        if disk_full(exc, path.parent, len(line)):
+            raise disk_full_error(path, 0, len(line)) from exc
+        raise
 
 
 class Window:
