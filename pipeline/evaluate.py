@@ -14,7 +14,9 @@ centre numbers need no second pass. Top-1/top-5 error in percent; a tie with
 the true class counts against it (pipeline/metrics.py).
 
 Under torchrun each rank scores its EvalLoader shard, the integer tallies are
-summed over ranks, and rank 0 writes. The total is checked against the
+summed over ranks, and rank 0 writes. Before the first batch the validation
+shards are checked against the sha256 the manifest recorded (pipeline/shards.py
+verify_shards). The total is checked against the
 manifest's validation count, so an image scored twice or missed fails the
 stage instead of skewing the numbers.
 
@@ -43,7 +45,7 @@ from pipeline.loaders import AugmentSettings, EvalLoader, manifest_shards
 from pipeline.metrics import EvalCounts, ten_crop_probs
 from pipeline.pca_files import load_pca
 from pipeline.schema import defaults
-from pipeline.shards import ManifestError, read_manifest
+from pipeline.shards import ManifestError, read_manifest, verify_shards
 
 EVALUATE = defaults("evaluate")  # the config schema is the one home of defaults
 
@@ -206,6 +208,7 @@ def evaluate(
                 f"{classes_tsv} lists {len(classes)} classes but checkpoint {checkpoint} "
                 f"has {num_classes} outputs; evaluate a checkpoint trained on this dataset"
             )
+        verify_shards(shards_manifest, "val", env.rank, env.world)  # before the first batch
         loader = make_loader(
             manifest_shards(shards_manifest, "val"),
             pca_json,

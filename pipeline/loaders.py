@@ -63,6 +63,7 @@ decoding; on 2 CPU cores 2.5x a PIL + numpy DataLoader (3.0x per CPU-second).
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,8 @@ from pipeline.shards import (
     ShardIndexError,
     index_path,
     manifest_entries,
+    rebuild_command,
+    shard_jpegs,
     shard_sample_count,
     shard_sample_keys,
 )
@@ -192,13 +195,20 @@ class _Loader:
             last_batch_policy=getattr(LastBatchPolicy, policy),
         )
 
-    @staticmethod
-    def _batches(it, limit=None):
-        for i, batch in enumerate(it):
-            if limit is not None and i >= limit:
-                break
-            b = batch[0]
-            yield b["images"], b["labels"].view(-1).long()
+    def _batches(self, make_iterator, window, limit=None):
+        """The batches of make_iterator(); a DALI error (RuntimeError from building or running the
+        pipeline) becomes a LoaderError naming the shard and the sample, found by `window(i)`: the
+        samples (positions in `shards` order, and that order) that batch i can hold."""
+        i = 0
+        try:
+            it = make_iterator()
+            for i, batch in enumerate(it):
+                if limit is not None and i >= limit:
+                    break
+                b = batch[0]
+                yield b["images"], b["labels"].view(-1).long()
+        except RuntimeError as exc:
+            raise LoaderError(read_failure(exc, *window(i))) from exc
 
 
 class TrainLoader(_Loader):
@@ -251,7 +261,16 @@ class TrainLoader(_Loader):
         """Yield len(self) batches (images, labels) of epoch `epoch`; the partial last batch is dropped."""
         if self._len == 0:
             return
-        yield from self._batches(self._iterator(self.pipeline(epoch), "DROP"), limit=self._len)
+        order = [self.shards[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))]
+        start, end = shard_range(self.total, (self.shard_id + epoch) % self.num_shards, self.num_shards)
+
+        def window(i):  # samples read by batch i: the shuffle buffer's fill, then a batch each, a few ahead
+            read = min(end, start + self.initial_fill + (i + 1 + DALI_AHEAD) * self.batch_size)
+            return order, range(
+                read - 1, max(start, read - 2 * self.initial_fill - DALI_AHEAD * self.batch_size) - 1, -1
+            )
+
+        yield from self._batches(lambda: self._iterator(self.pipeline(epoch), "DROP"), window, limit=self._len)
 
 
 class EvalLoader(_Loader):
@@ -305,9 +324,19 @@ class EvalLoader(_Loader):
             return
         # taken, not shared: a pass cut short (or a second pass running at the
         # same time) leaves nothing half-read behind for the next one
-        it, self._kept = self._kept or self._iterator(self.pipeline(), "PARTIAL"), None
+        it, self._kept = self._kept, None
         keys, seen = self.keys, 0
-        for images, labels in self._batches(it):
+        b = self.batch_size
+
+        def window(i):  # in index order: batch i and the few DALI had read ahead
+            return self.shards, range(self.start + i * b, min(self.end, self.start + (i + 1 + DALI_AHEAD) * b))
+
+        def iterator():
+            nonlocal it
+            it = it or self._iterator(self.pipeline(), "PARTIAL")
+            return it
+
+        for images, labels in self._batches(iterator, window):
             n = len(labels)
             yield images, labels, keys[seen : seen + n]
             seen += n
@@ -319,6 +348,82 @@ class EvalLoader(_Loader):
     def close(self) -> None:
         """Drop the pipeline kept for the next pass (it holds decoder and batch memory)."""
         self._kept = None
+
+
+# ---------------------------------------------------------------- DALI errors, named
+
+DALI_AHEAD = 3  # batches a pipeline may have read past the one the iterator hands out (its prefetch queues)
+DALI_NOISE = ("Critical error", "Current pipeline object", "Error in ", "which was used", "File ")
+
+
+def _dali_cause(exc: BaseException) -> str:
+    """The line of a DALI error that says what failed (after its `encountered:`), without the
+    pipeline-definition traceback and the repeated banners."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if line.endswith("encountered:"):
+            return lines[i + 1]
+    kept = [line for line in lines if not line.startswith(DALI_NOISE)]
+    return kept[0] if kept else (lines[0] if lines else type(exc).__name__)
+
+
+def _undecodable(shard: str, samples) -> list[tuple[str, str]]:
+    """(key, reason) of the samples (key, offset, size) of `shard` whose .jpg PIL cannot decode."""
+    from PIL import Image
+
+    bad = []
+    with open(shard, "rb") as f:
+        for key, offset, size in samples:
+            f.seek(offset)
+            data = f.read(size)
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+                if len(data) != size:
+                    raise OSError(f"cut short: {len(data)} of {size} bytes")
+            except Exception as exc:  # any failure of the decoder names the sample
+                bad.append((key, f"{type(exc).__name__}: {exc}"))
+    return bad
+
+
+def read_failure(exc: BaseException, shards: list[str], positions) -> str:
+    """The message for a DALI error: the shards the reader was on and, where PIL cannot decode one
+    of the samples the failed batch could hold, that sample's key.
+
+    `positions`: indices into the samples of `shards` (concatenated in that order), most likely first.
+    DALI's error names neither (its webdataset reader attaches the sample's source only to outputs,
+    which a failed batch never yields), so the candidates are decoded again here: a few batches'
+    worth, on this error path only.
+    """
+    cause = _dali_cause(exc)
+    try:
+        with shard_index_errors_as_loader_errors():
+            samples = [(s, *sample) for s in shards for sample in shard_jpegs(s)]
+        picked = [samples[p] for p in positions if 0 <= p < len(samples)]
+    except (LoaderError, OSError) as err:
+        return f"DALI failed reading {', '.join(shards)} ({cause}); the sample could not be located: {err}"
+    on = sorted({s for s, *_ in picked}, key=shards.index)
+    by_shard: dict[str, list] = {}
+    for s, key, offset, size in picked:
+        by_shard.setdefault(s, []).append((key, offset, size))
+    bad = []
+    try:
+        bad = [(s, key, why) for s in on for key, why in _undecodable(s, by_shard[s])]
+    except OSError as err:
+        cause += f"; reading {err.filename}: {err.strerror}"
+    if bad:
+        named = "; ".join(f"shard {s}, sample {key} ({why})" for s, key, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        fix = ""
+        splits = {Path(s).name.split("-", 1)[0] for s, *_ in bad}
+        if len(splits) == 1 and (split := splits.pop()) in ("train", "val", "holdout"):
+            fix = f" Rebuild it: {rebuild_command(split, sorted({s for s, *_ in bad}))}"
+        return f"DALI failed to decode a batch ({cause}): {named}{more} cannot be decoded.{fix}"
+    return (
+        f"DALI failed ({cause}) while reading shard {', '.join(on or shards)}; every image of the "
+        f"{len(picked)} samples the failed batch could hold decodes outside DALI, so the sample cannot be named. "
+        "Check the shard against the manifest (its sha256) and rebuild it with the resize stage."
+    )
 
 
 # ---------------------------------------------------------------- the stage

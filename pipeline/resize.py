@@ -31,7 +31,10 @@ loaded) is recorded with its reason; a shard job fails when its rejects exceed
 Shards: the index rows are permuted with `resize.seed`; shard k of S holds
 rows [k*n//S, (k+1)*n//S) of that permutation, in that order, so each shard is
 an independent job and a rerun redoes only missing shards. Each shard is
-streamed to disk (ShardWriter), so a job's memory does not grow with its size.
+streamed to disk (ShardWriter), so a job's memory does not grow with its size,
+and hashed on its way there: the report and the manifest record the sha256 of
+the tar and of its .idx, which the train and evaluate stages check before they
+read a shard (pipeline/shards.py verify_shards).
 
 RGB statistics (train only) are fused into the same pass: for every written
 image, its pixel count, sum of outer products and the image itself are added
@@ -284,6 +287,7 @@ def resize_shard(
         "rejected": len(rejects),
         "rejects": rejects,
         "bytes": paths["tar"].stat().st_size,
+        **writer.checksums,  # sha256 of the tar and the .idx, hashed while written
         "seconds": seconds,
         "loop_seconds": loop_seconds,
         "first_image_seconds": first_seconds or 0.0,

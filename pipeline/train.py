@@ -437,6 +437,10 @@ def train(manifest, pca_json, mean_image, classes_tsv, out_dir, cfg: TrainConfig
         device = str(getattr(model, "input_device", devices[0]))
         # the held-out training slice, when resize made one, so the official validation set is left to evaluate
         validated_on = validation_split(manifest)
+        from pipeline.shards import verify_shards
+
+        for split in ("train", validated_on):  # the recorded sha256, before the first step; a share per replica
+            verify_shards(manifest, split, env.rank, env.world)
         train_loader, eval_loader = make_loaders(cfg, manifest, pca_json, mean_image, env, device, validated_on)
         inputs = input_fingerprints(manifest, pca_json, mean_image, classes_tsv)
         return fit(

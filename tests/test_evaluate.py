@@ -176,6 +176,7 @@ def test_dataset_label():
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -185,7 +186,7 @@ from PIL import Image  # noqa: E402
 from pipeline.checkpoint import model_from_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.evaluate import EvaluateError, evaluate, main, make_loader, score  # noqa: E402
 from pipeline.io import write_json, write_tsv  # noqa: E402
-from pipeline.shards import ShardWriter  # noqa: E402
+from pipeline.shards import ShardWriter, read_shard  # noqa: E402
 
 from conftest import disagreeing_alexnet_state  # noqa: E402
 
@@ -284,6 +285,8 @@ def val_data(tmp_path_factory):
                 "images": n,
                 "tar": os.path.relpath(tar, results / "shards"),
                 "idx": os.path.relpath(tar.with_suffix(".idx"), results / "shards"),
+                "bytes": tar.stat().st_size,
+                **w.checksums,  # as the resize stage records them: the stage verifies them
             }
         )
     classes = [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
@@ -540,3 +543,54 @@ def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "nope.pt")] + args[2:]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope.pt does not exist" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- damaged shards
+
+
+def _damaged_copy(val_data, tmp_path) -> dict:
+    """The stage's inputs in a copy whose shards a test may damage."""
+    results = tmp_path / "results"
+    shutil.copytree(val_data["results"], results)
+    return {k: results / v.relative_to(val_data["results"]) for k, v in val_data.items() if k in PATHS}
+
+
+PATHS = ("checkpoint", "manifest", "pca", "mean_npy", "classes")
+
+
+def _run_stage(paths, out) -> int:
+    return main(
+        ["--checkpoint", str(paths["checkpoint"]), "--shards-manifest", str(paths["manifest"])]
+        + ["--pca", str(paths["pca"]), "--mean-image", str(paths["mean_npy"]), "--classes", str(paths["classes"])]
+        + ["--out-dir", str(out), "--devices", "cpu", "--dali-threads", "1", "--batch-size", "4"]
+    )
+
+
+def test_a_flipped_shard_stops_the_stage_before_scoring_naming_it_and_its_rebuild(val_data, tmp_path, capsys):
+    paths = _damaged_copy(val_data, tmp_path)
+    tar = paths["manifest"].parent / "val" / "val-00001.tar"
+    data = bytearray(tar.read_bytes())
+    data[600:4696] = bytes(b ^ 0xFF for b in data[600:4696])  # over the first image's data
+    tar.write_bytes(bytes(data))
+    assert _run_stage(paths, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 of 2 val shards differ") and "Traceback" not in err
+    assert f"{tar}: sha256: expected " in err and "(the same size)" in err
+    assert f"snakemake --cores all --forcerun resize_val_shard -- {tar}" in err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_an_undecodable_image_in_a_verified_shard_is_named_by_shard_and_key(val_data, tmp_path, capsys):
+    paths = _damaged_copy(val_data, tmp_path)
+    tar = paths["manifest"].parent / "val" / "val-00000.tar"
+    samples = list(read_shard(tar))
+    with ShardWriter(tar) as w:  # written with a garbage image: the checksums hold, the decoder fails
+        for i, (key, jpeg, label) in enumerate(samples):
+            w.add(key, b"\xff\xd8\xff\xe0 garbage " * 30 if i == 1 else jpeg, label)
+    manifest = json.loads(paths["manifest"].read_text())
+    manifest["val"]["shards"][0].update(w.checksums, bytes=tar.stat().st_size)
+    write_json(paths["manifest"], manifest)
+    assert _run_stage(paths, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert f"shard {tar}, sample {samples[1][0]} (" in err and "cannot be decoded" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "metrics.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 
@@ -12,7 +13,7 @@ from sklearn.datasets import load_sample_images
 
 from pipeline import archive, resize
 from pipeline.io import read_json, write_tsv
-from pipeline.shards import read_shard
+from pipeline.shards import read_shard, verify_shards
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 PHOTOS = load_sample_images().images  # two real 427x640 photos, bundled with scikit-learn
@@ -248,6 +249,21 @@ def test_too_many_rejects_fail_the_shard_with_a_clear_message(run, tmp_path, cap
     assert resize.main(argv) == 1
     err = capsys.readouterr().err
     assert "error:" in err and "could not be decoded" in err and "Traceback" not in err
+
+
+def test_reports_and_manifest_record_the_sha256_hashed_while_writing(run):
+    """The digests the writer computed as it wrote equal hashlib over the files on disk."""
+    manifest = read_json(run["root"] / "shards" / "manifest.json")
+    for split, shards in (("train", 2), ("val", 1)):
+        assert len(manifest[split]["shards"]) == shards
+        for k, entry in enumerate(manifest[split]["shards"]):
+            tar = run["root"] / "shards" / entry["tar"]
+            report = run["reports"][split, k]
+            assert entry["sha256"] == report["sha256"] == hashlib.sha256(tar.read_bytes()).hexdigest()
+            idx = run["root"] / "shards" / entry["idx"]
+            assert entry["idx_sha256"] == report["idx_sha256"] == hashlib.sha256(idx.read_bytes()).hexdigest()
+            assert entry["bytes"] == tar.stat().st_size
+    assert verify_shards(run["root"] / "shards" / "manifest.json", "train")["shards"] == 2
 
 
 def test_manifest_checks_rejects_over_all_shards(run, tmp_path):

@@ -57,7 +57,16 @@ def make_data(root: Path) -> dict:
                 for i in range(per_shard):
                     label = int(rng.integers(CLASSES)) if split == "train" else i % CLASSES
                     w.add(f"{split}_{k}_{i:04d}", _image(rng, label), label)
-            entries.append({"tar": f"{split}/{tar.name}", "idx": f"{split}/{tar.stem}.idx", "images": per_shard})
+            # the sha256 the resize stage records, hashed by the same writer: the stages verify them
+            entries.append(
+                {
+                    "tar": f"{split}/{tar.name}",
+                    "idx": f"{split}/{tar.stem}.idx",
+                    "images": per_shard,
+                    "bytes": tar.stat().st_size,
+                    **w.checksums,
+                }
+            )
         splits[split] = {"images": shards * per_shard, "shards": entries}
     write_json(root / "shards" / "manifest.json", splits)
     cov = np.diag([1500.0, 900.0, 600.0])
