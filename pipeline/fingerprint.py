@@ -8,8 +8,10 @@ Shards are fingerprinted by their DALI index (every member's offset and size)
 and their byte size, not by hashing the tars: at ImageNet scale the tars are
 about 140 GB (minutes to hash on every start), while any re-encoding (another
 JPEG quality, another resize) changes the sizes the index records. The
-manifest, which records the resize settings of every shard, is hashed whole
-but for its wall-clock fields (seconds per shard).
+manifest, which records the resize settings of every shard and the sha256 of
+every shard written since shards carry checksums, is hashed whole but for its
+wall-clock fields (seconds per shard); the train stage checks those digests
+against the files before its first step (pipeline/shards.py verify_shards).
 """
 
 from __future__ import annotations
