@@ -143,6 +143,19 @@ def test_an_out_of_range_command_line_number_gets_the_config_files_message():
     assert "config key train.lr: -0.01 is less than or equal to the minimum of 0" in problems(from_file)
 
 
+def test_every_published_init_passes_the_config_check_and_a_wrong_one_lists_them():
+    for init in ("paper", "caffe", "cuda_convnet2", "width_scaled"):
+        cfg = default_config()
+        cfg["train"].update(init=init, bias_lr_factor=2, init_gain="width", stall_after=500)
+        check(cfg)  # raises ConfigError naming the key where a value is wrong
+        assert cfg["train"]["init"] == init and cfg["train"]["bias_lr_factor"] == 2
+    cfg = default_config()
+    cfg["train"]["init"] = "kaiming"
+    assert "config key train.init: 'kaiming' is not one of ['paper', 'caffe', 'cuda_convnet2', 'width_scaled']" in (
+        problems(cfg)
+    )
+
+
 def test_moved_key_says_where_its_job_went():
     cfg = default_config()
     cfg["train"]["workers"] = 3
