@@ -31,6 +31,7 @@ from pipeline.devices import Dist, seed_everything  # noqa: E402
 from pipeline.health import LAYERS, HealthMonitor  # noqa: E402
 from pipeline.io import read_classes  # noqa: E402
 from pipeline.train import TrainConfig, make_loaders, make_optimizer, warmup_factor  # noqa: E402
+from pipeline.training.recipe import set_lr  # noqa: E402
 
 
 def run(args) -> dict:
@@ -68,8 +69,7 @@ def run(args) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             warm = warmup_factor(step, cfg.warmup_steps)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * warm
+            set_lr(opt, cfg.lr * warm)  # the biases at their share of it (train.bias_lr_factor)
             opt.step()
             step += 1
             rows.append({"step": step, "loss": loss.item(), "lr": cfg.lr * warm, "health": monitor.collect(opt)})
