@@ -75,7 +75,7 @@ timed augment python3 -m pipeline.augment $IN --out-dir $R/augment --lighting pa
     --normalize mean_image --grid-samples 8 --bench-batches 5 --batch-size "$BATCH" --seed 0 --dali-threads "$DALI" \
     --device auto
 # the ImageNet preset's training settings (workflow/presets/imagenet.yaml), for both runs below
-RECIPE="--width $WIDTH --init paper --dropout-style paper --decay weights --warmup-steps 0 --flat-after 2000 \
+RECIPE="--width $WIDTH --init cuda_convnet2 --bias-lr-factor 2 --dropout-style paper --decay weights --warmup-steps 0 --flat-after 2000 \
     --patience 5 --precision auto --no-compile --batch-size $BATCH --lr 0.01 --momentum 0.9 --weight-decay 0.0005 \
     --lr-factor 0.1 --seed 0 --monitor --devices auto --channels-last auto --lighting paper --lighting-std 0.1 \
     --normalize mean_image --torch-threads $CORES --dali-threads $DALI"
