@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 WORK=${1:-bench/work/trainability}
-RUNS=${RUNS:-paper_w ccn2_w caffe_w paper_w_b2 ccn2_w_b1 full_ccn2 long_ccn2_w}
+RUNS=${RUNS:-paper_w ccn2_w caffe_w paper_w_b2 ccn2_w_b1 full_ccn2}
 mkdir -p "$WORK"
 if [ ! -f "$WORK/results/preflight/pca/pca.json" ]; then
     printf 'demo: {train_per_class: 40, val_per_class: 4}\ntracking: {enabled: false}\n' > "$WORK/overlay.yaml"
@@ -29,7 +29,6 @@ declare -A FLAGS=(
     [paper_w_b2]="$NARROW --init paper --bias-lr-factor 2 --epochs 1 --steps-per-epoch 300"
     [ccn2_w_b1]="$NARROW --init cuda_convnet2 --bias-lr-factor 1 --epochs 1 --steps-per-epoch 300"
     [full_ccn2]="--width 1.0 --init cuda_convnet2 --bias-lr-factor 2 --epochs 2 --steps-per-epoch 200"
-    [long_ccn2_w]="$NARROW --init cuda_convnet2 --bias-lr-factor 2 --epochs 12"
 )
 for run in $RUNS; do
     out=$WORK/runs/$run
