@@ -13,9 +13,9 @@ into out_dir/<init>/; trainability.json gathers the verdict. Without a GPU the c
 trained unless --on-cpu is given: 2,500 full-width steps take about 3 hours per init on 2 CPU
 cores (30 images/s), and what a CPU measured is in bench/RESULTS-trainability.md.
 
-Evidence (bench/RESULTS-trainability.md, 1000 generated classes, 40 images per class): at width
-0.25 (init_gain width) the paper's init sat at ln(1000) for 400 steps while fc7 died (88% dead),
-and cuda-convnet2's init (N(0, 0.03) in conv3-5, biases at twice the lr) left chance at step 170.
+Evidence (bench/RESULTS-trainability.md, 1000 generated classes, 40 images per class, CPU): the
+paper's init sat at ln(1000) for 400 steps while fc7 died (93% dead at width 1.0, 88% at 0.25);
+cuda-convnet2's (N(0, 0.03) in conv3-5, biases at twice the lr) left chance at step 140 at width 1.0.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from pipeline.training.verdict import TrainabilityError, describe, recommend, ru
 STEPS_PER_EPOCH = 250  # a validation pass every 250 steps: the held-out error beside the loss
 LOG_EVERY = 20  # steps per metrics window (and health figures): the preflight's own 4 would slow 2,500 steps
 CPU_EVIDENCE = (
-    "bench/RESULTS-trainability.md: on 2 CPU cores at width 0.25, 1000 classes, the paper's init sat at "
-    "ln(1000) for 400 steps with fc7 dying, cuda_convnet2's left chance at step 170"
+    "bench/RESULTS-trainability.md: on 2 CPU cores at 1000 classes the paper's init sat at ln(1000) for 400 "
+    "steps with fc7 dying (width 1.0 and 0.25), cuda_convnet2's left chance at step 140 at width 1.0"
 )
 
 
