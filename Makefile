@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   installs the CPU environment into .venv and runs `snakemake --cores all`
 #   make test   installs the same environment and runs the test suite
+#   make test-fast   the unit tier only (pytest -m unit; tiers: pyproject.toml's markers)
 #   make lint   ruff (lint and format check), snakefmt --check, snakemake --lint, mypy (model/)
 # On a GPU machine: make demo ENV=envs/cuda.txt
 PYTHON ?= python3
@@ -25,7 +26,7 @@ CHECK_PYTHON = $(PYTHON) -c 'import sys; found = ".".join(map(str, sys.version_i
 	(snakemake 9 needs 3.11, tarfile.data_filter 3.11.4); $(PYTHON) is Python %s: \
 	rerun with PYTHON=python3.12 or another newer one" % found)'
 
-.PHONY: install demo test lint check-python report clean
+.PHONY: install demo test test-fast lint check-python report clean
 install: $(VENV)/.installed
 
 check-python:
@@ -49,6 +50,9 @@ demo: install
 
 test: install
 	pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+test-fast: install
+	pytest -q -n $(TEST_WORKERS) --dist loadfile -m unit tests
 
 lint: $(VENV)/.lint-installed
 	ruff check .

@@ -174,3 +174,26 @@ def small_disk(tmp_path):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+# ---------------------------------------------------------------- tiers
+# Every test carries exactly one tier (pyproject.toml's markers): `make test-fast` runs `-m unit`,
+# so a test without a tier would drop out of every tiered run unnoticed. Checked before `-m`
+# deselects anything, and reported as a collection error, which fails any run however it selects
+# (on pytest-xdist's workers too, where an exception raised here would lose its message).
+TIERS = ("unit", "integration", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session, config, items):
+    wrong = []
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"  {item.nodeid}: {' and '.join(tiers) or 'no tier'}")
+    if wrong:
+        message = (
+            f"{len(wrong)} test(s) need exactly one tier mark of {', '.join(TIERS)} "
+            "(pytestmark = pytest.mark.<tier> for a file, @pytest.mark.<tier> for one test):\n" + "\n".join(wrong)
+        )
+        config.hook.pytest_collectreport(report=pytest.CollectReport("tiers", "failed", message, []))

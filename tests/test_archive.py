@@ -14,6 +14,8 @@ from PIL import Image
 from pipeline import archive
 from pipeline.io import write_tsv
 
+pytestmark = pytest.mark.unit
+
 WNIDS = ["n01440764", "n01443537", "n01484850"]
 
 

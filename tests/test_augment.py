@@ -107,6 +107,7 @@ def decoded(shards, device="cpu"):
 # ---------------------------------------------------------------- training augmentation
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("device", DEVICES)
 def test_crops_cover_33_positions_uniformly_flips_half_labels_attached(data, device):
     loader = TrainLoader(data["train"], IDENTITY, 8, PLAIN, device=device, seed=0)
@@ -134,6 +135,7 @@ def test_crops_cover_33_positions_uniformly_flips_half_labels_attached(data, dev
     assert abs(sum(flips) - n / 2) < 4 * np.sqrt(n / 4)
 
 
+@pytest.mark.integration
 def test_crop_pos_maps_to_integer_offset_k(data):
     """The draws (crop_pos in k/32) give offset k exactly: read back from the pixels."""
     loader = TrainLoader(data["train"], IDENTITY, 40, PLAIN, seed=3)
@@ -146,6 +148,7 @@ def test_crop_pos_maps_to_integer_offset_k(data):
         assert float(px) * 32 == ox and float(py) * 32 == oy
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("lighting", ["paper", "sqrt"])
 def test_lighting_offsets_have_the_pca_covariance(data, lighting):
     """offset = V diag(l) alpha, alpha ~ N(0, 0.1): z = diag(l)^-1 V^T offset / 0.1 must be N(0, I).
@@ -183,6 +186,7 @@ def test_lighting_offsets_have_the_pca_covariance(data, lighting):
     assert np.allclose(np.cov(offsets.T), expected, atol=4 * np.sqrt(2 / n) * (0.1 * scale[0]) ** 2)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("normalize", ["mean_image", "channel"])
 def test_normalisation_is_exact_against_numpy(data, normalize):
     pca = as_pca(
@@ -223,6 +227,7 @@ def same(a, b):
     return len(a) == len(b) and all(torch.equal(x, y) and torch.equal(l, m) for (x, l), (y, m) in zip(a, b))
 
 
+@pytest.mark.integration
 def test_same_seed_same_batches_other_epoch_or_seed_differs(data):
     pca = load_pca_dict(data)
     make = lambda seed: TrainLoader(data["train"], pca, 8, AugmentSettings(), seed=seed)  # noqa: E731
@@ -232,6 +237,7 @@ def test_same_seed_same_batches_other_epoch_or_seed_differs(data):
     assert not same(first_batches(a, 0), first_batches(make(1), 0))
 
 
+@pytest.mark.integration
 def test_thread_count_never_changes_the_batches(data):
     # why DALI threads are a runtime knob (the resource dali_threads), not a setting that reruns training
     pca = load_pca_dict(data)
@@ -241,6 +247,7 @@ def test_thread_count_never_changes_the_batches(data):
         assert same(first_batches(one, epoch), first_batches(three, epoch))
 
 
+@pytest.mark.integration
 def test_restart_at_epoch_reproduces_the_continuing_run(data):
     pca = load_pca_dict(data)
     running = TrainLoader(data["train"], pca, 8, AugmentSettings(), seed=7)
@@ -252,6 +259,7 @@ def test_restart_at_epoch_reproduces_the_continuing_run(data):
     assert same(continued, [(x.clone(), y.clone()) for x, y in restarted.epoch(1)])
 
 
+@pytest.mark.integration
 def test_ranks_read_disjoint_halves_that_change_with_the_epoch(data):
     seen = {}
     for epoch in (0, 1):
@@ -284,6 +292,7 @@ def load_pca_dict(data):
 # ---------------------------------------------------------------- test views
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("device", DEVICES)
 def test_ten_crop_views_equal_numpy_crops_and_flips(data, device):
     pca = load_pca_dict(data)
@@ -309,6 +318,7 @@ def test_ten_crop_views_equal_numpy_crops_and_flips(data, device):
     assert i == 23
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("views", ["center", "ten"])
 @pytest.mark.parametrize("num_shards", [1, 2, 3])
 def test_every_validation_image_exactly_once(data, views, num_shards):
@@ -330,6 +340,7 @@ def test_every_validation_image_exactly_once(data, views, num_shards):
     assert total == 23 and sorted(keys) == [f"img{i:05d}" for i in range(23)]
 
 
+@pytest.mark.integration
 def test_eval_passes_reuse_one_pipeline_and_repeat_exactly(data):
     """Validation every epoch: one pipeline for every complete pass, the same images each time;
     a pass cut short is not resumed by the next one."""
@@ -364,6 +375,7 @@ def test_eval_passes_reuse_one_pipeline_and_repeat_exactly(data):
 # ---------------------------------------------------------------- errors and the stage
 
 
+@pytest.mark.integration
 def test_bad_inputs_name_the_problem(data, tmp_path):
     with pytest.raises(LoaderError, match="lighting='bright'"):
         AugmentSettings(lighting="bright")
@@ -381,6 +393,7 @@ def test_bad_inputs_name_the_problem(data, tmp_path):
         TrainLoader([str(tar)], IDENTITY, 8, PLAIN)
 
 
+@pytest.mark.unit
 def test_manifest_shards_are_relative_to_the_manifest(tmp_path, data):
     manifest = tmp_path / "shards" / "manifest.json"
     manifest.parent.mkdir()
@@ -398,6 +411,7 @@ def test_manifest_shards_are_relative_to_the_manifest(tmp_path, data):
         manifest_shards(tmp_path / "missing.json", "val")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("device", DEVICES)
 def test_stage_writes_grid_and_throughput(data, tmp_path, capsys, device):
     load_pca_dict(data)  # writes pca.json and mean_image.npy
@@ -439,6 +453,7 @@ def test_stage_writes_grid_and_throughput(data, tmp_path, capsys, device):
     assert not (out / "augment.json").exists()
 
 
+@pytest.mark.unit
 def test_augment_settings_are_the_keys_the_workflow_passes_with_the_schemas_defaults():
     import dataclasses
 

@@ -200,6 +200,7 @@ def trained(server, tmp_path_factory):
     return {"work": work, "parent": parent, "record": record, "proc": proc}
 
 
+@pytest.mark.integration
 def test_stage_run_and_registered_version_with_the_login_from_the_environment(server, trained):
     record = json.loads(trained["record"].read_text())
     assert (record["name"], record["version"]) == (MODEL, "1")
@@ -219,6 +220,7 @@ def test_stage_run_and_registered_version_with_the_login_from_the_environment(se
     assert (trained["work"] / "logs/train.log").read_text().startswith("login: ***\n")
 
 
+@pytest.mark.integration
 def test_without_a_login_the_wrapper_stops_with_one_error_before_the_stage(server, tmp_path):
     proc = _wrap(server, tmp_path, "--stage", "pca", "--log", "pca.log", "--", "echo", "ran", env=_env())
     assert proc.returncode == 1
@@ -230,6 +232,7 @@ def test_without_a_login_the_wrapper_stops_with_one_error_before_the_stage(serve
     assert not (tmp_path / "pca.log").exists()  # the stage never ran
 
 
+@pytest.mark.integration
 def test_wrong_password_names_the_user_and_the_variables(server, tmp_path, capsys):
     with login("alice", "not-" + PASSWORDS["alice"]), pytest.raises(TrackingAccessError) as refused:
         start_parent(server["uri"], EXPERIMENT, tmp_path / "parent_run_id", "workflow", {}, {})
@@ -243,6 +246,7 @@ def test_wrong_password_names_the_user_and_the_variables(server, tmp_path, capsy
     PRINTED.extend(capsys.readouterr())
 
 
+@pytest.mark.integration
 def test_no_permission_names_the_experiment(server, trained, tmp_path, capsys):
     """bob may read alice's experiment (the server's default permission READ), not add runs to it."""
     with login("bob"), pytest.raises(TrackingAccessError) as refused:
@@ -254,6 +258,7 @@ def test_no_permission_names_the_experiment(server, trained, tmp_path, capsys):
     PRINTED.extend(capsys.readouterr())
 
 
+@pytest.mark.integration
 def test_a_login_in_the_uri_is_refused_and_not_repeated(server):
     with pytest.raises(PipelineError) as refused:
         resolve_uri(server["uri"].replace("//", f"//alice:{PASSWORDS['alice']}@"))
@@ -285,6 +290,7 @@ def _snakemake_demo(server, work, env) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.e2e
 def test_without_a_login_snakemake_stops_in_onstart_with_the_error(server, tmp_path):
     """The Snakefile's onstart creates the parent run, before any job: that is where a missing login shows."""
     proc = _snakemake_demo(server, tmp_path, _env())
@@ -298,6 +304,7 @@ def test_without_a_login_snakemake_stops_in_onstart_with_the_error(server, tmp_p
     assert not (tmp_path / "data").exists()  # no job ran
 
 
+@pytest.mark.e2e
 def test_snakemake_tracks_on_the_server_with_the_login_from_the_environment(server, tmp_path):
     proc = _snakemake_demo(server, tmp_path, _env("alice"))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
@@ -311,6 +318,7 @@ def test_snakemake_tracks_on_the_server_with_the_login_from_the_environment(serv
     assert demo.data.params["classes"] == "4" and demo.data.metrics["wall_time_s"] > 0
 
 
+@pytest.mark.integration
 def test_no_password_in_what_the_server_stored_or_anything_printed(server, trained):
     passwords = list(PASSWORDS.values())
     with login("admin"):

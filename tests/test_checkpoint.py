@@ -24,6 +24,8 @@ from pipeline.checkpoint import (
 )
 from pipeline.errors import PipelineError
 
+pytestmark = pytest.mark.unit
+
 MODEL = {"num_classes": 4, "width": 0.0625, "init": "caffe", "dropout_style": "paper"}
 
 

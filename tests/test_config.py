@@ -67,6 +67,7 @@ def problems(cfg: dict) -> str:
 # ---------------------------------------------------------------- the module, without Snakemake
 
 
+@pytest.mark.unit
 def test_default_config_passes_and_gets_the_schema_defaults():
     cfg = default_config()
     check(cfg)
@@ -77,6 +78,7 @@ def test_default_config_passes_and_gets_the_schema_defaults():
                 assert key in cfg[section], f"{section}.{key} default not filled in"
 
 
+@pytest.mark.unit
 def test_defaults_are_filled_as_snakemake_validate_fills_them():
     validate = pytest.importorskip("snakemake.utils").validate
     sparse = {
@@ -101,6 +103,7 @@ def test_defaults_are_filled_as_snakemake_validate_fills_them():
     assert ours["train"]["epochs"] == 3 and ours["tracking"]["enabled"] is False
 
 
+@pytest.mark.unit
 def test_unknown_key_is_named_with_the_allowed_keys():
     cfg = default_config()
     cfg["train"]["widht"] = 0.5
@@ -109,6 +112,7 @@ def test_unknown_key_is_named_with_the_allowed_keys():
     assert "'widht' was unexpected" in msg and "expected one of [" in msg and "'width'" in msg
 
 
+@pytest.mark.unit
 def test_every_wrong_value_is_listed_in_one_error():
     cfg = default_config()
     cfg["augment"]["lighting"] = "bogus"
@@ -118,6 +122,7 @@ def test_every_wrong_value_is_listed_in_one_error():
     assert "config key resize.jpeg_quality: 'high' is not of type 'integer'" in msg
 
 
+@pytest.mark.unit
 def test_command_line_strings_take_the_schema_types():
     schema = load_schema()
     cfg = {
@@ -136,6 +141,7 @@ def test_command_line_strings_take_the_schema_types():
     assert exponent == {"train": {"lr": 1e-9}}
 
 
+@pytest.mark.unit
 def test_an_out_of_range_command_line_number_gets_the_config_files_message():
     from_command_line, from_file = default_config(), default_config()
     from_command_line["train"]["lr"], from_file["train"]["lr"] = "-0.01", -0.01  # check() coerces strings
@@ -143,6 +149,7 @@ def test_an_out_of_range_command_line_number_gets_the_config_files_message():
     assert "config key train.lr: -0.01 is less than or equal to the minimum of 0" in problems(from_file)
 
 
+@pytest.mark.unit
 def test_every_published_init_passes_the_config_check_and_a_wrong_one_lists_them():
     for init in ("paper", "caffe", "cuda_convnet2", "width_scaled"):
         cfg = default_config()
@@ -156,6 +163,7 @@ def test_every_published_init_passes_the_config_check_and_a_wrong_one_lists_them
     )
 
 
+@pytest.mark.unit
 def test_moved_key_says_where_its_job_went():
     cfg = default_config()
     cfg["train"]["workers"] = 3
@@ -164,12 +172,14 @@ def test_moved_key_says_where_its_job_went():
     assert msg.endswith("; delete it from your config")
 
 
+@pytest.mark.unit
 def test_local_archives_as_paths_file_urls_and_localhost_urls(archives):
     for form in (str, lambda p: p.absolute().as_uri(), localhost_url):
         cfg = with_archives({k: form(p) for k, p in archives.items()})
         check(cfg)
 
 
+@pytest.mark.unit
 def test_md5sum_file_may_be_a_path_or_a_file_url(archives, tmp_path):
     md5sums = tmp_path / "MD5SUMS"
     md5sums.write_text("".join(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n" for p in archives.values()))
@@ -182,6 +192,7 @@ def test_md5sum_file_may_be_a_path_or_a_file_url(archives, tmp_path):
     )
 
 
+@pytest.mark.unit
 def test_missing_local_archives_are_named_however_they_are_written(tmp_path):
     gone = tmp_path / "gone.tar"
     urls = {"train": str(gone), "val": gone.as_uri(), "devkit": localhost_url(gone)}
@@ -193,6 +204,7 @@ def test_missing_local_archives_are_named_however_they_are_written(tmp_path):
         )
 
 
+@pytest.mark.unit
 def test_sources_fetch_cannot_read_fail_the_check():
     urls = {
         "train": "ftp://example.org/train.tar",
@@ -205,6 +217,7 @@ def test_sources_fetch_cannot_read_fail_the_check():
     assert "devkit" not in msg
 
 
+@pytest.mark.unit
 def test_demo_archives_need_not_exist_yet(tmp_path):
     cfg = default_config()
     cfg["demo"]["out_dir"] = str(tmp_path / "demo")
@@ -214,6 +227,7 @@ def test_demo_archives_need_not_exist_yet(tmp_path):
     check(cfg)
 
 
+@pytest.mark.unit
 def test_folders_source_needs_both_folders_and_a_readable_devkit(tmp_path):
     for part in ("train", "val"):
         (tmp_path / part).mkdir()
@@ -238,11 +252,13 @@ def dry_run(tmp_path: Path, override: dict, *args: str):
     return snakemake(tmp_path, "-n", "--configfile", str(cfg), *args, check=False)
 
 
+@pytest.mark.integration
 def test_default_config_is_valid(tmp_path):
     proc = snakemake(tmp_path, "-n")
     assert job_stats(proc.stdout + proc.stderr) == DEMO_JOBS
 
 
+@pytest.mark.integration
 def test_localhost_file_urls_are_accepted_and_fetched_from(tmp_path, archives):
     urls = {key: localhost_url(path) for key, path in archives.items()}
     proc = dry_run(
@@ -258,6 +274,7 @@ def test_localhost_file_urls_are_accepted_and_fetched_from(tmp_path, archives):
         assert f"--{key} {url} --{key}-md5 {DIGEST}" in out
 
 
+@pytest.mark.integration
 def test_wrong_key_named_with_allowed_keys(tmp_path):
     proc = dry_run(tmp_path, {"train": {"widht": 0.5}})
     assert proc.returncode != 0
@@ -265,6 +282,7 @@ def test_wrong_key_named_with_allowed_keys(tmp_path):
     assert "'width'" in proc.stderr
 
 
+@pytest.mark.integration
 def test_wrong_value_names_key_and_expected(tmp_path):
     proc = dry_run(tmp_path, {"augment": {"lighting": "bogus"}, "resize": {"jpeg_quality": "high"}})
     assert proc.returncode != 0
@@ -272,6 +290,7 @@ def test_wrong_value_names_key_and_expected(tmp_path):
     assert "config key resize.jpeg_quality: 'high' is not of type 'integer'" in proc.stderr
 
 
+@pytest.mark.integration
 def test_missing_local_archive_named(tmp_path):
     proc = dry_run(
         tmp_path,
@@ -286,12 +305,14 @@ def test_missing_local_archive_named(tmp_path):
     assert "dataset.archives.train.url" in proc.stderr and "nope.tar does not exist" in proc.stderr
 
 
+@pytest.mark.integration
 def test_folders_source_needs_folders(tmp_path):
     proc = dry_run(tmp_path, {"dataset": {"source": "folders", "folders": {"train": str(tmp_path / "x")}}})
     assert proc.returncode != 0
     assert "dataset.folders.train" in proc.stderr and "is not a folder" in proc.stderr
 
 
+@pytest.mark.unit
 def test_imagenet_preset_is_valid_schema():
     from jsonschema import Draft202012Validator
 
@@ -324,6 +345,7 @@ def test_imagenet_preset_is_valid_schema():
     assert not list(Draft202012Validator(schema).iter_errors(merged))
 
 
+@pytest.mark.integration
 def test_nested_command_line_overrides_take_the_schema_types(tmp_path):
     # Snakemake hands nested --config values over as strings ('5'): they are read as the schema's types
     proc = snakemake(
@@ -340,12 +362,14 @@ def test_nested_command_line_overrides_take_the_schema_types(tmp_path):
     assert "--epochs 5 " in out and "--lr 0.02 " in out and "--compile " in out and "--jpeg-quality 85" in out
 
 
+@pytest.mark.integration
 def test_nested_override_of_the_wrong_type_still_fails(tmp_path):
     proc = snakemake(tmp_path, "-n", "--config", 'train={"epochs": "many"}', check=False)
     assert proc.returncode != 0
     assert "config key train.epochs: 'many' is not of type 'integer'" in proc.stderr
 
 
+@pytest.mark.integration
 def test_runtime_knobs_are_resources_and_a_moved_key_says_where_it_went(tmp_path):
     proc = dry_run(tmp_path, {"train": {"workers": 3}})
     assert proc.returncode != 0

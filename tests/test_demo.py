@@ -45,6 +45,7 @@ def meta(demo_dir):
     return scipy.io.loadmat(io.BytesIO(data))["synsets"], [int(x) for x in gt.split()]
 
 
+@pytest.mark.unit
 def test_train_archive_is_a_tar_of_per_class_tars(demo_dir):
     outer = [m.name for m, _ in members(demo_dir / demo.TRAIN_TAR)]
     wnids = sorted(w for w, *_ in demo.CLASSES[:4])
@@ -55,11 +56,13 @@ def test_train_archive_is_a_tar_of_per_class_tars(demo_dir):
         assert re.fullmatch(rf"{outer_name[:-4]}_\d+\.JPEG", name)
 
 
+@pytest.mark.unit
 def test_val_archive_is_flat_and_numbered(demo_dir):
     names = [m.name for m, _ in members(demo_dir / demo.VAL_TAR)]
     assert names == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 13)]
 
 
+@pytest.mark.unit
 def test_devkit_layout_and_meta_mat(demo_dir):
     names = [m.name for m, _ in members(demo_dir / demo.DEVKIT_TAR, "r:gz")]
     assert "ILSVRC2012_devkit_t12/data/meta.mat" in names
@@ -79,6 +82,7 @@ def test_devkit_layout_and_meta_mat(demo_dir):
     assert sorted(np.bincount(gt)[1:]) == [3, 3, 3, 3]
 
 
+@pytest.mark.unit
 def test_md5sums_match_the_archives(demo_dir):
     lines = (demo_dir / "MD5SUMS").read_text().splitlines()
     assert len(lines) == 3
@@ -87,6 +91,7 @@ def test_md5sums_match_the_archives(demo_dir):
         assert hashlib.md5((demo_dir / name).read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.unit
 def test_same_seed_same_bytes_other_seed_other_bytes(demo_dir, tmp_path):
     demo.make_demo(tmp_path / "again", seed=0, **SIZES)
     for name in (demo.TRAIN_TAR, demo.VAL_TAR, demo.DEVKIT_TAR, "MD5SUMS"):
@@ -95,6 +100,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(demo_dir, tmp_path):
     assert (tmp_path / "other" / demo.TRAIN_TAR).read_bytes() != (demo_dir / demo.TRAIN_TAR).read_bytes()
 
 
+@pytest.mark.unit
 def test_quirks_and_sizes(demo_dir):
     kinds = []
     for _, _, data in train_images(demo_dir):
@@ -109,6 +115,7 @@ def test_quirks_and_sizes(demo_dir):
     assert any(s > 1000 for s in sides) and any(s <= 500 for s in sides)
 
 
+@pytest.mark.unit
 def test_classes_differ_in_colour(demo_dir):
     """A weak learnability check: nearest class-mean of the saturated pixels beats chance."""
 
@@ -131,6 +138,7 @@ def test_classes_differ_in_colour(demo_dir):
     assert accuracy >= 0.5  # chance is 0.25
 
 
+@pytest.mark.unit
 def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(demo.DemoError, match="demo.classes"):
         demo.make_demo(tmp_path, classes=1)
@@ -145,6 +153,7 @@ def test_bad_settings_are_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.unit
 def test_cli(tmp_path, capsys):
     assert (
         demo.main(
@@ -171,6 +180,7 @@ def test_cli(tmp_path, capsys):
 # ---------------------------------------------------------------- ImageNet-shaped: 1000 classes, sizes imagenet
 
 
+@pytest.mark.unit
 def test_class_table_holds_the_1000_classes():
     table = demo.ilsvrc2012_classes()
     assert [i for i, *_ in table] == list(range(1, 1001))
@@ -191,6 +201,7 @@ def test_class_table_holds_the_1000_classes():
     )  # abacus, toilet tissue, volcano
 
 
+@pytest.mark.unit
 def test_looks_are_distinct_codes_at_1000_classes():
     looks = [demo.class_look(k, 1000) for k in range(1000)]
     codes = {
@@ -206,6 +217,7 @@ def test_looks_are_distinct_codes_at_1000_classes():
     assert demo.class_look(3, 100) == demo.class_look(3, 100) and "stripe_period" not in demo.class_look(3, 100)
 
 
+@pytest.mark.unit
 def test_imagenet_size_mix():
     rng = np.random.default_rng(0)
     sizes = [demo.image_size(rng, rng.random() < 0.03, "imagenet") for _ in range(10000)]
@@ -227,6 +239,7 @@ def test_imagenet_size_mix():
     assert demo_sizes.min() >= 300 and demo_sizes.max() < 500
 
 
+@pytest.mark.unit
 def test_quirks_at_their_real_rarity():
     assert demo.quirk_list("imagenet", 0, 1281167).count("cmyk") == 22
     assert demo.quirk_list("imagenet", 0, 1281167).count("png") == 1
@@ -243,6 +256,7 @@ def imagenet_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.integration
 def test_1000_classes_carry_the_real_devkit(imagenet_dir):
     kit = read_devkit(imagenet_dir / demo.DEVKIT_TAR)
     table = demo.ilsvrc2012_classes()
@@ -260,6 +274,7 @@ def test_1000_classes_carry_the_real_devkit(imagenet_dir):
     assert [kit.wnids[label] for _, label in kit.val_rows()] == drawn
 
 
+@pytest.mark.integration
 def test_1000_classes_archives_and_metrics(imagenet_dir):
     outer = [m.name for m, _ in members(imagenet_dir / demo.TRAIN_TAR)]
     assert outer == [f"{w}.tar" for w in sorted(w for w, *_ in demo.CLASSES)]
@@ -279,6 +294,7 @@ def test_1000_classes_archives_and_metrics(imagenet_dir):
     assert {"mean_width", "mean_height", "share_over_1000px", "multi_megapixel"} <= set(metrics)
 
 
+@pytest.mark.integration
 def test_workers_do_not_change_a_byte(tmp_path):
     settings = dict(seed=5, classes=120, train_per_class=2, val_per_class=1, large_fraction=0.02, sizes="imagenet")
     one = demo.make_demo(tmp_path / "one", workers=1, **settings)
@@ -290,6 +306,7 @@ def test_workers_do_not_change_a_byte(tmp_path):
 # ---------------------------------------------------------------- ImageNet's bytes per file, the class code kept
 
 
+@pytest.mark.unit
 def test_imagenet_images_carry_imagenet_bytes(tmp_path):
     """ILSVRC-2012's training JPEGs average about 115 kB (147,897,477,120 archive bytes / 1,281,167
     images); the rehearsal's must not be much lighter, or it forecasts the decoding short."""
@@ -312,6 +329,7 @@ def _object_hue(img):
     return (math.atan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi)) % 1.0, strong.mean()
 
 
+@pytest.mark.unit
 def test_imagenet_images_keep_the_class_code():
     """The photographs' clutter and texture leave the code readable: the object's hue lies in its
     class's bin, and the object covers a good share of the image, at 500 px and over 1000 px."""
@@ -327,6 +345,7 @@ def test_imagenet_images_keep_the_class_code():
             assert share >= 0.03, (k, size, share)
 
 
+@pytest.mark.unit
 def test_imagenet_stripes_are_drawn_at_full_size():
     """A striped class's stripes, drawn as polygons on the object's box, match the per-pixel mask of
     the demo's drawing but for the stripes' edges."""

@@ -8,6 +8,8 @@ import pytest
 
 from pipeline import io
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def events(monkeypatch):

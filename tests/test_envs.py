@@ -1,8 +1,11 @@
 """The optional conda environment pins exactly what the pip environment pins."""
 
+import pytest
 import yaml
 
 from conftest import REPO
+
+pytestmark = pytest.mark.unit
 
 
 def pins(path):

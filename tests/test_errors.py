@@ -7,6 +7,8 @@ import pytest
 from pipeline import demo, fetch, pca, resize
 from pipeline.errors import PipelineError, run_cli
 
+pytestmark = pytest.mark.unit
+
 
 def one_error_line(capsys, code: int, *names: str) -> str:
     err = capsys.readouterr().err

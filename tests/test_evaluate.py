@@ -15,6 +15,7 @@ from pipeline.metrics import CENTER_VIEW, EvalCounts, ten_crop_probs, topk_corre
 # ---------------------------------------------------------------- top-k, ties
 
 
+@pytest.mark.unit
 def test_topk_hand_made_logits_with_ties():
     scores = torch.tensor(
         [
@@ -48,6 +49,7 @@ def test_topk_hand_made_logits_with_ties():
     assert not topk_correct(tie, torch.tensor([0]), 1) and not topk_correct(tie, torch.tensor([1]), 1)
 
 
+@pytest.mark.unit
 def test_topk_error_rejects_bad_shapes():
     with pytest.raises(ValueError, match="scores must be"):
         true_class_rank(torch.zeros(3), torch.zeros(3, dtype=torch.int64))
@@ -70,6 +72,7 @@ class _PerImageLinear(torch.nn.Module):
         return x.flatten(1) @ self.w.t()
 
 
+@pytest.mark.unit
 def test_ten_crop_probs_is_mean_of_view_softmaxes_and_centre_is_view_4():
     model = _PerImageLinear()
     views = torch.randn(3, 10, 3, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -82,6 +85,7 @@ def test_ten_crop_probs_is_mean_of_view_softmaxes_and_centre_is_view_4():
     torch.testing.assert_close(mean.sum(1), torch.ones(3))
 
 
+@pytest.mark.unit
 def test_ten_crop_probs_uses_one_forward_call():
     calls = []
     model = _PerImageLinear()
@@ -90,6 +94,7 @@ def test_ten_crop_probs_uses_one_forward_call():
     assert calls == [torch.Size([40, 3, 8, 8])]
 
 
+@pytest.mark.unit
 def test_eval_counts_add_up_and_name_errors():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8]])
     centre = torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]])
@@ -122,6 +127,7 @@ def test_eval_counts_add_up_and_name_errors():
 CLASSES = [{"index": str(i), "wnid": f"n0000000{i}", "names": f"thing {i}, sort {i}"} for i in range(3)]
 
 
+@pytest.mark.unit
 def test_per_class_confusions_and_comparison(tmp_path):
     rows = report_tables.per_class_rows(CLASSES, [4, 2, 0], [3, 1, 0], [2, 2, 0])
     assert rows[0] == [0, "n00000000", "thing 0, sort 0", 4, "75.00", "50.00"]
@@ -165,6 +171,7 @@ def test_per_class_confusions_and_comparison(tmp_path):
     assert (tmp_path / "per_class.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.unit
 def test_dataset_label():
     assert report_tables.dataset_label("imagenet", 1000, 50000) == "ILSVRC-2012 validation"
     assert "subset" in report_tables.dataset_label("imagenet", 1000, 1000)
@@ -349,6 +356,7 @@ def _loader(val_data, shard_id=0, num_shards=1, batch_size=3):
     )
 
 
+@pytest.mark.integration
 def test_ten_crop_equals_reference_views_in_both_layouts(val_data, reference):
     grouped, meta = model_from_checkpoint(val_data["checkpoint"], devices=["cpu"])
     split, _ = model_from_checkpoint(val_data["checkpoint"], devices=["cpu", "cpu"])  # two-column layout
@@ -381,6 +389,7 @@ def _score(val_data, shard_id, num_shards):
     return counts, keys
 
 
+@pytest.mark.integration
 def test_two_shards_score_every_image_exactly_once(val_data):
     whole, keys = _score(val_data, 0, 1)
     parts = [_score(val_data, r, 2) for r in range(2)]
@@ -392,6 +401,7 @@ def test_two_shards_score_every_image_exactly_once(val_data):
         assert torch.equal(summed.tensors[name], whole.tensors[name]), name
 
 
+@pytest.mark.integration
 def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
     out = tmp_path / "evaluate"
     metrics = evaluate(
@@ -435,6 +445,7 @@ def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
     assert (out / "per_class.png").stat().st_size > 1000
 
 
+@pytest.mark.integration
 def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
     """Two gloo ranks, each its EvalLoader shard; counts all-reduced; rank 0 writes."""
     out = tmp_path / "evaluate"
@@ -494,6 +505,7 @@ def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
     assert (out / "confusions.csv").read_text() == (one_out / "confusions.csv").read_text()
 
 
+@pytest.mark.integration
 def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
     args = [
         "--checkpoint",
@@ -566,6 +578,7 @@ def _run_stage(paths, out) -> int:
     )
 
 
+@pytest.mark.integration
 def test_a_flipped_shard_stops_the_stage_before_scoring_naming_it_and_its_rebuild(val_data, tmp_path, capsys):
     paths = _damaged_copy(val_data, tmp_path)
     tar = paths["manifest"].parent / "val" / "val-00001.tar"
@@ -580,6 +593,7 @@ def test_a_flipped_shard_stops_the_stage_before_scoring_naming_it_and_its_rebuil
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.integration
 def test_an_undecodable_image_in_a_verified_shard_is_named_by_shard_and_key(val_data, tmp_path, capsys):
     paths = _damaged_copy(val_data, tmp_path)
     tar = paths["manifest"].parent / "val" / "val-00000.tar"

@@ -71,6 +71,7 @@ def expected_tables(demo_dir):
 # ---------------------------------------------------------------- local sources
 
 
+@pytest.mark.unit
 def test_local_sources_are_verified_and_linked(demo_dir, tmp_path):
     out = tmp_path / "fetch"
     m = fetch.fetch_archives(out, **local_args(demo_dir))
@@ -84,6 +85,7 @@ def test_local_sources_are_verified_and_linked(demo_dir, tmp_path):
     assert (out / "fetch.json").exists()
 
 
+@pytest.mark.unit
 def test_class_table_is_sorted_wnids_and_labels_follow_the_ids(demo_dir, tmp_path):
     out = tmp_path / "fetch"
     fetch.fetch_archives(out, **local_args(demo_dir))
@@ -95,6 +97,7 @@ def test_class_table_is_sorted_wnids_and_labels_follow_the_ids(demo_dir, tmp_pat
     assert read_tsv(out / "val_labels.tsv") == labels
 
 
+@pytest.mark.unit
 def test_file_url_and_hex_digest(demo_dir, tmp_path):
     args = local_args(
         demo_dir, devkit=(demo_dir / NAMES["devkit"]).absolute().as_uri(), devkit_md5=md5(demo_dir / NAMES["devkit"])
@@ -103,6 +106,7 @@ def test_file_url_and_hex_digest(demo_dir, tmp_path):
     assert (tmp_path / "fetch" / NAMES["devkit"]).is_symlink()
 
 
+@pytest.mark.unit
 def test_file_urls_with_localhost_for_archives_and_md5sum_file(demo_dir, tmp_path):
     def localhost_url(path):  # RFC 8089: file://localhost/path is file:///path
         return "file://localhost" + Path(path).absolute().as_uri()[len("file://") :]
@@ -115,12 +119,14 @@ def test_file_urls_with_localhost_for_archives_and_md5sum_file(demo_dir, tmp_pat
         assert m[key]["verified"] and m[key]["md5"] == md5(demo_dir / name)
 
 
+@pytest.mark.unit
 def test_file_url_on_another_host_is_refused(demo_dir, tmp_path):
     url = "file://fileserver" + (demo_dir / NAMES["devkit"]).absolute().as_uri()[len("file://") :]
     with pytest.raises(SourceError, match="must name a local file"):
         fetch.fetch_archives(tmp_path / "fetch", **local_args(demo_dir, devkit=url))
 
 
+@pytest.mark.unit
 def test_md5_mismatch_names_file_expected_actual_and_leaves_nothing(demo_dir, tmp_path):
     out = tmp_path / "fetch"
     wrong = "0123456789abcdef0123456789abcdef"
@@ -131,6 +137,7 @@ def test_md5_mismatch_names_file_expected_actual_and_leaves_nothing(demo_dir, tm
     assert leftovers(out) == []
 
 
+@pytest.mark.unit
 def test_cli_reports_errors_without_traceback(demo_dir, tmp_path, capsys):
     args = local_args(demo_dir, val_md5="f" * 32)
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()] + ["--out-dir", str(tmp_path / "f")]
@@ -151,6 +158,7 @@ def truncated_copies(demo_dir, tmp_path):
         yield label, path
 
 
+@pytest.mark.unit
 def test_truncated_archive_with_matching_md5_is_an_error(demo_dir, tmp_path):
     for label, path in truncated_copies(demo_dir, tmp_path):
         out = tmp_path / f"fetch-{label}"
@@ -175,6 +183,7 @@ def rewrite_tar(src: Path, dst: Path, extra_name: str, gz: bool = False) -> None
     dst.write_bytes(gzip.compress(buf.getvalue()) if gz else buf.getvalue())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "key,name",
     [
@@ -194,6 +203,7 @@ def test_unsafe_members_are_refused(demo_dir, tmp_path, key, name):
     assert leftovers(out) == []
 
 
+@pytest.mark.unit
 def test_missing_local_file_is_a_clear_error(demo_dir, tmp_path):
     with pytest.raises(fetch.FetchError, match="no such file"):
         fetch.fetch_archives(tmp_path / "f", **local_args(demo_dir, train=str(tmp_path / "nope.tar")))
@@ -291,6 +301,7 @@ def http_args(server, demo_dir, **override):
     return args
 
 
+@pytest.mark.integration
 def test_download_completes(server, demo_dir, tmp_path):
     out = tmp_path / "fetch"
     m = fetch.fetch_archives(out, **http_args(server, demo_dir))
@@ -301,6 +312,7 @@ def test_download_completes(server, demo_dir, tmp_path):
     assert read_tsv(out / "classes.tsv") == expected_tables(demo_dir)[0]
 
 
+@pytest.mark.integration
 def test_download_resumes_after_a_dropped_connection(server, demo_dir, tmp_path):
     server.drop_first.add(f"/{NAMES['val']}")
     out = tmp_path / "fetch"
@@ -311,6 +323,7 @@ def test_download_resumes_after_a_dropped_connection(server, demo_dir, tmp_path)
     assert m["val"]["md5"] == md5(demo_dir / NAMES["val"]) == md5(out / NAMES["val"])
 
 
+@pytest.mark.integration
 def test_part_file_of_an_earlier_run_is_resumed(server, demo_dir, tmp_path):
     data = (demo_dir / NAMES["train"]).read_bytes()
     part = tmp_path / "fetch" / "downloads" / f"{NAMES['train']}.part"
@@ -321,6 +334,7 @@ def test_part_file_of_an_earlier_run_is_resumed(server, demo_dir, tmp_path):
     assert (tmp_path / "fetch" / NAMES["train"]).read_bytes() == data and not part.exists()
 
 
+@pytest.mark.integration
 def test_part_file_from_another_url_is_not_resumed(server, demo_dir, tmp_path):
     # dataset.archives.train.url changed after an interrupted download: its bytes must not be spliced in
     data = (demo_dir / NAMES["train"]).read_bytes()
@@ -343,6 +357,7 @@ def earlier_part(dest: Path, url: str, data: bytes) -> Path:
     return part
 
 
+@pytest.mark.integration
 def test_download_starts_over_when_the_server_ignores_the_range(server, demo_dir, tmp_path):
     data = (demo_dir / NAMES["val"]).read_bytes()
     dest, url = tmp_path / NAMES["val"], server.url(NAMES["val"])
@@ -353,6 +368,7 @@ def test_download_starts_over_when_the_server_ignores_the_range(server, demo_dir
     assert server.requests_for(NAMES["val"])[0]["Range"] == "bytes=1000-"
 
 
+@pytest.mark.integration
 def test_download_of_a_complete_part_file_asks_once_and_sends_nothing(server, demo_dir, tmp_path):
     data = (demo_dir / NAMES["val"]).read_bytes()
     dest, url = tmp_path / NAMES["val"], server.url(NAMES["val"])
@@ -362,6 +378,7 @@ def test_download_of_a_complete_part_file_asks_once_and_sends_nothing(server, de
     assert part.read_bytes() == data
 
 
+@pytest.mark.integration
 def test_download_of_a_part_file_longer_than_the_source_starts_over(server, demo_dir, tmp_path):
     data = (demo_dir / NAMES["val"]).read_bytes()
     dest, url = tmp_path / NAMES["val"], server.url(NAMES["val"])
@@ -371,6 +388,7 @@ def test_download_of_a_part_file_longer_than_the_source_starts_over(server, demo
     assert part.read_bytes() == data
 
 
+@pytest.mark.integration
 def test_auth_header_bearer_and_custom(server, demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FETCH_TEST_TOKEN", TOKEN)
     server.auth = ("Authorization", f"Bearer {TOKEN}")
@@ -381,6 +399,7 @@ def test_auth_header_bearer_and_custom(server, demo_dir, tmp_path, monkeypatch):
     assert all(h.get("X-Api-Key") == TOKEN for _, h in server.requests[-3:])
 
 
+@pytest.mark.integration
 def test_auth_header_follows_redirects_only_on_the_same_host(server, demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FETCH_TEST_TOKEN", TOKEN)
     args = http_args(server, demo_dir)
@@ -391,6 +410,7 @@ def test_auth_header_follows_redirects_only_on_the_same_host(server, demo_dir, t
     assert "Authorization" not in server.requests_for(NAMES["val"])[-1]
 
 
+@pytest.mark.integration
 def test_wrong_credentials_are_a_clear_error(server, demo_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("FETCH_TEST_TOKEN", "wrong")
     server.auth = ("Authorization", f"Bearer {TOKEN}")
@@ -416,6 +436,7 @@ def run_cli(server, demo_dir, out, token_value, **override):
     )
 
 
+@pytest.mark.integration
 def test_token_never_reaches_output_or_files(server, demo_dir, tmp_path):
     server.auth = ("Authorization", f"Bearer {TOKEN}")
     server.drop_first.add(f"/{NAMES['train']}")  # the resume path prints too
@@ -434,6 +455,7 @@ def test_token_never_reaches_output_or_files(server, demo_dir, tmp_path):
             assert TOKEN.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.integration
 def test_download_md5_mismatch_leaves_nothing(server, demo_dir, tmp_path):
     out = tmp_path / "fetch"
     wrong = "0" * 32
@@ -445,6 +467,7 @@ def test_download_md5_mismatch_leaves_nothing(server, demo_dir, tmp_path):
     assert not any((out / n).exists() for n in ("classes.tsv", "val_labels.tsv", "fetch.json", NAMES["val"]))
 
 
+@pytest.mark.integration
 def test_truncated_download_is_deleted(server, demo_dir, tmp_path):
     (path,) = [p for label, p in truncated_copies(demo_dir, tmp_path) if label == "middle"]
     shutil.copy(path, demo_dir / "cut.tar")
@@ -458,6 +481,7 @@ def test_truncated_download_is_deleted(server, demo_dir, tmp_path):
         (demo_dir / "cut.tar").unlink()
 
 
+@pytest.mark.integration
 def test_verified_download_is_reused(server, demo_dir, tmp_path):
     out = tmp_path / "fetch"
     fetch.fetch_archives(out, **http_args(server, demo_dir))
@@ -478,6 +502,7 @@ def make_tree(root: Path, layout: dict[str, int]) -> None:
     (root / next(iter(layout)) / "notes.txt").write_text("not an image")
 
 
+@pytest.mark.unit
 def test_folders_source(tmp_path, demo_dir):
     make_tree(tmp_path / "train", {"n03000684": 2, "n01440764": 3, "n02102040": 2})
     make_tree(tmp_path / "val", {"n03000684": 1, "n01440764": 2})
@@ -507,6 +532,7 @@ def test_folders_source(tmp_path, demo_dir):
     assert read_tsv(out / "classes.tsv")[0]["names"] == "tench, Tinca tinca"
 
 
+@pytest.mark.unit
 def test_folders_source_errors(tmp_path):
     make_tree(tmp_path / "train", {"n01440764": 1})
     make_tree(tmp_path / "val", {"n09999999": 1})

@@ -22,6 +22,7 @@ from conftest import load_independent_warnings
 from test_train import CLASSES, SMALL, data, reference, rows  # noqa: F401  (fixtures)
 
 
+@pytest.mark.unit
 def test_weight_decay_on_weights_only():
     model = AlexNet(num_classes=10, width=0.125)
     opt = make_optimizer(model, TrainConfig(weight_decay=5e-4))
@@ -42,6 +43,7 @@ def test_weight_decay_on_weights_only():
     assert len(everything) == 1 and everything[0]["weight_decay"] == 5e-4
 
 
+@pytest.mark.unit
 def test_logits_are_float32_under_bf16_autocast():
     torch.manual_seed(0)
     model = AlexNet(num_classes=1000, width=0.125, dropout=0.0).eval()
@@ -59,6 +61,7 @@ def test_logits_are_float32_under_bf16_autocast():
     assert len(torch.unique(as_bf16[0])) < len(torch.unique(logits[0])) == 1000
 
 
+@pytest.mark.unit
 def test_paper_dropout_scales_at_test_not_in_training():
     torch.manual_seed(0)
     drop = PaperDropout(0.5)
@@ -71,6 +74,7 @@ def test_paper_dropout_scales_at_test_not_in_training():
     assert set(inverted(x).unique().tolist()) == {0.0, 2.0}  # what torch does instead
 
 
+@pytest.mark.unit
 def test_health_figures_are_the_layers_statistics():
     torch.manual_seed(0)
     model = AlexNet(num_classes=10, width=0.125)
@@ -104,6 +108,7 @@ def test_health_figures_are_the_layers_statistics():
     assert model.observer is None
 
 
+@pytest.mark.unit
 def test_loss_watch_warnings():
     watch = LossWatch(10, flat_after=5)
     chance = math.log(10)
@@ -129,6 +134,7 @@ def _fit(data, tmp_path, **over):  # noqa: F811
     return fit(model, train_loader, eval_loader, cfg, tmp_path, CLASSES)
 
 
+@pytest.mark.integration
 def test_monitor_silent_on_a_learning_run(reference):  # noqa: F811
     out, summary = reference
     assert load_independent_warnings(summary["warnings"]) == []
@@ -138,6 +144,7 @@ def test_monitor_silent_on_a_learning_run(reference):  # noqa: F811
     assert {"act_mean", "act_std", "dead", "grad_norm", "update_ratio"} == set(health[0]["fc7"])
 
 
+@pytest.mark.integration
 def test_monitor_warns_on_a_flat_run(data, tmp_path):  # noqa: F811
     summary = _fit(data, tmp_path, lr=1e-12, flat_after=6)  # the weights barely move: the loss stays at ln 4
     warnings = load_independent_warnings(summary["warnings"])
@@ -146,6 +153,7 @@ def test_monitor_warns_on_a_flat_run(data, tmp_path):  # noqa: F811
     assert [(r["warning"], r["step"]) for r in marks] == [("flat", 6)]
 
 
+@pytest.mark.integration
 def test_monitor_warns_on_an_exploding_run(data, tmp_path):  # noqa: F811
     summary = _fit(data, tmp_path, lr=3.0, flat_after=10**6)  # 300x the recipe's lr: finite but exploding
     warnings = load_independent_warnings(summary["warnings"])
@@ -158,6 +166,7 @@ def test_monitor_warns_on_an_exploding_run(data, tmp_path):  # noqa: F811
     assert "train.init" in dead[0]["message"]
 
 
+@pytest.mark.integration
 def test_a_run_still_at_chance_after_stall_after_steps_stops_and_says_why(data, tmp_path):  # noqa: F811
     from pipeline.training.log import TrainingStalled
 
@@ -171,6 +180,7 @@ def test_a_run_still_at_chance_after_stall_after_steps_stops_and_says_why(data, 
     assert [r["step"] for r in marks] == [6] and not (tmp_path / "train.json").exists()
 
 
+@pytest.mark.integration
 def test_a_learning_run_is_not_stopped_by_stall_after(data, tmp_path):  # noqa: F811
     # the second epoch's window (steps 13-24) holds step 24; its mean loss is 1.16, below ln(4) - 0.1
     summary = _fit(data, tmp_path, init="width_scaled", stall_after=24, log_every=12)
@@ -179,6 +189,7 @@ def test_a_learning_run_is_not_stopped_by_stall_after(data, tmp_path):  # noqa: 
     assert "stall" not in [w["kind"] for w in summary["warnings"]]
 
 
+@pytest.mark.unit
 def test_chance_is_an_absolute_margin_around_ln_classes():
     from pipeline.health import at_chance
 
@@ -191,6 +202,7 @@ def test_chance_is_an_absolute_margin_around_ln_classes():
     assert not watch.stalled(1, 20, 6.9, stall_after=0)
 
 
+@pytest.mark.integration
 def test_warmup_ramps_the_lr(data, tmp_path):  # noqa: F811
     _fit(data, tmp_path, warmup_steps=4)
     lrs = [r["lr"] for r in rows(tmp_path) if "train_loss" in r][:6]
@@ -199,6 +211,7 @@ def test_warmup_ramps_the_lr(data, tmp_path):  # noqa: F811
     assert epochs == pytest.approx([0.01, 0.01])
 
 
+@pytest.mark.integration
 def test_update_ratio_under_warmup_is_the_step_taken(data, tmp_path):  # noqa: F811
     """The first step's gradient and momentum are the same with and without warm-up; with warm-up
     SGD moves by lr/4 of it, and the monitor must say so (not report the full lr's step)."""

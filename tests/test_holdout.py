@@ -17,6 +17,7 @@ from test_resize import index_archives, make_dataset
 from test_train import SMALL, make_data
 
 
+@pytest.mark.unit
 def test_choice_takes_k_of_every_class_seeded_per_class():
     labels = np.repeat(np.arange(5), [10, 7, 12, 9, 30])
     held = choose_holdout(labels, 3, seed=4)
@@ -29,6 +30,7 @@ def test_choice_takes_k_of_every_class_seeded_per_class():
     assert not choose_holdout(labels, 0, seed=4).any()
 
 
+@pytest.mark.unit
 def test_a_class_too_small_to_keep_training_images_is_refused():
     labels = np.array([0, 0, 0, 1, 1])
     with pytest.raises(HoldoutError, match="class 1 has 2 training images.*holdout_per_class 2"):
@@ -72,6 +74,7 @@ def chain(tmp_path_factory):
     return root, manifest
 
 
+@pytest.mark.unit
 def test_index_is_split_into_disjoint_kept_and_held_out_rows(chain):
     root, _ = chain
     full = archive.read_member_index(root / "index/train.tsv")
@@ -84,6 +87,7 @@ def test_index_is_split_into_disjoint_kept_and_held_out_rows(chain):
     assert held.offset.tolist() == [full.offset[list(full.member).index(m)] for m in held.member]
 
 
+@pytest.mark.unit
 def test_manifest_records_the_held_out_images_and_training_shards_lack_them(chain):
     root, manifest = chain
     train_keys = {k for e in manifest["train"]["shards"] for k in shard_sample_keys(root / "shards" / e["tar"])}
@@ -100,6 +104,7 @@ def test_manifest_records_the_held_out_images_and_training_shards_lack_them(chai
     assert all("stats" not in e for e in manifest["holdout"]["shards"])
 
 
+@pytest.mark.integration
 def test_training_validates_on_the_held_out_slice_and_never_reads_val(tmp_path):
     data = make_data(tmp_path / "data")
     manifest = read_json(data["manifest"])

@@ -9,6 +9,8 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.io import TableError, atomic_path, read_classes, read_json, read_tsv, write_json, write_tsv
 
+pytestmark = pytest.mark.unit
+
 
 def leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)

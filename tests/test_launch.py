@@ -48,22 +48,26 @@ def slurm(**env):
 # ---------------------------------------------------------------- commands for fake environments
 
 
+@pytest.mark.unit
 def test_one_process_outside_slurm_runs_the_command_itself():
     launch = plan(TRAIN, {}, 1)
     assert launch.mode == "direct" and launch.argv == TRAIN
 
 
+@pytest.mark.unit
 def test_several_processes_on_one_machine_use_standalone_torchrun():
     launch = plan(TRAIN, {}, 2)
     assert launch.argv == [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "pipeline.train", "--epochs", "1"]
 
 
+@pytest.mark.unit
 def test_one_node_slurm_job_or_step_stays_on_its_node():
     step = slurm(SLURM_NNODES=1, SLURM_JOB_NODELIST="gpu01", SLURM_GPUS_ON_NODE=4)
     assert plan(TRAIN, step, 1).argv == TRAIN
     assert plan(TRAIN, step, 4).argv[:6] == [*TORCHRUN, "--standalone", "--nproc_per_node", "4"]
 
 
+@pytest.mark.unit
 def test_several_slurm_nodes_run_one_torchrun_per_node_under_srun():
     env = slurm(SLURM_NNODES=2, SLURM_JOB_NODELIST="gpu[01-02]", SLURM_CPUS_PER_TASK=16)
     launch = plan(TRAIN, env, 4, hostnames=fake_hostnames)
@@ -93,6 +97,7 @@ def test_several_slurm_nodes_run_one_torchrun_per_node_under_srun():
     ]
 
 
+@pytest.mark.unit
 def test_rendezvous_port_and_host():
     env = slurm(SLURM_JOB_NUM_NODES=3, SLURM_NODELIST="gpu[07-09]")
     launch = plan(["python3", "train.py", "--x", "1"], env, 1, port=29999, hostnames=fake_hostnames)
@@ -104,6 +109,7 @@ def test_rendezvous_port_and_host():
     assert rdzv_port({}) == 29500 and rdzv_port(slurm()) == 29500 + 4242
 
 
+@pytest.mark.unit
 def test_forced_srun_on_one_node_and_errors():
     env = slurm(SLURM_NNODES=1, SLURM_JOB_NODELIST="gpu[01-02]")
     assert plan(TRAIN, env, 2, mode="srun", hostnames=fake_hostnames).argv[:2] == ["srun", "--nodes=1"]
@@ -121,6 +127,7 @@ def test_forced_srun_on_one_node_and_errors():
         plan(TRAIN, slurm(SLURM_NNODES=2), 1)
 
 
+@pytest.mark.unit
 def test_targets_torchrun_understands():
     assert split_target(["python", "-m", "pipeline.evaluate", "--a"]) == ("python", ["-m", "pipeline.evaluate", "--a"])
     assert split_target(["/venv/bin/python3.11", "-u", "x.py"]) == ("/venv/bin/python3.11", ["x.py"])
@@ -132,6 +139,7 @@ def test_targets_torchrun_understands():
         split_target(["python"])
 
 
+@pytest.mark.unit
 def test_processes_per_node_follow_the_gpus_slurm_granted():
     granted = slurm(SLURM_GPUS_ON_NODE=4)
     assert auto_nproc(granted) == 4
@@ -143,6 +151,7 @@ def test_processes_per_node_follow_the_gpus_slurm_granted():
     assert auto_nproc(slurm(), declared_gpus=0, visible_gpus=lambda: 8) == 1  # a CPU job
 
 
+@pytest.mark.unit
 def test_job_geometry_from_scontrol_when_the_variables_were_removed():
     fields = parse_scontrol_job(SCONTROL_JOB)
     assert job_env_from_scontrol(fields) == {
@@ -186,6 +195,7 @@ def launch(*args, timeout=240):
     )
 
 
+@pytest.mark.integration
 def test_cli_dry_run_and_exit_status_passes_through():
     run = launch("--nproc-per-node", "3", "--dry-run", "--", "python", "-m", "pipeline.train", "--epochs", "1")
     assert run.returncode == 0
@@ -201,6 +211,7 @@ def test_cli_dry_run_and_exit_status_passes_through():
     assert launch("python", "-m", "x").stderr.startswith("error: expected '--'")
 
 
+@pytest.mark.integration
 def test_two_cpu_processes_meet_and_stay_in_sync(tmp_path):
     run = launch("--nproc-per-node", "2", "--", sys.executable, str(PROBE), str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -260,6 +271,7 @@ def shards(tmp_path_factory):
     return root
 
 
+@pytest.mark.integration
 def test_training_stage_runs_two_replicas_in_sync(shards, tmp_path):
     out = tmp_path / "train"
     run = launch(

@@ -40,11 +40,13 @@ def grouped_grads(model):
 # --- sizes -------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_parameter_count_is_the_papers():
     assert count_parameters(AlexNet()) == 60_965_224
     assert count_parameters(AlexNet(devices=TWO_CPUS)) == 60_965_224
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("overlapping_pool", [True, False])
 def test_spatial_sizes_and_output_shape(overlapping_pool):
     torch.manual_seed(0)
@@ -63,6 +65,7 @@ def test_spatial_sizes_and_output_shape(overlapping_pool):
     assert m.pool.kernel_size == (3 if overlapping_pool else 2) and m.pool.stride == 2
 
 
+@pytest.mark.unit
 def test_width_keeps_counts_even_and_fc8_unchanged():
     m = AlexNet(num_classes=7, width=0.1)
     col = m.columns[0]
@@ -80,6 +83,7 @@ def test_width_keeps_counts_even_and_fc8_unchanged():
     assert small()(torch.randn(2, 3, 224, 224)).shape == (2, 10)
 
 
+@pytest.mark.unit
 def test_ablation_switches():
     assert isinstance(small(lrn=False).lrn, torch.nn.Identity)
     assert isinstance(small().lrn, LocalResponseNorm)
@@ -103,6 +107,7 @@ def lrn_formula(a, n=5, alpha=1e-4, beta=0.75, k=2.0):
     return b
 
 
+@pytest.mark.unit
 def test_lrn_matches_the_formula_within_each_column():
     torch.manual_seed(0)
     # large activations, so the normalisation is far from the constant k^-beta
@@ -116,6 +121,7 @@ def test_lrn_matches_the_formula_within_each_column():
     np.testing.assert_allclose(y, ref.numpy(), rtol=1e-12)
 
 
+@pytest.mark.unit
 def test_lrn_gradient():
     torch.manual_seed(0)
     x = (torch.randn(2, 12, 3, 3, dtype=torch.float64) * 60).requires_grad_()
@@ -128,6 +134,7 @@ def test_lrn_gradient():
     torch.testing.assert_close(mine, x.grad, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.unit
 def test_lrn_does_not_mix_the_columns():
     torch.manual_seed(0)
     lrn = small().lrn  # as after conv1 at full width: 96 maps, two columns of 48
@@ -143,6 +150,7 @@ def test_lrn_does_not_mix_the_columns():
     assert not torch.allclose(z[:, 47], z2[:, 47])
 
 
+@pytest.mark.unit
 def test_lrn_window_sum_on_cuda_path_matches_cpu_path():
     # CUDA sums the window with a banded 1x1 conv, the CPU with shifted adds
     torch.manual_seed(0)
@@ -159,6 +167,7 @@ def test_lrn_window_sum_on_cuda_path_matches_cpu_path():
 # --- layouts -----------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_two_device_layout_equals_grouped_layout():
     # float64: one grouped convolution and two separate ones sum in different
     # orders, which in float32 differs by machine-dependent roundings (up to
@@ -181,6 +190,7 @@ def test_two_device_layout_equals_grouped_layout():
     assert g1["conv1.weight"].abs().sum() > 0
 
 
+@pytest.mark.unit
 def test_two_device_layout_float32_within_rounding():
     # the layouts in the dtype training uses. Outputs and the fully connected
     # layers' gradients agree to float32 rounding of each tensor's largest
@@ -204,6 +214,7 @@ def test_two_device_layout_float32_within_rounding():
             assert_close_to_scale(g2[key], g1[key], 1e-5, msg=key)
 
 
+@pytest.mark.unit
 def test_block_diagonal_conv_equals_grouped_conv():
     # CUDA runs grouped convs as one dense conv with a block-diagonal weight
     torch.manual_seed(0)
@@ -219,6 +230,7 @@ def test_block_diagonal_conv_equals_grouped_conv():
     assert_close_to_scale(conv.weight.grad, g_grouped, 1e-12)
 
 
+@pytest.mark.unit
 def test_same_seed_same_network_in_either_layout():
     torch.manual_seed(7)
     a = small().state_dict()
@@ -229,6 +241,7 @@ def test_same_seed_same_network_in_either_layout():
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("src_devices,dst_devices", [(None, TWO_CPUS), (TWO_CPUS, None)])
 def test_checkpoints_move_between_layouts(src_devices, dst_devices):
     torch.manual_seed(1)
@@ -248,6 +261,7 @@ def test_checkpoints_move_between_layouts(src_devices, dst_devices):
         assert_close_to_scale(dst(x), src(x), 1e-12)
 
 
+@pytest.mark.unit
 def test_devices_and_properties():
     m = small(devices="cpu")
     assert len(m.columns) == 1
@@ -259,6 +273,7 @@ def test_devices_and_properties():
 # --- initialisation ----------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_paper_init():
     torch.manual_seed(0)
     state = AlexNet().state_dict()
@@ -270,6 +285,7 @@ def test_paper_init():
         assert torch.equal(state[f"{layer}.bias"], torch.full_like(state[f"{layer}.bias"], expected)), layer
 
 
+@pytest.mark.unit
 def test_caffe_init():
     torch.manual_seed(0)
     state = AlexNet(init="caffe", devices=TWO_CPUS).state_dict()
@@ -280,6 +296,7 @@ def test_caffe_init():
         assert torch.equal(state[f"{layer}.bias"], torch.full_like(state[f"{layer}.bias"], expected)), layer
 
 
+@pytest.mark.unit
 def test_width_scaled_init_keeps_the_full_networks_gain():
     torch.manual_seed(0)
     full, narrow = AlexNet(init="width_scaled").state_dict(), AlexNet(width=0.25, init="width_scaled").state_dict()
@@ -294,6 +311,7 @@ def test_width_scaled_init_keeps_the_full_networks_gain():
 # --- speed features ----------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_channels_last_and_bf16_autocast():
     torch.manual_seed(0)
     m = small(dropout=0.0)
@@ -311,6 +329,7 @@ def test_channels_last_and_bf16_autocast():
     torch.testing.assert_close(yb.float(), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("devices,fast", [(None, False), (TWO_CPUS, False), (None, True)])
 def test_torch_compile_traces_whole_model(devices, fast):
     # inductor takes ~40 s to compile on a 2-core CPU, so the tests trace with
@@ -362,6 +381,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_ddp_ranks_stay_identical(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(100)

@@ -42,6 +42,7 @@ def install_commands(tmp_path, *args: str, **env: str | None) -> list[str]:
     return [line.strip() for line in run.stdout.splitlines() if "/bin/pip install " in line]
 
 
+@pytest.mark.integration
 def test_torch_comes_alone_from_the_env_files_index_before_the_rest(tmp_path):
     env = {"TORCH_INDEX": None}  # the default, also where CI exports it empty
     cmds = [c.split("/bin/", 1)[1] for c in install_commands(tmp_path, **env)]
@@ -53,6 +54,7 @@ def test_torch_comes_alone_from_the_env_files_index_before_the_rest(tmp_path):
     assert cuda[2] == "pip install -q -r envs/cuda.txt"
 
 
+@pytest.mark.integration
 def test_torch_index_override(tmp_path):
     mirror = install_commands(tmp_path, "TORCH_INDEX=https://mirror.example/whl/cpu")
     assert mirror[1].endswith("pip install -q torch==2.13.0 --index-url https://mirror.example/whl/cpu")
@@ -71,6 +73,7 @@ def fake_python(tmp_path, version: tuple[int, int, int]) -> str:
     return str(path)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("version", [(3, 10, 13), (3, 11, 2)])  # 3.11.2: Debian 12's python3
 def test_an_old_python_is_refused_in_one_line_naming_both_versions(tmp_path, version):
     python = fake_python(tmp_path, version)
@@ -87,6 +90,7 @@ def test_an_old_python_is_refused_in_one_line_naming_both_versions(tmp_path, ver
     assert run.returncode != 0 and "3.11.4 or newer is needed" in run.stderr and not (tmp_path / "venv").exists()
 
 
+@pytest.mark.integration
 def test_supported_pythons_pass_the_check(tmp_path):
     found = [sys.executable, fake_python(tmp_path, (3, 11, 4))]
     for v in ("3.11", "3.12", "3.13", "3.14"):  # the ones this machine has (a pyenv shim may not run)
@@ -98,6 +102,7 @@ def test_supported_pythons_pass_the_check(tmp_path):
         assert run.returncode == 0 and run.stderr == "", (python, run.stderr)
 
 
+@pytest.mark.unit
 def test_pyproject_dependencies_are_the_env_pins():
     deps, test = PYPROJECT["project"]["dependencies"], PYPROJECT["project"]["optional-dependencies"]["test"]
     assert len(set(deps)) == len(deps) and not set(deps) & set(test)
@@ -106,6 +111,7 @@ def test_pyproject_dependencies_are_the_env_pins():
     assert {d.split("==")[0] for d in test} == {"pytest", "pytest-xdist", "scikit-learn"}
 
 
+@pytest.mark.unit
 def test_pre_commit_runs_the_lint_pins():
     config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
     hooks = {h["id"]: h for repo in config["repos"] for h in repo["hooks"]}
@@ -159,6 +165,7 @@ def installed(tmp_path_factory):
     return target
 
 
+@pytest.mark.integration
 def test_the_wheel_holds_the_packages_and_the_console_script(installed):
     tops = sorted(p.name for p in installed.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
     assert tops == ["model", "pipeline"]
@@ -169,6 +176,7 @@ def test_the_wheel_holds_the_packages_and_the_console_script(installed):
     assert "alexnet-predict = pipeline.predict:main" in entry_points.read_text()
 
 
+@pytest.mark.integration
 def test_installed_predictor_classifies_and_exits_1_on_a_broken_file(installed, tmp_path):
     run_files = trained_run_files(tmp_path, np.random.default_rng(0))
     good, broken = tmp_path / "cat.jpg", tmp_path / "broken.jpg"

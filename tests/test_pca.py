@@ -12,6 +12,8 @@ from sklearn.datasets import load_sample_images
 from pipeline import pca, resize
 from pipeline.io import read_json, write_tsv
 
+pytestmark = pytest.mark.unit
+
 WNIDS = ["n01440764", "n01443537"]
 
 

@@ -29,6 +29,8 @@ from pipeline.shards import ShardWriter
 
 from conftest import disagreeing_alexnet_state
 
+pytestmark = pytest.mark.integration
+
 NUM_CLASSES = 6
 IMAGES = 4
 AUGMENT = {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}

@@ -37,6 +37,7 @@ def run_dir(tmp_path_factory):
     return work
 
 
+@pytest.mark.e2e
 def test_classes_are_ilsvrc2012_in_sorted_order(run_dir):
     classes = read_tsv(run_dir / "results/preflight/fetch/classes.tsv")
     real = real_classes()
@@ -45,6 +46,7 @@ def test_classes_are_ilsvrc2012_in_sorted_order(run_dir):
     assert classes[0]["wnid"] == "n01440764" and classes[0]["names"].startswith("tench")
 
 
+@pytest.mark.e2e
 def test_validation_labels_follow_the_devkit_ids(run_dir):
     """Ground-truth ILSVRC2012_IDs (the devkit's order, not sorted) -> wnid -> sorted index."""
     res = run_dir / "results/preflight"
@@ -62,6 +64,7 @@ def test_validation_labels_follow_the_devkit_ids(run_dir):
         assert id_of_wnid[classes[int(row["index"])]["wnid"]] == gt, row
 
 
+@pytest.mark.e2e
 def test_shards_and_counts(run_dir):
     res = run_dir / "results/preflight"
     manifest = json.loads((res / "shards/manifest.json").read_text())
@@ -71,6 +74,7 @@ def test_shards_and_counts(run_dir):
     assert len(list((res / "benchmarks/resize").glob("*.tsv"))) == 10
 
 
+@pytest.mark.e2e
 def test_training_capped_and_evaluation_partial(run_dir):
     res = run_dir / "results/preflight"
     train = json.loads((res / "train/train.json").read_text())
@@ -80,6 +84,7 @@ def test_training_capped_and_evaluation_partial(run_dir):
     assert "Partial" in (res / "evaluate/comparison.md").read_text()
 
 
+@pytest.mark.e2e
 def test_forecast_is_plausible(run_dir):
     res = run_dir / "results/preflight"
     f = json.loads((res / "forecast/forecast.json").read_text())
@@ -107,6 +112,7 @@ def test_forecast_is_plausible(run_dir):
     assert any("at most 4 steps" in c for c in f["rehearsal"])
 
 
+@pytest.mark.e2e
 def test_forecast_reaches_the_parent_run(run_dir):
     f = json.loads((run_dir / "results/preflight/forecast/forecast.json").read_text())
     client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
@@ -119,6 +125,7 @@ def test_forecast_reaches_the_parent_run(run_dir):
     assert parents[0].data.tags["mlflow.note.content"].startswith("# Forecast of the real run")
 
 
+@pytest.mark.e2e
 def test_report_shows_the_forecast(run_dir):
     """snakemake --report (no --cores given) over the preflight's jobs, the forecast table in it."""
     snakemake(run_dir, "--configfile", *map(str, PRESETS), "--report", "report.html")
@@ -126,6 +133,7 @@ def test_report_shows_the_forecast(run_dir):
     assert "forecast.md" in html and "Forecast" in html
 
 
+@pytest.mark.unit
 def test_a_checkpoint_from_before_the_step_cap_still_resumes(tmp_path):
     """train.steps_per_epoch joined the checkpoint's key later: an older checkpoint trained with none (0)."""
     from pipeline.train import TrainConfig
@@ -191,6 +199,7 @@ def measured(per_image=0.02, startup=1.0, jobs=4, images=400) -> dict:
     }
 
 
+@pytest.mark.unit
 def test_forecast_scales_per_image_costs_and_spreads_jobs_over_cores():
     m = measured()
     one = fc.forecast(m, train_images=10_000, val_images=1000, epochs=2, cores=1)
@@ -212,6 +221,7 @@ def test_forecast_scales_per_image_costs_and_spreads_jobs_over_cores():
     assert one["input_bound"]["verdict"].startswith("compute-bound")
 
 
+@pytest.mark.unit
 def test_scheduling_gap_is_added_per_job():
     m = measured(per_image=0.02, startup=1.0, jobs=4, images=400)
     busy = sum(j["wall_s"] for j in m["resize"]["train"] + m["resize"]["val"])  # 5 jobs
@@ -221,12 +231,14 @@ def test_scheduling_gap_is_added_per_job():
     assert r["seconds"] == pytest.approx(4 * (1.0 + 0.02 * 2500 + 0.5) / 2)
 
 
+@pytest.mark.unit
 def test_forecast_says_input_bound_when_dali_is_slower():
     m = copy.deepcopy(measured())
     m["augment"]["train_images_per_s"] = 50.0
     assert fc.forecast(m, 1000, 100, 1, 1)["input_bound"]["verdict"].startswith("input-bound")
 
 
+@pytest.mark.unit
 def test_missing_preflight_output_names_the_file(tmp_path):
     with pytest.raises(fc.ForecastError, match="manifest.json does not exist"):
         fc.measure(tmp_path)

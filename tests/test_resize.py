@@ -133,6 +133,7 @@ def naive(data: bytes, resample=resize.RESAMPLE) -> Image.Image:
     return im.resize((W, H), resample).crop((left, top, left + 256, top + 256))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size", SIZES + [(1200, 1600), (513, 1000)])
 def test_downsample_is_shorter_side_256_then_central_crop(size):
     data = encode(photo(1, size))
@@ -145,6 +146,7 @@ def test_downsample_is_shorter_side_256_then_central_crop(size):
         assert diff.mean() < 3
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("kind", ["cmyk", "gray", "palette", "png"])
 def test_dirty_inputs_become_rgb(kind):
     data = dirty_images()[kind]
@@ -154,11 +156,13 @@ def test_dirty_inputs_become_rgb(kind):
     assert np.abs(np.asarray(out, float) - np.asarray(naive(encode(reference, "PNG")), float)).mean() < 1
 
 
+@pytest.mark.unit
 def test_truncated_jpeg_raises():
     with pytest.raises(OSError, match="truncated"):
         resize.downsample(truncated_jpeg())
 
 
+@pytest.mark.unit
 def test_shard_rows_partition_one_permutation():
     rows = [resize.shard_rows(103, k, 4, seed=5) for k in range(4)]
     assert sorted(np.concatenate(rows).tolist()) == list(range(103))
@@ -166,6 +170,7 @@ def test_shard_rows_partition_one_permutation():
     assert not np.array_equal(resize.shard_rows(103, 0, 4, seed=6), rows[0])
 
 
+@pytest.mark.unit
 def test_every_accepted_image_once_with_its_label(run):
     seen = {}
     for k in range(2):
@@ -183,6 +188,7 @@ def test_every_accepted_image_once_with_its_label(run):
     assert val == {archive.image_key(n): label for n, (_, label) in run["val"].items()}
 
 
+@pytest.mark.unit
 def test_shard_order_follows_the_seeded_permutation(run):
     index = run["root"] / "index" / "train.tsv"
     for k in range(2):
@@ -192,6 +198,7 @@ def test_shard_order_follows_the_seeded_permutation(run):
         assert got == expected
 
 
+@pytest.mark.unit
 def test_truncated_jpeg_is_recorded_in_shard_json_and_manifest(run):
     rejects = [r for k in range(2) for r in run["reports"]["train", k]["rejects"]]
     assert len(rejects) == 1
@@ -212,6 +219,7 @@ def test_truncated_jpeg_is_recorded_in_shard_json_and_manifest(run):
             assert (run["root"] / "shards" / entry[key]).exists()
 
 
+@pytest.mark.unit
 def test_too_many_rejects_fail_the_shard_with_a_clear_message(run, tmp_path, capsys):
     root = run["root"]
     shard = next(k for k in range(2) if run["reports"]["train", k]["rejects"])
@@ -251,6 +259,7 @@ def test_too_many_rejects_fail_the_shard_with_a_clear_message(run, tmp_path, cap
     assert "error:" in err and "could not be decoded" in err and "Traceback" not in err
 
 
+@pytest.mark.unit
 def test_reports_and_manifest_record_the_sha256_hashed_while_writing(run):
     """The digests the writer computed as it wrote equal hashlib over the files on disk."""
     manifest = read_json(run["root"] / "shards" / "manifest.json")
@@ -266,6 +275,7 @@ def test_reports_and_manifest_record_the_sha256_hashed_while_writing(run):
     assert verify_shards(run["root"] / "shards" / "manifest.json", "train")["shards"] == 2
 
 
+@pytest.mark.unit
 def test_manifest_checks_rejects_over_all_shards(run, tmp_path):
     root = run["root"]
     with pytest.raises(resize.TooManyRejectsError, match="all shards"):
@@ -275,6 +285,7 @@ def test_manifest_checks_rejects_over_all_shards(run, tmp_path):
     assert not (tmp_path / "manifest.json").exists()
 
 
+@pytest.mark.unit
 def test_fused_statistics_equal_recomputed_pixels(run):
     root = run["root"]
     index = root / "index" / "train.tsv"
@@ -297,6 +308,7 @@ def test_fused_statistics_equal_recomputed_pixels(run):
     assert not (root / "shards" / "val" / "val-00000.stats.npz").exists()
 
 
+@pytest.mark.unit
 def test_killed_job_leaves_nothing_and_a_rerun_redoes_one_shard(run, tmp_path, monkeypatch):
     root = run["root"]
     args = (root / "index" / "train.tsv", root / "ILSVRC2012_img_train.tar")
@@ -327,6 +339,7 @@ def test_killed_job_leaves_nothing_and_a_rerun_redoes_one_shard(run, tmp_path, m
         assert (missing.parent / name).read_bytes() == (root / "shards" / "train" / name).read_bytes()
 
 
+@pytest.mark.unit
 def test_folder_tree_source(tmp_path):
     root = tmp_path / "train"
     for c, wnid in enumerate(WNIDS):
@@ -341,6 +354,7 @@ def test_folder_tree_source(tmp_path):
     assert got == {f"{w}_{i}": c for c, w in enumerate(WNIDS) for i in range(2)}
 
 
+@pytest.mark.integration
 def test_dali_webdataset_reader_reads_the_shards(run):
     from nvidia.dali import fn, pipeline_def
 
@@ -370,6 +384,7 @@ def test_dali_webdataset_reader_reads_the_shards(run):
     assert sorted(labels) == sorted(expected.values())
 
 
+@pytest.mark.unit
 def test_stale_temporaries_of_a_killed_run_are_removed(run, tmp_path):
     root = run["root"]
     out = tmp_path / "train" / "train-00000.tar"
@@ -384,6 +399,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(run, tmp_path):
     assert not any(p.exists() for p in stale) and other.exists()
 
 
+@pytest.mark.unit
 def test_rgb_stats_stay_exact_past_the_uint16_flush():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (600, 8, 8, 3), dtype=np.uint8)

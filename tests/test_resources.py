@@ -7,6 +7,8 @@ import pytest
 from pipeline.io import read_json
 from pipeline.resources import ResourcesError, gather, resources, rule_of
 
+pytestmark = pytest.mark.unit
+
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 

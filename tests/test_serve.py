@@ -30,6 +30,8 @@ from conftest import free_port, running_server, tool_env
 from test_predict import _encode, _image, trained_run_files
 from test_tracking_parent import git
 
+pytestmark = pytest.mark.integration
+
 NAME = "alexnet-serve"
 IMAGES = 3
 # The server runs the same code on the same bytes as pipeline.predict: the same

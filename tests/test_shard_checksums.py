@@ -44,6 +44,7 @@ def overwrite(path, offset, data: bytes):
         f.write(data)
 
 
+@pytest.mark.unit
 def test_the_digests_computed_while_writing_equal_hashlib_over_the_files(tmp_path):
     path = tmp_path / "train-00000.tar"
     with ShardWriter(path) as w:
@@ -55,6 +56,7 @@ def test_the_digests_computed_while_writing_equal_hashlib_over_the_files(tmp_pat
     }
 
 
+@pytest.mark.unit
 def test_untampered_shards_verify(pristine, capsys):
     for split, shards in (("train", 2), ("val", 1)):
         for threads in (1, 2):
@@ -65,6 +67,7 @@ def test_untampered_shards_verify(pristine, capsys):
     assert "warning" not in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_zeroed_bytes_inside_a_jpeg_are_named_with_both_digests_and_the_rebuild_command(data):
     tar = shard(data)
     entry = read_json(data["manifest"])["train"]["shards"][1]
@@ -79,6 +82,7 @@ def test_zeroed_bytes_inside_a_jpeg_are_named_with_both_digests_and_the_rebuild_
     assert "train-00000" not in message
 
 
+@pytest.mark.unit
 def test_a_cut_shard_and_a_changed_index_are_named(data):
     tar = shard(data)
     size = tar.stat().st_size
@@ -92,6 +96,7 @@ def test_a_cut_shard_and_a_changed_index_are_named(data):
         verify_shards(data["manifest"], "val")
 
 
+@pytest.mark.unit
 def test_a_manifest_without_checksums_warns_and_reads_the_shards_unchecked(data, capsys):
     manifest = read_json(data["manifest"])
     for entry in manifest["train"]["shards"]:
@@ -110,6 +115,7 @@ def test_a_manifest_without_checksums_warns_and_reads_the_shards_unchecked(data,
     assert "snakemake --cores all --forcerun resize_train_shard -- " in err
 
 
+@pytest.mark.unit
 def test_training_on_a_damaged_tar_header_stops_before_the_first_step(data, tmp_path, capsys):
     tar = shard(data)
     _key, offset, _size = shard_jpegs(tar)[3]
@@ -140,6 +146,7 @@ def rewrite_with_a_garbage_jpeg(data, split, k, bad_index):
     return tar, keys[bad_index]
 
 
+@pytest.mark.integration
 def test_a_decode_error_inside_dali_names_the_shard_and_the_sample(data):
     tar, key = rewrite_with_a_garbage_jpeg(data, "train", 1, 17)
     verify_shards(data["manifest"], "train")  # the shard is as written: the checksum cannot tell
@@ -158,6 +165,7 @@ def test_a_decode_error_inside_dali_names_the_shard_and_the_sample(data):
         assert f"--forcerun resize_train_shard -- {tar}" in message
 
 
+@pytest.mark.integration
 def test_the_training_stage_reports_a_dali_decode_error_with_shard_and_key(data, tmp_path):
     tar, key = rewrite_with_a_garbage_jpeg(data, "train", 0, 2)
     with pytest.raises(LoaderError, match=rf"shard {tar}, sample {key} \("):

@@ -4,6 +4,8 @@ import pytest
 
 from pipeline.shards import ShardIndexError, ShardWriter, index_path, shard_sample_count, shard_sample_keys
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def shard(tmp_path):

@@ -61,6 +61,7 @@ SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log
 FINISHED = re.compile(r"Finished jobid: \d+ \(Rule: (?!all\))(\w+)\)")
 
 pytestmark = [
+    pytest.mark.e2e,
     pytest.mark.slurm,
     pytest.mark.skipif(
         shutil.which("slurmctld", path=f"{os.environ.get('PATH', '')}{os.pathsep}{SBIN}") is None,

@@ -4,6 +4,8 @@ import pytest
 
 from pipeline.sources import SourceError, is_md5_digest, is_remote, local_path, md5sum_line
 
+pytestmark = pytest.mark.unit
+
 DIGEST = "1d675b47d978889d74fa0da5fadfb00e"
 
 

@@ -14,6 +14,8 @@ from pipeline.tracking.parent import start_parent
 
 from conftest import tool_env
 
+pytestmark = pytest.mark.integration
+
 
 def wrap(tmp_path, *args, env=None):
     cmd = [

@@ -25,6 +25,7 @@ def no_login(monkeypatch):
     return monkeypatch
 
 
+@pytest.mark.unit
 def test_logins_are_masked_in_what_is_stored(no_login):
     no_login.setenv("MLFLOW_TRACKING_PASSWORD", "pa55-word")
     assert redact("postgresql://u:pw@db/x and https://tok@h/a@b and sqlite:////a@b/c.db, pa55-word") == (
@@ -39,6 +40,7 @@ def test_logins_are_masked_in_what_is_stored(no_login):
     assert redact("abc def") == "abc def"
 
 
+@pytest.mark.unit
 def test_tracking_uri_from_argument_environment_or_default(no_login):
     no_login.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_uri(None) == "sqlite:///mlflow.db"
@@ -50,6 +52,7 @@ def test_tracking_uri_from_argument_environment_or_default(no_login):
     assert resolve_uri("postgresql://u:pw@db/x") == "postgresql://u:pw@db/x"  # the database's own login
 
 
+@pytest.mark.unit
 def test_refused_requests_become_one_error_naming_what_to_set(no_login):
     import requests
     from mlflow.exceptions import MlflowException
@@ -79,6 +82,7 @@ def test_refused_requests_become_one_error_naming_what_to_set(no_login):
     assert refusal(MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST), "http://h:5000") is None
 
 
+@pytest.mark.unit
 def test_a_token_alone_is_named_when_refused(no_login):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import UNAUTHENTICATED
@@ -88,6 +92,7 @@ def test_a_token_alone_is_named_when_refused(no_login):
     assert message.startswith("the MLflow tracking server http://h:5000 refused the token in MLFLOW_TRACKING_TOKEN")
 
 
+@pytest.mark.unit
 def test_server_access_turns_refusals_into_access_errors_and_lets_others_through(no_login):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
@@ -104,6 +109,7 @@ def test_server_access_turns_refusals_into_access_errors_and_lets_others_through
     assert explain(OSError("connect http://u:hunter22@h failed"), "http://h:5000") == "connect http://***@h failed"
 
 
+@pytest.mark.unit
 def test_retry_waits_out_a_locked_database_only(monkeypatch):
     sleeps = []
     monkeypatch.setattr(access.time, "sleep", sleeps.append)
@@ -136,6 +142,7 @@ def test_retry_waits_out_a_locked_database_only(monkeypatch):
     assert len(sleeps) == 2  # the last failure is raised, not slept on
 
 
+@pytest.mark.integration
 def test_experiment_created_once_or_found(tmp_path):
     from mlflow import MlflowClient
 

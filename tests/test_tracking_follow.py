@@ -7,6 +7,8 @@ import pytest
 
 from pipeline.tracking.follow import JsonlFollower, run_logged, tail
 
+pytestmark = pytest.mark.unit
+
 
 class RecordingClient:
     """The part of MlflowClient the follower calls, keeping what it was asked to log."""

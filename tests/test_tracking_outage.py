@@ -55,6 +55,7 @@ def _wait_for(path: Path, timeout: float) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.integration
 def test_a_server_killed_mid_stage_leaves_the_stage_standing(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -87,6 +88,7 @@ def test_a_server_killed_mid_stage_leaves_the_stage_standing(tmp_path):
     assert log.startswith("stage done\n") and "warning: train succeeded but MLflow logging failed" in log
 
 
+@pytest.mark.integration
 def test_the_stage_s_own_failure_keeps_its_exit_status_when_the_server_is_gone(tmp_path):
     """Nothing listens: the stage runs untracked, its exit status is the wrapper's, the record says why."""
     uri = f"http://127.0.0.1:{free_port()}"
@@ -107,6 +109,7 @@ def test_the_stage_s_own_failure_keeps_its_exit_status_when_the_server_is_gone(t
     assert not error_record(tmp_path / "f.log").exists()
 
 
+@pytest.mark.unit
 def test_the_check_names_the_uri_and_the_way_to_run_without_tracking(monkeypatch):
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv(TIMEOUT_ENV, "120")  # the workflow's own values are left as they were
@@ -124,6 +127,7 @@ def test_the_check_names_the_uri_and_the_way_to_run_without_tracking(monkeypatch
     check_reachable(client, "sqlite:///nowhere/m.db")  # a database has no server to be down
 
 
+@pytest.mark.unit
 def test_requests_are_bounded_unless_the_environment_says_otherwise():
     env = {}
     bound_requests(45, 3, env)
@@ -133,6 +137,7 @@ def test_requests_are_bounded_unless_the_environment_says_otherwise():
     assert env == {TIMEOUT_ENV: "30", RETRIES_ENV: "5", BACKOFF_ENV: "1"}
 
 
+@pytest.mark.unit
 def test_the_schema_defaults_are_the_wrapper_s():
     import yaml
 
@@ -144,6 +149,7 @@ def test_the_schema_defaults_are_the_wrapper_s():
     assert tracking["request_retries"]["default"] == access.REQUEST_RETRIES
 
 
+@pytest.mark.integration
 def test_ending_the_parent_run_on_a_server_that_is_gone_only_warns(tmp_path, capsys):
     (tmp_path / "parent_run_id").write_text("abc123\n")
     start = time.monotonic()
@@ -152,6 +158,7 @@ def test_ending_the_parent_run_on_a_server_that_is_gone_only_warns(tmp_path, cap
     assert "warning: could not mark the parent run abc123 FINISHED" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_workflow_with_nothing_at_its_tracking_uri_stops_before_any_job(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()

@@ -32,6 +32,7 @@ def checkout(tmp_path):
     return repo
 
 
+@pytest.mark.integration
 def test_code_version_names_commit_and_uncommitted_changes(checkout, tmp_path):
     head = git(checkout, "rev-parse", "HEAD")
     assert code_version(checkout) == {"git_commit": head, "git_dirty": "false"}
@@ -48,6 +49,7 @@ def test_code_version_names_commit_and_uncommitted_changes(checkout, tmp_path):
     assert code_version(plain) == {"git_commit": "not a git checkout"}
 
 
+@pytest.mark.integration
 def test_parent_run_records_code_version_and_config(checkout, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -81,6 +83,7 @@ def test_parent_run_records_code_version_and_config(checkout, tmp_path, monkeypa
     assert client.get_run(run_id).info.status == "FAILED"
 
 
+@pytest.mark.integration
 def test_a_parent_outside_git_has_no_ui_commit_tag(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     plain = tmp_path / "plain"
@@ -91,6 +94,7 @@ def test_a_parent_outside_git_has_no_ui_commit_tag(tmp_path):
     assert not (tmp_path / CONFIG_SNAPSHOT).exists()
 
 
+@pytest.mark.unit
 def test_end_parent_without_a_parent_file_does_nothing(tmp_path):
     end_parent(f"sqlite:///{tmp_path}/m.db", tmp_path / "none", "FINISHED")
     assert not (tmp_path / "m.db").exists()

@@ -29,6 +29,7 @@ ERRORS = {
 }
 
 
+@pytest.mark.unit
 def test_read_record_names_what_is_wrong(tmp_path):
     path = tmp_path / "r.json"
     path.write_text("[1]")
@@ -41,6 +42,7 @@ def test_read_record_names_what_is_wrong(tmp_path):
     assert read_record(path, ("name",)) == {"name": "m"}
 
 
+@pytest.mark.unit
 def test_evaluation_tags_are_the_headline_errors_of_all_files(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({k: ERRORS[k] for k in EVALUATION_TAGS[:2]}))
     (tmp_path / "b.json").write_text(json.dumps({k: ERRORS[k] for k in EVALUATION_TAGS[2:]} | {"val_images": 3}))
@@ -62,6 +64,7 @@ class ArtifactClient:
         self.artifacts.append((run_id, path))
 
 
+@pytest.mark.unit
 def test_provenance_from_the_parent_runs_folder(tmp_path):
     tracking = tmp_path / ".tracking"
     tracking.mkdir()
@@ -80,6 +83,7 @@ def test_provenance_from_the_parent_runs_folder(tmp_path):
     assert client.artifacts == [("run-1", str(tracking / CONFIG_SNAPSHOT))]
 
 
+@pytest.mark.unit
 def test_provenance_without_a_parent_run_is_this_code_and_says_the_config_is_missing(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps({"inputs": {"manifest": "m1"}}))
     client = ArtifactClient()
@@ -93,6 +97,7 @@ def test_provenance_without_a_parent_run_is_this_code_and_says_the_config_is_mis
         version_provenance(client, "run-1", None, str(tmp_path / "train.json"))
 
 
+@pytest.mark.integration
 def test_evaluation_tags_the_registered_version_of_its_checkpoint_only(tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
     client.create_registered_model("alexnet-t")

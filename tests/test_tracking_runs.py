@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 from pipeline.tracking.runs import ATTEMPT_RECORD, StageRunOpener, cli_params, flatten
 
 
+@pytest.mark.unit
 def test_cli_params_and_flatten(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     assert cli_params(["python", "-m", "x", "--out-dir", "r", "--quality=90", "--fast"]) == {
@@ -32,6 +33,7 @@ def attempt(path, action, uid, from_step=0):
     path.write_text(json.dumps({"action": action, "why": f"{action} because", "uid": uid, "from_step": from_step}))
 
 
+@pytest.mark.integration
 def test_a_stage_without_attempt_file_gets_a_new_run_at_once(store):
     client, exp, parent = store
     run_id, skip = StageRunOpener(client, exp, "pca", ["python", "--k", "3"], parent)()
@@ -41,6 +43,7 @@ def test_a_stage_without_attempt_file_gets_a_new_run_at_once(store):
     assert run.data.params == {"k": "3"}
 
 
+@pytest.mark.integration
 def test_a_resumed_training_continues_its_run_and_a_new_one_starts_another(store, tmp_path):
     client, exp, parent = store
     attempt_file = tmp_path / "train" / "attempt.json"
@@ -72,6 +75,7 @@ def test_a_resumed_training_continues_its_run_and_a_new_one_starts_another(store
     assert json.loads((attempt_file.parent / ATTEMPT_RECORD).read_text()) == {"run_id": other, "uid": "uid-2"}
 
 
+@pytest.mark.integration
 def test_a_stage_that_never_wrote_its_attempt_still_gets_a_run_at_the_end(store, tmp_path):
     client, exp, parent = store
     attempt_file = tmp_path / "attempt.json"
@@ -81,6 +85,7 @@ def test_a_stage_that_never_wrote_its_attempt_still_gets_a_run_at_the_end(store,
     assert not (tmp_path / ATTEMPT_RECORD).exists()
 
 
+@pytest.mark.integration
 def test_a_deleted_run_is_not_reopened(store, tmp_path):
     client, exp, parent = store
     attempt_file = tmp_path / "attempt.json"

@@ -15,6 +15,7 @@ SYSTEM = {
 }
 
 
+@pytest.mark.integration
 def test_a_stage_run_gets_the_nodes_cpu_and_memory_over_time(tmp_path):
     proc = wrap(
         tmp_path,
@@ -45,6 +46,7 @@ def test_a_stage_run_gets_the_nodes_cpu_and_memory_over_time(tmp_path):
     assert not any(k.startswith("system/gpu") for k in run.data.metrics)
 
 
+@pytest.mark.integration
 def test_a_stage_shorter_than_one_interval_still_gets_a_sample(tmp_path):
     proc = wrap(tmp_path, "--stage", "pca", "--log", "pca.log", "--system-metrics-s", "15", "--", "true")
     assert proc.returncode == 0, proc.stderr
@@ -52,6 +54,7 @@ def test_a_stage_shorter_than_one_interval_still_gets_a_sample(tmp_path):
     assert SYSTEM <= set(by_name["pca"].data.metrics)
 
 
+@pytest.mark.integration
 def test_off_by_default_and_with_zero(tmp_path):
     for stage, interval in (("pca", []), ("fetch", ["--system-metrics-s", "0"])):
         proc = wrap(tmp_path, "--stage", stage, "--log", f"{stage}.log", *interval, "--", "true")
@@ -61,6 +64,7 @@ def test_off_by_default_and_with_zero(tmp_path):
     assert not any(k.startswith("system/") for run in by_name.values() for k in run.data.metrics)
 
 
+@pytest.mark.unit
 def test_the_jobs_gpus_are_the_first_visible_ones():
     assert visible_gpus(2, {}) == ["0", "1"]
     assert visible_gpus(1, {"CUDA_VISIBLE_DEVICES": "3,1"}) == ["3"]

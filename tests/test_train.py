@@ -147,6 +147,7 @@ def reference(data, tmp_path_factory):
     return out, summary
 
 
+@pytest.mark.integration
 def test_training_lowers_loss_and_writes_outputs(reference):
     out, summary = reference
     by_epoch = {}
@@ -187,6 +188,7 @@ def test_training_lowers_loss_and_writes_outputs(reference):
     assert last["config"]["augment"] == {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
 
 
+@pytest.mark.integration
 def test_model_from_checkpoint_rebuilds_the_network(reference):
     out, _ = reference
     model, meta = model_from_checkpoint(out / "checkpoints" / "last.pt", devices=["cpu"])
@@ -195,6 +197,7 @@ def test_model_from_checkpoint_rebuilds_the_network(reference):
     assert model(torch.zeros(1, 3, 224, 224)).shape == (1, CLASSES)
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_and_reproduces_the_losses(data, reference, tmp_path):
     ref_out, _ = reference
     out = tmp_path / "run"
@@ -232,6 +235,7 @@ def _attempt(out: Path) -> dict:
     return json.loads((out / "attempt.json").read_text())
 
 
+@pytest.mark.integration
 def test_rerun_of_a_finished_run_trains_again_and_keeps_the_old_one(data, reference, tmp_path):
     ref_out, _ = reference
     out = _copy_run(ref_out, tmp_path / "run")
@@ -249,6 +253,7 @@ def test_rerun_of_a_finished_run_trains_again_and_keeps_the_old_one(data, refere
     assert kept["uid"] == old_last["uid"] and (out / "previous" / "metrics.jsonl").exists()
 
 
+@pytest.mark.integration
 def test_raising_epochs_extends_a_finished_run(data, reference, tmp_path):
     ref_out, _ = reference
     out = _copy_run(ref_out, tmp_path / "run")
@@ -261,6 +266,7 @@ def test_raising_epochs_extends_a_finished_run(data, reference, tmp_path):
     assert not (out / "previous").exists()
 
 
+@pytest.mark.integration
 def test_changed_input_starts_over(data, reference, tmp_path):
     ref_out, _ = reference
     out = _copy_run(ref_out, tmp_path / "run")
@@ -293,6 +299,7 @@ class Poisoned:
             yield (images * float("inf") if e == self.bad and i >= 2 else images), labels
 
 
+@pytest.mark.integration
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path):
     from pipeline.checkpoint import build_model
 
@@ -311,6 +318,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path):
     assert not (tmp_path / "train.json").exists()
 
 
+@pytest.mark.integration
 def test_cli_reports_divergence_without_traceback(data, tmp_path):
     run = subprocess.run(cli(data, tmp_path, epochs=1, lr=1e6), env=env(), capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
@@ -318,6 +326,7 @@ def test_cli_reports_divergence_without_traceback(data, tmp_path):
     assert "no checkpoint was written" in run.stderr
 
 
+@pytest.mark.unit
 def test_cli_names_a_missing_shard_without_traceback(data, tmp_path, capsys):
     from pipeline.train import main
 
@@ -333,6 +342,7 @@ def test_cli_names_a_missing_shard_without_traceback(data, tmp_path, capsys):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.integration
 def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
     launch = [
         sys.executable,
@@ -360,6 +370,7 @@ def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
     assert steps == list(range(1, 7))  # 48 images / global batch 8, one writer
 
 
+@pytest.mark.unit
 def test_devices_and_bad_settings():
     assert resolve_devices("cpu", Dist()) == ["cpu"]
     assert resolve_devices("auto", Dist()) == (["cuda:0"] if torch.cuda.is_available() else ["cpu"])
@@ -389,6 +400,7 @@ class InMemory:
             yield images, labels, [""] * len(labels)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("delay", [0.0, 0.3])
 def test_input_wait_is_measured_and_a_slow_input_is_flagged(tmp_path, delay):
     from pipeline.checkpoint import build_model

@@ -26,6 +26,7 @@ def windows(losses: list[float], dead: list[float] | None = None, every: int = 2
     return rows
 
 
+@pytest.mark.unit
 def test_the_step_a_loss_left_chance_is_the_first_window_past_the_margin():
     rows = windows([7.05, 6.95, 6.90, 6.85, 6.70, 6.30])
     assert left_chance_step(rows, 1000, 0.1) == 100  # 6.70 < ln(1000) - 0.1 = 6.808
@@ -33,6 +34,7 @@ def test_the_step_a_loss_left_chance_is_the_first_window_past_the_margin():
     assert left_chance_step(windows([6.91] * 10), 1000, 0.1) is None
 
 
+@pytest.mark.unit
 def test_dead_shares_are_sampled_at_the_first_and_last_windows_and_near_fixed_steps():
     rows = windows([6.9] * 150, dead=[i / 150 for i in range(150)])  # steps 20 .. 3000
     shares = dead_shares(rows)
@@ -45,6 +47,7 @@ def verdict(init: str, losses: list[float]) -> dict:
     return run_verdict(init, rows, 1000, 128)
 
 
+@pytest.mark.unit
 def test_the_paper_init_is_kept_while_it_leaves_chance():
     paper, other = verdict("paper", [6.95, 6.7, 6.2]), verdict("cuda_convnet2", [6.6, 6.0, 5.5])
     assert paper["left_chance_step"] == 40 and paper["steps_per_s"] == pytest.approx(10.0)
@@ -52,6 +55,7 @@ def test_the_paper_init_is_kept_while_it_leaves_chance():
     assert recommend([paper, other])[0] == "paper"
 
 
+@pytest.mark.unit
 def test_another_init_is_recommended_when_the_paper_init_stalls():
     paper, other = verdict("paper", [7.0, 6.92, 6.91]), verdict("cuda_convnet2", [6.95, 6.7, 6.2])
     init, why = recommend([paper, other])
@@ -65,11 +69,13 @@ def test_another_init_is_recommended_when_the_paper_init_stalls():
     assert "**Use: cuda_convnet2**" in lines
 
 
+@pytest.mark.unit
 def test_no_recommendation_when_nothing_leaves_chance():
     init, why = recommend([verdict("paper", [6.91] * 3), verdict("caffe", [6.90] * 3)])
     assert init is None and "do not start the real run" in why
 
 
+@pytest.mark.unit
 def test_without_a_gpu_the_candidates_are_not_trained_and_the_verdict_says_so(data, tmp_path):  # noqa: F811
     pytest.importorskip("torch").cuda.is_available() and pytest.skip("a GPU is present: the candidates would train")
     result = check_trainability(
@@ -81,6 +87,7 @@ def test_without_a_gpu_the_candidates_are_not_trained_and_the_verdict_says_so(da
     assert "Not trained here" in "\n".join(section(result))
 
 
+@pytest.mark.integration
 def test_the_stage_trains_each_candidate_through_the_train_command(data, tmp_path):  # noqa: F811
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "init"]
     flags += ["--batch-size", "4"]

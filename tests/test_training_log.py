@@ -13,6 +13,8 @@ from pipeline.training.log import EpochResult, TrainingDiverged, TrainingLog, Wi
 from pipeline.training.run_folder import RunFolder
 from pipeline.training.state import TrainState
 
+pytestmark = pytest.mark.unit
+
 
 def _log(tmp_path, classes=4):
     folder = RunFolder(tmp_path)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.checkpoint import build_model
 from pipeline.devices import Dist
 from pipeline.training.placement import Placement
+
+pytestmark = pytest.mark.unit
 
 CONFIG = {
     "num_classes": 3,

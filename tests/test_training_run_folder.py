@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.io import read_json
 from pipeline.train import TrainConfig
 from pipeline.training.run_folder import RunFolder, plan_start, set_aside, truncate_jsonl
+
+pytestmark = pytest.mark.unit
 
 CLASSES = 4
 SMALL = dict(width=0.0625, init="caffe", batch_size=4, lr=0.01, devices="cpu")

@@ -8,6 +8,8 @@ import torch
 from pipeline.training.recipe import make_plateau, plateau_step, warmup
 from pipeline.training.state import TrainState, collapse_epoch
 
+pytestmark = pytest.mark.unit
+
 
 def test_state_round_trips_through_a_checkpoint_and_fills_missing_counters():
     state = TrainState()

@@ -38,6 +38,7 @@ def planned_rules(work: Path, *args: str, configs: tuple[Path, ...] = ()) -> set
     return set(planned_jobs(work, *args, configs=configs))
 
 
+@pytest.mark.e2e
 def test_chain_outputs(run_dir):
     results = run_dir / "results"
     metrics = json.loads((results / "evaluate/metrics.json").read_text())
@@ -52,6 +53,7 @@ def test_chain_outputs(run_dir):
     assert (results / "train/curve.png").exists()
 
 
+@pytest.mark.e2e
 def test_every_job_has_a_benchmark_and_the_resources_table_sums_them(run_dir):
     from pipeline.resources import read_job, rule_of
 
@@ -80,10 +82,12 @@ def test_every_job_has_a_benchmark_and_the_resources_table_sums_them(run_dir):
     assert "| train | 1 |" in (run_dir / "results/resources/resources.md").read_text()
 
 
+@pytest.mark.e2e
 def test_second_run_does_nothing(run_dir):
     assert planned_rules(run_dir) == set()
 
 
+@pytest.mark.e2e
 def test_changed_quality_reruns_resize_and_downstream_not_fetch(run_dir):
     override = run_dir / "quality.yaml"
     override.write_text("resize:\n  jpeg_quality: 80\n")
@@ -126,6 +130,7 @@ def train_mlflow_runs(work: Path) -> list:
     return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == "train"]
 
 
+@pytest.mark.e2e
 def test_forcerun_train_retrains_the_same_run(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path / "f")
     before = train_state(work)
@@ -139,6 +144,7 @@ def test_forcerun_train_retrains_the_same_run(run_dir, tmp_path):
     assert len(runs) == 2 and [r.data.tags["start"] for r in runs] == ["start", "start"]
 
 
+@pytest.mark.e2e
 def test_a_stalled_forcerun_train_keeps_the_finished_run_and_a_plain_rerun_trains(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path / "s")
     before = train_state(work)
@@ -182,6 +188,7 @@ def extended(run_dir, tmp_path_factory):
     return work
 
 
+@pytest.mark.e2e
 def test_raising_epochs_continues_the_finished_run(run_dir, extended):
     log = (extended / "results/logs/train.log").read_text()
     assert "extending the finished run from epoch 2 to 6 (train.epochs was raised)" in log, log[-3000:]
@@ -197,6 +204,7 @@ def test_raising_epochs_continues_the_finished_run(run_dir, extended):
     assert sorted(history) == sorted(ext)  # each step once, continuing at the same step numbers
 
 
+@pytest.mark.e2e
 def test_killed_training_resumes_the_same_trajectory(run_dir, extended, tmp_path):
     """Killed mid-run under Snakemake, then `--rerun-incomplete`: it continues, losses as uninterrupted."""
     work = copy_run(run_dir, tmp_path / "k", with_train=False)
@@ -235,12 +243,14 @@ def test_killed_training_resumes_the_same_trajectory(run_dir, extended, tmp_path
     assert history == set(train_losses(work))
 
 
+@pytest.mark.e2e
 def test_forcerun_pca_reruns_pca_and_what_follows(run_dir):
     rules = planned_rules(run_dir, "--forcerun", "pca")
     assert {"pca", "augment", "train", "evaluate"} <= rules
     assert not any(r.startswith("resize") or r in {"demo", "fetch", "index"} for r in rules)
 
 
+@pytest.mark.e2e
 def test_killed_resize_redoes_only_missing_shards(run_dir):
     """As after a kill mid-resize: one shard and the manifest missing, the rest complete."""
     moved = [sorted((run_dir / "results/shards/train").glob("*.tar"))[0], run_dir / "results/shards/manifest.json"]
@@ -256,6 +266,7 @@ def test_killed_resize_redoes_only_missing_shards(run_dir):
             path.with_name(path.name + ".moved").rename(path)
 
 
+@pytest.mark.e2e
 def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path):
     """resize.holdout_per_class on a finished run: the training shards are cut again without the held-out
     images; the training starts over on the new shards and validates on the slice; the evaluation scores val."""
@@ -307,6 +318,7 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
     assert len(runs) == 2 and {r.data.tags.get("start") for r in runs} == {"start"}
 
 
+@pytest.mark.e2e
 def test_mlflow_store_holds_parent_and_children(run_dir):
     client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
     exp = client.get_experiment_by_name("alexnet")
@@ -333,6 +345,7 @@ def test_mlflow_store_holds_parent_and_children(run_dir):
     assert "model" in {a.path for a in client.list_artifacts(train.info.run_id)} or train.outputs.model_outputs
 
 
+@pytest.mark.e2e
 def test_report(run_dir):
     snakemake(run_dir, "--configfile", str(TINY), "--report", "report.html")
     html = (run_dir / "report.html").read_text(errors="replace")
@@ -351,6 +364,7 @@ def test_report(run_dir):
         assert name in html, name
 
 
+@pytest.mark.integration
 def test_lint_is_clean(tmp_path):
     proc = snakemake(tmp_path, "--lint", check=False)
     out = proc.stdout + proc.stderr
