@@ -53,11 +53,7 @@ def choose_holdout(labels: np.ndarray, per_class: int, seed: int, where: str = "
 
 
 def split_index(
-    index: str | os.PathLike,
-    per_class: int,
-    seed: int,
-    out_kept: str | os.PathLike,
-    out_holdout: str | os.PathLike,
+    index: str | os.PathLike, per_class: int, seed: int, out_kept: str | os.PathLike, out_holdout: str | os.PathLike
 ) -> tuple[int, int]:
     """Write the kept and the held-out rows of a training index as two index TSVs; returns their counts."""
     idx = archive.read_member_index(index)

@@ -27,11 +27,7 @@ def make(*args: str, **env: str | None) -> subprocess.CompletedProcess:
     """`make` with `env` over this process's environment; a None value unsets that variable."""
     full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
     return subprocess.run(
-        ["make", "-C", str(REPO), "--no-print-directory", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full,
+        ["make", "-C", str(REPO), "--no-print-directory", *args], capture_output=True, text=True, timeout=60, env=full
     )
 
 
