@@ -25,6 +25,10 @@ ARCHIVES = {
     "val": "ILSVRC2012_img_val.tar",
     "devkit": "ILSVRC2012_devkit_t12.tar.gz",
 }
+# ILSVRC-2012's image counts (Russakovsky et al., IJCV 2015, Table 2; the paper's section 2:
+# "roughly 1.2 million training images, 50,000 validation images").
+ILSVRC_TRAIN_IMAGES = 1_281_167
+ILSVRC_VAL_IMAGES = 50_000
 REMOTE_SCHEMES = ("http", "https")
 _DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 _MD5SUM_LINE = re.compile(r"([0-9a-fA-F]{32}) [ *](.+)")
