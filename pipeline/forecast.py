@@ -40,12 +40,13 @@ from pathlib import Path
 from pipeline import benchmarks
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_json, read_jsonl, write_json, write_text
+from pipeline.sources import ILSVRC_TRAIN_IMAGES, ILSVRC_VAL_IMAGES
 from pipeline.training.verdict import section as trainability_section
 
 # ILSVRC-2012 (the official archives' counts and byte sizes)
 IMAGENET = {
-    "train_images": 1_281_167,
-    "val_images": 50_000,
+    "train_images": ILSVRC_TRAIN_IMAGES,
+    "val_images": ILSVRC_VAL_IMAGES,
     "epochs": 90,
     "archive_bytes": {"train": 147_897_477_120, "val": 6_744_924_160, "devkit": 2_568_145},
 }

@@ -18,8 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipeline.io import atomic_path
+from pipeline.sources import ILSVRC_VAL_IMAGES
 
-IMAGENET_VAL_IMAGES = 50_000
 IMAGENET_CLASSES = 1000
 
 # (who, top-1 centre, top-5 centre, top-1 ten-crop, top-5 ten-crop); None = not reported
@@ -34,7 +34,7 @@ REFERENCES = [
 def dataset_label(dataset: str, num_classes: int, images: int) -> str:
     """What data the run used, said plainly enough that nobody compares the wrong numbers."""
     if dataset == "imagenet":
-        if num_classes == IMAGENET_CLASSES and images == IMAGENET_VAL_IMAGES:
+        if num_classes == IMAGENET_CLASSES and images == ILSVRC_VAL_IMAGES:
             return "ILSVRC-2012 validation"
         return (
             f"ILSVRC-2012 validation subset ({images} images, {num_classes} classes) "

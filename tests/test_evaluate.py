@@ -11,6 +11,7 @@ import torch
 
 from pipeline import report_tables
 from pipeline.metrics import CENTER_VIEW, EvalCounts, ten_crop_probs, topk_correct, topk_error, true_class_rank
+from pipeline.sources import ILSVRC_VAL_IMAGES
 
 # ---------------------------------------------------------------- top-k, ties
 
@@ -173,7 +174,7 @@ def test_per_class_confusions_and_comparison(tmp_path):
 
 @pytest.mark.unit
 def test_dataset_label():
-    assert report_tables.dataset_label("imagenet", 1000, 50000) == "ILSVRC-2012 validation"
+    assert report_tables.dataset_label("imagenet", 1000, ILSVRC_VAL_IMAGES) == "ILSVRC-2012 validation"
     assert "subset" in report_tables.dataset_label("imagenet", 1000, 1000)
     assert "not ILSVRC-2012" in report_tables.dataset_label("mine", 20, 100)
 

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from pipeline import forecast as fc
 from pipeline.io import read_tsv
+from pipeline.sources import ILSVRC_TRAIN_IMAGES, ILSVRC_VAL_IMAGES
 
 from conftest import REPO, snakemake
 
@@ -89,8 +90,8 @@ def test_forecast_is_plausible(run_dir):
     res = run_dir / "results/preflight"
     f = json.loads((res / "forecast/forecast.json").read_text())
     assert f["target"] == {
-        "train_images": 1281167,
-        "val_images": 50000,
+        "train_images": ILSVRC_TRAIN_IMAGES,
+        "val_images": ILSVRC_VAL_IMAGES,
         "epochs": 90,
         "archive_gb": pytest.approx(154.645, abs=0.01),
     }
@@ -102,9 +103,9 @@ def test_forecast_is_plausible(run_dir):
     assert 0.0 <= rt["startup_s_per_job"] < 60.0, rt
     assert rt["jobs"] == 8
     # resized 256x256 JPEGs at quality 90: a few KB to a few hundred KB each
-    assert 1281167 * 2e3 / 1e9 < rt["disk_gb"] < 1281167 * 5e5 / 1e9, rt
+    assert ILSVRC_TRAIN_IMAGES * 2e3 / 1e9 < rt["disk_gb"] < ILSVRC_TRAIN_IMAGES * 5e5 / 1e9, rt
     tr = stages["train"]
-    assert tr["steps"] == 1281167 // 16 * 90
+    assert tr["steps"] == ILSVRC_TRAIN_IMAGES // 16 * 90
     assert tr["seconds"] >= tr["steps"] * 16 / tr["images_per_s"]
     assert f["total"]["seconds"] == pytest.approx(sum(s["seconds"] for s in stages.values()))
     assert "Forecast" in (res / "forecast/forecast.md").read_text()
