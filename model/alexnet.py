@@ -27,6 +27,34 @@ Options:
     width            scales every layer's channels and the fc6/fc7 width (kept
                      even so they split in two columns; fc8 is num_classes);
                      1.0 is the paper's network, smaller runs tests and demos.
+    activation="tanh"
+                     tanh in place of every ReLU (conv1-conv5, fc6, fc7); section
+                     3.1 trained a four-layer CIFAR-10 net to 25% training error
+                     six times faster with ReLUs.
+    columns=1        the one-GPU net of section 3.2 (+1.7% top-1 error): "half
+                     as many kernels in each convolutional layer", except that
+                     footnote 2 keeps the last convolutional layer and the fully
+                     connected layers at full size ("The one-GPU net actually has
+                     the same number of kernels as the two-GPU net in the final
+                     convolutional layer ... we did not halve the size of the
+                     final convolutional layer (nor the fully-connected layers
+                     which follow)"). So conv1-conv4 have one column's kernels
+                     (48, 128, 192, 192), conv5 256, fc6 and fc7 4096, and every
+                     layer sees all of the previous one (no groups): 59,798,312
+                     parameters at 1000 classes (tests/test_ablations.py sums it
+                     by hand). It runs on one device.
+    drop_conv=3|4    remove conv3 or conv4 (section 7: removing any of the middle
+                     layers costs about 2% top-1). The next layer reads what the
+                     removed one read and keeps its own kernel count: without
+                     conv4, conv5 reads conv3's 384 maps (grouped, as before);
+                     without conv3, conv4 reads conv2's 256 maps and takes over
+                     conv3's place as the layer where the columns meet (section
+                     3.2), so it reads both columns. conv1, conv2 and conv5 are
+                     not offered: each carries pooling (and conv1/conv2 LRN), so
+                     removing one changes more than a layer (fc6's input size, or
+                     two pools in a row), a choice the paper does not describe.
+                     The removed layer's name holds an nn.Identity (no
+                     parameters), so code walking conv1..conv5 still finds it.
     lrn=False        drop both LRN layers (paper, section 3.3: +1.4% top-1 error).
     overlapping_pool=False
                      pool 2/2 instead of 3/2 (section 3.4: +0.4% top-1 error).
@@ -124,6 +152,16 @@ FIXED_FAN_IN = {"conv1"}  # reads the 3-channel image whatever the width
 
 
 DROPOUT_STYLES = ("paper", "inverted")
+ACTIVATIONS = ("relu", "tanh")  # section 3.1
+COLUMN_COUNTS = (2, 1)  # section 3.2: two GPUs' columns, or the one-GPU net of its footnote 2
+DROPPABLE_CONVS = (0, 3, 4)  # section 7: a middle conv layer removed; 0 keeps all five
+# (kernel, stride, padding) per conv layer, section 3.5; padding as cuda-convnet's, so 224 -> 55
+CONV_SHAPES = {"conv1": (11, 4, 2), "conv2": (5, 1, 2), "conv3": (3, 1, 1), "conv4": (3, 1, 1), "conv5": (3, 1, 1)}
+# section 3.2: "the kernels of layer 3 take input from all kernel maps in layer 2"; the other
+# conv layers read only their own column
+CROSS_COLUMN = "conv3"
+NORMALISED = ("conv1", "conv2")  # followed by LRN (section 3.3) and max-pooling (3.4)
+POOLED_ONLY = "conv5"  # followed by max-pooling (section 3.5)
 
 
 class PaperDropout(nn.Module):
@@ -157,32 +195,48 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class _Column(nn.Module):
-    """conv1..fc7 holding `columns` of the two columns' kernels.
+def conv_plan(ch: Sequence[int], drop_conv: int = 0) -> tuple[tuple[str, int, int, bool], ...]:
+    """(layer, input maps, output maps, reads every column) of the conv layers kept, counted over
+    the whole net; `ch` holds conv1..conv5's kernel counts."""
+    plan, n_in, cross = [], 3, False
+    for name, n_out in zip(CONV_SHAPES, ch):
+        cross = cross or name == CROSS_COLUMN
+        if name == f"conv{drop_conv}":
+            continue  # the next layer reads this one's input, and inherits its reading both columns
+        plan.append((name, n_in, n_out, cross))
+        n_in, cross = n_out, False
+    return tuple(plan)
 
-    columns=2: the whole network on one device, the columns as groups.
-    columns=1: one column's half of every layer, for the two-device layout.
+
+class _Column(nn.Module):
+    """conv1..fc7 holding `held` of the net's `total` columns.
+
+    total=2, held=2: the two-column net on one device, the columns as groups.
+    total=2, held=1: one column's half of every layer, for the two-device layout.
+    total=1, held=1: the one-GPU net of section 3.2 (no groups).
     """
 
-    def __init__(self, ch: Sequence[int], columns: int, fc_in: int) -> None:
+    def __init__(self, plan: Sequence[tuple[str, int, int, bool]], held: int, total: int, fc_in: int, fc: int) -> None:
         super().__init__()
-        c1, c2, c3, c4, c5, f = ch
 
         def part(n: int) -> int:  # this module's share of a layer's outputs
-            return n * columns // 2
+            return n * held // total
 
-        g = columns
-        self.conv1 = nn.Conv2d(3, part(c1), 11, stride=4, padding=2)
-        self.conv2 = nn.Conv2d(part(c1), part(c2), 5, padding=2, groups=g)
-        self.conv3 = nn.Conv2d(c2, part(c3), 3, padding=1)  # section 3.5: conv3 reads both columns
-        self.conv4 = nn.Conv2d(part(c3), part(c4), 3, padding=1, groups=g)
-        self.conv5 = nn.Conv2d(part(c4), part(c5), 3, padding=1, groups=g)
-        self.fc6 = nn.Linear(fc_in, part(f))  # fc6 and fc7 read both columns
-        self.fc7 = nn.Linear(f, part(f))
+        kept = {name: (n_in, n_out, cross) for name, n_in, n_out, cross in plan}
+        for name, (k, s, p) in CONV_SHAPES.items():  # in order: the parameters' order is the optimizer's
+            if name not in kept:
+                self.add_module(name, nn.Identity())
+                continue
+            n_in, n_out, cross = kept[name]
+            whole = cross or name == "conv1"  # conv1: each column reads the whole image
+            c_in = n_in if whole else part(n_in)
+            self.add_module(name, nn.Conv2d(c_in, part(n_out), k, stride=s, padding=p, groups=1 if whole else held))
+        self.fc6 = nn.Linear(fc_in, part(fc))  # fc6 and fc7 read both columns
+        self.fc7 = nn.Linear(fc, part(fc))
 
     @property
     def device(self) -> torch.device:
-        return self.conv1.weight.device
+        return self.fc6.weight.device
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, dense: bool | None = None) -> torch.Tensor:
@@ -213,7 +267,8 @@ def _both(xs: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 
 
 class AlexNet(nn.Module):
-    """AlexNet(num_classes, width, devices, lrn, overlapping_pool, init, dropout): see the module docstring."""
+    """AlexNet(num_classes, width, devices, lrn, overlapping_pool, init, dropout, ..., activation, columns,
+    drop_conv): see the module docstring."""
 
     def __init__(
         self,
@@ -226,6 +281,9 @@ class AlexNet(nn.Module):
         dropout: float = 0.5,
         dropout_style: str = "paper",
         init_gain: str = "source",
+        activation: str = "relu",
+        columns: int = 2,
+        drop_conv: int = 0,
     ) -> None:
         super().__init__()
         if devices is None:
@@ -239,11 +297,23 @@ class AlexNet(nn.Module):
         if init_gain not in INIT_GAINS:
             raise ValueError(f"init_gain: one of {INIT_GAINS}, got {init_gain!r}")
         self.init_gain = init_gain
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: one of {ACTIVATIONS}, got {activation!r}")
+        if columns not in COLUMN_COUNTS:
+            raise ValueError(f"columns: one of {COLUMN_COUNTS}, got {columns!r}")
+        if drop_conv not in DROPPABLE_CONVS:
+            raise ValueError(f"drop_conv: one of {DROPPABLE_CONVS} (0: none), got {drop_conv!r}")
+        if columns == 1 and len(devices) == 2:
+            raise ValueError("columns=1 is the one-GPU net (section 3.2): give one device, not two")
+        self.activation, self.column_count, self.drop_conv = activation, columns, drop_conv
 
         def even(n: int) -> int:
             return max(2, 2 * round(n * width / 2))
 
         ch = [even(n) for n in (96, 256, 384, 384, 256, 4096)]
+        if columns == 1:  # section 3.2, footnote 2: half the kernels in conv1-conv4 only
+            ch = [n // 2 for n in ch[:4]] + ch[4:]
+        self.plan = conv_plan(ch[:5], drop_conv)
 
         # section 3.4: overlapping pooling, z=3 s=2; the ablation uses z=s=2
         k, s = (3, 2) if overlapping_pool else (2, 2)
@@ -253,10 +323,13 @@ class AlexNet(nn.Module):
         self.feature_size = size  # 6 with either pooling at 224 input
 
         n_cols = len(devices) if len(devices) == 2 else 1
-        self.columns = nn.ModuleList(_Column(ch, 2 // n_cols, ch[4] * size * size) for _ in range(n_cols))
+        held = columns // n_cols
+        self.columns = nn.ModuleList(
+            _Column(self.plan, held, columns, ch[4] * size * size, ch[5]) for _ in range(n_cols)
+        )
         self.fc8 = nn.Linear(ch[5], num_classes)
         # section 3.3: LRN within each column (two groups when one module holds both)
-        self.lrn = LocalResponseNorm(groups=2 // n_cols) if lrn else nn.Identity()
+        self.lrn = LocalResponseNorm(groups=held) if lrn else nn.Identity()
         self.pool = nn.MaxPool2d(k, s)
         if dropout_style not in DROPOUT_STYLES:
             raise ValueError(f"dropout_style: one of {DROPOUT_STYLES}, got {dropout_style!r}")
@@ -304,12 +377,17 @@ class AlexNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one list entry per column module; section 3.2: the columns meet only
         # where _both gathers them (conv3, fc6, fc7, fc8). Section 3.3: LRN after ReLU.
-        cols, act = self.column_modules, self._relu
-        xs = [self.pool(self.lrn(act("conv1", c.conv1(x.to(c.device))))) for c in cols]
-        xs = [self.pool(self.lrn(act("conv2", _conv(c.conv2, x)))) for c, x in zip(cols, xs)]
-        xs = [act("conv3", c.conv3(_both(xs, c.device))) for c in cols]
-        xs = [act("conv4", _conv(c.conv4, x)) for c, x in zip(cols, xs)]
-        xs = [torch.flatten(self.pool(act("conv5", _conv(c.conv5, x))), 1) for c, x in zip(cols, xs)]
+        cols, act = self.column_modules, self._activate
+        xs = [x.to(c.device) for c in cols]
+        for name, _, _, cross in self.plan:
+            if cross:
+                xs = [_both(xs, c.device) for c in cols]
+            xs = [act(name, _conv(getattr(c, name), x)) for c, x in zip(cols, xs)]
+            if name in NORMALISED:
+                xs = [self.pool(self.lrn(x)) for x in xs]
+            elif name == POOLED_ONLY:
+                xs = [self.pool(x) for x in xs]
+        xs = [torch.flatten(x, 1) for x in xs]
         xs = [self.dropout(act("fc6", c.fc6(_both(xs, c.device)))) for c in cols]
         xs = [self.dropout(act("fc7", c.fc7(_both(xs, c.device)))) for c in cols]
         h = _both(xs, self.output_device)
@@ -322,8 +400,9 @@ class AlexNet(nn.Module):
             self.observer("fc8", logits)
         return logits
 
-    def _relu(self, layer: str, t: torch.Tensor) -> torch.Tensor:
-        t = F.relu(t, inplace=True)
+    def _activate(self, layer: str, t: torch.Tensor) -> torch.Tensor:
+        # section 3.1: ReLU, or the saturating tanh it was compared with
+        t = torch.tanh(t) if self.activation == "tanh" else F.relu(t, inplace=True)
         if self.observer is not None:  # pipeline/health.py: per-layer activation figures
             self.observer(layer, t)
         return t
@@ -334,6 +413,8 @@ def _grouped_state_dict(module: AlexNet, state_dict: dict[str, Any], prefix: str
     n_cols = len(module.columns)
     for layer in SPLIT_LAYERS:
         for kind in ("weight", "bias"):
+            if f"{prefix}columns.0.{layer}.{kind}" not in state_dict:
+                continue  # a removed layer (drop_conv)
             parts = [state_dict.pop(f"{prefix}columns.{i}.{layer}.{kind}") for i in range(n_cols)]
             state_dict[f"{prefix}{layer}.{kind}"] = (
                 parts[0] if n_cols == 1 else torch.cat([p.to(parts[0].device) for p in parts])

@@ -26,6 +26,7 @@ from pipeline import dali_pipes
 from pipeline.errors import run_cli
 from pipeline.io import atomic_path, write_json
 from pipeline.loaders import (
+    DALI_THREADS,
     LIGHTING,
     NORMALIZE,
     VIEWS,
@@ -105,7 +106,10 @@ def save_grid(train: TrainLoader, samples: int, png, class_names: list[str] = ()
         light = ", ".join(f"{v:+.1f}" for v in offset[i].ravel())
         b.set_title(f"{'flipped, ' if flip else ''}lighting RGB ({light})", fontsize=7)
     fig.suptitle(
-        f"training augmentation: lighting={s.lighting} (std {s.lighting_std}), normalize={s.normalize}", fontsize=8
+        f"training augmentation: lighting={s.lighting} (std {s.lighting_std}), normalize={s.normalize}"
+        + ("" if s.crops else ", centre crops")
+        + ("" if s.flips else ", no flips"),
+        fontsize=8,
     )
     fig.tight_layout()
     with atomic_path(png) as tmp:
@@ -122,7 +126,7 @@ def augment(
     out_dir,
     settings: AugmentSettings | None = None,
     batch_size=TRAIN["batch_size"],
-    threads=2,
+    threads=DALI_THREADS,
     device="auto",
     grid_samples=AUGMENT["grid_samples"],
     bench_batches=AUGMENT["bench_batches"],
@@ -177,14 +181,16 @@ def main(argv=None) -> int:
     p.add_argument("--lighting", default=d["lighting"], choices=LIGHTING)
     p.add_argument("--lighting-std", type=float, default=d["lighting_std"])
     p.add_argument("--normalize", default=d["normalize"], choices=NORMALIZE)
+    p.add_argument("--crops", action=argparse.BooleanOptionalAction, default=d["crops"], help="random 224 patches")
+    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=d["flips"], help="random mirroring")
     p.add_argument("--batch-size", type=int, default=t["batch_size"])
-    p.add_argument("--dali-threads", type=int, default=2, help="DALI CPU threads")
+    p.add_argument("--dali-threads", type=int, default=DALI_THREADS, help="DALI CPU threads")
     p.add_argument("--device", default="auto", help="auto (cuda:0 if available, else cpu) | cpu | cuda:N")
     p.add_argument("--grid-samples", type=int, default=d["grid_samples"])
     p.add_argument("--bench-batches", type=int, default=d["bench_batches"])
     p.add_argument("--seed", type=int, default=t["seed"])
     a = p.parse_args(argv)
-    settings = AugmentSettings(a.lighting, a.lighting_std, a.normalize)
+    settings = AugmentSettings(a.lighting, a.lighting_std, a.normalize, a.crops, a.flips)
     return run_cli(
         augment,
         a.manifest,

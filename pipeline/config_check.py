@@ -180,9 +180,21 @@ def check_paths(cfg: dict) -> None:
         raise ConfigError(f"invalid configuration:\n  {listing}")
 
 
+def check_settings(cfg: dict) -> None:
+    """Settings each valid alone that cannot go together (after `check_config` filled in the defaults)."""
+    train = cfg.get("train") or {}
+    if train.get("columns") == 1 and isinstance(train.get("devices"), list):
+        raise ConfigError(
+            "invalid configuration:\n  config key train.columns: 1 is the one-GPU net of the paper's section 3.2, "
+            f"which runs on one device; train.devices lists two ({', '.join(train['devices'])}): give one, "
+            "or set train.columns to 2 for the paper's two-column split"
+        )
+
+
 def check(cfg: dict, schema: dict | None = None) -> None:
     """The whole check, in place: `cfg` leaves with its strings coerced and its defaults filled in."""
     check_config(cfg, schema)
+    check_settings(cfg)
     check_paths(cfg)
 
 

@@ -143,15 +143,20 @@ def _cmn(x, pos_x, pos_y, mirror, mean, std):
 def train_pipe(shards, index_paths, reader_shard, num_shards, initial_fill, settings, pca, gpu, expose=False):
     """Random 224 crop (33x33 offsets), flip p=0.5, PCA lighting, normalisation (section 4.1).
 
+    settings.crops=False: the centre patch (offset 16, 16) every time; settings.flips=False: no
+    mirror. Their draws stay graph nodes with a single outcome, so the exposed outputs and the
+    GPU path are the same graph either way.
+
     Outputs: images (3,224,224) float, labels (1,) int32; with expose also the
     decoded 256x256 image, crop_pos_x, crop_pos_y, mirror and the lighting
     offset (1,3), for the augmentation grid and the tests.
     """
     jpegs, cls = read(shards, index_paths, reader_shard, num_shards, shuffle=True, initial_fill=initial_fill)
     decoded, x, mean, std = decode_and_center(jpegs, settings.normalize, pca, gpu)
-    pos_x = fn.random.uniform(values=CROP_POS)
-    pos_y = fn.random.uniform(values=CROP_POS)
-    mirror = fn.random.coin_flip(probability=0.5)
+    positions = CROP_POS if settings.crops else [0.5]  # 0.5 * SPAN = 16: the centre, as the test's view
+    pos_x = fn.random.uniform(values=positions)
+    pos_y = fn.random.uniform(values=positions)
+    mirror = fn.random.coin_flip(probability=0.5 if settings.flips else 0.0)
     offset = None
     if settings.lighting != "none":
         # paper, section 4.1: alpha ~ N(0, 0.1) per image per presentation; the offset

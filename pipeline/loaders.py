@@ -19,7 +19,9 @@ work without it (checkpoints, metrics, tracking, prediction) do not import it.
 
 Training (section 4.1): a 224x224 patch at an integer offset drawn uniformly
 from the 33x33 positions of the 256x256 image, a horizontal flip with p=0.5,
-PCA lighting, then normalisation. Test: the centre 224 patch, or the ten views
+PCA lighting, then normalisation. The ablations of section 4.1: crops=False
+takes the centre patch every time, flips=False never mirrors, lighting="none"
+adds no lighting. Test: the centre 224 patch, or the ten views
 in this order: top-left, top-right, bottom-left, bottom-right, centre, then the
 same five flipped horizontally; no augmentation but normalisation.
 
@@ -91,6 +93,10 @@ from pipeline.shards import (
 LIGHTING = ("paper", "sqrt", "none")
 NORMALIZE = ("mean_image", "channel")
 VIEWS = ("center", "ten")
+# DALI CPU threads per pipeline where the caller gives none: a runtime knob, not a setting (each
+# sample's draws come from the seed, not from the thread that runs it). The train rule sets it per
+# job (workflow/rules/common.smk dali_threads); 2 is what a 2-core machine can give.
+DALI_THREADS = 2
 
 
 class LoaderError(PipelineError, ValueError):
@@ -108,6 +114,8 @@ class AugmentSettings:
     lighting: str = AUGMENT["lighting"]  # paper | sqrt | none (see the module docstring)
     lighting_std: float = AUGMENT["lighting_std"]  # paper, section 4.1: alpha ~ N(0, 0.1)
     normalize: str = AUGMENT["normalize"]  # mean_image (paper, section 2) | channel
+    crops: bool = AUGMENT["crops"]  # section 4.1: a random 224 patch of the 256 image | always the centre one
+    flips: bool = AUGMENT["flips"]  # section 4.1: mirrored with p=0.5 | never
 
     def __post_init__(self):
         if self.lighting not in LIGHTING:
@@ -116,6 +124,9 @@ class AugmentSettings:
             raise LoaderError(f"normalize={self.normalize!r}: expected one of {NORMALIZE}")
         if not (math.isfinite(self.lighting_std) and self.lighting_std >= 0):
             raise LoaderError(f"lighting_std={self.lighting_std!r}: expected a number >= 0")
+        for name in ("crops", "flips"):
+            if not isinstance(getattr(self, name), bool):
+                raise LoaderError(f"{name}={getattr(self, name)!r}: expected true or false")
 
 
 def lighting_matrix_for(settings: AugmentSettings, pca: PCA) -> np.ndarray:
@@ -224,7 +235,7 @@ class TrainLoader(_Loader):
         seed=0,
         shard_id=0,
         num_shards=1,
-        threads=2,
+        threads=DALI_THREADS,
         initial_fill=1024,
     ):
         super().__init__(shards, pca, batch_size, settings, device, shard_id, num_shards, threads)
@@ -277,7 +288,16 @@ class EvalLoader(_Loader):
     """Each validation image exactly once over all ranks, in index order within a rank."""
 
     def __init__(
-        self, shards, pca, batch_size, views="center", settings=None, device="cpu", shard_id=0, num_shards=1, threads=2
+        self,
+        shards,
+        pca,
+        batch_size,
+        views="center",
+        settings=None,
+        device="cpu",
+        shard_id=0,
+        num_shards=1,
+        threads=DALI_THREADS,
     ):
         super().__init__(shards, pca, batch_size, settings, device, shard_id, num_shards, threads)
         if views not in VIEWS:

@@ -17,7 +17,7 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.
 # The augment.* keys that shape the training's images (pipeline/loaders.py AugmentSettings): the train
 # stage takes them and keeps them in its checkpoints; the other augment.* keys set up the augment stage's
 # own report. Here, not beside AugmentSettings, because the workflow reads it without importing DALI.
-AUGMENT_SETTINGS = ("lighting", "lighting_std", "normalize")
+AUGMENT_SETTINGS = ("lighting", "lighting_std", "normalize", "crops", "flips")
 
 
 @cache

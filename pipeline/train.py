@@ -64,7 +64,7 @@ from pipeline.errors import PipelineError, run_cli
 from pipeline.fingerprint import input_fingerprints
 from pipeline.health import HealthMonitor, health_check
 from pipeline.io import read_classes
-from pipeline.loaders import AugmentSettings, EvalLoader, TrainLoader, manifest_shards
+from pipeline.loaders import DALI_THREADS, AugmentSettings, EvalLoader, TrainLoader, manifest_shards
 from pipeline.metrics import true_class_rank
 from pipeline.pca_files import load_pca
 from pipeline.schema import AUGMENT_SETTINGS, defaults
@@ -98,7 +98,19 @@ __all__ = [
     "param_digest",
 ]
 
-MODEL_KEYS = ("width", "lrn", "overlapping_pool", "init", "init_gain", "dropout", "dropout_style")
+# The model's settings, in every checkpoint's key: a run never continues a checkpoint of another network.
+MODEL_KEYS = (
+    "width",
+    "lrn",
+    "overlapping_pool",
+    "init",
+    "init_gain",
+    "dropout",
+    "dropout_style",
+    "activation",
+    "columns",
+    "drop_conv",
+)
 RECIPE_KEYS = (
     "batch_size",
     "lr",
@@ -125,11 +137,14 @@ TRAIN, AUGMENT = defaults("train"), defaults("augment")  # the config schema is 
 class TrainConfig:
     # model (model/alexnet.py)
     width: float = TRAIN["width"]  # channel multiplier; 1.0 is the paper's network
-    lrn: bool = True  # section 3.3
-    overlapping_pool: bool = True  # section 3.4: 3x3 pools with stride 2
+    lrn: bool = TRAIN["lrn"]  # section 3.3
+    overlapping_pool: bool = TRAIN["overlapping_pool"]  # section 3.4: 3x3 pools with stride 2
+    activation: str = TRAIN["activation"]  # section 3.1: relu | tanh
+    columns: int = TRAIN["columns"]  # section 3.2: 2 | 1 (the one-GPU net of its footnote 2)
+    drop_conv: int = TRAIN["drop_conv"]  # section 7: 0 | 3 | 4, a middle conv layer removed
     init: str = TRAIN["init"]  # paper (section 5) | caffe | cuda_convnet2 | width_scaled: model/alexnet.py INITS
     init_gain: str = TRAIN["init_gain"]  # source: the init's stds as printed | width: / sqrt(width) (narrow nets)
-    dropout: float = 0.5  # section 4.2
+    dropout: float = TRAIN["dropout"]  # section 4.2: 0.5; 0 none
     dropout_style: str = TRAIN[
         "dropout_style"
     ]  # paper: x(1-p) at test (section 4.2) | inverted: torch's 1/(1-p) in training
@@ -152,16 +167,18 @@ class TrainConfig:
     lighting: str = AUGMENT["lighting"]
     lighting_std: float = AUGMENT["lighting_std"]
     normalize: str = AUGMENT["normalize"]
+    crops: bool = AUGMENT["crops"]  # section 4.1: random 224 patches | the centre one
+    flips: bool = AUGMENT["flips"]  # section 4.1: horizontal reflections with p=0.5 | none
     # runtime: may change between a run and its resumption
     devices: str = TRAIN["devices"]  # auto | cpu | cuda:N | cuda:0,cuda:1
     precision: str = TRAIN["precision"]  # auto (bf16 on GPU) | fp32 | bf16
-    channels_last: str = "auto"  # auto (on GPU) | true | false
+    channels_last: str = TRAIN["channels_last"]  # auto (on GPU) | true | false
     compile: bool = TRAIN["compile"]
     log_every: int = TRAIN["log_every"]  # steps between metrics.jsonl lines (and health figures)
     monitor: bool = TRAIN["monitor"]  # per-layer health figures each log line (pipeline/health.py)
     flat_after: int = TRAIN["flat_after"]  # steps after which a loss still at chance is warned about
     stall_after: int = TRAIN["stall_after"]  # steps after which a loss still at chance stops the run (0: never)
-    dali_threads: int = 2  # DALI CPU threads per replica: a runtime knob (rule train's dali_threads)
+    dali_threads: int = DALI_THREADS  # DALI CPU threads per replica: a runtime knob (rule train's dali_threads)
     torch_threads: int = 0  # torch CPU threads per replica (0: torch's default)
 
     def key(self, num_classes: int) -> dict:
@@ -178,7 +195,7 @@ class TrainConfig:
 
 def make_loaders(cfg: TrainConfig, manifest, pca_json, mean_image, env: Dist, device: str, eval_split: str = "val"):
     pca = load_pca(str(pca_json), str(mean_image))
-    settings = AugmentSettings(lighting=cfg.lighting, lighting_std=cfg.lighting_std, normalize=cfg.normalize)
+    settings = AugmentSettings(**{k: getattr(cfg, k) for k in AUGMENT_SETTINGS})
     per_rank = cfg.batch_size // env.world
     common = dict(settings=settings, device=device, shard_id=env.rank, num_shards=env.world, threads=cfg.dali_threads)
     train_loader = TrainLoader(manifest_shards(manifest, "train"), pca, per_rank, seed=cfg.seed, **common)

@@ -26,7 +26,11 @@ from pipeline.layout import ATTEMPT_FILE, FINISHED_FILE
 SECTIONS = {"model": "the model", "recipe": "the recipe", "augment": "the augmentation"}
 # settings that joined a checkpoint's key later, with the value older checkpoints were trained with,
 # so an interrupted run from before still resumes
-ADDED_KEYS = {"recipe": {"steps_per_epoch": 0, "bias_lr_factor": 1.0}, "model": {"init_gain": "source"}}
+ADDED_KEYS = {
+    "recipe": {"steps_per_epoch": 0, "bias_lr_factor": 1.0},
+    "model": {"init_gain": "source", "activation": "relu", "columns": 2, "drop_conv": 0},
+    "augment": {"crops": True, "flips": True},
+}
 
 
 def plan_start(
