@@ -63,8 +63,8 @@ onerror:
 rule all:
     default_target: True
     input:
-        f"{RESULTS}/augment/augment.json",
-        f"{RESULTS}/train/train.json",
-        f"{RESULTS}/evaluate/metrics.json",
-        [f"{RESULTS}/forecast/forecast.json"] if config["preflight"]["forecast"] else [],
-        f"{RESULTS}/resources/resources.json",
+        LAYOUT.augment,
+        LAYOUT.train().summary,
+        LAYOUT.evaluate().metrics,
+        [LAYOUT.report("forecast", "forecast.json")] if config["preflight"]["forecast"] else [],
+        LAYOUT.report("resources", "resources.json"),

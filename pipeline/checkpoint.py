@@ -32,6 +32,7 @@ import torch
 from model.alexnet import AlexNet
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
+from pipeline.layout import BEST, EPOCH_CHECKPOINTS, LAST, epoch_checkpoint
 
 
 class CheckpointError(PipelineError, ValueError):
@@ -108,10 +109,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def keep_best(ckpt_dir: str | os.PathLike, epoch: int) -> Path:
     """Keep last.pt (just written at `epoch`) as epoch-NNN.pt and point best.pt at it."""
     ckpt_dir = Path(ckpt_dir)
-    kept = ckpt_dir / f"epoch-{epoch:03d}.pt"
-    _link_or_copy(ckpt_dir / "last.pt", kept)
-    _link_or_copy(kept, ckpt_dir / "best.pt")
-    for old in ckpt_dir.glob("epoch-*.pt"):
+    kept = ckpt_dir / epoch_checkpoint(epoch)
+    _link_or_copy(ckpt_dir / LAST, kept)
+    _link_or_copy(kept, ckpt_dir / BEST)
+    for old in ckpt_dir.glob(EPOCH_CHECKPOINTS):
         if old != kept:
             old.unlink()
     return kept
@@ -120,14 +121,14 @@ def keep_best(ckpt_dir: str | os.PathLike, epoch: int) -> Path:
 def restore_best(ckpt_dir: str | os.PathLike, epoch: int | None) -> None:
     """Recreate best.pt (which Snakemake deletes before a rerun) from epoch-NNN.pt."""
     ckpt_dir = Path(ckpt_dir)
-    if epoch is None or (ckpt_dir / "best.pt").exists():
+    if epoch is None or (ckpt_dir / BEST).exists():
         return
-    kept = ckpt_dir / f"epoch-{epoch:03d}.pt"
+    kept = ckpt_dir / epoch_checkpoint(epoch)
     if not kept.exists():
         raise CheckpointError(
             f"{kept} (the best epoch's checkpoint) is missing; delete {ckpt_dir} to train from scratch"
         )
-    _link_or_copy(kept, ckpt_dir / "best.pt")
+    _link_or_copy(kept, ckpt_dir / BEST)
 
 
 def build_model(model_config: dict, devices: list[str] | None = None) -> torch.nn.Module:

@@ -41,6 +41,7 @@ from pipeline.checkpoint import model_from_checkpoint
 from pipeline.devices import DeviceError, InputWait, launch_from_env, synchronize
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_classes, write_json
+from pipeline.layout import checkpoint_kind
 from pipeline.loaders import AugmentSettings, EvalLoader, manifest_shards
 from pipeline.metrics import EvalCounts, ten_crop_probs
 from pipeline.pca_files import load_pca
@@ -132,12 +133,7 @@ def make_loader(
 # best (picked on the validation set this stage scores: biased low) or given; comparison.md and
 # metrics.json say which (report_tables.CHECKPOINT_TEXT).
 def checkpoint_choice(checkpoint) -> str:
-    name = Path(checkpoint).name
-    if name == "last.pt":
-        return "last"
-    if name == "best.pt" or (name.startswith("epoch-") and name.endswith(".pt")):
-        return "best"
-    return "given"
+    return checkpoint_kind(Path(checkpoint).name)
 
 
 def check_inputs(shards_manifest, pca_json, mean_image, classes_tsv) -> None:

@@ -43,6 +43,7 @@ from pipeline.errors import PipelineError
 from pipeline.fingerprint import file_digest
 from pipeline.images import downsample
 from pipeline.io import read_classes
+from pipeline.layout import Results
 from pipeline.metrics import CENTER_VIEW, ten_crop_probs
 from pipeline.pca_files import load_mean_image
 from pipeline.shards import IMAGE_SIZE
@@ -59,11 +60,8 @@ PATCHES = [
     ((SIZE - CROP) // 2, (SIZE - CROP) // 2),
 ]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-DEFAULTS = {
-    "checkpoint": "results/train/checkpoints/best.pt",
-    "mean_image": "results/pca/mean_image.npy",
-    "classes": "results/fetch/classes.tsv",
-}
+# The demo's and the ImageNet preset's results tree (paths.results: results)
+DEFAULTS = {"checkpoint": Results().train().best, "mean_image": Results().mean_image, "classes": Results().classes}
 
 
 class PredictError(PipelineError, ValueError):

@@ -11,8 +11,8 @@ metrics.json (resources.<rule>.<figure>, logged on the parent run).
 
 A file names its rule by where it lies: benchmarks/<rule>.tsv, or
 benchmarks/<rule>/<job>.tsv; the resize stage's shard jobs lie in
-benchmarks/resize/train-NNNNN.tsv, val-NNNNN.tsv and holdout-NNNNN.tsv (rules
-resize_train_shard, resize_val_shard and resize_holdout_shard). Each file holds the latest run of
+benchmarks/resize/train-NNNNN.tsv, val-NNNNN.tsv and holdout-NNNNN.tsv (rule
+resize_train_shard for the first, resize_shard for the others: pipeline/layout.py shard_rule). Each file holds the latest run of
 its job, so after a partial rerun the table mixes this invocation's jobs and
 earlier ones: it describes the results as they stand.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 from pipeline.benchmarks import BenchmarkError, read_benchmark
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import write_json, write_text
+from pipeline.layout import shard_rule
 
 FIGURES = ("jobs", "total_s", "max_s", "cpu_s", "max_rss_mb", "read_mb", "written_mb")
 
@@ -39,7 +40,7 @@ def rule_of(relative: Path) -> str:
         return relative.stem
     folder = relative.parts[0]
     if folder == "resize":  # the two shard rules share the stage's folder
-        return f"resize_{relative.stem.split('-')[0]}_shard"
+        return shard_rule(relative.stem.split("-")[0])
     return folder
 
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, read_json
+from pipeline.layout import shard_rule
 
 IMAGE_SIZE = 256  # paper, section 2: every image is stored as the central 256x256 patch
 CLS_WIDTH = 6
@@ -288,8 +289,8 @@ def shard_jpegs(shard) -> list[tuple[str, int, int]]:
 
 
 def rebuild_command(split: str, tars) -> str:
-    """The Snakemake command that rebuilds exactly these shards of `split` (rule resize_<split>_shard)."""
-    return f"snakemake --cores all --forcerun resize_{split}_shard -- {' '.join(map(_target, tars))}"
+    """The Snakemake command that rebuilds exactly these shards of `split`."""
+    return f"snakemake --cores all --forcerun {shard_rule(split)} -- {' '.join(map(_target, tars))}"
 
 
 def _target(path) -> str:
@@ -361,7 +362,7 @@ def verify_shards(
             f"warning: {manifest} records no sha256 for {len(unchecked)} of {len(entries)} {split} shards "
             f"(e.g. {unchecked[0]}), so they are read unchecked; they were written before shards carried "
             f"checksums. To have them checked, rebuild them and the manifest: "
-            f"snakemake --cores all --forcerun resize_{split}_shard -- {_target(manifest)}",
+            f"snakemake --cores all --forcerun {shard_rule(split)} -- {_target(manifest)}",
             file=log,
         )
     total = sum(Path(e["tar"]).stat().st_size for e in checked if Path(e["tar"]).is_file())

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.tracking.access import resolve_uri
+from pipeline.tracking.flags import build_run_parser
 from pipeline.tracking.registry import ModelFiles, Registration
 from pipeline.tracking.runs import StageOutputs
 from pipeline.tracking.stage import EvaluatedVersion, StageCommand, Tracking, run_stage
@@ -42,66 +43,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The parser and its `run` subparser (whose errors name the verb)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.track", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
-    run = sub.add_parser("run", help="run one stage command inside an MLflow child run")
-    run.add_argument("--stage", required=True)
-    run.add_argument("--log", required=True, help="file that receives the command's output")
-    run.add_argument("--metrics", action="append", help="JSON file whose numeric leaves are logged as metrics")
-    run.add_argument("--parent-metrics", action="append", help="JSON file logged on the parent run too")
-    run.add_argument("--parent-note", help="markdown file that becomes the parent run's description")
-    run.add_argument("--artifact", action="append", help="file or folder logged as an artifact")
-    run.add_argument("--jsonl", help="JSONL file of step metrics, followed while the command runs")
-    run.add_argument(
-        "--model",
-        help="training checkpoint logged as an MLflow model that classifies images (needs --mean-image and --classes)",
-    )
-    run.add_argument("--mean-image", help="the pca stage's mean image, packed with --model")
-    run.add_argument("--classes", help="the fetch stage's class table, packed with --model")
-    run.add_argument("--parent-file", help="file holding the parent run id (written by the Snakefile)")
-    run.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    run.add_argument("--experiment", default=None, help="default: $MLFLOW_EXPERIMENT_NAME or alexnet")
-    run.add_argument("--redact-env", help="environment variable whose value is masked in the log")
-    run.add_argument(
-        "--attempt",
-        help="the attempt file a resumable stage writes as it starts (the train "
-        "stage's); a resumed training continues its MLflow run",
-    )
-    run.add_argument(
-        "--register",
-        metavar="NAME",
-        help="register the --model as a new version of the registered "
-        "model NAME (needs --registered-file, --fingerprints)",
-    )
-    run.add_argument("--registered-file", help="JSON that records the registered version (written with --register)")
-    run.add_argument(
-        "--fingerprints",
-        help="the train stage's train.json, whose 'inputs' (the training data's "
-        "fingerprints) become tags of the registered version",
-    )
-    run.add_argument(
-        "--tag-registered",
-        metavar="FILE",
-        help="a --registered-file: the --metrics' top-1/top-5 errors become tags of that version",
-    )
-    run.add_argument(
-        "--evaluated-checkpoint",
-        help="the checkpoint the stage evaluates; with --tag-registered, "
-        "the version is tagged only if it was made from this file",
-    )
-    run.add_argument(
-        "--system-metrics-s",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="sample the node's CPU, memory, disk, network (and --gpus GPUs) every SECONDS into the "
-        "stage's run (MLflow's system metrics); 0: none",
-    )
-    run.add_argument(
-        "--gpus",
-        default="0",
-        help="GPUs the job holds: N (the first N visible ones are sampled) or auto (the first, if the node has one)",
-    )
-    run.add_argument("--no-tracking", action="store_true", help="only run and log the command")
-    run.add_argument("command", nargs=argparse.REMAINDER)
+    run = build_run_parser(sub.add_parser("run", help="run one stage command inside an MLflow child run"))
     return parser, run
 
 

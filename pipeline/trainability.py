@@ -28,6 +28,7 @@ from pathlib import Path
 
 from pipeline.errors import run_cli
 from pipeline.io import read_json, read_jsonl, write_json
+from pipeline.layout import TrainFolder
 from pipeline.training.recipe import SOURCE_BIAS_LR_FACTOR
 from pipeline.training.verdict import TrainabilityError, describe, recommend, run_verdict
 
@@ -75,13 +76,13 @@ def check_trainability(
     verdicts = []
     for init in inits:
         run_dir = out / init
-        done = run_dir / "train.json"
+        done = Path(TrainFolder(str(run_dir)).summary)
         if done.exists() and read_json(done).get("steps") == epochs * per_epoch:
             print(f"trainability: {init} already trained ({done})", file=sys.stderr)
         else:  # the train stage resumes an interrupted candidate from its last checkpoint
             train_candidate(init, run_dir, [manifest, pca, mean_image, classes], train_flags, epochs, per_epoch)
         num_classes = read_json(done)["num_classes"]
-        verdicts.append(run_verdict(init, read_jsonl(run_dir / "metrics.jsonl"), num_classes, batch))
+        verdicts.append(run_verdict(init, read_jsonl(TrainFolder(str(run_dir)).metrics), num_classes, batch))
     choice, why = recommend(verdicts)
 
     result = {"ran": True, "device": "cuda" if gpu else "cpu", "inits": inits, "steps": epochs * per_epoch}

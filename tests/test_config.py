@@ -22,7 +22,7 @@ DEMO_JOBS = {
     "fetch": 1,
     "index": 2,
     "resize_train_shard": 4,
-    "resize_val_shard": 2,
+    "resize_shard": 2,
     "resize": 1,
     "pca": 1,
     "augment": 1,

@@ -590,7 +590,7 @@ def test_a_flipped_shard_stops_the_stage_before_scoring_naming_it_and_its_rebuil
     err = capsys.readouterr().err
     assert err.startswith("error: 1 of 2 val shards differ") and "Traceback" not in err
     assert f"{tar}: sha256: expected " in err and "(the same size)" in err
-    assert f"snakemake --cores all --forcerun resize_val_shard -- {tar}" in err
+    assert f"snakemake --cores all --forcerun resize_shard -- {tar}" in err
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 

@@ -22,8 +22,8 @@ def test_files_name_their_rules():
     assert rule_of(Path("train.tsv")) == "train"
     assert rule_of(Path("index/val.tsv")) == "index"
     assert rule_of(Path("resize/train-00003.tsv")) == "resize_train_shard"
-    assert rule_of(Path("resize/val-00000.tsv")) == "resize_val_shard"
-    assert rule_of(Path("resize/holdout-00000.tsv")) == "resize_holdout_shard"
+    assert rule_of(Path("resize/val-00000.tsv")) == "resize_shard"
+    assert rule_of(Path("resize/holdout-00000.tsv")) == "resize_shard"
     assert rule_of(Path("holdout.tsv")) == "holdout"
 
 
@@ -51,7 +51,7 @@ def test_outputs_and_metrics(tmp_path):
     bench(tmp_path / "b", "pca.tsv", 4.0)
     bench(tmp_path / "b", "resize/val-00000.tsv", 1.0, rss="NA")
     resources(tmp_path / "b", tmp_path / "out")
-    assert read_json(tmp_path / "out" / "metrics.json")["resources"]["resize_val_shard"] == {
+    assert read_json(tmp_path / "out" / "metrics.json")["resources"]["resize_shard"] == {
         "jobs": 1,
         "total_s": 1.0,
         "max_s": 1.0,
@@ -61,7 +61,7 @@ def test_outputs_and_metrics(tmp_path):
     }
     md = (tmp_path / "out" / "resources.md").read_text()
     assert "| pca | 1 | 4.0 s | 4.0 s | 1.5 s | 100 MB | 1.0 MB | 2.0 MB |" in md
-    assert "| resize_val_shard | 1 | 1.0 s | 1.0 s | 1.5 s | n/a MB |" in md
+    assert "| resize_shard | 1 | 1.0 s | 1.0 s | 1.5 s | n/a MB |" in md
     assert "| all | 2 | 5.0 s |" in md
 
 

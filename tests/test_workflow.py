@@ -68,7 +68,7 @@ def test_every_job_has_a_benchmark_and_the_resources_table_sums_them(run_dir):
         "fetch": 1,
         "index": 2,
         "resize_train_shard": 2,
-        "resize_val_shard": 1,
+        "resize_shard": 1,
         "resize": 1,
         "pca": 1,
         "augment": 1,
@@ -259,7 +259,7 @@ def test_killed_resize_redoes_only_missing_shards(run_dir):
     try:
         jobs = planned_jobs(run_dir, "results/shards/manifest.json")
         assert jobs.get("resize_train_shard") == 1, jobs
-        assert "resize_val_shard" not in jobs and "resize" in jobs
+        assert "resize_shard" not in jobs and "resize" in jobs
         assert not {"demo", "fetch", "index"} & set(jobs)
     finally:
         for path in moved:
@@ -281,8 +281,10 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
     override.write_text("resize:\n  holdout_per_class: 2\n  holdout_shards: 1\n")
     proc = snakemake(work, "--cores", "2", "--configfile", str(TINY), str(override))
     ran = job_stats(proc.stdout + proc.stderr)
-    assert ran.get("holdout") == 1 and ran.get("resize_holdout_shard") == 1 and ran.get("train") == 1, ran
-    assert not {"demo", "fetch", "index", "resize_val_shard"} & set(ran), ran
+    assert ran.get("holdout") == 1 and ran.get("resize_shard") == 1 and ran.get("train") == 1, ran
+    assert not {"demo", "fetch", "index"} & set(ran), (
+        ran
+    )  # resize_shard ran once: the held-out shard, not the val shards
     results = work / "results"
     manifest = json.loads((results / "shards/manifest.json").read_text())
     held = set(manifest["holdout"]["members"])
@@ -290,7 +292,7 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
     assert len(held) == 2 * len(manifest["classes"])
     assert after_keys | held == before_keys and not after_keys & held
     bench = results / "benchmarks"  # the resources table files the new jobs under their own rules
-    assert {"holdout", "resize_holdout_shard"} <= {rule_of(f.relative_to(bench)) for f in bench.rglob("*.tsv")}
+    assert {"holdout", "resize_shard"} <= {rule_of(f.relative_to(bench)) for f in bench.rglob("*.tsv")}
 
     log = (results / "logs/train.log").read_text()
     assert "starting over: the shard manifest and the training and validation shards" in log, log[-3000:]

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.checkpoint import keep_best, load_checkpoint, restore_best, save_checkpoint
 from pipeline.fingerprint import LABELS, changed_inputs
 from pipeline.io import read_json, write_json, write_text
-from pipeline.layout import ATTEMPT_FILE, FINISHED_FILE
+from pipeline.layout import FINISHED_FILE, TrainFolder
 
 SECTIONS = {"model": "the model", "recipe": "the recipe", "augment": "the augmentation"}
 # settings that joined a checkpoint's key later, with the value older checkpoints were trained with,
@@ -83,9 +83,9 @@ def set_aside(out_dir: Path) -> Path | None:
     The new run then writes into an empty folder, and a kill before its first
     checkpoint cannot leave it continuing the old run's weights.
     """
-    olds = [out_dir / n for n in ("checkpoints", "metrics.jsonl", "curve.png", "train.json")]
-    olds = [p for p in olds if p.exists()]
-    if not (out_dir / "checkpoints" / "last.pt").exists():
+    f = TrainFolder(str(out_dir))
+    olds = [Path(p) for p in (f.checkpoints, f.metrics, f.curve, f.summary) if Path(p).exists()]
+    if not Path(f.last).exists():
         for p in olds:  # nothing worth keeping: leftovers of a run killed before its first epoch
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         return None
@@ -117,10 +117,13 @@ class RunFolder:
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out_dir = Path(out_dir)
-        self.checkpoints = self.out_dir / "checkpoints"
-        self.last, self.finished = self.checkpoints / "last.pt", self.checkpoints / FINISHED_FILE
-        self.metrics, self.curve = self.out_dir / "metrics.jsonl", self.out_dir / "curve.png"
-        self.summary, self.attempt = self.out_dir / "train.json", self.out_dir / ATTEMPT_FILE
+        f = TrainFolder(str(out_dir))
+        self.checkpoints, self.last, self.finished = (
+            Path(f.checkpoints),
+            Path(f.last),
+            Path(f.checkpoints, FINISHED_FILE),
+        )
+        self.metrics, self.curve, self.summary, self.attempt = map(Path, (f.metrics, f.curve, f.summary, f.attempt))
         self.saved: dict | None = None
 
     def read_last(self, fresh: bool) -> tuple[dict | None, dict | None]:

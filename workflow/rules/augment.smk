@@ -6,38 +6,32 @@
 # ten-crop pipelines at the training batch size). The device is picked at run
 # time (cuda:0 if torch sees a GPU, else the CPU), so the rule runs anywhere.
 
-AUGMENT = config["augment"]
-
 
 rule augment:
     input:
-        manifest=f"{RESULTS}/shards/manifest.json",
-        pca=f"{RESULTS}/pca/pca.json",
-        mean_image=f"{RESULTS}/pca/mean_image.npy",
+        manifest=LAYOUT.manifest,
+        pca=LAYOUT.pca,
+        mean_image=LAYOUT.mean_image,
     output:
-        json=f"{RESULTS}/augment/augment.json",
-        grid=report(
-            f"{RESULTS}/augment/grid.png", category="Augmentation", labels={"figure": "augmented training samples"}
-        ),
+        json=LAYOUT.augment,
+        grid=report(LAYOUT.augment_grid, category="Augmentation", labels={"figure": "augmented training samples"}),
     log:
-        f"{RESULTS}/logs/augment.log",
+        LAYOUT.log("augment"),
     benchmark:
-        f"{RESULTS}/benchmarks/augment.tsv"
+        LAYOUT.benchmark("augment")
     conda:
         CONDA_ENV
     threads: 8  # DALI CPU threads (at most --cores; a profile's set-threads changes it)
     resources:
         gpu=min(1, config["train"]["gpus"]),
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        out_dir=output_dir,
         # the training pipeline at the training batch size and seed
         settings=settings_flags("augment", batch_size=config["train"]["batch_size"], seed=config["train"]["seed"]),
     message:
-        f"Building the DALI training and test pipelines (lighting {AUGMENT['lighting']}, "
-        f"normalize {AUGMENT['normalize']}): sample grid and throughput"
+        f"Building the DALI training and test pipelines (lighting {config['augment']['lighting']}, "
+        f"normalize {config['augment']['normalize']}): sample grid and throughput"
     shell:
-        tracked(
-            "augment", metrics="{output.json}", artifacts=["{output.grid}", "{output.json}"], gpus=monitored_gpus()
-        )
+        tracked("augment", metrics="{output.json}", artifact=["{output.grid}", "{output.json}"], gpus=monitored_gpus())
         + "python -m pipeline.augment --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --out-dir {params.out_dir} {params.settings} --dali-threads {threads} --device auto"

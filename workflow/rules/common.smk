@@ -10,19 +10,22 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from pipeline.config_check import check_or_exit
-from pipeline.layout import ATTEMPT_FILE
+from pipeline.layout import SHARD_NUMBER, SOURCE_SPLIT, Results
 from pipeline.schema import AUGMENT_SETTINGS
+from pipeline.sources import ARCHIVES, is_md5_digest, is_remote, local_path
 from pipeline.tracking.access import bound_requests
+from pipeline.tracking.flags import command_prefix
 
 # Coerces command-line strings, validates, fills in the schema's defaults, and
 # checks local sources; exits with the keys at fault.
 check_or_exit(config)
 
-RESULTS = config["paths"]["results"]
+# Every path between stages comes from pipeline/layout.py.
+LAYOUT = Results(config["paths"]["results"])
 # Used with --software-deployment-method conda; the default is the pip environment (envs/*.txt).
 CONDA_ENV = "../../envs/conda.yaml"
 TRACKING = config["tracking"]
-PARENT_FILE = f"{RESULTS}/.tracking/parent_run_id"
+PARENT_FILE = LAYOUT.parent_run_file
 # Jobs (local or on a cluster) read the store and experiment from the environment
 # (an MLFLOW_TRACKING_URI already set there wins over the config),
 # so changing them never reruns a stage.
@@ -35,66 +38,29 @@ bound_requests(TRACKING["request_timeout_s"], TRACKING["request_retries"])
 # Each successful training registers a version of this model; the evaluate
 # stage tags the version recorded in REGISTERED_FILE with its errors.
 REGISTERED_MODEL = f"alexnet-{config['dataset']['name']}"
-REGISTERED_FILE = f"{RESULTS}/train/registered_model.json"
+REGISTERED_FILE = LAYOUT.train().registered
 
 
-def tracked(
-    stage,
-    metrics=None,
-    artifacts=(),
-    jsonl=None,
-    model=None,
-    mean_image=None,
-    classes=None,
-    parent_metrics=None,
-    parent_note=None,
-    redact_env=None,
-    attempt=None,
-    register=None,
-    fingerprints=None,
-    tag_registered=None,
-    evaluated_checkpoint=None,
-    gpus=None,
-):
+def tracked(stage, register=None, **options):
     """Shell prefix that runs a stage command in its MLflow child run, output to {log}.
 
-    model: a checkpoint logged as the run's MLflow model, which takes images;
-    it packs the mean image and class table given with it. register: the
-    registered model that model becomes a new version of, tagged with the data
-    fingerprints in `fingerprints` (train.json). tag_registered: the file
-    recording that version, tagged with the `metrics` errors when
-    `evaluated_checkpoint` is the checkpoint it was made from. gpus: the GPUs the job
-    holds (e.g. "{resources.gpu}"), whose utilisation, memory and power join the run's
-    system metrics (tracking.system_metrics_s)."""
-    parts = ["python -m pipeline.track run", f"--stage {stage}", "--log {log}"]
-    if not TRACKING["enabled"]:
-        parts.append("--no-tracking")
-    parts.append(f"--parent-file {PARENT_FILE}")
-    if TRACKING["system_metrics_s"] > 0:
-        parts.append(f"--system-metrics-s {TRACKING['system_metrics_s']:g}")
-    if gpus:
-        parts.append(f"--gpus {gpus}")
-    if metrics:
-        parts.append(f"--metrics {metrics}")
-    for artifact in artifacts:
-        parts.append(f"--artifact {artifact}")
-    if jsonl:
-        parts.append(f"--jsonl {jsonl}")
-    if model:
-        parts.append(f"--model {model} --mean-image {mean_image} --classes {classes}")
-    if parent_metrics:
-        parts.append(f"--parent-metrics {parent_metrics}")
-    if parent_note:
-        parts.append(f"--parent-note {parent_note}")
-    if redact_env:
-        parts.append(f"--redact-env {redact_env}")
-    if attempt:
-        parts.append(f"--attempt {attempt}")
-    if register:
-        parts.append(f"--register {register} --registered-file {REGISTERED_FILE} --fingerprints {fingerprints}")
-    if tag_registered:
-        parts.append(f"--tag-registered {tag_registered} --evaluated-checkpoint {evaluated_checkpoint}")
-    return f"{' '.join(parts)} -- "
+    options: pipeline.track's flags by name (pipeline/tracking/flags.py holds them all), e.g.
+    metrics="{output.json}", artifact=[...], model=CHECKPOINT with mean_image and classes (the
+    logged model takes images), parent_metrics, tag_registered with evaluated_checkpoint, and
+    gpus (the GPUs the job holds, e.g. "{resources.gpu}", whose utilisation, memory and power
+    join the run's system metrics). register: the registered model the logged model becomes a
+    new version of, recorded in REGISTERED_FILE and tagged with the fingerprints in
+    options["fingerprints"] (train.json)."""
+    return command_prefix(
+        stage=stage,
+        log="{log}",
+        no_tracking=not TRACKING["enabled"],
+        parent_file=PARENT_FILE,
+        system_metrics_s=TRACKING["system_metrics_s"] or None,
+        register=register,
+        registered_file=REGISTERED_FILE if register else None,
+        **options,
+    )
 
 
 def flat_config(cfg, prefix=""):
@@ -222,3 +188,133 @@ def preflight_changes():
     if config["evaluate"]["max_images"]:
         changes.append(f"evaluation of the first {config['evaluate']['max_images']} validation images only")
     return changes
+
+
+# Named functions the rules call for their inputs and params, here so that the rule files hold rules only.
+def output_dir(wildcards, output):
+    """The folder of a job's first output: the stage's --out-dir."""
+    return os.path.dirname(output[0])
+
+
+# fetch (workflow/rules/fetch.smk)
+DATASET = config["dataset"]
+
+
+def fetch_sources():
+    """The dataset.archives entries fetch reads: all three, or only the devkit for folder names."""
+    if DATASET["source"] == "archives":
+        return DATASET["archives"]
+    return {"devkit": DATASET["archives"]["devkit"]} if (DATASET.get("folders") or {}).get("devkit") else {}
+
+
+def fetch_inputs():
+    """Local sources and md5sum files: files Snakemake can date, so a changed one reruns fetch."""
+    inputs = {key: local_path(src["url"]) for key, src in fetch_sources().items() if not is_remote(src["url"])}
+    inputs.update(
+        {f"{key}_md5": local_path(src["md5"]) for key, src in fetch_sources().items() if not is_md5_digest(src["md5"])}
+    )
+    return inputs
+
+
+def fetch_outputs():
+    outputs = {"classes": LAYOUT.classes, "val_labels": LAYOUT.val_labels, "json": LAYOUT.fetch_report}
+    if DATASET["source"] == "archives":
+        outputs.update({key: LAYOUT.archive(key) for key in ARCHIVES})
+    return outputs
+
+
+def fetch_args():
+    """The fetch command's flags. They carry only the NAME of the auth variable, never its value:
+    flags become MLflow params."""
+    args = ["--source", DATASET["source"]]
+    for key, src in fetch_sources().items():
+        args += [f"--{key}", src["url"], f"--{key}-md5", src["md5"]]
+    if DATASET["source"] == "folders":
+        args += ["--train-dir", DATASET["folders"]["train"], "--val-dir", DATASET["folders"]["val"]]
+    if DATASET.get("auth_env"):
+        args += ["--auth-env", DATASET["auth_env"]]
+    return shlex.join(args)
+
+
+# index and resize (workflow/rules/resize.smk)
+RESIZE = config["resize"]
+# resize.holdout_per_class > 0: a held-out slice of the training set (pipeline/holdout.py) gets its own
+# shards, cut from the same training archive; the training shards come from the rows that are left.
+HOLDOUT = RESIZE["holdout_per_class"] > 0
+SHARD_COUNTS = {
+    "train": RESIZE["train_shards"],
+    "val": RESIZE["val_shards"],
+    **({"holdout": RESIZE["holdout_shards"]} if HOLDOUT else {}),
+}
+# A folder tree is no file Snakemake can date: its path is only a param, and the index has no archive input.
+FROM_FOLDERS = DATASET["source"] == "folders"
+
+
+def source_archive(wildcards):
+    """The fetched archive a split's images come from (none for a folder tree)."""
+    return [] if FROM_FOLDERS else [LAYOUT.archive(SOURCE_SPLIT[wildcards.split])]
+
+
+def source_path(wildcards, input):
+    """Where the index and resize commands read a split's images: the archive, or the folder tree."""
+    return DATASET["folders"][SOURCE_SPLIT[wildcards.split]] if FROM_FOLDERS else input.source
+
+
+def shard_index(wildcards):
+    return LAYOUT.shard_index(wildcards.split, HOLDOUT)
+
+
+def shard_files(suffix, splits=None):
+    """Every shard's file with `suffix` (.tar, .idx, .json, .stats.npz), over `splits` (default: all)."""
+    return [LAYOUT.shard(split, k, suffix) for split in (splits or SHARD_COUNTS) for k in range(SHARD_COUNTS[split])]
+
+
+def shard_count(wildcards):
+    return SHARD_COUNTS[wildcards.split]
+
+
+def shard_settings(wildcards):
+    """resize.* settings of one shard; the shard count is its split's."""
+    return settings_flags(
+        "resize", ("seed", "jpeg_quality", "max_reject_fraction"), shards=SHARD_COUNTS[wildcards.split]
+    )
+
+
+# train and evaluate (workflow/rules/train.smk, evaluate.smk)
+EVALUATE = config["evaluate"]
+
+
+def torch_threads(wildcards, threads, resources):
+    """torch threads per replica, so replicas on the CPU do not oversubscribe the job's cores."""
+    return max(1, threads // train_replicas(resources.gpu))
+
+
+def logged_checkpoint():
+    """The checkpoint logged as the MLflow model (and registered): the one the evaluate stage
+    scores, so the evaluation's errors can become the version's tags. last.pt is not a declared
+    output of rule train (train.smk says why)."""
+    return LAYOUT.train().last if EVALUATE["checkpoint"] == "last" else "{output.best}"
+
+
+def evaluate_input(wildcards):
+    """best.pt, or train.json standing for last.pt (written after the final last.pt); anything
+    else in evaluate.checkpoint is a path to any checkpoint (then training need not run at all)."""
+    train = LAYOUT.train()
+    return {"best": train.best, "last": train.summary}.get(str(EVALUATE["checkpoint"]), EVALUATE["checkpoint"])
+
+
+def evaluated_checkpoint(wildcards, input):
+    return LAYOUT.train().last if EVALUATE["checkpoint"] == "last" else input.checkpoint
+
+
+# forecast (workflow/rules/forecast.smk)
+def forecast_trainability(wildcards, input):
+    return " ".join(f"--trainability {path}" for path in input.trainability)
+
+
+def rehearsal_flags(wildcards):
+    return " ".join(f"--rehearsal {shlex.quote(c)}" for c in preflight_changes())
+
+
+def forecast_cores(wildcards):
+    return parallel_jobs()

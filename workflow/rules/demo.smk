@@ -5,30 +5,28 @@
 # demo.sizes: imagenet draws ImageNet's size mix and quirks for a rehearsal of
 # the real run, up to all 1000 classes.
 
-DEMO = config["demo"]
-
 
 rule demo:
     output:
-        train=f"{DEMO['out_dir']}/ILSVRC2012_img_train.tar",
-        val=f"{DEMO['out_dir']}/ILSVRC2012_img_val.tar",
-        devkit=f"{DEMO['out_dir']}/ILSVRC2012_devkit_t12.tar.gz",
-        md5=f"{DEMO['out_dir']}/MD5SUMS",
-        json=f"{DEMO['out_dir']}/demo.json",
+        train=os.path.join(config["demo"]["out_dir"], ARCHIVES["train"]),
+        val=os.path.join(config["demo"]["out_dir"], ARCHIVES["val"]),
+        devkit=os.path.join(config["demo"]["out_dir"], ARCHIVES["devkit"]),
+        md5=os.path.join(config["demo"]["out_dir"], "MD5SUMS"),
+        json=os.path.join(config["demo"]["out_dir"], "demo.json"),
     log:
-        f"{RESULTS}/logs/demo.log",
+        LAYOUT.log("demo"),
     benchmark:
-        f"{RESULTS}/benchmarks/demo.tsv"
+        LAYOUT.benchmark("demo")
     conda:
         CONDA_ENV
     # processes that draw the images: a runtime knob, the bytes do not depend on it; Snakemake caps a
     # rule's threads at --cores
     threads: 64
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        out_dir=output_dir,
         settings=settings_flags("demo", exclude=("out_dir",)),
     message:
-        f"Drawing the demo dataset: {DEMO['classes']} classes, seed {DEMO['seed']}, into {{params.out_dir}}"
+        f"Drawing the demo dataset: {config['demo']['classes']} classes, seed {config['demo']['seed']}, into {{params.out_dir}}"
     shell:
         tracked("demo", metrics="{output.json}")
         + "python -m pipeline.demo --out-dir {params.out_dir} {params.settings} --workers {threads}"

@@ -8,37 +8,37 @@
 
 rule forecast:
     input:
-        manifest=f"{RESULTS}/shards/manifest.json",
-        augment=f"{RESULTS}/augment/augment.json",
-        train=f"{RESULTS}/train/train.json",
-        evaluate=f"{RESULTS}/evaluate/metrics.json",
-        trainability=[f"{RESULTS}/trainability/trainability.json"] if PREFLIGHT["trainability_inits"] else [],
+        manifest=LAYOUT.manifest,
+        augment=LAYOUT.augment,
+        train=LAYOUT.train().summary,
+        evaluate=LAYOUT.evaluate().metrics,
+        trainability=[LAYOUT.report("trainability", "trainability.json")] if PREFLIGHT["trainability_inits"] else [],
     output:
-        json=f"{RESULTS}/forecast/forecast.json",
-        metrics=f"{RESULTS}/forecast/metrics.json",
+        json=LAYOUT.report("forecast", "forecast.json"),
+        metrics=LAYOUT.report("forecast", "metrics.json"),
         table=report(
-            f"{RESULTS}/forecast/forecast.md",
+            LAYOUT.report("forecast", "forecast.md"),
             category="Forecast",
             labels={"table": "time, memory and disk of the real run"},
         ),
     log:
-        f"{RESULTS}/logs/forecast.log",
+        LAYOUT.log("forecast"),
     conda:
         CONDA_ENV
     params:
-        results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.manifest)),
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
-        cores=lambda wildcards: parallel_jobs(),
+        results=LAYOUT.root,
+        out_dir=output_dir,
+        cores=forecast_cores,
         settings=settings_flags("preflight", ("train_images", "val_images", "epochs")),
-        rehearsal=lambda wildcards: " ".join(f"--rehearsal {shlex.quote(c)}" for c in preflight_changes()),
-        trainability=lambda wildcards, input: " ".join(f"--trainability {path}" for path in input.trainability),
+        rehearsal=rehearsal_flags,
+        trainability=forecast_trainability,
     message:
         "Forecasting the real run ({params.cores} cores) from the preflight's costs"
     shell:
         tracked(
             "forecast",
             metrics="{output.metrics}",
-            artifacts=["{output.table}", "{output.json}"],
+            artifact=["{output.table}", "{output.json}"],
             parent_metrics="{output.metrics}",
             parent_note="{output.table}",
         )

@@ -8,22 +8,22 @@
 
 rule pca:
     input:
-        stats=RESIZE_SHARD_FILES["train", ".stats.npz"],
-        manifest=f"{RESULTS}/shards/manifest.json",
+        stats=shard_files(".stats.npz", ["train"]),
+        manifest=LAYOUT.manifest,
     output:
-        json=f"{RESULTS}/pca/pca.json",
-        mean_image=f"{RESULTS}/pca/mean_image.npy",
-        png=report(f"{RESULTS}/pca/pca.png", category="PCA", labels={"figure": "RGB eigenvectors and mean image"}),
+        json=LAYOUT.pca,
+        mean_image=LAYOUT.mean_image,
+        png=report(LAYOUT.pca_plot, category="PCA", labels={"figure": "RGB eigenvectors and mean image"}),
     log:
-        f"{RESULTS}/logs/pca.log",
+        LAYOUT.log("pca"),
     benchmark:
-        f"{RESULTS}/benchmarks/pca.tsv"
+        LAYOUT.benchmark("pca")
     conda:
         CONDA_ENV
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        out_dir=output_dir,
     message:
         "PCA of the training pixels' RGB covariance, and the mean image"
     shell:
-        tracked("pca", metrics="{output.json}", artifacts=["{output.json}", "{output.png}"])
+        tracked("pca", metrics="{output.json}", artifact=["{output.json}", "{output.png}"])
         + "python -m pipeline.pca --manifest {input.manifest} --out-dir {params.out_dir}"

@@ -1,75 +1,40 @@
 # Index, resize and shard (pipeline/archive.py, pipeline/resize.py).
 # index: byte offsets of every image (tar headers only, nested per-class tars
-# resolved), or the files of a class-folder tree. resize_{train,val}_shard:
+# resolved), or the files of a class-folder tree. resize_train_shard, resize_shard:
 # one job per shard, so `--cores all` or a cluster executor spreads them; each
 # writes <split>-<k>.tar/.idx/.json (+ .stats.npz for train, the RGB
 # statistics fused into the same pass) atomically, so a killed run keeps its
 # finished shards and a rerun redoes only the missing ones. resize: checks
 # the rejects over all shards and writes the manifest later stages read.
+# The training shards' jobs also gather the RGB statistics (a rule of their
+# own, with one more output); the validation and held-out shards share one rule.
 # Params carry every setting that changes the shards, so editing
 # resize.jpeg_quality (or seed, shard counts) reruns resize and PCA only. The size is
 # the paper's 256 (section 2; pipeline/shards.py IMAGE_SIZE), not a setting.
 
-RESIZE = config["resize"]
-# resize.holdout_per_class > 0: a held-out slice of the training set (pipeline/holdout.py) gets its own
-# shards, cut from the same training archive; the training shards come from the rows that are left.
-RESIZE_HOLDOUT = RESIZE["holdout_per_class"] > 0
-RESIZE_SHARDS = {
-    "train": RESIZE["train_shards"],
-    "val": RESIZE["val_shards"],
-    **({"holdout": RESIZE["holdout_shards"]} if RESIZE_HOLDOUT else {}),
-}
-RESIZE_INDEX = {
-    "train": f"{RESULTS}/index/train-kept.tsv" if RESIZE_HOLDOUT else f"{RESULTS}/index/train.tsv",
-    "val": f"{RESULTS}/index/val.tsv",
-    "holdout": f"{RESULTS}/index/holdout.tsv",
-}
-# The archive fetch verified is an input file; a folder tree is no file
-# Snakemake can date, so its path is only a param.
-RESIZE_FROM_FOLDERS = config["dataset"]["source"] == "folders"
-RESIZE_SOURCE_SPLIT = {"train": "train", "val": "val", "holdout": "train"}  # the held-out images are training images
-RESIZE_ARCHIVE = {
-    split: [] if RESIZE_FROM_FOLDERS else [f"{RESULTS}/fetch/ILSVRC2012_img_{RESIZE_SOURCE_SPLIT[split]}.tar"]
-    for split in RESIZE_SOURCE_SPLIT
-}
-RESIZE_SOURCE = {
-    split: (
-        lambda wildcards, input, split=split: (
-            config["dataset"]["folders"][RESIZE_SOURCE_SPLIT[split]] if RESIZE_FROM_FOLDERS else input.source
-        )
-    )
-    for split in RESIZE_SOURCE_SPLIT
-}
-RESIZE_SHARD_FILES = {
-    (split, suffix): expand(f"{RESULTS}/shards/{split}/{split}-{{k:05d}}{suffix}", k=range(shards))
-    for split, shards in RESIZE_SHARDS.items()
-    for suffix in (".tar", ".idx", ".json", ".stats.npz")
-}
-# resize.* settings of one shard; the shard counts are per split
-RESIZE_SHARD_SETTINGS = ("seed", "jpeg_quality", "max_reject_fraction")
 RESIZE_SHARD_SHELL = (
-    "python -m pipeline.resize shard --split {params.split} --index {input.index} --source {params.source}"
+    "python -m pipeline.resize shard --split {wildcards.split} --index {input.index} --source {params.source}"
     " --shard {wildcards.shard} {params.settings} {params.stats} --out {output.tar} > {log} 2>&1"
 )
 
 
 rule index:
     input:
-        source=lambda wildcards: RESIZE_ARCHIVE[wildcards.split],
-        classes=f"{RESULTS}/fetch/classes.tsv",
-        val_labels=f"{RESULTS}/fetch/val_labels.tsv",
+        source=source_archive,
+        classes=LAYOUT.classes,
+        val_labels=LAYOUT.val_labels,
     output:
-        f"{RESULTS}/index/{{split}}.tsv",
+        LAYOUT.index("{split}"),
     log:
-        f"{RESULTS}/logs/index/{{split}}.log",
+        LAYOUT.log("index", "{split}"),
     benchmark:
-        f"{RESULTS}/benchmarks/index/{{split}}.tsv"
+        LAYOUT.benchmark("index", "{split}")
     wildcard_constraints:
         split="train|val",
     conda:
         CONDA_ENV
     params:
-        source=lambda wildcards, input: RESIZE_SOURCE[wildcards.split](wildcards, input),
+        source=source_path,
     message:
         "Indexing the {wildcards.split} images of {params.source} by byte offset"
     shell:
@@ -79,14 +44,14 @@ rule index:
 
 rule holdout:
     input:
-        f"{RESULTS}/index/train.tsv",
+        LAYOUT.index("train"),
     output:
-        kept=f"{RESULTS}/index/train-kept.tsv",
-        holdout=f"{RESULTS}/index/holdout.tsv",
+        kept=LAYOUT.index("train-kept"),
+        holdout=LAYOUT.index("holdout"),
     log:
-        f"{RESULTS}/logs/holdout.log",
+        LAYOUT.log("holdout"),
     benchmark:
-        f"{RESULTS}/benchmarks/holdout.tsv"
+        LAYOUT.benchmark("holdout")
     conda:
         CONDA_ENV
     params:
@@ -101,119 +66,89 @@ rule holdout:
 
 rule resize_train_shard:
     input:
-        index=RESIZE_INDEX["train"],
-        source=RESIZE_ARCHIVE["train"],
+        index=shard_index,
+        source=source_archive,
     output:
-        tar=f"{RESULTS}/shards/train/train-{{shard}}.tar",
-        idx=f"{RESULTS}/shards/train/train-{{shard}}.idx",
-        json=f"{RESULTS}/shards/train/train-{{shard}}.json",
-        stats=f"{RESULTS}/shards/train/train-{{shard}}.stats.npz",
+        tar=LAYOUT.shard("{split}", "{shard}", ".tar"),
+        idx=LAYOUT.shard("{split}", "{shard}", ".idx"),
+        json=LAYOUT.shard("{split}", "{shard}", ".json"),
+        stats=LAYOUT.shard("{split}", "{shard}", ".stats.npz"),
     log:
-        f"{RESULTS}/logs/resize/train-{{shard}}.log",
+        LAYOUT.log("resize", "{split}-{shard}"),
     benchmark:
-        f"{RESULTS}/benchmarks/resize/train-{{shard}}.tsv"
+        LAYOUT.benchmark("resize", "{split}-{shard}")
     wildcard_constraints:
-        shard=r"\d{5}",
+        split="train",
+        shard=SHARD_NUMBER,
     conda:
         CONDA_ENV
     resources:
         mem_mb=1024,
     params:
-        split="train",
         stats="--stats",
-        source=RESIZE_SOURCE["train"],
-        shards=RESIZE_SHARDS["train"],
-        settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE_SHARDS["train"]),
+        source=source_path,
+        shards=SHARD_COUNTS["train"],
+        settings=shard_settings,
     message:
         "Resizing training shard {wildcards.shard} of {params.shards}, with RGB statistics"
     shell:
         RESIZE_SHARD_SHELL
 
 
-rule resize_val_shard:
+rule resize_shard:
     input:
-        index=f"{RESULTS}/index/val.tsv",
-        source=RESIZE_ARCHIVE["val"],
+        index=shard_index,
+        source=source_archive,
     output:
-        tar=f"{RESULTS}/shards/val/val-{{shard}}.tar",
-        idx=f"{RESULTS}/shards/val/val-{{shard}}.idx",
-        json=f"{RESULTS}/shards/val/val-{{shard}}.json",
+        tar=LAYOUT.shard("{split}", "{shard}", ".tar"),
+        idx=LAYOUT.shard("{split}", "{shard}", ".idx"),
+        json=LAYOUT.shard("{split}", "{shard}", ".json"),
     log:
-        f"{RESULTS}/logs/resize/val-{{shard}}.log",
+        LAYOUT.log("resize", "{split}-{shard}"),
     benchmark:
-        f"{RESULTS}/benchmarks/resize/val-{{shard}}.tsv"
+        LAYOUT.benchmark("resize", "{split}-{shard}")
     wildcard_constraints:
-        shard=r"\d{5}",
+        split="val|holdout",
+        shard=SHARD_NUMBER,
     conda:
         CONDA_ENV
     resources:
         mem_mb=1024,
     params:
-        split="val",
         stats="",
-        source=RESIZE_SOURCE["val"],
-        shards=RESIZE_SHARDS["val"],
-        settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE_SHARDS["val"]),
+        source=source_path,
+        shards=shard_count,
+        settings=shard_settings,
     message:
-        "Resizing validation shard {wildcards.shard} of {params.shards}"
-    shell:
-        RESIZE_SHARD_SHELL
-
-
-rule resize_holdout_shard:
-    input:
-        index=RESIZE_INDEX["holdout"],
-        source=RESIZE_ARCHIVE["holdout"],
-    output:
-        tar=f"{RESULTS}/shards/holdout/holdout-{{shard}}.tar",
-        idx=f"{RESULTS}/shards/holdout/holdout-{{shard}}.idx",
-        json=f"{RESULTS}/shards/holdout/holdout-{{shard}}.json",
-    log:
-        f"{RESULTS}/logs/resize/holdout-{{shard}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/resize/holdout-{{shard}}.tsv"
-    wildcard_constraints:
-        shard=r"\d{5}",
-    conda:
-        CONDA_ENV
-    resources:
-        mem_mb=1024,
-    params:
-        split="holdout",
-        stats="",
-        source=RESIZE_SOURCE["holdout"],
-        shards=RESIZE["holdout_shards"],
-        settings=settings_flags("resize", RESIZE_SHARD_SETTINGS, shards=RESIZE["holdout_shards"]),
-    message:
-        "Resizing held-out training shard {wildcards.shard} of {params.shards}"
+        "Resizing {wildcards.split} shard {wildcards.shard} of {params.shards}"
     shell:
         RESIZE_SHARD_SHELL
 
 
 rule resize:
     input:
-        json=[RESIZE_SHARD_FILES[split, ".json"] for split in RESIZE_SHARDS],
+        json=shard_files(".json"),
         # the shards themselves, so a missing or deleted one is made again
-        shards=[RESIZE_SHARD_FILES[split, suffix] for split in RESIZE_SHARDS for suffix in (".tar", ".idx")],
-        classes=f"{RESULTS}/fetch/classes.tsv",
+        shards=shard_files(".tar") + shard_files(".idx"),
+        classes=LAYOUT.classes,
     output:
-        manifest=f"{RESULTS}/shards/manifest.json",
+        manifest=LAYOUT.manifest,
     log:
-        f"{RESULTS}/logs/resize.log",
+        LAYOUT.log("resize"),
     benchmark:
-        f"{RESULTS}/benchmarks/resize.tsv"
+        LAYOUT.benchmark("resize")
     conda:
         CONDA_ENV
     params:
-        shards_dir=lambda wildcards, output: os.path.dirname(output.manifest),
+        shards_dir=LAYOUT.shards_dir,
         settings=settings_flags(
             "resize",
             ("train_shards", "val_shards", "max_reject_fraction"),
-            holdout_shards=RESIZE_SHARDS.get("holdout", 0),
+            holdout_shards=SHARD_COUNTS.get("holdout", 0),
         ),
     message:
-        f"Checking the rejects over all {' + '.join(map(str, RESIZE_SHARDS.values()))} shards and writing the manifest"
+        f"Checking the rejects over all {' + '.join(map(str, SHARD_COUNTS.values()))} shards and writing the manifest"
     shell:
-        tracked("resize", metrics="{output.manifest}", artifacts=["{output.manifest}"])
+        tracked("resize", metrics="{output.manifest}", artifact=["{output.manifest}"])
         + "python -m pipeline.resize manifest --shards-dir {params.shards_dir} --classes {input.classes}"
         " {params.settings} --out {output.manifest}"

@@ -11,31 +11,31 @@ localrules:
 
 rule resources:
     input:
-        f"{RESULTS}/augment/augment.json",
-        f"{RESULTS}/evaluate/metrics.json",
-        [f"{RESULTS}/forecast/forecast.json"] if config["preflight"]["forecast"] else [],
+        LAYOUT.augment,
+        LAYOUT.evaluate().metrics,
+        [LAYOUT.report("forecast", "forecast.json")] if config["preflight"]["forecast"] else [],
     output:
-        json=f"{RESULTS}/resources/resources.json",
-        metrics=f"{RESULTS}/resources/metrics.json",
+        json=LAYOUT.report("resources", "resources.json"),
+        metrics=LAYOUT.report("resources", "metrics.json"),
         table=report(
-            f"{RESULTS}/resources/resources.md",
+            LAYOUT.report("resources", "resources.md"),
             category="Resources",
             labels={"table": "time, memory and I/O per rule"},
         ),
     log:
-        f"{RESULTS}/logs/resources.log",
+        LAYOUT.log("resources"),
     conda:
         CONDA_ENV
     params:
-        benchmarks=f"{RESULTS}/benchmarks",
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        benchmarks=LAYOUT.benchmarks,
+        out_dir=output_dir,
     message:
         "Gathering the jobs' benchmark files into resources per rule"
     shell:
         tracked(
             "resources",
             metrics="{output.metrics}",
-            artifacts=["{output.table}", "{output.json}"],
+            artifact=["{output.table}", "{output.json}"],
             parent_metrics="{output.metrics}",
         )
         + "python -m pipeline.resources --benchmarks {params.benchmarks} --out-dir {params.out_dir}"

@@ -29,10 +29,7 @@
 # The MLflow model (and the registered version) is the checkpoint the evaluate
 # stage scores: best.pt, or last.pt where evaluate.checkpoint is last (the
 # ImageNet preset: the final network, as the paper reports), so the
-# evaluation's errors can become the version's tags.
-LOGGED_CHECKPOINT = (
-    f"{RESULTS}/train/checkpoints/last.pt" if config["evaluate"]["checkpoint"] == "last" else "{output.best}"
-)
+# evaluation's errors can become the version's tags (common.smk logged_checkpoint).
 
 # GPUs: resources gpu=N is only a counter; the stage picks its devices itself.
 # With more GPUs than one replica uses (train.devices: one device, or two for
@@ -41,18 +38,18 @@ LOGGED_CHECKPOINT = (
 
 rule train:
     input:
-        manifest=f"{RESULTS}/shards/manifest.json",
-        pca=f"{RESULTS}/pca/pca.json",
-        mean_image=f"{RESULTS}/pca/mean_image.npy",
-        classes=f"{RESULTS}/fetch/classes.tsv",
+        manifest=LAYOUT.manifest,
+        pca=LAYOUT.pca,
+        mean_image=LAYOUT.mean_image,
+        classes=LAYOUT.classes,
     output:
-        json=f"{RESULTS}/train/train.json",
-        curve=report(f"{RESULTS}/train/curve.png", category="Training", labels={"figure": "training curve"}),
-        best=f"{RESULTS}/train/checkpoints/best.pt",
+        json=LAYOUT.train().summary,
+        curve=report(LAYOUT.train().curve, category="Training", labels={"figure": "training curve"}),
+        best=LAYOUT.train().best,
     log:
-        f"{RESULTS}/logs/train.log",
+        LAYOUT.log("train"),
     benchmark:
-        f"{RESULTS}/benchmarks/train.tsv"
+        LAYOUT.benchmark("train")
     conda:
         CONDA_ENV
     threads: 256  # every core the job is given: Snakemake caps a rule's threads at --cores
@@ -60,10 +57,9 @@ rule train:
         gpu=TRAIN["gpus"],
         dali_threads=dali_threads,  # runtime, not a param: the images do not depend on it (common.smk)
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        out_dir=output_dir,
         settings=train_settings(),
-        # torch threads per replica, so replicas on the CPU do not oversubscribe it
-        torch_threads=lambda wildcards, threads, resources: max(1, threads // train_replicas(resources.gpu)),
+        torch_threads=torch_threads,
     message:
         f"Training AlexNet (width {TRAIN['width']}, {TRAIN['epochs']} epochs, batch {TRAIN['batch_size']}, "
         f"lr {TRAIN['lr']}) on {train_devices()}"
@@ -71,12 +67,12 @@ rule train:
         tracked(
             "train",
             metrics="{output.json}",
-            artifacts=["{output.curve}"],
-            jsonl=f"{RESULTS}/train/metrics.jsonl",
-            model=LOGGED_CHECKPOINT,
+            artifact=["{output.curve}"],
+            jsonl=LAYOUT.train().metrics,
+            model=logged_checkpoint(),
             mean_image="{input.mean_image}",
             classes="{input.classes}",
-            attempt=f"{RESULTS}/train/{ATTEMPT_FILE}",
+            attempt=LAYOUT.train().attempt,
             register=REGISTERED_MODEL,
             fingerprints="{output.json}",
             gpus=monitored_gpus(),

@@ -7,16 +7,16 @@
 
 rule trainability:
     input:
-        manifest=f"{RESULTS}/shards/manifest.json",
-        pca=f"{RESULTS}/pca/pca.json",
-        mean_image=f"{RESULTS}/pca/mean_image.npy",
-        classes=f"{RESULTS}/fetch/classes.tsv",
+        manifest=LAYOUT.manifest,
+        pca=LAYOUT.pca,
+        mean_image=LAYOUT.mean_image,
+        classes=LAYOUT.classes,
     output:
-        json=f"{RESULTS}/trainability/trainability.json",
+        json=LAYOUT.report("trainability", "trainability.json"),
     log:
-        f"{RESULTS}/logs/trainability.log",
+        LAYOUT.log("trainability"),
     benchmark:
-        f"{RESULTS}/benchmarks/trainability.tsv"
+        LAYOUT.benchmark("trainability")
     conda:
         CONDA_ENV
     threads: 256  # every core the job is given, as the train job
@@ -24,7 +24,7 @@ rule trainability:
         gpu=min(TRAIN["gpus"], 1),
         dali_threads=dali_threads,
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.json),
+        out_dir=output_dir,
         inits=" ".join(PREFLIGHT["trainability_inits"]),
         steps=PREFLIGHT["trainability_steps"],
         on_cpu="--on-cpu" if PREFLIGHT["trainability_on_cpu"] else "",
@@ -32,7 +32,7 @@ rule trainability:
     message:
         "Trainability: {params.inits}, {params.steps} steps each"
     shell:
-        tracked("trainability", artifacts=["{output.json}"])
+        tracked("trainability", artifact=["{output.json}"])
         + "python -m pipeline.trainability --manifest {input.manifest} --pca {input.pca} "
         "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
         "--inits {params.inits} --steps {params.steps} {params.on_cpu} -- {params.settings} "
