@@ -40,6 +40,7 @@ from pathlib import Path
 from pipeline import benchmarks
 from pipeline.errors import PipelineError, run_cli
 from pipeline.io import read_json, read_jsonl, write_json, write_text
+from pipeline.layout import CHECKPOINTS, Results, TrainFolder, shard_name
 from pipeline.sources import ILSVRC_TRAIN_IMAGES, ILSVRC_VAL_IMAGES
 from pipeline.training.verdict import section as trainability_section
 
@@ -48,6 +49,7 @@ IMAGENET = {
     "train_images": ILSVRC_TRAIN_IMAGES,
     "val_images": ILSVRC_VAL_IMAGES,
     "epochs": 90,
+    "classes": 1000,
     "archive_bytes": {"train": 147_897_477_120, "val": 6_744_924_160, "devkit": 2_568_145},
 }
 GB = 1e9
@@ -67,52 +69,56 @@ def read_benchmark(path: Path) -> dict:
         raise ForecastError(str(exc)) from exc
 
 
-def _need(path: Path, stage: str) -> Path:
-    if not path.is_file():
+def _need(path: str | Path, stage: str) -> Path:
+    if not Path(path).is_file():
         raise ForecastError(f"{path} does not exist; the preflight's {stage} stage must run first")
-    return path
+    return Path(path)
 
 
 def measure(results: str | os.PathLike) -> dict:
-    """What the preflight in `results` measured, per stage, from its reports and benchmark files."""
-    res = Path(results)
-    bench = res / "benchmarks"
-    manifest = read_json(_need(res / "shards" / "manifest.json", "resize"))
-    m: dict = {
-        "train_images": manifest["train"]["images"],
-        "val_images": manifest["val"]["images"],
-        "train_shards": len(manifest["train"]["shards"]),
-        "val_shards": len(manifest["val"]["shards"]),
-    }
+    """What the preflight in `results` measured, per stage, from its reports and benchmark files.
 
-    fetch = read_json(_need(res / "fetch" / "fetch.json", "fetch"))
+    Every job the workflow ran is counted, the held-out slice's (resize.holdout_per_class) included."""
+    res = Results(str(results))
+    manifest = read_json(_need(res.manifest, "resize"))
+    splits = [split for split in ("train", "val", "holdout") if split in manifest]
+    m: dict = {"splits": splits, "classes": len(manifest.get("classes", [])) or None}
+    for split in splits:
+        m[f"{split}_images"] = manifest[split]["images"]
+        m[f"{split}_shards"] = len(manifest[split]["shards"])
+
+    fetch = read_json(_need(res.fetch_report, "fetch"))
     archives = {
         k: fetch[k] for k in ("train", "val", "devkit") if isinstance(fetch.get(k), dict) and fetch[k].get("bytes")
     }
     hashed = sum(v["bytes"] for v in archives.values())
     hash_s = sum(v.get("seconds", 0.0) for v in archives.values())
     m["fetch"] = {
-        "job": read_benchmark(_need(bench / "fetch.tsv", "fetch")),
+        "job": read_benchmark(_need(res.benchmark("fetch"), "fetch")),
         "archive_bytes": hashed,
         "hash_mb_per_s": hashed / 1e6 / hash_s if hash_s > 0 else None,
     }
 
     m["index"] = {
         split: {
-            "job": read_benchmark(_need(bench / "index" / f"{split}.tsv", "index")),
-            "bytes": (res / "index" / f"{split}.tsv").stat().st_size,
+            "job": read_benchmark(_need(res.benchmark("index", split), "index")),
+            "bytes": Path(res.index(split)).stat().st_size,
         }
         for split in ("train", "val")
     }
+    if "holdout" in splits:  # the job that splits the training index into kept and held-out rows
+        m["holdout"] = {
+            "job": read_benchmark(_need(res.benchmark("holdout"), "holdout")),
+            "bytes": sum(Path(res.index(name)).stat().st_size for name in ("train-kept", "holdout")),
+        }
 
     shards = {}
-    for split in ("train", "val"):
+    for split in splits:
         jobs = []
-        for entry in manifest[split]["shards"]:
-            name = Path(entry["tar"] if isinstance(entry, dict) else entry).stem
-            report = read_json(_need(res / "shards" / split / f"{name}.json", "resize"))
-            job = read_benchmark(_need(bench / "resize" / f"{name}.tsv", "resize"))
-            stats = res / "shards" / split / f"{name}.stats.npz"
+        for k in range(len(manifest[split]["shards"])):
+            report = read_json(_need(res.shard(split, k, ".json"), "resize"))
+            job = read_benchmark(_need(res.benchmark("resize", shard_name(split, k)), "resize"))
+            stats = Path(res.shard(split, k, ".stats.npz"))
             jobs.append(
                 {
                     "images": report["images"],
@@ -129,22 +135,22 @@ def measure(results: str | os.PathLike) -> dict:
     # from the first shard's start to the last one's end, inside the jobs: with the jobs' own wall
     # times it gives Snakemake's scheduling gap per job
     m["resize_elapsed_s"] = manifest["totals"]["wall_seconds"]
-    m["resize_manifest"] = {"job": read_benchmark(_need(bench / "resize.tsv", "resize"))}
+    m["resize_manifest"] = {"job": read_benchmark(_need(res.benchmark("resize"), "resize"))}
     m["pca"] = {
-        "job": read_benchmark(_need(bench / "pca.tsv", "pca")),
-        "bytes": sum(p.stat().st_size for p in (res / "pca").glob("*") if p.is_file()),
+        "job": read_benchmark(_need(res.benchmark("pca"), "pca")),
+        "bytes": sum(Path(p).stat().st_size for p in (res.pca, res.mean_image, res.pca_plot) if Path(p).is_file()),
     }
-    augment = read_json(_need(res / "augment" / "augment.json", "augment"))
+    augment = read_json(_need(res.augment, "augment"))
     m["augment"] = {
-        "job": read_benchmark(_need(bench / "augment.tsv", "augment")),
+        "job": read_benchmark(_need(res.benchmark("augment"), "augment")),
         "train_images_per_s": augment.get("train_images_per_s"),
         "threads": augment.get("threads"),
         "device": augment.get("device"),
     }
-    m["train"] = measure_train(res / "train", read_benchmark(_need(bench / "train.tsv", "train")))
-    ev = read_json(_need(res / "evaluate" / "metrics.json", "evaluate"))
+    m["train"] = measure_train(Path(res.train().dir), read_benchmark(_need(res.benchmark("train"), "train")))
+    ev = read_json(_need(res.evaluate().metrics, "evaluate"))
     m["evaluate"] = {
-        "job": read_benchmark(_need(bench / "evaluate.tsv", "evaluate")),
+        "job": read_benchmark(_need(res.benchmark("evaluate"), "evaluate")),
         "images": ev["val_images"],
         "images_per_s": ev["eval_images_per_s"],
         "seconds": ev["eval_seconds"],
@@ -158,12 +164,13 @@ def measure_train(train_dir: Path, job: dict) -> dict:
     validation images/s (each epoch's time minus its training windows), checkpoint writing per epoch,
     the job's fixed rest (start-up, the first window's warm-up, the model logged to MLflow), and the
     sizes of a checkpoint and a metrics line."""
-    summary = read_json(_need(train_dir / "train.json", "train"))
-    rows = read_jsonl(_need(train_dir / "metrics.jsonl", "train"))
+    folder = TrainFolder(str(train_dir))
+    summary = read_json(_need(folder.summary, "train"))
+    rows = read_jsonl(_need(folder.metrics, "train"))
     windows = [r for r in rows if "images_per_s" in r and "train_loss" in r]
     epochs = [r for r in rows if "epoch_time_s" in r]
     if not windows or not epochs:
-        raise ForecastError(f"{train_dir / 'metrics.jsonl'}: no training window or epoch line; rerun the train stage")
+        raise ForecastError(f"{folder.metrics}: no training window or epoch line; rerun the train stage")
     batch = summary["batch_size"]
     prev = [0] + [w["step"] for w in windows[:-1]]
     images = [(w["step"] - p) * batch for w, p in zip(windows, prev)]
@@ -174,7 +181,7 @@ def measure_train(train_dir: Path, job: dict) -> dict:
     save_s = summary.get("checkpoint_time_s", 0.0)
     warm_up = secs[0] - images[0] / rate
     fixed = max(0.0, job["wall_s"] - sum(secs) - val_s - save_s) + max(0.0, warm_up)
-    ckpt_dir = train_dir / "checkpoints"
+    ckpt_dir = train_dir / CHECKPOINTS
     return {
         "job": job,
         "steps": summary["steps"],
@@ -191,7 +198,7 @@ def measure_train(train_dir: Path, job: dict) -> dict:
         "fixed_s": fixed,
         "peak_device_mem_mb": max((e.get("peak_mem_mb") or 0) for e in epochs),
         "checkpoint_bytes": max((p.stat().st_size for p in ckpt_dir.glob("*.pt")), default=0),
-        "jsonl_bytes_per_window": (train_dir / "metrics.jsonl").stat().st_size / max(1, len(rows)),
+        "jsonl_bytes_per_window": Path(folder.metrics).stat().st_size / max(1, len(rows)),
         "log_every": (windows[1]["step"] - windows[0]["step"]) if len(windows) > 1 else windows[0]["step"],
         "num_classes": summary.get("num_classes"),
         "width": summary.get("width"),
@@ -204,7 +211,7 @@ def measure_train(train_dir: Path, job: dict) -> dict:
 def scheduling_gap(m: dict, cores: int) -> float:
     """Seconds per resize job that the cores sat idle between jobs (Snakemake's scheduling and
     bookkeeping): the resize phase's elapsed time on its cores, minus the jobs' own wall times."""
-    jobs = m["resize"]["train"] + m["resize"]["val"]
+    jobs = [job for split in m["resize"] for job in m["resize"][split]]
     busy = sum(j["wall_s"] for j in jobs)
     return max(0.0, (m.get("resize_elapsed_s", 0.0) * max(1, min(cores, len(jobs))) - busy) / len(jobs))
 
@@ -253,16 +260,18 @@ def _index_stages(m: dict, scale: dict) -> list[tuple[str, dict]]:
     # a job's start-up (interpreter, imports, Snakemake's wrapper), as the resize shard jobs measured it,
     # does not grow with the images; the rest of a one-job stage does
     startup = _fit_jobs(m["resize"]["train"])[0]
+    jobs = {f"index {split}": (m["index"][split], scale[f"index {split}"]) for split in ("train", "val")}
+    if "holdout" in m:  # reads the whole training index, writes it again as kept and held-out rows
+        jobs["holdout"] = (m["holdout"], scale["index train"])
     out = []
-    for split in ("train", "val"):
-        ix = m["index"][split]
+    for name, (ix, factor) in jobs.items():
         work = max(0.0, ix["job"]["wall_s"] - startup)
         out.append(
             _stage(
-                f"index {split}",
-                startup + work * scale[split],
+                name,
+                startup + work * factor,
                 ix["job"]["max_rss_mb"],
-                ix["bytes"] * scale[split],
+                ix["bytes"] * factor,
                 f"{startup:.1f} s start-up + the rest x images",
             )
         )
@@ -272,8 +281,7 @@ def _index_stages(m: dict, scale: dict) -> list[tuple[str, dict]]:
 def _resize_stages(m: dict, n: dict, cores: int) -> list[tuple[str, dict]]:
     gap = scheduling_gap(m, cores)
     out = []
-    for split in ("train", "val"):
-        jobs = m["resize"][split]
+    for split, jobs in m["resize"].items():
         startup, per_image, job_mb = _fit_jobs(jobs)
         count = len(jobs)
         job_s = startup + per_image * n[split] / count
@@ -372,14 +380,24 @@ def forecast(
     archive_bytes: int | None = None,
     steps_per_epoch: int = 0,
     eval_images: int | None = None,
+    classes: int = IMAGENET["classes"],
 ) -> dict:
     """Per-stage time, peak memory and disk for `train_images` + `val_images` images over
     `epochs` epochs, from the measurements `m` (see `measure`), on `cores` cores.
 
     steps_per_epoch and eval_images cap the training and the evaluation as a preflight
-    does, so that one preflight can forecast another (bench/forecast_accuracy.py)."""
+    does, so that one preflight can forecast another (bench/forecast_accuracy.py). With a held-out
+    slice, the preflight's held-out images per class are held out of the `classes` classes of the
+    real set, and the training shards take the rest of `train_images`."""
+    held_out = m.get("holdout_images", 0)
     n = {"train": train_images, "val": val_images}
+    if held_out:
+        n["holdout"] = round(held_out / max(1, m["classes"] or 1) * classes)
+        n["train"] = train_images - n["holdout"]
     scale = {s: n[s] / max(1, m[f"{s}_images"]) for s in n}
+    # the index reads every training image, held-out ones included
+    scale["index train"] = train_images / max(1, m["train_images"] + held_out)
+    scale["index val"] = scale["val"]
     archive_bytes = sum(IMAGENET["archive_bytes"].values()) if archive_bytes is None else archive_bytes
     stages = dict(
         [
@@ -387,7 +405,7 @@ def forecast(
             *_index_stages(m, scale),
             *_resize_stages(m, n, cores),
             *_fixed_stages(m),
-            _train_stage(m, train_images, val_images, epochs, steps_per_epoch),
+            _train_stage(m, n["train"], val_images, epochs, steps_per_epoch),
             _evaluate_stage(m, val_images, eval_images),
         ]
     )

@@ -243,3 +243,20 @@ def test_forecast_says_input_bound_when_dali_is_slower():
 def test_missing_preflight_output_names_the_file(tmp_path):
     with pytest.raises(fc.ForecastError, match="manifest.json does not exist"):
         fc.measure(tmp_path)
+
+
+@pytest.mark.unit
+def test_forecast_counts_the_held_out_jobs():
+    """resize.holdout_per_class: the held-out split's index job and shards are forecast too, scaled per
+    class, and the training shards take the rest of the training set."""
+    m = copy.deepcopy(measured(images=400))
+    job = m["index"]["train"]["job"]
+    m |= {"classes": 10, "holdout_images": 20, "holdout_shards": 1, "holdout": {"job": job, "bytes": 1000}}
+    m["resize"]["holdout"] = copy.deepcopy(m["resize"]["val"])
+    m["resize"]["holdout"][0] |= {"images": 20, "inputs": 20}
+    fc_ = fc.forecast(m, train_images=10_000, val_images=1000, epochs=1, cores=1, classes=100)
+    assert {"holdout", "resize holdout"} <= set(fc_["stages"])
+    assert fc_["stages"]["resize holdout"]["jobs"] == 1
+    assert fc_["stages"]["train"]["steps"] == (10_000 - 2 * 100) // 128  # 2 per class of 100 held out
+    plain = fc.forecast(measured(images=400), train_images=10_000, val_images=1000, epochs=1, cores=1)
+    assert fc_["total"]["seconds"] > plain["total"]["seconds"]

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipeline import forecast
+from pipeline.sources import ILSVRC_TRAIN_IMAGES
+
 from conftest import REPO, TINY, job_stats, snakemake, tool_env
 
 STAGES = ["demo", "fetch", "resize", "pca", "augment", "train", "evaluate"]
@@ -282,9 +285,8 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
     proc = snakemake(work, "--cores", "2", "--configfile", str(TINY), str(override))
     ran = job_stats(proc.stdout + proc.stderr)
     assert ran.get("holdout") == 1 and ran.get("resize_shard") == 1 and ran.get("train") == 1, ran
-    assert not {"demo", "fetch", "index"} & set(ran), (
-        ran
-    )  # resize_shard ran once: the held-out shard, not the val shards
+    # resize_shard ran once: the held-out shard, not the val shards
+    assert not {"demo", "fetch", "index"} & set(ran), ran
     results = work / "results"
     manifest = json.loads((results / "shards/manifest.json").read_text())
     held = set(manifest["holdout"]["members"])
@@ -293,6 +295,13 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
     assert after_keys | held == before_keys and not after_keys & held
     bench = results / "benchmarks"  # the resources table files the new jobs under their own rules
     assert {"holdout", "resize_shard"} <= {rule_of(f.relative_to(bench)) for f in bench.rglob("*.tsv")}
+    # the forecast counts the held-out jobs: the split and its shard, scaled to 2 per class of ImageNet
+    measured = forecast.measure(results)
+    fc = forecast.forecast(measured)
+    assert {"holdout", "resize holdout"} <= set(fc["stages"]), list(fc["stages"])
+    assert fc["stages"]["resize holdout"]["jobs"] == 1
+    batch = measured["train"]["batch_size"]  # the training shards hold the rest of ImageNet's training set
+    assert fc["stages"]["train"]["steps"] == (ILSVRC_TRAIN_IMAGES - 2 * 1000) // batch * 90
 
     log = (results / "logs/train.log").read_text()
     assert "starting over: the shard manifest and the training and validation shards" in log, log[-3000:]
