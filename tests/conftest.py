@@ -1,157 +1,19 @@
-"""Shared test helpers: the repository root and a runner for the real workflow."""
+"""Fixtures the test files share, and the check that every test carries one tier.
+
+Plain helper functions and constants live in helpers.py.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "tests" / "configs" / "tiny.yaml"
-
-
-def tool_env(**extra: str) -> dict[str, str]:
-    """Environment for subprocesses: this interpreter's bin first, so rules find its python."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(cmd: list[str], ready_url: str, log: Path, timeout: float, stop_timeout: float = 30, **popen):
-    """Start a server (its own process group, output to `log`), wait for `ready_url` to answer 200,
-    yield the process; stop the whole group afterwards (a server's workers share it)."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"{cmd[2:5]} exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(ready_url, timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:  # not listening yet
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no answer from {ready_url} in {timeout} s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
-        yield proc
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=stop_timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    proc = subprocess.run(cmd, cwd=workdir, env=tool_env(), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-        )
-    return proc
-
-
-# What a run's figures owe to the machine and its load, not to the computation: wall-clock fields
-# (seconds, images per second, input wait) and the warning and flag that the input wait raises.
-# A busy CI machine made one of two identical demo runs input-bound (37% of a window waiting).
-LOAD_DEPENDENT_WARNINGS = frozenset({"input_bound"})
-LOAD_DEPENDENT_KEYS = frozenset({"input_bound", "run_uid"})  # run_uid: drawn anew for every training
-
-
-def is_load_dependent_key(key: str) -> bool:
-    return key in LOAD_DEPENDENT_KEYS or key.endswith(("seconds", "_s")) or "per_s" in key or "wait" in key
-
-
-def load_independent_warnings(warnings: list[dict]) -> list[dict]:
-    """The warnings a rerun of the same computation must repeat: all but the input-bound one."""
-    return [w for w in warnings if w.get("kind", w.get("warning")) not in LOAD_DEPENDENT_WARNINGS]
-
-
-def load_independent(obj):
-    """A run's JSON (train.json, metrics.json, the manifest) minus what depends on the machine's load
-    and the clock, so that two runs of the same computation compare equal."""
-    if isinstance(obj, dict):
-        return {
-            k: load_independent(load_independent_warnings(v) if k == "warnings" else v)
-            for k, v in obj.items()
-            if not is_load_dependent_key(k)
-        }
-    if isinstance(obj, list):
-        return [load_independent(v) for v in obj]
-    return obj
-
-
-def job_stats(output: str) -> dict[str, int]:
-    """Jobs per rule from a dry run's output (Snakemake's "Job stats" table), without `all` and `total`."""
-    if "Nothing to be done" in output:
-        return {}
-    assert "Job stats:" in output, output[-4000:]
-    table = output.split("Job stats:", 1)[1].split("\n\n", 1)[0]
-    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
-    return {rule: n for rule, n in counts.items() if rule not in {"total", "all"}}
-
-
-def assert_close_to_scale(actual, expected, rel: float, msg: str = "") -> None:
-    """Elementwise |actual - expected| <= rel * max|expected|, for float32 results.
-
-    Two float32 computations of the same sum in different orders (another
-    kernel, blocking or layout) differ by a few units in the last place of the
-    *largest* partial sums, not of each element: an element that is small
-    because of cancellation carries the big terms' rounding. A tolerance
-    scaled to the tensor's magnitude bounds that and nothing looser; a fixed
-    absolute one is either too tight for large tensors or meaningless for
-    small ones, and which one depends on the machine's kernels.
-    """
-    import torch
-
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
-    scale = expected.abs().max().item()
-    torch.testing.assert_close(actual, expected, rtol=0.0, atol=rel * scale, msg=msg or None)
-
-
-def disagreeing_alexnet_state(num_classes: int, width: float = 0.0625, seed: int = 0) -> dict:
-    """A random AlexNet state_dict whose ten views disagree: He-scaled weights, zero biases,
-    fc8 shrunk so the softmax is not one-hot (the paper's init would score every view alike)."""
-    import torch
-
-    from model.alexnet import AlexNet
-
-    torch.manual_seed(seed)
-    sd = AlexNet(num_classes=num_classes, width=width).state_dict()
-    for key, value in sd.items():
-        if key.endswith("weight"):
-            fan_in = value[0].numel()
-            value.copy_(torch.randn(value.shape) * (2.0 / fan_in) ** 0.5 * (0.02 if key.startswith("fc8") else 1.0))
-        else:
-            value.zero_()
-    return sd
+# REPO, TINY, assert_close_to_scale, job_stats, snakemake and tool_env are re-exported: test_model.py,
+# test_preflight.py and test_workflow.py import them from here
+from helpers import REPO, SMALL, TINY, assert_close_to_scale, job_stats, make_data, snakemake, tool_env  # noqa: F401
 
 
 @pytest.fixture
@@ -174,6 +36,30 @@ def small_disk(tmp_path):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """make_data's shards and files (4 classes of tinted noise), built once; tests only read them."""
+    return make_data(tmp_path_factory.mktemp("train_data"))
+
+
+@pytest.fixture(scope="session")
+def reference_training(train_data, tmp_path_factory):
+    """An uninterrupted 3-epoch run on train_data with SMALL's settings, in this process: its folder and
+    summary. Tests read it, or copy it to change it."""
+    from pipeline.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("reference")
+    summary = train(
+        train_data["manifest"],
+        train_data["pca"],
+        train_data["mean_image"],
+        train_data["classes"],
+        out,
+        TrainConfig(epochs=3, **SMALL),
+    )
+    return out, summary
 
 
 # ---------------------------------------------------------------- tiers

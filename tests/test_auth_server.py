@@ -30,8 +30,7 @@ from pipeline.errors import PipelineError
 from pipeline.tracking.access import TrackingAccessError, resolve_uri
 from pipeline.tracking.parent import start_parent
 
-from conftest import REPO, TINY, free_port, running_server, tool_env
-from test_predict import trained_run_files
+from helpers import REPO, TINY, free_port, register_flags, running_server, tool_env, trained_run_files
 
 pytest.importorskip("flask_wtf", reason="mlflow[auth] (envs/common.txt) is not installed")
 
@@ -139,7 +138,7 @@ def trained(server, tmp_path_factory):
     """alice's workflow: the parent run, then the train stage's wrapper logging and registering a tiny model."""
     work = tmp_path_factory.mktemp("auth-work")
     files = trained_run_files(work, np.random.default_rng(5))
-    ckpt, mean_npy, classes_tsv, inputs = files["checkpoint"], files["mean"], files["classes"], files["inputs"]
+    inputs = files["inputs"]
 
     parent_file = work / "results" / ".tracking" / "parent_run_id"
     # what the Snakefile's onstart passes, with a database URI holding a password among the params
@@ -173,18 +172,7 @@ def trained(server, tmp_path_factory):
         str(parent_file),
         "--metrics",
         "train/metrics.json",
-        "--model",
-        str(ckpt),
-        "--mean-image",
-        str(mean_npy),
-        "--classes",
-        str(classes_tsv),
-        "--register",
-        MODEL,
-        "--registered-file",
-        str(record),
-        "--fingerprints",
-        "train/train.json",
+        *register_flags(files, MODEL, record, "train/train.json"),
         "--",
         sys.executable,
         "-c",

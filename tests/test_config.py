@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.config_check import ConfigError, check, check_config, check_paths, coerce_to_schema, load_schema
 
-from conftest import REPO, job_stats, snakemake
+from helpers import REPO, job_stats, snakemake
 
 DIGEST = "1d675b47d978889d74fa0da5fadfb00e"
 # The jobs the default config (the demo) plans in an empty folder.

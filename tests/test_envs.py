@@ -3,26 +3,15 @@
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO, env_pins
 
 pytestmark = pytest.mark.unit
-
-
-def pins(path):
-    out = set()
-    for line in (REPO / "envs" / path).read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line.startswith("-r "):
-            out |= pins(line[3:].strip())
-        elif line:
-            out.add(line)
-    return out
 
 
 def test_conda_env_matches_pip_pins():
     env = yaml.safe_load((REPO / "envs/conda.yaml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert {line for line in pip_section if not line.startswith("-")} == pins("cpu.txt")
+    assert {line for line in pip_section if not line.startswith("-")} == env_pins("cpu.txt")
     # torch from the index envs/cpu.txt names, as the Makefile installs it
     index = next(
         line.split(": ", 1)[1]
@@ -33,4 +22,4 @@ def test_conda_env_matches_pip_pins():
 
 
 def test_cuda_env_pins_the_same_packages():
-    assert pins("cuda.txt") == pins("cpu.txt")
+    assert env_pins("cuda.txt") == env_pins("cpu.txt")

@@ -186,7 +186,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from PIL import Image  # noqa: E402
@@ -196,42 +195,17 @@ from pipeline.evaluate import EvaluateError, evaluate, main, make_loader, score 
 from pipeline.io import write_json, write_tsv  # noqa: E402
 from pipeline.shards import ShardWriter, read_shard  # noqa: E402
 
-from conftest import disagreeing_alexnet_state  # noqa: E402
+from helpers import AUGMENT, alexnet_checkpoint, smooth_image, torchrun, write_classes, write_pca  # noqa: E402
 
 NUM_CLASSES = 6
 SHARD_SIZES = (4, 3)  # 7 images: not a multiple of the batch (3) on one rank or two
-AUGMENT = {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
 CORNERS = [(0, 0), (32, 0), (0, 32), (32, 32), (16, 16)]  # (x, y) offsets: TL, TR, BL, BR, C (section 4.1)
-
-
-def _image(rng) -> np.ndarray:
-    """Smooth random 256x256 RGB (8x8 noise, bilinear): corners and centre see different content."""
-    small = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
-    return np.asarray(Image.fromarray(small).resize((256, 256), Image.BILINEAR))
 
 
 def _jpeg(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "JPEG", quality=95, subsampling=0)
     return buf.getvalue()
-
-
-def _checkpoint_state(seed=0) -> dict:
-    """A random AlexNet whose ten views disagree (conftest.disagreeing_alexnet_state)."""
-    sd = disagreeing_alexnet_state(NUM_CLASSES, seed=seed)
-    config = {
-        "model": {
-            "num_classes": NUM_CLASSES,
-            "width": 0.0625,
-            "lrn": True,
-            "overlapping_pool": True,
-            "init": "paper",
-            "dropout": 0.5,
-        },
-        "augment": AUGMENT,
-        "world_size": 1,
-    }
-    return {"model": sd, "config": config, "epoch": 3, "step": 12}
 
 
 def _reference_probs(model, image: np.ndarray, mean_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -267,11 +241,12 @@ def val_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     results = root / "results"
     rng = np.random.default_rng(0)
-    jpegs = [_jpeg(_image(rng)) for _ in TRUE_RANKS]
+    jpegs = [_jpeg(smooth_image(rng)) for _ in TRUE_RANKS]
     images = [np.asarray(Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]  # = DALI's CPU decode
     mean_image = rng.uniform(60, 200, (256, 256, 3)).astype(np.float32)
     ckpt = results / "train" / "checkpoints" / "best.pt"
-    save_checkpoint(ckpt, _checkpoint_state())
+    # no dropout_style: a checkpoint from before it was recorded, which loads with torch's dropout
+    save_checkpoint(ckpt, alexnet_checkpoint(NUM_CLASSES, epoch=3, step=12, dropout_style=None))
     model, _ = model_from_checkpoint(ckpt, devices=["cpu"])
     pairs = [_reference_probs(model, im, mean_image) for im in images]
     reference = {"10crop": np.stack([p for p, _ in pairs]), "center": np.stack([c for _, c in pairs])}
@@ -297,8 +272,7 @@ def val_data(tmp_path_factory):
                 **w.checksums,  # as the resize stage records them: the stage verifies them
             }
         )
-    classes = [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
-    write_tsv(results / "fetch" / "classes.tsv", ["index", "wnid", "names"], classes)
+    classes = write_classes(results / "fetch" / "classes.tsv", NUM_CLASSES)
     write_json(
         results / "shards" / "manifest.json",
         {
@@ -308,19 +282,7 @@ def val_data(tmp_path_factory):
     )
     (results / "pca").mkdir()
     np.save(results / "pca" / "mean_image.npy", mean_image)
-    write_json(
-        results / "pca" / "pca.json",
-        {
-            "mean": [120.0, 115.0, 100.0],
-            "std": [60.0, 58.0, 62.0],
-            "covariance": np.eye(3).tolist(),
-            "eigval": [3000.0, 300.0, 30.0],
-            "eigvec": np.eye(3).tolist(),
-            "pixels": 1,
-            "images": 1,
-            "imagenet_cosine": [1.0, 1.0, 1.0],
-        },
-    )
+    write_pca(results / "pca" / "pca.json")
     return {
         "root": root,
         "results": results,
@@ -340,6 +302,21 @@ def val_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(val_data):
     return val_data["reference"]
+
+
+PATHS = ("checkpoint", "manifest", "pca", "mean_npy", "classes")
+
+
+def _evaluate(paths, out, **kw) -> dict:
+    """The stage's function on `paths` (val_data, or files of the same keys), one CPU thread."""
+    return evaluate(*(paths[k] for k in PATHS), out, devices="cpu", threads=1, **kw)
+
+
+def _stage_args(paths, out, *more) -> list[str]:
+    """The stage's command-line arguments for `paths`, writing to `out`; `more` after them."""
+    inputs = ["--checkpoint", str(paths["checkpoint"]), "--shards-manifest", str(paths["manifest"])]
+    inputs += ["--pca", str(paths["pca"]), "--mean-image", str(paths["mean_npy"]), "--classes", str(paths["classes"])]
+    return inputs + ["--out-dir", str(out), *more]
 
 
 def _loader(val_data, shard_id=0, num_shards=1, batch_size=3):
@@ -405,18 +382,7 @@ def test_two_shards_score_every_image_exactly_once(val_data):
 @pytest.mark.integration
 def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
     out = tmp_path / "evaluate"
-    metrics = evaluate(
-        val_data["checkpoint"],
-        val_data["manifest"],
-        val_data["pca"],
-        val_data["mean_npy"],
-        val_data["classes"],
-        out,
-        dataset_name="demo",
-        batch_size=3,
-        devices="cpu",
-        threads=1,
-    )
+    metrics = _evaluate(val_data, out, dataset_name="demo", batch_size=3)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     e1, e5 = _reference_errors(reference["10crop"], val_data["labels"])
     c1, c5 = _reference_errors(reference["center"], val_data["labels"])
@@ -450,55 +416,14 @@ def test_stage_writes_metrics_tables_and_plot(val_data, reference, tmp_path):
 def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
     """Two gloo ranks, each its EvalLoader shard; counts all-reduced; rank 0 writes."""
     out = tmp_path / "evaluate"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        "localhost:0",
-        "-m",
-        "pipeline.evaluate",
-        "--checkpoint",
-        str(val_data["checkpoint"]),
-        "--shards-manifest",
-        str(val_data["manifest"]),
-        "--pca",
-        str(val_data["pca"]),
-        "--mean-image",
-        str(val_data["mean_npy"]),
-        "--classes",
-        str(val_data["classes"]),
-        "--dataset-name",
-        "demo",
-        "--batch-size",
-        "3",
-        "--devices",
-        "cpu",
-        "--dali-threads",
-        "1",
-        "--out-dir",
-        str(out),
-    ]
+    more = ["--dataset-name", "demo", "--batch-size", "3", "--devices", "cpu", "--dali-threads", "1"]
+    cmd = torchrun("pipeline.evaluate") + _stage_args(val_data, out, *more)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     two = json.loads((out / "metrics.json").read_text())
     one_out = tmp_path / "one"
-    one = evaluate(
-        val_data["checkpoint"],
-        val_data["manifest"],
-        val_data["pca"],
-        val_data["mean_npy"],
-        val_data["classes"],
-        one_out,
-        batch_size=3,
-        devices="cpu",
-        threads=1,
-    )
+    one = _evaluate(val_data, one_out, batch_size=3)
     assert two["world_size"] == 2 and two["val_images"] == 7
     for key in ("val_top1_err_10crop", "val_top5_err_10crop", "val_top1_err_center", "val_top5_err_center"):
         assert two[key] == one[key], key
@@ -508,22 +433,7 @@ def test_torchrun_two_ranks_give_the_one_process_numbers(val_data, tmp_path):
 
 @pytest.mark.integration
 def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
-    args = [
-        "--checkpoint",
-        str(val_data["checkpoint"]),
-        "--shards-manifest",
-        str(val_data["manifest"]),
-        "--pca",
-        str(val_data["pca"]),
-        "--mean-image",
-        str(val_data["mean_npy"]),
-        "--classes",
-        str(val_data["classes"]),
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--devices",
-        "cpu",
-    ]
+    args = _stage_args(val_data, tmp_path / "out", "--devices", "cpu")
     # a manifest that promises another image count: the stage refuses to report
     manifest = json.loads(val_data["manifest"].read_text())
     manifest["val"]["images"] = 8
@@ -532,17 +442,7 @@ def test_bad_inputs_fail_with_a_clear_message(val_data, tmp_path, capsys):
     bad_manifest = tmp_path / "manifest.json"
     bad_manifest.write_text(json.dumps(manifest))
     with pytest.raises(EvaluateError, match="scored 7 validation images but .* lists 8"):
-        evaluate(
-            val_data["checkpoint"],
-            bad_manifest,
-            val_data["pca"],
-            val_data["mean_npy"],
-            val_data["classes"],
-            tmp_path / "out",
-            batch_size=4,
-            devices="cpu",
-            threads=1,
-        )
+        _evaluate({**val_data, "manifest": bad_manifest}, tmp_path / "out", batch_size=4)
     assert not (tmp_path / "out" / "metrics.json").exists()
     # a class table of another size than the checkpoint's outputs
     other = tmp_path / "classes.tsv"
@@ -568,15 +468,8 @@ def _damaged_copy(val_data, tmp_path) -> dict:
     return {k: results / v.relative_to(val_data["results"]) for k, v in val_data.items() if k in PATHS}
 
 
-PATHS = ("checkpoint", "manifest", "pca", "mean_npy", "classes")
-
-
 def _run_stage(paths, out) -> int:
-    return main(
-        ["--checkpoint", str(paths["checkpoint"]), "--shards-manifest", str(paths["manifest"])]
-        + ["--pca", str(paths["pca"]), "--mean-image", str(paths["mean_npy"]), "--classes", str(paths["classes"])]
-        + ["--out-dir", str(out), "--devices", "cpu", "--dali-threads", "1", "--batch-size", "4"]
-    )
+    return main(_stage_args(paths, out, "--devices", "cpu", "--dali-threads", "1", "--batch-size", "4"))
 
 
 @pytest.mark.integration

@@ -22,7 +22,7 @@ from pipeline.devkit import ArchiveError
 from pipeline.io import read_tsv
 from pipeline.sources import SourceError
 
-from conftest import REPO
+from helpers import REPO
 
 NAMES = fetch.ARCHIVES
 TOKEN = "s3cr3t-T0KEN-6f1e2d"

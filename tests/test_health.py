@@ -18,8 +18,7 @@ from pipeline.devices import Dist
 from pipeline.health import HealthMonitor, LossWatch
 from pipeline.train import TrainConfig, fit, make_loaders, make_optimizer
 
-from conftest import load_independent_warnings
-from test_train import CLASSES, SMALL, data, reference, rows  # noqa: F401  (fixtures)
+from helpers import CLASSES, SMALL, load_independent_warnings, metrics_rows
 
 
 @pytest.mark.unit
@@ -124,7 +123,7 @@ def test_loss_watch_warnings():
     assert kinds == [(3, "explosion")]
 
 
-def _fit(data, tmp_path, **over):  # noqa: F811
+def _fit(data, tmp_path, **over):
     from pipeline.checkpoint import build_model
 
     cfg = TrainConfig(**{**SMALL, "epochs": 2, **over})
@@ -135,27 +134,27 @@ def _fit(data, tmp_path, **over):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_monitor_silent_on_a_learning_run(reference):  # noqa: F811
-    out, summary = reference
+def test_monitor_silent_on_a_learning_run(reference_training):
+    out, summary = reference_training
     assert load_independent_warnings(summary["warnings"]) == []
-    health = [r["health"] for r in rows(out) if "health" in r]
+    health = [r["health"] for r in metrics_rows(out) if "health" in r]
     assert len(health) == 36  # log_every 1: every step
     assert set(health[0]) == {"conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"}
     assert {"act_mean", "act_std", "dead", "grad_norm", "update_ratio"} == set(health[0]["fc7"])
 
 
 @pytest.mark.integration
-def test_monitor_warns_on_a_flat_run(data, tmp_path):  # noqa: F811
-    summary = _fit(data, tmp_path, lr=1e-12, flat_after=6)  # the weights barely move: the loss stays at ln 4
+def test_monitor_warns_on_a_flat_run(train_data, tmp_path):
+    summary = _fit(train_data, tmp_path, lr=1e-12, flat_after=6)  # the weights barely move: the loss stays at ln 4
     warnings = load_independent_warnings(summary["warnings"])
     assert [w["kind"] for w in warnings] == ["flat"] and warnings[0]["step"] == 6
-    marks = load_independent_warnings([r for r in rows(tmp_path) if "warning" in r])
+    marks = load_independent_warnings([r for r in metrics_rows(tmp_path) if "warning" in r])
     assert [(r["warning"], r["step"]) for r in marks] == [("flat", 6)]
 
 
 @pytest.mark.integration
-def test_monitor_warns_on_an_exploding_run(data, tmp_path):  # noqa: F811
-    summary = _fit(data, tmp_path, lr=3.0, flat_after=10**6)  # 300x the recipe's lr: finite but exploding
+def test_monitor_warns_on_an_exploding_run(train_data, tmp_path):
+    summary = _fit(train_data, tmp_path, lr=3.0, flat_after=10**6)  # 300x the recipe's lr: finite but exploding
     warnings = load_independent_warnings(summary["warnings"])
     loss = [w for w in warnings if w["kind"] != "dead"]
     assert loss and loss[0]["kind"] == "explosion", summary["warnings"]
@@ -167,24 +166,24 @@ def test_monitor_warns_on_an_exploding_run(data, tmp_path):  # noqa: F811
 
 
 @pytest.mark.integration
-def test_a_run_still_at_chance_after_stall_after_steps_stops_and_says_why(data, tmp_path):  # noqa: F811
+def test_a_run_still_at_chance_after_stall_after_steps_stops_and_says_why(train_data, tmp_path):
     from pipeline.training.log import TrainingStalled
 
     with pytest.raises(TrainingStalled) as stop:
-        _fit(data, tmp_path, lr=1e-9, stall_after=5, log_every=2)  # windows end at 2, 4, 6: judged at 6
+        _fit(train_data, tmp_path, lr=1e-9, stall_after=5, log_every=2)  # windows end at 2, 4, 6: judged at 6
     message = str(stop.value)
     assert message.startswith("training stalled: at step 6 (epoch 1)"), message
     assert "ln(4) = 1.386" in message and "fc6" in message and "fc7" in message and "dead" in message
     assert "train.init" in message and "train.lr" in message and "train.stall_after: 0" in message
-    marks = [r for r in rows(tmp_path) if r.get("warning") == "stall"]
+    marks = [r for r in metrics_rows(tmp_path) if r.get("warning") == "stall"]
     assert [r["step"] for r in marks] == [6] and not (tmp_path / "train.json").exists()
 
 
 @pytest.mark.integration
-def test_a_learning_run_is_not_stopped_by_stall_after(data, tmp_path):  # noqa: F811
+def test_a_learning_run_is_not_stopped_by_stall_after(train_data, tmp_path):
     # the second epoch's window (steps 13-24) holds step 24; its mean loss is 1.16, below ln(4) - 0.1
-    summary = _fit(data, tmp_path, init="width_scaled", stall_after=24, log_every=12)
-    windows = [r["train_loss"] for r in rows(tmp_path) if "train_loss" in r]
+    summary = _fit(train_data, tmp_path, init="width_scaled", stall_after=24, log_every=12)
+    windows = [r["train_loss"] for r in metrics_rows(tmp_path) if "train_loss" in r]
     assert windows[1] < 1.386 - 0.1 and summary["steps"] == 24
     assert "stall" not in [w["kind"] for w in summary["warnings"]]
 
@@ -203,23 +202,23 @@ def test_chance_is_an_absolute_margin_around_ln_classes():
 
 
 @pytest.mark.integration
-def test_warmup_ramps_the_lr(data, tmp_path):  # noqa: F811
-    _fit(data, tmp_path, warmup_steps=4)
-    lrs = [r["lr"] for r in rows(tmp_path) if "train_loss" in r][:6]
+def test_warmup_ramps_the_lr(train_data, tmp_path):
+    _fit(train_data, tmp_path, warmup_steps=4)
+    lrs = [r["lr"] for r in metrics_rows(tmp_path) if "train_loss" in r][:6]
     assert lrs == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
-    epochs = [r["lr"] for r in rows(tmp_path) if "val_top1_err" in r]
+    epochs = [r["lr"] for r in metrics_rows(tmp_path) if "val_top1_err" in r]
     assert epochs == pytest.approx([0.01, 0.01])
 
 
 @pytest.mark.integration
-def test_update_ratio_under_warmup_is_the_step_taken(data, tmp_path):  # noqa: F811
+def test_update_ratio_under_warmup_is_the_step_taken(train_data, tmp_path):
     """The first step's gradient and momentum are the same with and without warm-up; with warm-up
     SGD moves by lr/4 of it, and the monitor must say so (not report the full lr's step)."""
     ratios = {}
     for warmup in (0, 4):
         out = tmp_path / f"warmup{warmup}"
-        _fit(data, out, warmup_steps=warmup, epochs=1)
-        first = next(r for r in rows(out) if "health" in r)
+        _fit(train_data, out, warmup_steps=warmup, epochs=1)
+        first = next(r for r in metrics_rows(out) if "health" in r)
         assert first["step"] == 1
         ratios[warmup] = {layer: h["update_ratio"] for layer, h in first["health"].items()}
     for layer in ("conv1", "fc7", "fc8"):

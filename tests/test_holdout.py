@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -13,8 +11,7 @@ from pipeline.io import read_json, write_json
 from pipeline.shards import ShardWriter, shard_sample_keys, validation_split
 from pipeline.train import TrainConfig, train
 
-from test_resize import index_archives, make_dataset
-from test_train import SMALL, make_data
+from helpers import SMALL, index_archives, make_data, make_dataset, metrics_rows, tinted_jpeg
 
 
 @pytest.mark.unit
@@ -112,7 +109,7 @@ def test_training_validates_on_the_held_out_slice_and_never_reads_val(tmp_path):
     tar = tmp_path / "data/shards/holdout/holdout-00000.tar"
     with ShardWriter(tar) as w:
         for i in range(8):
-            w.add(f"held_{i:04d}", _tinted(i), i % 4)
+            w.add(f"held_{i:04d}", tinted_jpeg(np.random.default_rng(i), i % 4), i % 4)
     manifest["holdout"] = {"images": 8, "shards": [{"tar": "holdout/holdout-00000.tar", "images": 8}]}
     write_json(data["manifest"], manifest)
     for entry in manifest["val"]["shards"]:
@@ -123,12 +120,5 @@ def test_training_validates_on_the_held_out_slice_and_never_reads_val(tmp_path):
         data["manifest"], data["pca"], data["mean_image"], data["classes"], out, TrainConfig(epochs=2, **SMALL)
     )
     assert summary["validated_on"] == "holdout" and summary["best_epoch"] in (1, 2)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["validated_on"] for r in rows if "val_top1_err" in r] == ["holdout", "holdout"]
+    assert [r["validated_on"] for r in metrics_rows(out) if "val_top1_err" in r] == ["holdout", "holdout"]
     assert (out / "curve.png").stat().st_size > 0
-
-
-def _tinted(i: int) -> bytes:
-    from test_train import _image
-
-    return _image(np.random.default_rng(i), i % 4)

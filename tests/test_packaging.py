@@ -16,9 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
-from test_envs import pins
-from test_predict import trained_run_files
+from helpers import REPO, env_pins, trained_run_files
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -102,7 +100,7 @@ def test_supported_pythons_pass_the_check(tmp_path):
 def test_pyproject_dependencies_are_the_env_pins():
     deps, test = PYPROJECT["project"]["dependencies"], PYPROJECT["project"]["optional-dependencies"]["test"]
     assert len(set(deps)) == len(deps) and not set(deps) & set(test)
-    assert set(deps) | set(test) == pins("cpu.txt")
+    assert set(deps) | set(test) == env_pins("cpu.txt")
     # the test extra is what no module of the project imports
     assert {d.split("==")[0] for d in test} == {"pytest", "pytest-xdist", "scikit-learn"}
 
@@ -115,7 +113,7 @@ def test_pre_commit_runs_the_lint_pins():
     used = {dep for h in hooks.values() for dep in h.get("additional_dependencies", [])}
     # hooks that need the workflow's environment run the tool installed there, from envs/lint.txt
     system = {h["entry"].split()[0] for h in hooks.values() if h["language"] == "system"} - {"snakemake"}
-    assert used | {p for p in pins("lint.txt") if p.split("==")[0] in system} == pins("lint.txt")
+    assert used | {p for p in env_pins("lint.txt") if p.split("==")[0] in system} == env_pins("lint.txt")
     assert system == {"mypy"}
 
 

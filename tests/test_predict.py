@@ -8,7 +8,6 @@ model must reproduce from the same JPEG files.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -19,21 +18,18 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.checkpoint import model_from_checkpoint, save_checkpoint
+from pipeline.checkpoint import model_from_checkpoint
 from pipeline.evaluate import make_loader
-from pipeline.fingerprint import file_digest, input_fingerprints
-from pipeline.io import write_json, write_tsv
 from pipeline.metrics import ten_crop_probs
 from pipeline.predict import PredictError, main, predict
 from pipeline.shards import ShardWriter
 
-from conftest import disagreeing_alexnet_state
+from helpers import AUGMENT, encode, smooth_image, trained_run_files
 
 pytestmark = pytest.mark.integration
 
 NUM_CLASSES = 6
 IMAGES = 4
-AUGMENT = {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
 # Both paths feed the network bit-identical views (the same libjpeg decode of
 # the same bytes, the same float32 subtraction of the mean image, exact crops
 # and flips), so what differs is float32 arithmetic in the forward pass: the
@@ -47,84 +43,19 @@ AUGMENT = {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
 ATOL = 1e-6
 
 
-def _image(rng, size=(256, 256)) -> np.ndarray:
-    """Smooth random RGB (8x8 noise, bilinear): the corner and centre views see different content."""
-    small = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
-    return np.asarray(Image.fromarray(small).resize(size, Image.BILINEAR))
-
-
-def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _checkpoint_state(mean_npy, classes_tsv) -> dict:
-    """A random AlexNet whose views disagree (conftest.disagreeing_alexnet_state), with its inputs' digests."""
-    sd = disagreeing_alexnet_state(NUM_CLASSES)
-    config = {
-        "model": {
-            "num_classes": NUM_CLASSES,
-            "width": 0.0625,
-            "lrn": True,
-            "overlapping_pool": True,
-            "init": "paper",
-            "dropout": 0.5,
-            "dropout_style": "paper",
-        },
-        "augment": AUGMENT,
-        "world_size": 1,
-        "inputs": {"mean_image": file_digest(mean_npy), "classes": file_digest(classes_tsv)},
-    }
-    return {"model": sd, "config": config, "epoch": 2, "step": 8}
-
-
-def trained_run_files(root, rng) -> dict:
-    """What a finished training leaves for the tracking tests: best.pt, the PCA and fetch files it read, and
-    train.json's input fingerprints (a random mean image; the shards' manifest lists no shards)."""
-    mean_npy, classes_tsv = root / "pca" / "mean_image.npy", root / "fetch" / "classes.tsv"
-    mean_npy.parent.mkdir()
-    np.save(mean_npy, rng.uniform(60, 200, (256, 256, 3)).astype(np.float32))
-    write_tsv(classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}"] for c in range(NUM_CLASSES)])
-    write_json(root / "pca" / "pca.json", {"mean": [120.0, 115.0, 100.0]})
-    write_json(root / "shards" / "manifest.json", {"train": {"shards": []}, "val": {"shards": []}})
-    ckpt = root / "train" / "checkpoints" / "best.pt"
-    save_checkpoint(ckpt, _checkpoint_state(mean_npy, classes_tsv))
-    inputs = input_fingerprints(root / "shards" / "manifest.json", root / "pca" / "pca.json", mean_npy, classes_tsv)
-    return {"checkpoint": ckpt, "mean": mean_npy, "classes": classes_tsv, "inputs": inputs}
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     rng = np.random.default_rng(1)
-    jpegs = [_encode(Image.fromarray(_image(rng)), "JPEG", quality=95) for _ in range(IMAGES)]
+    jpegs = [encode(Image.fromarray(smooth_image(rng)), quality=95) for _ in range(IMAGES)]
     keys = [f"ILSVRC2012_val_{i + 1:08d}" for i in range(IMAGES)]
     files = root / "images"
     files.mkdir()
     for key, jpeg in zip(keys, jpegs):
         (files / f"{key}.JPEG").write_bytes(jpeg)
 
-    mean_npy, classes_tsv = root / "pca" / "mean_image.npy", root / "fetch" / "classes.tsv"
-    mean_npy.parent.mkdir()
-    np.save(mean_npy, rng.uniform(60, 200, (256, 256, 3)).astype(np.float32))
-    write_tsv(
-        classes_tsv, ["index", "wnid", "names"], [[c, f"n{c:08d}", f"class {c}, thing"] for c in range(NUM_CLASSES)]
-    )
-    write_json(
-        root / "pca" / "pca.json",
-        {
-            "mean": [120.0, 115.0, 100.0],
-            "std": [60.0, 58.0, 62.0],
-            "covariance": np.eye(3).tolist(),
-            "eigval": [3000.0, 300.0, 30.0],
-            "eigvec": np.eye(3).tolist(),
-            "pixels": 1,
-            "images": 1,
-        },
-    )
-    ckpt = root / "train" / "best.pt"
-    save_checkpoint(ckpt, _checkpoint_state(mean_npy, classes_tsv))
+    run = trained_run_files(root, rng, NUM_CLASSES)
+    ckpt, mean_npy, classes_tsv = run["checkpoint"], run["mean"], run["classes"]
     tar = root / "shards" / "val-00000.tar"
     with ShardWriter(tar) as w:
         for i, (key, jpeg) in enumerate(zip(keys, jpegs)):
@@ -132,7 +63,7 @@ def data(tmp_path_factory):
 
     # the evaluate stage's numbers: its DALI loader's ten views through ten_crop_probs
     model, _ = model_from_checkpoint(ckpt, devices=["cpu"])
-    loader = make_loader([str(tar)], root / "pca" / "pca.json", mean_npy, AUGMENT, 3, "cpu", threads=1)
+    loader = make_loader([str(tar)], run["pca"], mean_npy, AUGMENT, 3, "cpu", threads=1)
     ten, centre = {}, {}
     with torch.inference_mode():
         for views, _labels, batch_keys in loader:
@@ -149,10 +80,10 @@ def data(tmp_path_factory):
     # other inputs: grayscale and CMYK JPEGs, a palette PNG, not square and larger than 256
     odd = root / "odd"
     odd.mkdir()
-    rgb = Image.fromarray(_image(rng, (300, 400)))
-    (odd / "gray.jpg").write_bytes(_encode(rgb.convert("L"), "JPEG", quality=95))
-    (odd / "cmyk.jpg").write_bytes(_encode(rgb.convert("CMYK"), "JPEG", quality=95))
-    (odd / "palette.png").write_bytes(_encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"))
+    rgb = Image.fromarray(smooth_image(rng, (300, 400)))
+    (odd / "gray.jpg").write_bytes(encode(rgb.convert("L"), quality=95))
+    (odd / "cmyk.jpg").write_bytes(encode(rgb.convert("CMYK"), quality=95))
+    (odd / "palette.png").write_bytes(encode(rgb.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"))
     (odd / "corrupt.jpg").write_bytes(jpegs[0][:200])  # a truncated JPEG
     return {
         "root": root,
@@ -177,6 +108,12 @@ def _probs(result: dict) -> np.ndarray:
     for t in result["top"]:
         row[t["index"]] = t["probability"]
     return row
+
+
+def _cli_inputs(data) -> list[str]:
+    """The command's options for the fixture's checkpoint, mean image and classes, on the CPU."""
+    inputs = ["--checkpoint", str(data["checkpoint"]), "--mean-image", str(data["mean"])]
+    return inputs + ["--classes", str(data["classes"]), "--device", "cpu"]
 
 
 def test_predict_gives_the_evaluate_stage_probabilities(data):
@@ -206,23 +143,14 @@ def test_grayscale_cmyk_and_png_inputs_and_a_corrupt_file(data):
     for name in ("gray.jpg", "cmyk.jpg", "palette.png"):
         assert len(by_name[name]["top"]) == 5
         rgb = odd.parent / f"{name}.rgb.png"
-        rgb.write_bytes(_encode(Image.open(odd / name).convert("RGB"), "PNG"))
+        rgb.write_bytes(encode(Image.open(odd / name).convert("RGB"), "PNG"))
         again = _run(data, [rgb])[0]
         np.testing.assert_allclose(_probs(by_name[name]), _probs(again), rtol=0, atol=ATOL)
 
 
 def test_cli_table_json_and_exit_status(data, capsys):
     files = [str(data["files"] / f"{k}.JPEG") for k in data["keys"]]
-    common = [
-        "--checkpoint",
-        str(data["checkpoint"]),
-        "--mean-image",
-        str(data["mean"]),
-        "--classes",
-        str(data["classes"]),
-        "--device",
-        "cpu",
-    ]
+    common = _cli_inputs(data)
     assert main(files[:2] + common + ["--top", "3"]) == 0
     out = capsys.readouterr().out
     top1 = data["reference"]["ten"].argmax(1)
@@ -250,22 +178,7 @@ def test_wrong_inputs_are_named(data, tmp_path, capsys):
     np.save(other_mean, np.zeros((256, 256, 3), np.float32))
     with pytest.raises(PredictError, match="mean.npy is not the mean image .* was trained with"):
         predict([data["files"]], data["checkpoint"], other_mean, data["classes"], device="cpu")
-    assert (
-        main(
-            [
-                str(tmp_path),
-                "--checkpoint",
-                str(data["checkpoint"]),
-                "--mean-image",
-                str(data["mean"]),
-                "--classes",
-                str(data["classes"]),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 1
-    )
+    assert main([str(tmp_path), *_cli_inputs(data)]) == 1
     assert "error: no images (.jpg, .jpeg, .png) in" in capsys.readouterr().err
     assert main([str(data["files"]), "--checkpoint", str(tmp_path / "none.pt"), "--device", "cpu"]) == 1
     assert "none.pt does not exist" in capsys.readouterr().err

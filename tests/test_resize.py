@@ -4,97 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_sample_images
 
 from pipeline import archive, resize
 from pipeline.io import read_json, write_tsv
 from pipeline.shards import read_shard, verify_shards
 
-WNIDS = ["n01440764", "n01443537", "n01484850"]
-PHOTOS = load_sample_images().images  # two real 427x640 photos, bundled with scikit-learn
-
-
-def photo(seed: int, size: tuple[int, int]) -> Image.Image:
-    """A crop of a real photo, resized to `size` (w, h)."""
-    rng = np.random.default_rng(seed)
-    src = PHOTOS[seed % 2]
-    h = int(rng.integers(200, 400))
-    y, x = rng.integers(0, 427 - h + 1), rng.integers(0, 640 - h + 1)
-    return Image.fromarray(src[y : y + h, x : x + h]).resize(size, Image.Resampling.BICUBIC)
-
-
-def encode(im: Image.Image, fmt="JPEG") -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-    return buf.getvalue()
-
-
-def dirty_images() -> dict[str, bytes]:
-    """The real set's odd files: CMYK and grayscale JPEGs, a palette image and a PNG named .JPEG."""
-    base = photo(7, (400, 300))
-    return {
-        "cmyk": encode(base.convert("CMYK")),
-        "gray": encode(base.convert("L")),
-        "palette": encode(base.convert("P"), "PNG"),
-        "png": encode(base, "PNG"),
-    }
-
-
-def truncated_jpeg() -> bytes:
-    data = encode(photo(3, (500, 375)))
-    return data[: len(data) * 6 // 10]
-
-
-def add_bytes(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-SIZES = [(500, 375), (375, 500), (500, 333), (256, 256), (200, 150), (1600, 1200)]
-
-
-def make_dataset(root):
-    """ILSVRC-shaped archives: 3 classes x 6 photos (+ dirty files and a truncated JPEG), 6 val images."""
-    images = {}
-    for c, wnid in enumerate(WNIDS):
-        for i, size in enumerate(SIZES):
-            images[f"{wnid}_{i}.JPEG"] = (encode(photo(10 * c + i, size)), c)
-    for kind, data in dirty_images().items():
-        images[f"{WNIDS[1]}_{kind}.JPEG"] = (data, 1)
-    images[f"{WNIDS[2]}_truncated.JPEG"] = (truncated_jpeg(), 2)
-    with tarfile.open(root / "ILSVRC2012_img_train.tar", "w") as outer:
-        for c, wnid in enumerate(WNIDS):
-            buf = io.BytesIO()
-            with tarfile.open(fileobj=buf, mode="w") as inner:
-                for name, (data, label) in images.items():
-                    if label == c:
-                        add_bytes(inner, name, data)
-            add_bytes(outer, f"{wnid}.tar", buf.getvalue())
-    val = {f"ILSVRC2012_val_{i:08d}.JPEG": (encode(photo(100 + i, (500, 375))), i % 3) for i in range(1, 7)}
-    with tarfile.open(root / "ILSVRC2012_img_val.tar", "w") as tar:
-        for name, (data, _) in val.items():
-            add_bytes(tar, name, data)
-    write_tsv(root / "classes.tsv", ["index", "wnid", "names"], [(i, w, f"class {i}") for i, w in enumerate(WNIDS)])
-    write_tsv(root / "val_labels.tsv", ["file", "index"], [(n, label) for n, (_, label) in val.items()])
-    return images, val
-
-
-def index_archives(root):
-    """results/index/{train,val}.tsv of make_dataset's archives, as the workflow's index jobs write them."""
-    for split in ("train", "val"):
-        resize.build_index(
-            split,
-            root / f"ILSVRC2012_img_{split}.tar",
-            root / "classes.tsv",
-            root / "val_labels.tsv",
-            root / "index" / f"{split}.tsv",
-        )
+from helpers import SIZES, WNIDS, dirty_images, encode, index_archives, make_dataset, photo, truncated_jpeg
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,7 @@ from pipeline.fingerprint import file_digest
 from pipeline.predict import predict
 from pipeline.tracking.registry import Registration, RegistryError, register_version
 
-from conftest import free_port, running_server, tool_env
-from test_predict import _encode, _image, trained_run_files
-from test_tracking_parent import git
+from helpers import encode, free_port, git, register_flags, running_server, smooth_image, tool_env, trained_run_files
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +52,7 @@ def registered(tmp_path_factory):
     images = root / "images"
     images.mkdir()
     for i in range(IMAGES):
-        (images / f"img{i}.jpg").write_bytes(_encode(Image.fromarray(_image(rng)), "JPEG", quality=95))
+        (images / f"img{i}.jpg").write_bytes(encode(Image.fromarray(smooth_image(rng)), quality=95))
 
     files = trained_run_files(root, rng)
     ckpt, mean_npy, classes_tsv, inputs = files["checkpoint"], files["mean"], files["classes"], files["inputs"]
@@ -96,18 +94,7 @@ def registered(tmp_path_factory):
         "serve",
         "--parent-file",
         str(parent_file),
-        "--model",
-        str(ckpt),
-        "--mean-image",
-        str(mean_npy),
-        "--classes",
-        str(classes_tsv),
-        "--register",
-        NAME,
-        "--registered-file",
-        str(record),
-        "--fingerprints",
-        str(root / "train" / "train.json"),
+        *register_flags(files, NAME, record, root / "train" / "train.json"),
         "--",
         sys.executable,
         "-c",

@@ -1,7 +1,7 @@
 """Shard checksums: hashed while written, recorded, verified before the first step; DALI errors named.
 
-The shards come from tests/test_train.py's make_data (2 train shards of 24 images, 1 val shard of 8),
-whose manifest carries the checksums ShardWriter computed while writing them.
+The shards are conftest.py's train_data, helpers.make_data's (2 train shards of 24 images, 1 val shard
+of 8), whose manifest carries the checksums ShardWriter computed while writing them.
 """
 
 from __future__ import annotations
@@ -18,20 +18,15 @@ from pipeline.shards import ShardChecksumError, ShardWriter, index_path, shard_j
 from pipeline.train import TrainConfig, train
 from pipeline.train import main as train_main
 
-from test_train import SMALL, _image, cli, make_data
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("checksum_data"))
+from helpers import SMALL, tinted_jpeg, train_cli
 
 
 @pytest.fixture
-def data(pristine, tmp_path):
+def data(train_data, tmp_path):
     """A copy of the shards each test may damage."""
-    root = pristine["manifest"].parent.parent
+    root = train_data["manifest"].parent.parent
     shutil.copytree(root, tmp_path / "data")
-    return {k: tmp_path / "data" / v.relative_to(root) for k, v in pristine.items()}
+    return {k: tmp_path / "data" / v.relative_to(root) for k, v in train_data.items()}
 
 
 def shard(data, split="train", k=1):
@@ -57,13 +52,13 @@ def test_the_digests_computed_while_writing_equal_hashlib_over_the_files(tmp_pat
 
 
 @pytest.mark.unit
-def test_untampered_shards_verify(pristine, capsys):
+def test_untampered_shards_verify(train_data, capsys):
     for split, shards in (("train", 2), ("val", 1)):
         for threads in (1, 2):
-            result = verify_shards(pristine["manifest"], split, threads=threads, block=4096)
+            result = verify_shards(train_data["manifest"], split, threads=threads, block=4096)
             assert result["shards"] == shards and result["unchecked"] == 0
     # two replicas check one shard each
-    assert [verify_shards(pristine["manifest"], "train", r, 2)["shards"] for r in (0, 1)] == [1, 1]
+    assert [verify_shards(train_data["manifest"], "train", r, 2)["shards"] for r in (0, 1)] == [1, 1]
     assert "warning" not in capsys.readouterr().err
 
 
@@ -122,7 +117,7 @@ def test_training_on_a_damaged_tar_header_stops_before_the_first_step(data, tmp_
     header = offset - 512  # the member's tar header: DALI would fail inside its decoder, naming no shard
     overwrite(tar, header, bytes(b ^ 0xFF for b in tar.read_bytes()[header : header + 4096]))
     out = tmp_path / "run"
-    assert train_main(cli(data, out, epochs=1)[3:]) == 1
+    assert train_main(train_cli(data, out, epochs=1)[3:]) == 1
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if line.startswith("error: "))
     assert "1 of 2 train shards differ" in line and "Traceback" not in err
@@ -140,7 +135,7 @@ def rewrite_with_a_garbage_jpeg(data, split, k, bad_index):
     rng = np.random.default_rng(k)
     with ShardWriter(tar) as w:
         for i, key in enumerate(keys):
-            w.add(key, b"\xff\xd8\xff\xe0 not a JPEG " * 40 if i == bad_index else _image(rng, i % 4), i % 4)
+            w.add(key, b"\xff\xd8\xff\xe0 not a JPEG " * 40 if i == bad_index else tinted_jpeg(rng, i % 4), i % 4)
     entry.update(w.checksums, bytes=tar.stat().st_size)
     write_json(data["manifest"], manifest)
     return tar, keys[bad_index]

@@ -3,8 +3,6 @@ artifacts, secrets, the registry. The modules behind it: tests/test_tracking_*.p
 """
 
 import json
-import subprocess
-import sys
 
 import pytest
 from mlflow import MlflowClient
@@ -12,37 +10,16 @@ from mlflow import MlflowClient
 from pipeline.fingerprint import file_digest
 from pipeline.tracking.parent import start_parent
 
-from conftest import tool_env
+from helpers import python_stage, run_tracked, tracked_runs
 
 pytestmark = pytest.mark.integration
-
-
-def wrap(tmp_path, *args, env=None):
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.track",
-        "run",
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/m.db",
-        "--experiment",
-        "t",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=tmp_path, env=tool_env(**(env or {})), capture_output=True, text=True)
-
-
-def runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
-    exp = client.get_experiment_by_name("t")
-    return client, {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
 
 
 def test_child_run_under_parent_with_params_metrics_artifacts(tmp_path):
     parent = start_parent(f"sqlite:///{tmp_path}/m.db", "t", tmp_path / "parent", "workflow", {"k": "v"}, {})
     (tmp_path / "m.json").write_text(json.dumps({"images": 12, "nested": {"rate": 3.5}}))
     (tmp_path / "steps.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.0}\n')
-    proc = wrap(
+    proc = run_tracked(
         tmp_path,
         "--stage",
         "pca",
@@ -66,7 +43,7 @@ def test_child_run_under_parent_with_params_metrics_artifacts(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "logs/pca.log").read_text() == "hello --size 256\n"
-    client, by_name = runs(tmp_path)
+    client, by_name = tracked_runs(tmp_path)
     child = by_name["pca"]
     assert child.data.tags["mlflow.parentRunId"] == parent
     assert child.info.status == "FINISHED"
@@ -85,20 +62,11 @@ def test_child_run_under_parent_with_params_metrics_artifacts(tmp_path):
 
 
 def test_failure_marks_run_failed_and_shows_log_tail(tmp_path):
-    proc = wrap(
-        tmp_path,
-        "--stage",
-        "fetch",
-        "--log",
-        "f.log",
-        "--",
-        sys.executable,
-        "-c",
-        "import sys; print('error: md5 mismatch'); sys.exit(3)",
-    )
+    fails = "import sys; print('error: md5 mismatch'); sys.exit(3)"
+    proc = run_tracked(tmp_path, "--stage", "fetch", "--log", "f.log", *python_stage(fails))
     assert proc.returncode == 3
     assert "error: md5 mismatch" in proc.stderr and "fetch failed" in proc.stderr
-    client, by_name = runs(tmp_path)
+    client, by_name = tracked_runs(tmp_path)
     failed = by_name["fetch"]
     assert failed.info.status == "FAILED"
     # a failed stage's outputs are not logged, its log and wall time are
@@ -107,15 +75,15 @@ def test_failure_marks_run_failed_and_shows_log_tail(tmp_path):
 
 
 def test_without_tracking_the_command_only_runs_and_logs(tmp_path):
-    proc = wrap(tmp_path, "--stage", "pca", "--log", "p.log", "--no-tracking", "--", "echo", "quiet")
+    proc = run_tracked(tmp_path, "--stage", "pca", "--log", "p.log", "--no-tracking", "--", "echo", "quiet")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.log").read_text() == "quiet\n" and not (tmp_path / "m.db").exists()
 
 
 def test_flags_that_need_others_are_refused_by_name(tmp_path):
-    proc = wrap(tmp_path, "--stage", "train", "--log", "t.log", "--model", "best.pt", "--", "true")
+    proc = run_tracked(tmp_path, "--stage", "train", "--log", "t.log", "--model", "best.pt", "--", "true")
     assert proc.returncode == 2 and "--model needs --mean-image and --classes" in proc.stderr
-    proc = wrap(tmp_path, "--stage", "train", "--log", "t.log")
+    proc = run_tracked(tmp_path, "--stage", "train", "--log", "t.log")
     assert proc.returncode == 1 and "error: no stage command given after --" in proc.stderr
     assert not (tmp_path / "m.db").exists()
 
@@ -128,19 +96,8 @@ def test_secret_is_masked_even_when_split_across_writes(tmp_path, split):
         f"sys.stdout.write('auth ' + t[:{split}]); sys.stdout.flush(); time.sleep(0.2); "
         f"sys.stdout.write(t[{split}:] + ' done\\n')"
     )
-    proc = wrap(
-        tmp_path,
-        "--stage",
-        "fetch",
-        "--log",
-        "f.log",
-        "--redact-env",
-        "TOK",
-        "--",
-        sys.executable,
-        "-c",
-        script,
-        env={"TOK": token},
+    proc = run_tracked(
+        tmp_path, "--stage", "fetch", "--log", "f.log", "--redact-env", "TOK", *python_stage(script), env={"TOK": token}
     )
     assert proc.returncode == 0
     assert (tmp_path / "f.log").read_text() == "auth *** done\n"
@@ -167,7 +124,7 @@ def test_evaluate_wrapper_tags_the_registered_version(tmp_path):
         "val_images": 200,
     }
     (tmp_path / "metrics.json").write_text(json.dumps(errors))
-    proc = wrap(
+    proc = run_tracked(
         tmp_path,
         "--stage",
         "evaluate",
@@ -183,7 +140,7 @@ def test_evaluate_wrapper_tags_the_registered_version(tmp_path):
         "true",
     )
     assert proc.returncode == 0, proc.stderr
-    _, by_name = runs(tmp_path)
+    _, by_name = tracked_runs(tmp_path)
     assert client.get_model_version("alexnet-t", version.version).tags == {
         "git_commit": "abc",
         "val_top1_err_10crop": "41.5",
@@ -202,7 +159,7 @@ def test_failed_registration_leaves_the_stage_standing(tmp_path):
     stale.write_text('{"name": "alexnet-t", "version": "1"}')  # an earlier training's
     (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
     (tmp_path / "train.json").write_text(json.dumps({"inputs": {"manifest": "0" * 64}}))
-    proc = wrap(
+    proc = run_tracked(
         tmp_path,
         "--stage",
         "train",
@@ -228,7 +185,7 @@ def test_failed_registration_leaves_the_stage_standing(tmp_path):
     assert "warning: train succeeded but MLflow logging failed" in proc.stderr
     assert "warning: train succeeded but registering its model as alexnet-t failed: no model was logged" in proc.stderr
     assert not stale.exists()  # the evaluate stage must not tag the earlier training's version
-    client, by_name = runs(tmp_path)
+    client, by_name = tracked_runs(tmp_path)
     run = by_name["train"]
     assert run.info.status == "FINISHED" and "registering its model" in run.data.tags["tracking_error"]
     assert client.search_registered_models() == []
@@ -253,28 +210,13 @@ def test_a_resumed_training_logs_each_step_once(tmp_path):
     )
 
     def attempt(*args):
-        proc = wrap(
-            tmp_path,
-            "--stage",
-            "train",
-            "--log",
-            "t.log",
-            "--jsonl",
-            "metrics.jsonl",
-            "--attempt",
-            "attempt.json",
-            "--",
-            sys.executable,
-            "-c",
-            stage,
-            *map(str, args),
-        )
-        return proc
+        flags = ["--jsonl", "metrics.jsonl", "--attempt", "attempt.json"]
+        return run_tracked(tmp_path, "--stage", "train", "--log", "t.log", *flags, *python_stage(stage, *args))
 
     assert attempt("start", 0, 9, 137).returncode == 137  # killed after step 9, its checkpoint at step 7
     proc = attempt("resume", 7, 12, 0)
     assert proc.returncode == 0, proc.stderr
-    client, by_name = runs(tmp_path)
+    client, by_name = tracked_runs(tmp_path)
     run = by_name["train"]
     assert run.info.status == "FINISHED" and run.data.tags["attempts"] == "2"
     history = client.get_metric_history(run.info.run_id, "loss")

@@ -28,7 +28,7 @@ from pipeline.tracking.access import (
 from pipeline.tracking.parent import end_parent
 from pipeline.tracking.runs import error_record
 
-from conftest import REPO, TINY, free_port, running_server, snakemake, tool_env
+from helpers import REPO, TINY, free_port, running_server, snakemake, tool_env
 
 SERVER_START_S = 120
 # the stage's stand-in: says it started, waits for the word to finish, then leaves its outputs

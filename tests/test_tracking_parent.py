@@ -1,7 +1,6 @@
 """pipeline.tracking.parent: the invocation's parent run, its code version and config."""
 
 import json
-import subprocess
 
 import pytest
 import yaml
@@ -9,15 +8,7 @@ from mlflow import MlflowClient
 
 from pipeline.tracking.parent import CODE_VERSION, CONFIG_SNAPSHOT, code_version, end_parent, start_parent
 
-
-def git(repo, *args):
-    # an identity of its own: the machine running the tests may have none configured
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+from helpers import git
 
 
 @pytest.fixture

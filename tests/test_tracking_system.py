@@ -1,12 +1,10 @@
 """System metrics in a stage's run: MLflow's monitor, the job's GPUs, a stage shorter than an interval."""
 
-import sys
-
 import pytest
 
 from pipeline.tracking.system import gpu_count, visible_gpus
 
-from test_track import runs, wrap
+from helpers import python_stage, run_tracked, tracked_runs
 
 SYSTEM = {
     "system/cpu_utilization_percentage",
@@ -17,7 +15,7 @@ SYSTEM = {
 
 @pytest.mark.integration
 def test_a_stage_run_gets_the_nodes_cpu_and_memory_over_time(tmp_path):
-    proc = wrap(
+    proc = run_tracked(
         tmp_path,
         "--stage",
         "pca",
@@ -27,14 +25,11 @@ def test_a_stage_run_gets_the_nodes_cpu_and_memory_over_time(tmp_path):
         "0.5",
         "--gpus",
         "auto",
-        "--",
-        sys.executable,
-        "-c",
-        "import time; time.sleep(3)",
+        *python_stage("import time; time.sleep(3)"),
     )
     assert proc.returncode == 0, proc.stderr
     assert "system_metrics" not in proc.stderr  # MLflow's start and stop lines stay out of the stage's log
-    client, by_name = runs(tmp_path)
+    client, by_name = tracked_runs(tmp_path)
     run = by_name["pca"]
     assert SYSTEM <= set(run.data.metrics)
     history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
@@ -48,18 +43,18 @@ def test_a_stage_run_gets_the_nodes_cpu_and_memory_over_time(tmp_path):
 
 @pytest.mark.integration
 def test_a_stage_shorter_than_one_interval_still_gets_a_sample(tmp_path):
-    proc = wrap(tmp_path, "--stage", "pca", "--log", "pca.log", "--system-metrics-s", "15", "--", "true")
+    proc = run_tracked(tmp_path, "--stage", "pca", "--log", "pca.log", "--system-metrics-s", "15", "--", "true")
     assert proc.returncode == 0, proc.stderr
-    _, by_name = runs(tmp_path)
+    _, by_name = tracked_runs(tmp_path)
     assert SYSTEM <= set(by_name["pca"].data.metrics)
 
 
 @pytest.mark.integration
 def test_off_by_default_and_with_zero(tmp_path):
     for stage, interval in (("pca", []), ("fetch", ["--system-metrics-s", "0"])):
-        proc = wrap(tmp_path, "--stage", stage, "--log", f"{stage}.log", *interval, "--", "true")
+        proc = run_tracked(tmp_path, "--stage", stage, "--log", f"{stage}.log", *interval, "--", "true")
         assert proc.returncode == 0, proc.stderr
-    _, by_name = runs(tmp_path)
+    _, by_name = tracked_runs(tmp_path)
     assert set(by_name) == {"pca", "fetch"}
     assert not any(k.startswith("system/") for run in by_name.values() for k in run.data.metrics)
 

@@ -1,17 +1,16 @@
 """Training stage: learning, checkpoints, kill-and-resume, plateau lr drops, divergence, DDP.
 
 Everything runs on the CPU on tiny generated shards (4 classes of tinted
-noise, 48 train and 8 val images, width 1/16, batch 4, one torch thread).
+noise, 48 train and 8 val images, width 1/16, batch 4, one torch thread):
+helpers.make_data's, built once as conftest.py's train_data.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,112 +20,15 @@ import torch
 
 from pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from pipeline.devices import DeviceError, Dist, resolve_devices
-from pipeline.io import write_json, write_tsv
-from pipeline.shards import ShardWriter
-from pipeline.train import TrainConfig, TrainingDiverged, fit, make_loaders, param_digest, train
+from pipeline.io import write_json
+from pipeline.train import TrainConfig, TrainingDiverged, fit, make_loaders, param_digest
 from pipeline.training.state import collapse_epoch
 
-REPO = Path(__file__).resolve().parents[1]
-CLASSES = 4
-TINTS = np.array([[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60]], dtype=np.float64)
-# Caffe's init: with the paper's (biases 1) a 1/16-width net's loss swings over the
-# first steps (lr * |fc7 output|^2 is large), which would hide the trend tested here.
-SMALL = dict(
-    width=0.0625, init="caffe", batch_size=4, lr=0.01, log_every=1, dali_threads=1, torch_threads=1, devices="cpu"
-)
-
-
-def _image(rng, label):
-    from PIL import Image
-
-    pixels = TINTS[label] + rng.normal(0, 40, (256, 256, 3))
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def make_data(root: Path) -> dict:
-    """Shards, manifest (resize layout), pca.json, mean_image.npy and classes.tsv."""
-    rng = np.random.default_rng(0)
-    splits = {}
-    for split, shards, per_shard in (("train", 2, 24), ("val", 1, 8)):
-        entries = []
-        for k in range(shards):
-            tar = root / "shards" / split / f"{split}-{k:05d}.tar"
-            with ShardWriter(tar) as w:
-                for i in range(per_shard):
-                    label = int(rng.integers(CLASSES)) if split == "train" else i % CLASSES
-                    w.add(f"{split}_{k}_{i:04d}", _image(rng, label), label)
-            # the sha256 the resize stage records, hashed by the same writer: the stages verify them
-            entries.append(
-                {
-                    "tar": f"{split}/{tar.name}",
-                    "idx": f"{split}/{tar.stem}.idx",
-                    "images": per_shard,
-                    "bytes": tar.stat().st_size,
-                    **w.checksums,
-                }
-            )
-        splits[split] = {"images": shards * per_shard, "shards": entries}
-    write_json(root / "shards" / "manifest.json", splits)
-    cov = np.diag([1500.0, 900.0, 600.0])
-    write_json(
-        root / "pca.json",
-        {
-            "mean": TINTS.mean(0).tolist(),
-            "std": [70.0, 70.0, 70.0],
-            "covariance": cov.tolist(),
-            "eigval": [1500.0, 900.0, 600.0],
-            "eigvec": np.eye(3).tolist(),
-            "pixels": 1,
-            "images": 1,
-            "imagenet_cosine": [1.0, 1.0, 1.0],
-        },
-    )
-    np.save(root / "mean_image.npy", np.full((256, 256, 3), TINTS.mean(0), np.float32))
-    write_tsv(
-        root / "classes.tsv", ["index", "wnid", "names"], [[i, f"n{i:08d}", f"class {i}"] for i in range(CLASSES)]
-    )
-    return {
-        "manifest": root / "shards" / "manifest.json",
-        "pca": root / "pca.json",
-        "mean_image": root / "mean_image.npy",
-        "classes": root / "classes.tsv",
-    }
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("train_data"))
-
-
-def cli(data, out, **overrides):
-    args = [
-        sys.executable,
-        "-m",
-        "pipeline.train",
-        "--manifest",
-        str(data["manifest"]),
-        "--pca",
-        str(data["pca"]),
-        "--mean-image",
-        str(data["mean_image"]),
-        "--classes",
-        str(data["classes"]),
-        "--out-dir",
-        str(out),
-    ]
-    for key, value in {**SMALL, **overrides}.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
-    return args
-
-
-def rows(out):
-    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+from helpers import CLASSES, REPO, SMALL, metrics_rows, torchrun, train_cli
 
 
 def losses(out):
-    return {r["step"]: r["train_loss"] for r in rows(out) if "train_loss" in r}
+    return {r["step"]: r["train_loss"] for r in metrics_rows(out) if "train_loss" in r}
 
 
 def env():
@@ -137,30 +39,20 @@ def env():
     return e
 
 
-@pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
-    """An uninterrupted 3-epoch run, in this process."""
-    out = tmp_path_factory.mktemp("reference")
-    summary = train(
-        data["manifest"], data["pca"], data["mean_image"], data["classes"], out, TrainConfig(epochs=3, **SMALL)
-    )
-    return out, summary
-
-
 @pytest.mark.integration
-def test_training_lowers_loss_and_writes_outputs(reference):
-    out, summary = reference
+def test_training_lowers_loss_and_writes_outputs(reference_training):
+    out, summary = reference_training
     by_epoch = {}
-    for r in rows(out):
+    for r in metrics_rows(out):
         if "train_loss" in r:
             by_epoch.setdefault(r["epoch"], []).append(r["train_loss"])
     assert sorted(by_epoch) == [1, 2, 3] and all(len(v) == 12 for v in by_epoch.values())
     means = [np.mean(by_epoch[e]) for e in (1, 2, 3)]
     assert means[0] > means[1] > means[2] and means[2] < means[0] - 0.02, means
-    epochs = [r for r in rows(out) if "val_top1_err" in r]
+    epochs = [r for r in metrics_rows(out) if "val_top1_err" in r]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
     assert {"step", "epoch", "val_top1_err", "val_top5_err", "epoch_time_s", "peak_mem_mb"} <= set(epochs[0])
-    first = rows(out)[0]
+    first = metrics_rows(out)[0]
     assert {"step", "epoch", "train_loss", "train_top1_err", "train_top5_err", "lr", "images_per_s"} <= set(first)
     for name in ("train.json", "curve.png", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (out / name).exists(), name
@@ -189,8 +81,8 @@ def test_training_lowers_loss_and_writes_outputs(reference):
 
 
 @pytest.mark.integration
-def test_model_from_checkpoint_rebuilds_the_network(reference):
-    out, _ = reference
+def test_model_from_checkpoint_rebuilds_the_network(reference_training):
+    out, _ = reference_training
     model, meta = model_from_checkpoint(out / "checkpoints" / "last.pt", devices=["cpu"])
     assert not model.training and meta["epoch"] == 3 and "optimizer" not in meta
     assert param_digest(model) == json.loads((out / "train.json").read_text())["replica_digests"][0]
@@ -198,10 +90,10 @@ def test_model_from_checkpoint_rebuilds_the_network(reference):
 
 
 @pytest.mark.integration
-def test_killed_run_resumes_and_reproduces_the_losses(data, reference, tmp_path):
-    ref_out, _ = reference
+def test_killed_run_resumes_and_reproduces_the_losses(train_data, reference_training, tmp_path):
+    ref_out, _ = reference_training
     out = tmp_path / "run"
-    proc = subprocess.Popen(cli(data, out, epochs=3), env=env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(train_cli(train_data, out, epochs=3), env=env(), stderr=subprocess.PIPE, text=True)
     jsonl = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -214,13 +106,13 @@ def test_killed_run_resumes_and_reproduces_the_losses(data, reference, tmp_path)
     assert (out / "checkpoints" / "last.pt").exists() and not (out / "train.json").exists()
     killed_at = load_checkpoint(out / "checkpoints" / "last.pt")["epoch"]
 
-    done = subprocess.run(cli(data, out, epochs=3), env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(train_cli(train_data, out, epochs=3), env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming after an interruption from {out / 'checkpoints' / 'last.pt'}: epoch {killed_at}" in done.stderr
-    steps = [r["step"] for r in rows(out) if "train_loss" in r]
+    steps = [r["step"] for r in metrics_rows(out) if "train_loss" in r]
     assert steps == sorted(set(steps)) == list(range(1, 37))  # no step logged twice
     assert losses(out) == losses(ref_out)  # the same trajectory, bit for bit
-    val = lambda o: [(r["epoch"], r["val_top1_err"]) for r in rows(o) if "val_top1_err" in r]  # noqa: E731
+    val = lambda o: [(r["epoch"], r["val_top1_err"]) for r in metrics_rows(o) if "val_top1_err" in r]  # noqa: E731
     assert val(out) == val(ref_out)
 
 
@@ -236,16 +128,16 @@ def _attempt(out: Path) -> dict:
 
 
 @pytest.mark.integration
-def test_rerun_of_a_finished_run_trains_again_and_keeps_the_old_one(data, reference, tmp_path):
-    ref_out, _ = reference
+def test_rerun_of_a_finished_run_trains_again_and_keeps_the_old_one(train_data, reference_training, tmp_path):
+    ref_out, _ = reference_training
     out = _copy_run(ref_out, tmp_path / "run")
     old_last = load_checkpoint(out / "checkpoints" / "last.pt")
-    done = subprocess.run(cli(data, out, epochs=3), env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(train_cli(train_data, out, epochs=3), env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "starting over: the run in" in done.stderr and "had finished (epoch 3)" in done.stderr
     assert _attempt(out)["action"] == "start" and _attempt(out)["uid"] != old_last["uid"]
-    assert [r["step"] for r in rows(out) if "train_loss" in r] == list(range(1, 37))  # it trained, from step 1
-    assert losses(out) == losses(ref_out)  # same seed, same data: the same run again
+    assert [r["step"] for r in metrics_rows(out) if "train_loss" in r] == list(range(1, 37))  # it trained, from step 1
+    assert losses(out) == losses(ref_out)  # same seed, same train_data: the same run again
     new_last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert new_last["uid"] == _attempt(out)["uid"] != old_last["uid"]
     # the replaced run is set aside, not destroyed
@@ -254,10 +146,10 @@ def test_rerun_of_a_finished_run_trains_again_and_keeps_the_old_one(data, refere
 
 
 @pytest.mark.integration
-def test_raising_epochs_extends_a_finished_run(data, reference, tmp_path):
-    ref_out, _ = reference
+def test_raising_epochs_extends_a_finished_run(train_data, reference_training, tmp_path):
+    ref_out, _ = reference_training
     out = _copy_run(ref_out, tmp_path / "run")
-    done = subprocess.run(cli(data, out, epochs=4), env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(train_cli(train_data, out, epochs=4), env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "extending the finished run from epoch 3 to 4 (train.epochs was raised)" in done.stderr
     ext = losses(out)
@@ -267,16 +159,16 @@ def test_raising_epochs_extends_a_finished_run(data, reference, tmp_path):
 
 
 @pytest.mark.integration
-def test_changed_input_starts_over(data, reference, tmp_path):
-    ref_out, _ = reference
+def test_changed_input_starts_over(train_data, reference_training, tmp_path):
+    ref_out, _ = reference_training
     out = _copy_run(ref_out, tmp_path / "run")
-    changed = dict(data, pca=tmp_path / "pca.json")
-    pca = json.loads(Path(data["pca"]).read_text())
+    changed = dict(train_data, pca=tmp_path / "pca.json")
+    pca = json.loads(Path(train_data["pca"]).read_text())
     pca["eigval"] = [1600.0, 900.0, 600.0]
     write_json(changed["pca"], pca)
-    done = subprocess.run(cli(changed, out, epochs=4), env=env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(train_cli(changed, out, epochs=4), env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    # epochs was raised too, but on other data the old weights are not worth extending
+    # epochs was raised too, but on other train_data the old weights are not worth extending
     assert "starting over: the PCA differs from the checkpoint's" in done.stderr
     assert sorted(losses(out)) == list(range(1, 49))
     assert (
@@ -300,13 +192,15 @@ class Poisoned:
 
 
 @pytest.mark.integration
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path):
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(train_data, tmp_path):
     from pipeline.checkpoint import build_model
 
     cfg = TrainConfig(epochs=3, **SMALL)
     torch.manual_seed(0)
     model = build_model(cfg.model_config(CLASSES), ["cpu"])
-    train_loader, eval_loader = make_loaders(cfg, data["manifest"], data["pca"], data["mean_image"], Dist(), "cpu")
+    train_loader, eval_loader = make_loaders(
+        cfg, train_data["manifest"], train_data["pca"], train_data["mean_image"], Dist(), "cpu"
+    )
     with pytest.raises(TrainingDiverged) as err:
         fit(model, Poisoned(train_loader, bad=2), eval_loader, cfg, tmp_path, CLASSES)
     msg = str(err.value)
@@ -319,22 +213,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(data, tmp_path):
 
 
 @pytest.mark.integration
-def test_cli_reports_divergence_without_traceback(data, tmp_path):
-    run = subprocess.run(cli(data, tmp_path, epochs=1, lr=1e6), env=env(), capture_output=True, text=True, timeout=120)
+def test_cli_reports_divergence_without_traceback(train_data, tmp_path):
+    run = subprocess.run(
+        train_cli(train_data, tmp_path, epochs=1, lr=1e6), env=env(), capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 1
     assert "error: training diverged: loss" in run.stderr and "Traceback" not in run.stderr
     assert "no checkpoint was written" in run.stderr
 
 
 @pytest.mark.unit
-def test_cli_names_a_missing_shard_without_traceback(data, tmp_path, capsys):
+def test_cli_names_a_missing_shard_without_traceback(train_data, tmp_path, capsys):
     from pipeline.train import main
 
-    manifest = json.loads(data["manifest"].read_text())
+    manifest = json.loads(train_data["manifest"].read_text())
     manifest["val"]["shards"].append({"tar": "val/val-00009.tar"})
-    bad = data["manifest"].with_name("manifest-missing-shard.json")  # beside the real one: same relative paths
+    bad = train_data["manifest"].with_name("manifest-missing-shard.json")  # beside the real one: same relative paths
     write_json(bad, manifest)
-    args = cli(data, tmp_path, epochs=1)[3:]
+    args = train_cli(train_data, tmp_path, epochs=1)[3:]
     args[args.index("--manifest") + 1] = str(bad)
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -343,22 +239,9 @@ def test_cli_names_a_missing_shard_without_traceback(data, tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
-    launch = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--rdzv-backend",
-        "c10d",
-        "--rdzv-endpoint",
-        "localhost:0",
-        "-m",
-        "pipeline.train",
-    ]
-    args = cli(data, tmp_path, epochs=1, batch_size=8)
-    run = subprocess.run(launch + args[3:], env=env(), capture_output=True, text=True, timeout=300)
+def test_two_ddp_replicas_stay_in_sync(train_data, tmp_path):
+    args = train_cli(train_data, tmp_path, epochs=1, batch_size=8)
+    run = subprocess.run(torchrun("pipeline.train") + args[3:], env=env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "train.json").read_text())
     assert summary["world_size"] == 2 and summary["replicas_in_sync"]
@@ -366,7 +249,7 @@ def test_two_ddp_replicas_stay_in_sync(data, tmp_path):
     assert a == b
     model, _ = model_from_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert param_digest(model) == a
-    steps = [r["step"] for r in rows(tmp_path) if "train_loss" in r]
+    steps = [r["step"] for r in metrics_rows(tmp_path) if "train_loss" in r]
     assert steps == list(range(1, 7))  # 48 images / global batch 8, one writer
 
 
@@ -410,14 +293,14 @@ def test_input_wait_is_measured_and_a_slow_input_is_flagged(tmp_path, delay):
     batches = [(torch.randn(4, 3, 224, 224), torch.randint(0, CLASSES, (4,))) for _ in range(6)]
     model = build_model(cfg.model_config(CLASSES))
     summary = fit(model, InMemory(batches, delay), InMemory(batches), cfg, tmp_path, CLASSES)
-    windows = [r for r in rows(tmp_path) if "train_loss" in r]
+    windows = [r for r in metrics_rows(tmp_path) if "train_loss" in r]
     assert len(windows) == 6 and all(0 <= r["data_wait_fraction"] <= 1 for r in windows)
     assert summary["data_wait_s"] == pytest.approx(sum(r["data_wait_s"] for r in windows))
     warned = [w["kind"] for w in summary["warnings"]]
     if delay:  # at least 0.6 s of waiting per window of two steps of a 1/16-wide network
         assert min(r["data_wait_s"] for r in windows) >= 2 * delay
         assert summary["data_wait_fraction"] > 0.5 and summary["input_bound"] and "input_bound" in warned
-        warning = next(r for r in rows(tmp_path) if r.get("warning") == "input_bound")
+        warning = next(r for r in metrics_rows(tmp_path) if r.get("warning") == "input_bound")
         assert "dali_threads" in warning["message"] and warning["step"] == 4  # an epoch's first window is not judged
     else:
         # in memory the wait is the loop's own overhead: far below the warning's 25%, even on a busy machine

@@ -11,7 +11,7 @@ import pytest
 from pipeline.trainability import check_trainability
 from pipeline.training.verdict import dead_shares, left_chance_step, recommend, run_verdict, section
 
-from test_train import SMALL, data  # noqa: F401  (fixture)
+from helpers import SMALL
 
 LN1000 = math.log(1000)
 
@@ -75,12 +75,17 @@ def test_no_recommendation_when_nothing_leaves_chance():
     assert init is None and "do not start the real run" in why
 
 
-@pytest.mark.unit
-def test_without_a_gpu_the_candidates_are_not_trained_and_the_verdict_says_so(data, tmp_path):  # noqa: F811
-    pytest.importorskip("torch").cuda.is_available() and pytest.skip("a GPU is present: the candidates would train")
-    result = check_trainability(
-        data["manifest"], data["pca"], data["mean_image"], data["classes"], tmp_path, ["paper"], 2500, []
+def _check_trainability(data, out, inits, steps, flags, **kw) -> dict:
+    """The trainability stage on train_data's files, its candidates' runs in `out`."""
+    return check_trainability(
+        data["manifest"], data["pca"], data["mean_image"], data["classes"], out, inits, steps, flags, **kw
     )
+
+
+@pytest.mark.unit
+def test_without_a_gpu_the_candidates_are_not_trained_and_the_verdict_says_so(train_data, tmp_path):
+    pytest.importorskip("torch").cuda.is_available() and pytest.skip("a GPU is present: the candidates would train")
+    result = _check_trainability(train_data, tmp_path, ["paper"], 2500, [])
     assert result["ran"] is False and "no GPU" in result["reason"]
     assert json.loads((tmp_path / "trainability.json").read_text()) == result
     assert not (tmp_path / "paper").exists()
@@ -88,20 +93,10 @@ def test_without_a_gpu_the_candidates_are_not_trained_and_the_verdict_says_so(da
 
 
 @pytest.mark.integration
-def test_the_stage_trains_each_candidate_through_the_train_command(data, tmp_path):  # noqa: F811
+def test_the_stage_trains_each_candidate_through_the_train_command(train_data, tmp_path):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items() if k != "init"]
     flags += ["--batch-size", "4"]
-    result = check_trainability(
-        data["manifest"],
-        data["pca"],
-        data["mean_image"],
-        data["classes"],
-        tmp_path,
-        ["paper", "caffe"],
-        3,
-        flags,
-        on_cpu=True,
-    )
+    result = _check_trainability(train_data, tmp_path, ["paper", "caffe"], 3, flags, on_cpu=True)
     assert result["ran"] and [r["init"] for r in result["runs"]] == ["paper", "caffe"]
     for init, bias_lr in (("paper", 1.0), ("caffe", 2.0)):  # each init with its source's bias lr
         train = json.loads((tmp_path / init / "train.json").read_text())
@@ -109,15 +104,6 @@ def test_the_stage_trains_each_candidate_through_the_train_command(data, tmp_pat
         ckpt = pytest.importorskip("torch").load(tmp_path / init / "checkpoints" / "last.pt", weights_only=False)
         assert ckpt["config"]["model"]["init"] == init and ckpt["config"]["recipe"]["bias_lr_factor"] == bias_lr
     mtime = (tmp_path / "paper" / "train.json").stat().st_mtime
-    again = check_trainability(  # a rerun keeps the candidates already trained
-        data["manifest"],
-        data["pca"],
-        data["mean_image"],
-        data["classes"],
-        tmp_path,
-        ["paper", "caffe"],
-        3,
-        flags,
-        on_cpu=True,
-    )
+    # a rerun keeps the candidates already trained
+    again = _check_trainability(train_data, tmp_path, ["paper", "caffe"], 3, flags, on_cpu=True)
     assert (tmp_path / "paper" / "train.json").stat().st_mtime == mtime and again["runs"] == result["runs"]
