@@ -27,13 +27,16 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.schema import defaults
+
 REPO = Path(__file__).resolve().parents[1]
 STYLES = ("paper", "inverted")
 PRESET_KEYS = ("width", "init", "decay", "warmup_steps", "lr")
 
 
 def train_once(res: Path, run: Path, seed: int, style: str, steps: int, threads: int) -> int:
-    preset = yaml.safe_load((REPO / "workflow/presets/imagenet.yaml").read_text())["train"]
+    # the preset holds only its deviations; the schema holds the rest
+    preset = {**defaults("train"), **yaml.safe_load((REPO / "workflow/presets/imagenet.yaml").read_text())["train"]}
     flags = [f"--{k.replace('_', '-')}={preset[k]}" for k in PRESET_KEYS]
     cmd = [sys.executable, "-m", "pipeline.train", "--manifest", res / "shards/manifest.json"]
     cmd += ["--pca", res / "pca/pca.json", "--mean-image", res / "pca/mean_image.npy"]

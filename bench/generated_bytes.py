@@ -2,7 +2,7 @@
 
     python bench/generated_bytes.py --out-dir /tmp/gen --classes 100 --train-per-class 10 --workers 2
 
-Generates a dataset with pipeline/demo.py (`sizes: imagenet` by default, the
+Generates a dataset with pipeline/demo/ (`sizes: imagenet` by default, the
 preflight's large_fraction 0.03), then over its training JPEGs (the quirks
 excluded: PNG, CMYK and grayscale files are not what the byte rate is about):
 - bytes per file and bytes per pixel, mean over all and over the large ones

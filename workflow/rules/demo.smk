@@ -1,4 +1,4 @@
-# The demo dataset (pipeline/demo.py): a small ILSVRC-2012 look-alike drawn
+# The demo dataset (pipeline/demo/): a small ILSVRC-2012 look-alike drawn
 # from a seed, in the official archive formats, so the whole chain runs with
 # no download. It is meant for dataset.name: demo, whose dataset.archives point
 # at these files; with other sources nothing asks for them and it never runs.
