@@ -10,7 +10,9 @@
 
 60,965,224 parameters at 1000 classes (Caffe's bvlc_alexnet has the same
 count; the ungrouped network has 62,378,344). LRN (model/lrn.py) normalises
-within each column, as cuda-convnet did on each GPU.
+within each column, as cuda-convnet did on each GPU. The variants the paper
+measures against it (sections 3.1-3.4, 4.2, 7) are options below, each
+defaulting to the paper's network (docs/ablations.md).
 
 Layouts. `devices=None` or one device: one set of grouped layers (conv2, conv4,
 conv5 each one convolution of two groups), the fast path on one GPU or CPU.
@@ -155,7 +157,7 @@ DROPOUT_STYLES = ("paper", "inverted")
 ACTIVATIONS = ("relu", "tanh")  # section 3.1
 COLUMN_COUNTS = (2, 1)  # section 3.2: two GPUs' columns, or the one-GPU net of its footnote 2
 DROPPABLE_CONVS = (0, 3, 4)  # section 7: a middle conv layer removed; 0 keeps all five
-# (kernel, stride, padding) per conv layer, section 3.5; padding as cuda-convnet's, so 224 -> 55
+# (kernel, stride, padding) per conv layer: kernels and strides of section 3.5; padding 2 in conv1 so 224 -> 55
 CONV_SHAPES = {"conv1": (11, 4, 2), "conv2": (5, 1, 2), "conv3": (3, 1, 1), "conv4": (3, 1, 1), "conv5": (3, 1, 1)}
 # section 3.2: "the kernels of layer 3 take input from all kernel maps in layer 2"; the other
 # conv layers read only their own column

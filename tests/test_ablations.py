@@ -25,7 +25,7 @@ from pipeline.schema import AUGMENT_SETTINGS, defaults
 from pipeline.train import MODEL_KEYS, TrainConfig, parse_args
 from pipeline.training.run_folder import plan_start
 
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -338,13 +338,15 @@ def test_the_base_runs_key_keeps_its_old_entries_and_older_checkpoints_resume(tm
 
 
 def config(**train) -> dict:
+    """The default config (config.yaml holds only its deviations from the schema) with `train` set."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["train"].update(train)
+    cfg.setdefault("train", {}).update(train)
+    cfg.setdefault("augment", {})
     return cfg
 
 
 def test_the_config_check_accepts_the_keys_and_fills_in_the_papers_settings():
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg = config()
     check(cfg)
     assert {
         k: cfg["train"][k] for k in ("activation", "columns", "lrn", "overlapping_pool", "dropout", "drop_conv")
