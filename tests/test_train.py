@@ -76,8 +76,17 @@ def test_training_lowers_loss_and_writes_outputs(reference_training):
         "init_gain": "source",
         "dropout": 0.5,
         "dropout_style": "paper",
+        "activation": "relu",
+        "columns": 2,
+        "drop_conv": 0,
     }
-    assert last["config"]["augment"] == {"lighting": "paper", "lighting_std": 0.1, "normalize": "mean_image"}
+    assert last["config"]["augment"] == {
+        "lighting": "paper",
+        "lighting_std": 0.1,
+        "normalize": "mean_image",
+        "crops": True,
+        "flips": True,
+    }
 
 
 @pytest.mark.integration
