@@ -328,6 +328,7 @@ def test_imagenet_preset_is_valid_schema():
     merged = merge(base, preset)
     errors = list(Draft202012Validator(schema).iter_errors(merged))
     assert not errors, errors
+    check_config(merged)  # the schema's defaults filled in, as the workflow fills them
     # the demo's own recipe (config.yaml) does not leak into the paper's: section 5's numbers, full width
     recipe = {k: merged["train"][k] for k in ("width", "lr", "momentum", "weight_decay", "batch_size", "epochs")}
     assert recipe == {
