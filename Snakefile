@@ -21,6 +21,7 @@ include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/trainability.smk"
+include: "workflow/rules/ablations.smk"
 include: "workflow/rules/forecast.smk"
 include: "workflow/rules/resources.smk"
 
@@ -68,3 +69,4 @@ rule all:
         LAYOUT.evaluate().metrics,
         [LAYOUT.report("forecast", "forecast.json")] if config["preflight"]["forecast"] else [],
         LAYOUT.report("resources", "resources.json"),
+        [LAYOUT.ablations("comparison.json")] if ABLATIONS["variants"] else [],

@@ -9,6 +9,7 @@ jsonschema only): every Snakemake run imports it.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -53,20 +54,30 @@ def coerce_to_schema(cfg: dict, schema: dict, root: dict | None = None) -> None:
             sub = {**root["$defs"][name], **{k: v for k, v in sub.items() if k != "$ref"}}
         if isinstance(value, dict):
             coerce_to_schema(value, sub, root)
-        elif isinstance(value, str):
-            sub = {**sub, "$defs": root.get("$defs", {})}
-            if not _accepts(sub, value):
-                try:
-                    parsed = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    continue
-                if isinstance(parsed, str):  # YAML 1.1 reads 1e-9 (no dot) as a string
-                    try:
-                        parsed = float(value)
-                    except ValueError:
-                        pass
-                if not isinstance(parsed, str) and _accepts(_without_bounds(sub), parsed):
-                    cfg[key] = parsed  # out of range too: then validation names the bound, as for a file
+        elif isinstance(value, list) and "items" in sub:  # ablations.seeds: [0, 1] arrives as ['0', '1']
+            cfg[key] = [_coerced(item, sub["items"], root) for item in value]
+        else:
+            cfg[key] = _coerced(value, sub, root)
+
+
+def _coerced(value, schema: dict, root: dict):
+    """A string leaf read as YAML where the schema rejects it and accepts its reading; else as it is."""
+    if not isinstance(value, str):
+        return value
+    schema = {**schema, "$defs": root.get("$defs", {})}
+    if _accepts(schema, value):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if isinstance(parsed, str):  # YAML 1.1 reads 1e-9 (no dot) as a string
+        try:
+            parsed = float(value)
+        except ValueError:
+            pass
+    # out of range too: then validation names the bound, as for a file
+    return parsed if not isinstance(parsed, str) and _accepts(_without_bounds(schema), parsed) else value
 
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
@@ -191,10 +202,35 @@ def check_settings(cfg: dict) -> None:
         )
 
 
+def variant_config(cfg: dict, variant: dict, seed: int | None = None) -> dict:
+    """The checked config with one ablation variant's train.* and augment.* keys (and a seed) put in."""
+    out = copy.deepcopy(cfg)
+    for section, keys in variant.items():
+        out[section].update(keys)
+    if seed is not None:
+        out["train"]["seed"] = seed
+    return out
+
+
+def check_variants(cfg: dict, schema: dict | None = None) -> None:
+    """Each ablation variant's keys are checked as the base config's are: a typo or a bad value in
+    ablations.variants.<name> is named there, before any job runs."""
+    for name, variant in (cfg.get("ablations") or {}).get("variants", {}).items():
+        try:
+            merged = variant_config(cfg, variant)
+            check_config(merged, schema)
+            check_settings(merged)
+        except ConfigError as exc:
+            raise ConfigError(f"ablations.variants.{name}: {exc}") from None
+        for section, keys in variant.items():  # --config hands values over as strings: keep them as read
+            keys.update({key: merged[section][key] for key in keys})
+
+
 def check(cfg: dict, schema: dict | None = None) -> None:
     """The whole check, in place: `cfg` leaves with its strings coerced and its defaults filled in."""
     check_config(cfg, schema)
     check_settings(cfg)
+    check_variants(cfg, schema)
     check_paths(cfg)
 
 

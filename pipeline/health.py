@@ -45,7 +45,8 @@ def _layer_modules(model) -> list[tuple[str, torch.nn.Module]]:
     for column in getattr(model, "columns", []):
         out += [(name, getattr(column, name)) for name in LAYERS[:-1]]
     out.append(("fc8", model.fc8))
-    return out
+    # a layer the network does not have (train.drop_conv) holds no parameters: no figures, rather than zeros
+    return [(name, module) for name, module in out if any(True for _ in module.parameters())]
 
 
 class HealthMonitor:

@@ -57,6 +57,11 @@ def shard_rule(split: str) -> str:
     return "resize_train_shard" if split == "train" else "resize_shard"
 
 
+def variant_run(variant: str, seed: int) -> str:
+    """The folder name of one variant's run with one seed in the ablation sweep: no_lrn-s0."""
+    return f"{variant}-s{seed}"
+
+
 def epoch_checkpoint(epoch: int) -> str:
     return f"epoch-{epoch:03d}.pt"
 

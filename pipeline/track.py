@@ -55,6 +55,8 @@ def check_args(run: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             "--register needs --model (what is registered), --registered-file (where the version is "
             "recorded) and --fingerprints (the training data it records)"
         )
+    if any("=" not in tag for tag in args.tag or ()):
+        run.error("--tag takes KEY=VALUE")
     if args.tag_registered and not (args.evaluated_checkpoint and args.metrics):
         run.error("--tag-registered needs --evaluated-checkpoint and --metrics (the errors it sets as tags)")
 
@@ -64,8 +66,17 @@ def stage_command(args: argparse.Namespace) -> StageCommand:
     if not argv:
         raise SystemExit("error: no stage command given after --")
     secret = os.environ.get(args.redact_env, "").encode() if args.redact_env else None
+    tags = tuple(tuple(tag.split("=", 1)) for tag in args.tag or ())
     return StageCommand(
-        args.stage, argv, Path(args.log), secret or None, args.jsonl, args.attempt, args.system_metrics_s, args.gpus
+        args.stage,
+        argv,
+        Path(args.log),
+        secret or None,
+        args.jsonl,
+        args.attempt,
+        args.system_metrics_s,
+        args.gpus,
+        tags,
     )
 
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-# REPO, TINY, assert_close_to_scale, job_stats, snakemake and tool_env are re-exported: test_model.py,
-# test_preflight.py and test_workflow.py import them from here
-from helpers import REPO, SMALL, TINY, assert_close_to_scale, job_stats, make_data, snakemake, tool_env  # noqa: F401
+from helpers import REPO, SMALL, make_data
 
 
 @pytest.fixture

@@ -441,3 +441,17 @@ def test_without_crops_and_flips_every_training_patch_is_the_centre_one(shards):
     assert not any(m for *_, m in cropped) and len({(x, y) for x, y, _ in cropped}) > 20
     both = patches(shards, seed=0)
     assert len(set(both)) > 20 and 0 < sum(m for *_, m in both) < 48
+
+
+def test_the_health_monitor_gives_a_removed_layer_no_figures():
+    """train.drop_conv: the removed layer has no gradient or update to report, rather than zeros."""
+    from pipeline.health import HealthMonitor
+
+    model = small(drop_conv=3)
+    monitor = HealthMonitor(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    monitor.arm()
+    model(torch.randn(2, 3, 224, 224)).sum().backward()
+    opt.step()
+    figures = monitor.collect(opt)
+    assert "conv3" not in figures and figures["conv4"]["grad_norm"] > 0

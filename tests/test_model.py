@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from model.alexnet import SPLIT_LAYERS, AlexNet, _conv, count_parameters
 from model.lrn import LocalResponseNorm, _window_sum
 
-from conftest import assert_close_to_scale
+from helpers import assert_close_to_scale
 
 TWO_CPUS = ["cpu", "cpu"]
 

@@ -16,7 +16,7 @@ from pipeline import forecast as fc
 from pipeline.io import read_tsv
 from pipeline.sources import ILSVRC_TRAIN_IMAGES, ILSVRC_VAL_IMAGES
 
-from conftest import REPO, snakemake
+from helpers import REPO, snakemake
 
 PRESETS = [
     REPO / "workflow/presets/imagenet.yaml",

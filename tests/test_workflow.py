@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from pipeline import forecast
 from pipeline.sources import ILSVRC_TRAIN_IMAGES
 
-from conftest import REPO, TINY, job_stats, snakemake, tool_env
+from helpers import REPO, TINY, job_stats, snakemake, tool_env
 
 STAGES = ["demo", "fetch", "resize", "pca", "augment", "train", "evaluate"]
 

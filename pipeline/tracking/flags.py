@@ -36,6 +36,14 @@ FLAGS: tuple[tuple[str, dict], ...] = (
             "has one)",
         },
     ),
+    (
+        "--tag",
+        {
+            "action": "append",
+            "metavar": "KEY=VALUE",
+            "help": "a tag of the stage's run, e.g. variant=no_lrn for a variant of the ablation sweep",
+        },
+    ),
     ("--metrics", {"action": "append", "help": "JSON file whose numeric leaves are logged as metrics"}),
     ("--artifact", {"action": "append", "help": "file or folder logged as an artifact"}),
     ("--jsonl", {"help": "JSONL file of step metrics, followed while the command runs"}),

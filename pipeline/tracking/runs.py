@@ -84,8 +84,10 @@ class StageRunOpener:
         command: list[str],
         parent: str | None = None,
         attempt_file: str | Path | None = None,
+        tags: dict[str, str] | None = None,
     ):
         self.client, self.exp, self.stage, self.command, self.parent = client, experiment_id, stage, command, parent
+        self.tags = tags or {}
         self.attempt_file = Path(attempt_file) if attempt_file else None
         self.record_path = self.attempt_file.with_name(ATTEMPT_RECORD) if self.attempt_file else None
         if self.attempt_file:
@@ -114,10 +116,11 @@ class StageRunOpener:
         return run_id, int(attempt.get("from_step", 0)) if run_id else 0
 
     def _new_run(self) -> str:
-        tags = {"stage": self.stage}
+        tags = {"stage": self.stage, **self.tags}
         if self.parent:
             tags["mlflow.parentRunId"] = self.parent
-        return retry(self.client.create_run, self.exp, run_name=self.stage, tags=tags).info.run_id
+        name = " ".join([self.stage, *self.tags.values()])  # "train no_lrn" beside "train" in the UI
+        return retry(self.client.create_run, self.exp, run_name=name, tags=tags).info.run_id
 
     def _record_start(self, run_id: str, attempt: dict) -> None:
         for key, value in (

@@ -40,6 +40,7 @@ class StageCommand:
     attempt: str | None = None  # a resumable stage's attempt file (see pipeline.tracking.runs)
     system_metrics_s: float = 0.0  # sampling interval of the node's system metrics; 0: none
     gpus: str = "0"  # GPUs the job holds, N or auto: their metrics are sampled
+    tags: tuple[tuple[str, str], ...] = ()  # set on the child run, e.g. (("variant", "no_lrn"),) in a sweep
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,13 @@ def _open_run(
         # checked before the command runs: a refused login should not wait for days of training
         with server_access(tracking.uri, on_experiment):
             opener = StageRunOpener(
-                client, experiment_id(client, tracking.experiment), command.stage, command.argv, parent, command.attempt
+                client,
+                experiment_id(client, tracking.experiment),
+                command.stage,
+                command.argv,
+                parent,
+                command.attempt,
+                dict(command.tags),
             )
             follower = JsonlFollower(client, opener, command.jsonl, on_open=system.start)
             follower.ensure_run()

@@ -9,8 +9,8 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline.config_check import check_or_exit
-from pipeline.layout import SHARD_NUMBER, SOURCE_SPLIT, Results
+from pipeline.config_check import check_or_exit, load_schema, variant_config
+from pipeline.layout import SHARD_NUMBER, SOURCE_SPLIT, Results, variant_run
 from pipeline.schema import AUGMENT_SETTINGS
 from pipeline.sources import ARCHIVES, is_md5_digest, is_remote, local_path
 from pipeline.tracking.access import bound_requests
@@ -19,6 +19,7 @@ from pipeline.tracking.flags import command_prefix
 # Coerces command-line strings, validates, fills in the schema's defaults, and
 # checks local sources; exits with the keys at fault.
 check_or_exit(config)
+SCHEMA_KEYS = {section: spec.get("properties", {}) for section, spec in load_schema()["properties"].items()}
 
 # Every path between stages comes from pipeline/layout.py.
 LAYOUT = Results(config["paths"]["results"])
@@ -95,24 +96,31 @@ def cli_flags(settings):
     return " ".join(flags)
 
 
-def settings_flags(section, keys=None, exclude=(), **extra):
-    """config[section]'s settings (`keys`, or all but `exclude`) and `extra` ones, as one flags param."""
-    keys = keys or [k for k in config[section] if k not in exclude]
-    return cli_flags({**{k: config[section][k] for k in keys}, **extra})
+def settings_flags(section, keys=None, exclude=(), cfg=None, **extra):
+    """cfg[section]'s settings (`keys`, or all but `exclude`) and `extra` ones, as one flags param.
+
+    In the schema's order, so a command does not change with the order of keys in a config file."""
+    cfg = cfg or config
+    order = list(SCHEMA_KEYS[section])
+    keys = keys or sorted((k for k in cfg[section] if k not in exclude), key=lambda k: order.index(k))
+    return cli_flags({**{k: cfg[section][k] for k in keys}, **extra})
 
 
 # augment.* keys the training and evaluation pipelines read (grid_samples and bench_batches are the augment
 # stage's own)
-def train_settings():
-    """Every setting of the train stage, from config: train.*, the augmentation, the devices.
+def train_settings(cfg=None):
+    """Every setting of the train stage, from the config (or an ablation variant's): train.*, the
+    augmentation, the devices.
 
     train.gpus is a resource (how many GPUs the job holds), not a flag."""
+    cfg = cfg or config
     return settings_flags(
         "train",
         exclude=("gpus", "devices", "channels_last"),
-        devices=train_devices(),
-        channels_last=str(TRAIN["channels_last"]).lower(),
-        **{k: config["augment"][k] for k in AUGMENT_SETTINGS},
+        cfg=cfg,
+        devices=train_devices(cfg),
+        channels_last=str(cfg["train"]["channels_last"]).lower(),
+        **{k: cfg["augment"][k] for k in AUGMENT_SETTINGS},
     )
 
 
@@ -127,8 +135,8 @@ def dali_threads(wildcards, threads):
     return min(8, max(2, threads // 2))
 
 
-def train_devices():
-    devices = TRAIN["devices"]
+def train_devices(cfg=None):
+    devices = (cfg or config)["train"]["devices"]
     return ",".join(devices) if isinstance(devices, list) else str(devices)
 
 
@@ -318,3 +326,79 @@ def rehearsal_flags(wildcards):
 
 def forecast_cores(wildcards):
     return parallel_jobs()
+
+
+def evaluate_settings(cfg=None):
+    """evaluate.batch_size and max_images, on the training devices."""
+    cfg = cfg or config
+    return settings_flags(
+        "evaluate",
+        ("batch_size", "max_images"),
+        cfg=cfg,
+        dataset_name=cfg["dataset"]["name"],
+        devices=train_devices(cfg),
+    )
+
+
+# The stage commands that the base run's rules and the sweep's share.
+TRAIN_COMMAND = (
+    launch("pipeline.train")
+    + " --manifest {input.manifest} --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
+    " --out-dir {params.out_dir} {params.settings} --torch-threads {params.torch_threads}"
+    " --dali-threads {resources.dali_threads}"
+)
+EVALUATE_COMMAND = (
+    launch("pipeline.evaluate") + " --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
+    " --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
+    " {params.settings} --dali-threads {threads} --out-dir {params.out_dir}"
+)
+
+
+# The ablation sweep (workflow/rules/ablations.smk): variant name -> its train.* and augment.* keys.
+ABLATIONS = config["ablations"]
+SWEEP_SEEDS = ABLATIONS["seeds"] or [TRAIN["seed"]]
+# One run per variant and seed; the base recipe also trains for each seed other than train.seed
+# (the base run itself is the workflow's own training).
+SWEEP_RUNS = {
+    variant_run(name, seed): (overrides, seed)
+    for name, overrides in {"base": {}, **ABLATIONS["variants"]}.items()
+    for seed in SWEEP_SEEDS
+    if ABLATIONS["variants"] and not (name == "base" and seed == TRAIN["seed"])
+}
+
+
+def sweep_config(wildcards):
+    overrides, seed = SWEEP_RUNS[wildcards.variant]
+    return variant_config(config, overrides, seed)
+
+
+def variant_train_settings(wildcards):
+    return train_settings(sweep_config(wildcards))
+
+
+def variant_evaluate_settings(wildcards):
+    return evaluate_settings(sweep_config(wildcards))
+
+
+def variant_checkpoint_input(wildcards):
+    """As evaluate_input, for a variant's own training (evaluate.checkpoint best or last)."""
+    train = LAYOUT.train(wildcards.variant)
+    return train.summary if EVALUATE["checkpoint"] == "last" else train.best
+
+
+def variant_checkpoint(wildcards, input):
+    return LAYOUT.train(wildcards.variant).last if EVALUATE["checkpoint"] == "last" else input.checkpoint
+
+
+def sweep_inputs(wildcards):
+    """Every run the comparison reads: the base run's evaluation and each sweep run's."""
+    return [LAYOUT.evaluate().metrics, LAYOUT.train().summary] + [
+        path for run in SWEEP_RUNS for path in (LAYOUT.evaluate(run).metrics, LAYOUT.train(run).summary)
+    ]
+
+
+def sweep_flags():
+    return (
+        f"--variants {shlex.quote(json.dumps(ABLATIONS['variants']))} --seeds {' '.join(map(str, SWEEP_SEEDS))}"
+        f" --base-seed {TRAIN['seed']} --threshold {ABLATIONS['train_error_threshold']:g}"
+    )

@@ -41,9 +41,7 @@ rule evaluate:
     params:
         checkpoint=evaluated_checkpoint,
         # evaluate.batch_size and max_images, on the training devices (common.smk)
-        settings=settings_flags(
-            "evaluate", ("batch_size", "max_images"), dataset_name=config["dataset"]["name"], devices=train_devices()
-        ),
+        settings=evaluate_settings(),
         out_dir=output_dir,
     message:
         "Ten-crop evaluation of {params.checkpoint} on the validation set"
@@ -57,7 +55,4 @@ rule evaluate:
             evaluated_checkpoint="{params.checkpoint}",
             gpus=monitored_gpus(),
         )
-        + launch("pipeline.evaluate")
-        + " --checkpoint {params.checkpoint} --shards-manifest {input.manifest}"
-        " --pca {input.pca} --mean-image {input.mean_image} --classes {input.classes}"
-        " {params.settings} --dali-threads {threads} --out-dir {params.out_dir}"
+        + EVALUATE_COMMAND

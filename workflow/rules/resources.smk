@@ -14,6 +14,7 @@ rule resources:
         LAYOUT.augment,
         LAYOUT.evaluate().metrics,
         [LAYOUT.report("forecast", "forecast.json")] if config["preflight"]["forecast"] else [],
+        [LAYOUT.ablations("comparison.json")] if ABLATIONS["variants"] else [],
     output:
         json=LAYOUT.report("resources", "resources.json"),
         metrics=LAYOUT.report("resources", "metrics.json"),

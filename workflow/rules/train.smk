@@ -77,7 +77,4 @@ rule train:
             fingerprints="{output.json}",
             gpus=monitored_gpus(),
         )
-        + launch("pipeline.train")
-        + " --manifest {input.manifest} --pca {input.pca} "
-        "--mean-image {input.mean_image} --classes {input.classes} --out-dir {params.out_dir} "
-        "{params.settings} --torch-threads {params.torch_threads} --dali-threads {resources.dali_threads}"
+        + TRAIN_COMMAND
