@@ -164,16 +164,18 @@ def python_stage(code: str, *args) -> list[str]:
 
 def register_flags(files: dict, name: str, record, fingerprints) -> list[str]:
     """The train rule's flags to pipeline.track run that log trained_run_files' checkpoint as the run's
-    model and register it as `name`: `record` the registered_model.json, `fingerprints` the train.json."""
-    model = [
-        "--model",
-        str(files["checkpoint"]),
-        "--mean-image",
-        str(files["mean"]),
-        "--classes",
-        str(files["classes"]),
-    ]
-    return model + ["--register", name, "--registered-file", str(record), "--fingerprints", str(fingerprints)]
+    model and register it as `name`: `record` the registered_model.json, `fingerprints` the train.json.
+    Written by the flags' one definition (pipeline/tracking/flags.py), as the rules write theirs."""
+    from pipeline.tracking.flags import command_args
+
+    return command_args(
+        model=files["checkpoint"],
+        mean_image=files["mean"],
+        classes=files["classes"],
+        register=name,
+        registered_file=record,
+        fingerprints=fingerprints,
+    )[1:]
 
 
 # ---------------------------------------------------------------- comparing runs and tensors
