@@ -105,6 +105,11 @@ class TrainFolder:
         return f"{self.dir}/{CHECKPOINTS}"
 
     @property
+    def previous(self) -> TrainFolder:
+        """The replaced run, one generation kept: its checkpoints, metrics and curve."""
+        return TrainFolder(f"{self.dir}/previous")
+
+    @property
     def best(self) -> str:
         return f"{self.checkpoints}/{BEST}"
 

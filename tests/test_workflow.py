@@ -17,11 +17,17 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import forecast
+from pipeline.layout import Results
 from pipeline.sources import ILSVRC_TRAIN_IMAGES
 
 from helpers import REPO, TINY, job_stats, snakemake, tool_env
 
 STAGES = ["demo", "fetch", "resize", "pca", "augment", "train", "evaluate"]
+
+
+def layout(work: Path) -> Results:
+    """The results tree of a run in `work` (paths.results: results), as the workflow lays it out."""
+    return Results(str(work / "results"))
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +50,16 @@ def planned_rules(work: Path, *args: str, configs: tuple[Path, ...] = ()) -> set
 @pytest.mark.e2e
 def test_chain_outputs(run_dir):
     results = run_dir / "results"
-    metrics = json.loads((results / "evaluate/metrics.json").read_text())
+    metrics = json.loads(Path(Results(str(results)).evaluate().metrics).read_text())
     assert 0.0 <= metrics["val_top1_err_10crop"] <= 100.0  # percent
-    assert (results / "fetch/classes.tsv").read_text().count("\n") == 1 + 4
-    manifest = json.loads((results / "shards/manifest.json").read_text())
+    assert Path(Results(str(results)).classes).read_text().count("\n") == 1 + 4
+    manifest = json.loads(Path(Results(str(results)).manifest).read_text())
     for split, images, shards in (("train", 4 * 12, 2), ("val", 4 * 3, 1)):  # tests/configs/tiny.yaml
         assert manifest[split]["inputs"] == images, split
         assert manifest[split]["images"] == images - manifest[split]["rejected"], split
         assert len(manifest[split]["shards"]) == shards, split
-    assert (results / "pca/pca.json").exists() and (results / "augment/grid.png").exists()
-    assert (results / "train/curve.png").exists()
+    assert Path(Results(str(results)).pca).exists() and Path(Results(str(results)).augment_grid).exists()
+    assert Path(Results(str(results)).train().curve).exists()
 
 
 @pytest.mark.e2e
@@ -78,11 +84,11 @@ def test_every_job_has_a_benchmark_and_the_resources_table_sums_them(run_dir):
         "train": 1,
         "evaluate": 1,
     }
-    table = json.loads((run_dir / "results/resources/resources.json").read_text())
+    table = json.loads(Path(layout(run_dir).report("resources", "resources.json")).read_text())
     assert {rule: (r["jobs"], r["total_s"]) for rule, r in table.items()} == {
         rule: (len(times), sum(times)) for rule, times in by_rule.items()
     }
-    assert "| train | 1 |" in (run_dir / "results/resources/resources.md").read_text()
+    assert "| train | 1 |" in Path(layout(run_dir).report("resources", "resources.md")).read_text()
 
 
 @pytest.mark.e2e
@@ -114,7 +120,7 @@ def copy_run(run_dir: Path, dst: Path, with_train: bool = True) -> Path:
 
 
 def train_rows(work: Path) -> list[dict]:
-    return [json.loads(l) for l in (work / "results/train/metrics.jsonl").read_text().splitlines()]
+    return [json.loads(l) for l in Path(layout(work).train().metrics).read_text().splitlines()]
 
 
 def train_losses(work: Path) -> dict[int, float]:
@@ -124,7 +130,7 @@ def train_losses(work: Path) -> dict[int, float]:
 def train_state(work: Path) -> dict:
     from pipeline.checkpoint import load_checkpoint
 
-    return load_checkpoint(work / "results/train/checkpoints/last.pt")
+    return load_checkpoint(layout(work).train().last)
 
 
 def train_mlflow_runs(work: Path) -> list:
@@ -138,11 +144,11 @@ def test_forcerun_train_retrains_the_same_run(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path / "f")
     before = train_state(work)
     snakemake(work, "--cores", "2", "--configfile", str(TINY), "--forcerun", "train")
-    log = (work / "results/logs/train.log").read_text()
+    log = Path(layout(work).log("train")).read_text()
     assert "had finished (epoch 2); a rerun retrains" in log, log[-3000:]
     assert train_state(work)["uid"] != before["uid"]
     assert train_losses(work) == train_losses(run_dir)  # trained again from scratch: same seed, same losses
-    assert (work / "results/train/previous/checkpoints/last.pt").exists()
+    assert Path(layout(work).train().previous.last).exists()
     runs = train_mlflow_runs(work)
     assert len(runs) == 2 and [r.data.tags["start"] for r in runs] == ["start", "start"]
 
@@ -151,30 +157,33 @@ def test_forcerun_train_retrains_the_same_run(run_dir, tmp_path):
 def test_a_stalled_forcerun_train_keeps_the_finished_run_and_a_plain_rerun_trains(run_dir, tmp_path):
     work = copy_run(run_dir, tmp_path / "s")
     before = train_state(work)
-    metrics = (work / "results/evaluate/metrics.json").read_bytes()
+    metrics = Path(layout(work).evaluate().metrics).read_bytes()
     stall = ['train={"lr": 1e-9, "stall_after": 3, "log_every": 3, "init": "caffe"}']
     failed = snakemake(
         work, "--cores", "2", "--configfile", str(TINY), "--forcerun", "train", "--config", *stall, check=False
     )
     assert failed.returncode != 0
-    log = (work / "results/logs/train.log").read_text()
+    log = Path(layout(work).log("train")).read_text()
     error = [line for line in log.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and error[0].startswith("error: training stalled: at step 3 (epoch 1)"), log[-3000:]
     assert "ln(4) = 1.386" in error[0] and "fc7" in error[0] and "train.init" in error[0]
     # nothing of the finished run is lost: its checkpoints are set aside, its evaluation stands
     from pipeline.checkpoint import load_checkpoint
 
-    assert load_checkpoint(work / "results/train/previous/checkpoints/last.pt")["uid"] == before["uid"]
-    assert (work / "results/evaluate/metrics.json").read_bytes() == metrics
-    assert not (work / "results/train/train.json").exists()
+    assert load_checkpoint(layout(work).train().previous.last)["uid"] == before["uid"]
+    assert Path(layout(work).evaluate().metrics).read_bytes() == metrics
+    assert not Path(layout(work).train().summary).exists()
 
     # a plain rerun does not call the workflow complete: it trains (same seed, same losses) and evaluates
     rerun = snakemake(work, "--cores", "2", "--configfile", str(TINY))
     assert {"train", "evaluate"} <= set(job_stats(rerun.stdout + rerun.stderr)), rerun.stderr[-3000:]
-    assert (work / "results/train/train.json").exists()
+    assert Path(layout(work).train().summary).exists()
     assert train_losses(work) == train_losses(run_dir)
     results = work / "results"
-    assert (results / "evaluate/metrics.json").stat().st_mtime > (results / "train/train.json").stat().st_mtime
+    assert (
+        Path(Results(str(results)).evaluate().metrics).stat().st_mtime
+        > Path(Results(str(results)).train().summary).stat().st_mtime
+    )
 
 
 def _epochs_override(work: Path, epochs: int) -> Path:
@@ -193,7 +202,7 @@ def extended(run_dir, tmp_path_factory):
 
 @pytest.mark.e2e
 def test_raising_epochs_continues_the_finished_run(run_dir, extended):
-    log = (extended / "results/logs/train.log").read_text()
+    log = Path(layout(extended).log("train")).read_text()
     assert "extending the finished run from epoch 2 to 6 (train.epochs was raised)" in log, log[-3000:]
     original, ext = train_losses(run_dir), train_losses(extended)
     steps = max(original)
@@ -217,7 +226,7 @@ def test_killed_training_resumes_the_same_trajectory(run_dir, extended, tmp_path
     proc = subprocess.Popen(
         cmd, cwd=work, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    jsonl, attempt = work / "results/train/metrics.jsonl", work / "results/train/attempt.json"
+    jsonl, attempt = Path(layout(work).train().metrics), Path(layout(work).train().attempt)
     deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -231,12 +240,12 @@ def test_killed_training_resumes_the_same_trajectory(run_dir, extended, tmp_path
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = train_state(work)
-    assert 2 <= killed["epoch"] < 6 and not (work / "results/train/train.json").exists()
+    assert 2 <= killed["epoch"] < 6 and not Path(layout(work).train().summary).exists()
 
     snakemake(work, "--unlock", *configs)  # a SIGKILL leaves Snakemake's lock behind, as a power loss would
     snakemake(work, "--cores", "2", *configs, "--rerun-incomplete")
-    log = (work / "results/logs/train.log").read_text()
-    assert f"resuming after an interruption from results/train/checkpoints/last.pt: epoch {killed['epoch']}" in log
+    log = Path(layout(work).log("train")).read_text()
+    assert f"resuming after an interruption from {Results().train().last}: epoch {killed['epoch']}" in log
     assert train_state(work)["uid"] == killed["uid"]
     assert train_losses(work) == train_losses(extended)  # the same losses, step for step
     runs = train_mlflow_runs(work)
@@ -256,11 +265,11 @@ def test_forcerun_pca_reruns_pca_and_what_follows(run_dir):
 @pytest.mark.e2e
 def test_killed_resize_redoes_only_missing_shards(run_dir):
     """As after a kill mid-resize: one shard and the manifest missing, the rest complete."""
-    moved = [sorted((run_dir / "results/shards/train").glob("*.tar"))[0], run_dir / "results/shards/manifest.json"]
+    moved = [sorted(Path(layout(run_dir).path("shards", "train")).glob("*.tar"))[0], Path(layout(run_dir).manifest)]
     for path in moved:
         path.rename(path.with_name(path.name + ".moved"))
     try:
-        jobs = planned_jobs(run_dir, "results/shards/manifest.json")
+        jobs = planned_jobs(run_dir, Results().manifest)
         assert jobs.get("resize_train_shard") == 1, jobs
         assert "resize_shard" not in jobs and "resize" in jobs
         assert not {"demo", "fetch", "index"} & set(jobs)
@@ -279,7 +288,7 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
 
     work = copy_run(run_dir, tmp_path / "h")
     before = train_state(work)
-    before_keys = {k for t in (work / "results/shards/train").glob("*.tar") for k in shard_sample_keys(t)}
+    before_keys = {k for t in Path(layout(work).path("shards", "train")).glob("*.tar") for k in shard_sample_keys(t)}
     override = work / "holdout.yaml"
     override.write_text("resize:\n  holdout_per_class: 2\n  holdout_shards: 1\n")
     proc = snakemake(work, "--cores", "2", "--configfile", str(TINY), str(override))
@@ -288,12 +297,16 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
     # resize_shard ran once: the held-out shard, not the val shards
     assert not {"demo", "fetch", "index"} & set(ran), ran
     results = work / "results"
-    manifest = json.loads((results / "shards/manifest.json").read_text())
+    manifest = json.loads(Path(Results(str(results)).manifest).read_text())
     held = set(manifest["holdout"]["members"])
-    after_keys = {k for e in manifest["train"]["shards"] for k in shard_sample_keys(results / "shards" / e["tar"])}
+    after_keys = {
+        k
+        for e in manifest["train"]["shards"]
+        for k in shard_sample_keys(Path(Results(str(results)).shards_dir, e["tar"]))
+    }
     assert len(held) == 2 * len(manifest["classes"])
     assert after_keys | held == before_keys and not after_keys & held
-    bench = results / "benchmarks"  # the resources table files the new jobs under their own rules
+    bench = Path(Results(str(results)).benchmarks)  # the resources table files the new jobs under their own rules
     assert {"holdout", "resize_shard"} <= {rule_of(f.relative_to(bench)) for f in bench.rglob("*.tsv")}
     # the forecast counts the held-out jobs: the split and its shard, scaled to 2 per class of ImageNet
     measured = forecast.measure(results)
@@ -303,27 +316,27 @@ def test_held_out_slice_recuts_the_shards_and_retrains_on_them(run_dir, tmp_path
     batch = measured["train"]["batch_size"]  # the training shards hold the rest of ImageNet's training set
     assert fc["stages"]["train"]["steps"] == (ILSVRC_TRAIN_IMAGES - 2 * 1000) // batch * 90
 
-    log = (results / "logs/train.log").read_text()
+    log = Path(Results(str(results)).log("train")).read_text()
     assert "starting over: the shard manifest and the training and validation shards" in log, log[-3000:]
     assert "resuming" not in log and "epoch 1/2" in log  # it trained, from the first epoch
     after = train_state(work)
     assert after["uid"] != before["uid"] and after["epoch"] == 2
     # trained on the new data: the checkpoint's fingerprints are those of the new shards and PCA
     now = input_fingerprints(
-        results / "shards/manifest.json",
-        results / "pca/pca.json",
-        results / "pca/mean_image.npy",
-        results / "fetch/classes.tsv",
+        Path(Results(str(results)).manifest),
+        Path(Results(str(results)).pca),
+        Path(Results(str(results)).mean_image),
+        Path(Results(str(results)).classes),
     )
     assert after["config"]["inputs"] == now != before["config"]["inputs"]
     assert sorted(train_losses(work))[0] == 1
-    summary = json.loads((results / "train/train.json").read_text())
+    summary = json.loads(Path(Results(str(results)).train().summary).read_text())
     assert summary["validated_on"] == "holdout"
     assert {r["validated_on"] for r in train_rows(work) if "val_top1_err" in r} == {"holdout"}
     from pipeline.checkpoint import load_checkpoint  # evaluation scored the new run's best epoch, on val
 
-    assert load_checkpoint(results / "train/checkpoints/best.pt")["uid"] == after["uid"]
-    metrics = json.loads((results / "evaluate/metrics.json").read_text())
+    assert load_checkpoint(Results(str(results)).train().best)["uid"] == after["uid"]
+    metrics = json.loads(Path(Results(str(results)).evaluate().metrics).read_text())
     assert metrics["val_images"] == manifest["val"]["images"]
     runs = train_mlflow_runs(work)
     assert len(runs) == 2 and {r.data.tags.get("start") for r in runs} == {"start"}
