@@ -110,6 +110,7 @@ def read_run(results: Results, run: str | None, threshold: float) -> dict:
         "classes": m.get("classes"),
         "dataset_label": m.get("dataset_label"),
         "epochs_to_threshold": epochs_to(rows, threshold),
+        "epochs": max((r["epoch"] for r in rows if "val_top1_err" in r), default=0),
         "overfit_gap": overfit_gap(rows),
         "cpu_minutes": sum((c or {}).get("cpu_s") or 0.0 for c in cost.values()) / 60,
         "wall_minutes": sum((c or {}).get("wall_s") or 0.0 for c in cost.values()) / 60,
@@ -218,7 +219,10 @@ def table(c: dict) -> str:
     for r in c["variants"]:
         claim = r["claim"]
         paper = " / ".join(f"+{claim[k]:.1f}" for k in ("top1", "top5") if k in claim) or "no figure"
-        speed = "n/a" if r["speed_ratio"] is None else f"{r['speed_ratio']:.2f}"
+        missed = [run["epochs"] for run in r["runs"] if run["epochs_to_threshold"] is None]
+        speed = f"{r['speed_ratio']:.2f}" if r["speed_ratio"] is not None else "n/a"
+        if missed:
+            speed = f"not reached in {max(missed)} epochs"
         if "speed" in claim:
             speed += f" (paper {claim['speed']:g})"
         gap = "n/a" if r["overfit_gap_diff"] is None else f"{r['overfit_gap_diff']:+.1f}"
@@ -237,6 +241,7 @@ def table(c: dict) -> str:
 
 def plot(c: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -250,6 +255,9 @@ def plot(c: dict, path: Path) -> None:
     if claimed:
         ax.scatter(*zip(*claimed), marker="D", color="tab:red", zorder=3, label="the paper's claim")
     ax.axhline(0, color="black", lw=0.8)
+    if max(abs(r["top1_10crop"]["mean"]) for r in rows) > 20:  # a variant that did not learn would flatten the rest
+        ax.set_yscale("symlog", linthresh=5)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xticks(list(x), [r["variant"] for r in rows], rotation=30, ha="right")
     ax.set_ylabel("top-1 error minus base (points, ten-crop)")
     ax.set_title(f"Ablations on {c['dataset']}")
