@@ -108,7 +108,7 @@ rule ablations:
     conda:
         CONDA_ENV
     params:
-        results=LAYOUT.root,
+        results=results_root,
         out_dir=output_dir,
         sweep=sweep_flags(),
     message:

@@ -204,6 +204,12 @@ def output_dir(wildcards, output):
     return os.path.dirname(output[0])
 
 
+def results_root(wildcards, input):
+    """paths.results, from a job's first input, which lies two levels below it (results/<stage>/<file>):
+    inferred from the files, so it holds wherever the job runs."""
+    return os.path.dirname(os.path.dirname(input[0]))
+
+
 # fetch (workflow/rules/fetch.smk)
 DATASET = config["dataset"]
 

@@ -26,7 +26,7 @@ rule forecast:
     conda:
         CONDA_ENV
     params:
-        results=LAYOUT.root,
+        results=results_root,
         out_dir=output_dir,
         cores=forecast_cores,
         settings=settings_flags("preflight", ("train_images", "val_images", "epochs")),

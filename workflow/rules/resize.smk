@@ -140,7 +140,7 @@ rule resize:
     conda:
         CONDA_ENV
     params:
-        shards_dir=LAYOUT.shards_dir,
+        shards_dir=output_dir,
         settings=settings_flags(
             "resize",
             ("train_shards", "val_shards", "max_reject_fraction"),
