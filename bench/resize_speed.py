@@ -43,6 +43,7 @@ from sklearn.datasets import load_sample_images  # noqa: E402
 
 from pipeline import archive, images, resize  # noqa: E402
 from pipeline.io import write_tsv  # noqa: E402
+from pipeline.sources import ILSVRC_TRAIN_IMAGES  # noqa: E402
 
 PY = sys.executable
 WNIDS = [f"n0{1440764 + i}" for i in range(4)]
@@ -541,8 +542,8 @@ def measure_pca(work: Path, pca_shards: int, mix_ms: float) -> dict:
         "shards": pca_shards,
         "seconds": pca_s,
         "seconds_4_shards": pca4_s,
-        "resize_cpu_s_for_1281167_images": 1_281_167 * mix_ms / 1e3,
-        "fraction_of_resize_cpu": pca_s / (1_281_167 * mix_ms / 1e3),
+        "resize_cpu_s_for_1281167_images": ILSVRC_TRAIN_IMAGES * mix_ms / 1e3,
+        "fraction_of_resize_cpu": pca_s / (ILSVRC_TRAIN_IMAGES * mix_ms / 1e3),
     }
 
 
@@ -554,7 +555,7 @@ def main(argv=None):
     parser.add_argument("--small", type=int, default=240, help="500x375 images")
     parser.add_argument("--large", type=int, default=40, help="1600x1200 images")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--index-rows", type=int, default=1_281_167)
+    parser.add_argument("--index-rows", type=int, default=ILSVRC_TRAIN_IMAGES)
     parser.add_argument("--pca-shards", type=int, default=1024)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the raw figures here")
