@@ -71,10 +71,17 @@ TIERS = ("unit", "integration", "e2e")
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
     wrong = []
+    weight: dict[str, list[int]] = {}  # per file: its e2e and integration tests
     for item in items:
         tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
         if len(tiers) != 1:
             wrong.append(f"  {item.nodeid}: {' and '.join(tiers) or 'no tier'}")
+        counts = weight.setdefault(item.nodeid.split("::")[0], [0, 0])
+        counts[0] += "e2e" in tiers
+        counts[1] += "integration" in tiers
+    # The files with the longest runs first: pytest-xdist (--dist loadfile) hands out files in this order, so
+    # a workflow file started last cannot keep one worker busy after the other has finished.
+    items.sort(key=lambda item: [-n for n in weight[item.nodeid.split("::")[0]]])
     if wrong:
         message = (
             f"{len(wrong)} test(s) need exactly one tier mark of {', '.join(TIERS)} "
