@@ -486,3 +486,16 @@ def test_the_sweep_preset_plans_one_training_per_variant(tmp_path):
     ran = job_stats(proc.stdout + proc.stderr)
     assert ran["train_variant"] == ran["evaluate_variant"] == len(variants) >= 8, ran
     assert ran["train"] == 1 and ran["ablations"] == 1
+
+
+@pytest.mark.integration
+def test_seeds_train_every_variant_and_the_base_recipe_once_per_seed(tmp_path):
+    """ablations.seeds [0, 1] from the command line (strings there): each variant twice, and the base
+    recipe once more for seed 1, its seed-0 run being the workflow's own training."""
+    preset = REPO / "workflow/presets/ablations.yaml"
+    proc = snakemake(tmp_path, "-n", "-p", "--configfile", str(preset), "--config", "ablations={seeds: [0, 1]}")
+    ran = job_stats(proc.stdout + proc.stderr)
+    assert ran["train_variant"] == ran["evaluate_variant"] == 2 * 8 + 1 and ran["train"] == 1, ran
+    out = proc.stdout + proc.stderr
+    assert "--out-dir results/ablations/base-s1/train" in out and "--out-dir results/ablations/base-s0/" not in out
+    assert "--seeds 0 1 --base-seed 0" in out
