@@ -282,11 +282,12 @@ def run(results, variants: dict, seeds: list[int], base_seed: int, threshold: fl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = compare(Results(str(results)), variants, seeds, base_seed, threshold)
-    write_text(out / "comparison.md", table(c))
+    text = table(c)
+    write_text(out / "comparison.md", text)
     plot(c, out / "comparison.png")
     write_json(out / "metrics.json", flat_metrics(c))
     write_json(out / "comparison.json", c)  # last: its presence marks a finished comparison
-    print(table(c), file=sys.stderr)
+    print(text, file=sys.stderr)
     return c
 
 

@@ -30,7 +30,6 @@ from pipeline.sources import ARCHIVES
 
 # The splits the resize stage shards. The held-out slice is cut from the training archive.
 SOURCE_SPLIT = {"train": "train", "val": "val", "holdout": "train"}
-SHARD_SUFFIXES = (".tar", ".idx", ".json", ".stats.npz")  # .stats.npz: training shards only
 SHARD_NUMBER = r"\d{5}"  # the {shard} wildcard: shard k is <split>-<k:05d>
 
 # Inside the train stage's folder
@@ -42,14 +41,12 @@ CHECKPOINTS = "checkpoints"
 LAST = "last.pt"  # rewritten every epoch; not a declared output (workflow/rules/train.smk says why)
 BEST = "best.pt"  # a hard link to the best epoch's epoch-NNN.pt
 FINISHED_FILE = "finished.json"  # in checkpoints/: the run of last.pt reached its end
+EPOCH_CHECKPOINTS = "epoch-*.pt"  # the best epoch's kept checkpoint: one at a time
 
 
 def shard_name(split: str, k: int | str) -> str:
     """The stem of shard k of a split: train-00003. A str k (a wildcard such as "{shard}") goes in as it is."""
     return f"{split}-{k}" if isinstance(k, str) else f"{split}-{k:05d}"
-
-
-EPOCH_CHECKPOINTS = "epoch-*.pt"  # the best epoch's kept checkpoint: one at a time
 
 
 def shard_rule(split: str) -> str:
@@ -116,6 +113,10 @@ class TrainFolder:
     @property
     def last(self) -> str:
         return f"{self.checkpoints}/{LAST}"
+
+    @property
+    def finished(self) -> str:
+        return f"{self.checkpoints}/{FINISHED_FILE}"
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ from pipeline import archive, holdout
 from pipeline.errors import PipelineError, run_cli
 from pipeline.images import RESAMPLE, crop_box, downsample  # noqa: F401 (crop_box, RESAMPLE: part of the stage's API)
 from pipeline.io import atomic_path, read_classes, read_json, write_json
+from pipeline.layout import shard_name
 from pipeline.schema import defaults
 from pipeline.shards import IMAGE_SIZE, ShardWriter, manifest_entry, shard_sample_keys
 
@@ -340,7 +341,7 @@ def build_index(
 
 
 def split_shard_jsons(shards_dir: str | os.PathLike, split: str, shards: int) -> list[Path]:
-    return [Path(shards_dir) / split / f"{split}-{k:05d}.json" for k in range(shards)]
+    return [Path(shards_dir) / split / f"{shard_name(split, k)}.json" for k in range(shards)]
 
 
 def write_manifest(

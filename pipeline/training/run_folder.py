@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.checkpoint import keep_best, load_checkpoint, restore_best, save_checkpoint
 from pipeline.fingerprint import LABELS, changed_inputs
 from pipeline.io import read_json, write_json, write_text
-from pipeline.layout import FINISHED_FILE, TrainFolder
+from pipeline.layout import TrainFolder
 
 SECTIONS = {"model": "the model", "recipe": "the recipe", "augment": "the augmentation"}
 # settings that joined a checkpoint's key later, with the value older checkpoints were trained with,
@@ -118,11 +118,7 @@ class RunFolder:
     def __init__(self, out_dir: str | os.PathLike):
         self.out_dir = Path(out_dir)
         f = TrainFolder(str(out_dir))
-        self.checkpoints, self.last, self.finished = (
-            Path(f.checkpoints),
-            Path(f.last),
-            Path(f.checkpoints, FINISHED_FILE),
-        )
+        self.checkpoints, self.last, self.finished = map(Path, (f.checkpoints, f.last, f.finished))
         self.metrics, self.curve, self.summary, self.attempt = map(Path, (f.metrics, f.curve, f.summary, f.attempt))
         self.saved: dict | None = None
 

@@ -52,7 +52,7 @@ rule train_variant:
 
 rule evaluate_variant:
     input:
-        checkpoint=variant_checkpoint_input,
+        checkpoint=evaluate_input,
         manifest=LAYOUT.manifest,
         pca=LAYOUT.pca,
         mean_image=LAYOUT.mean_image,
@@ -75,7 +75,7 @@ rule evaluate_variant:
     resources:
         gpu=TRAIN["gpus"],
     params:
-        checkpoint=variant_checkpoint,
+        checkpoint=evaluated_checkpoint,
         settings=variant_evaluate_settings,
         out_dir=output_dir,
     message:

@@ -311,14 +311,20 @@ def logged_checkpoint():
 
 
 def evaluate_input(wildcards):
-    """best.pt, or train.json standing for last.pt (written after the final last.pt); anything
-    else in evaluate.checkpoint is a path to any checkpoint (then training need not run at all)."""
-    train = LAYOUT.train()
-    return {"best": train.best, "last": train.summary}.get(str(EVALUATE["checkpoint"]), EVALUATE["checkpoint"])
+    """The training output the evaluation waits for: best.pt, or train.json standing for last.pt
+    (written after the final last.pt), of the base run or of a sweep run ({variant}). Anything
+    else in evaluate.checkpoint is a path to any checkpoint (then training need not run at all);
+    a sweep run always scores its own training, its best.pt then."""
+    variant = wildcards.get("variant")
+    train = LAYOUT.train(variant)
+    if EVALUATE["checkpoint"] == "last":
+        return train.summary
+    return train.best if EVALUATE["checkpoint"] == "best" or variant else EVALUATE["checkpoint"]
 
 
 def evaluated_checkpoint(wildcards, input):
-    return LAYOUT.train().last if EVALUATE["checkpoint"] == "last" else input.checkpoint
+    """The checkpoint file the evaluation scores: last.pt itself where train.json stood for it."""
+    return LAYOUT.train(wildcards.get("variant")).last if EVALUATE["checkpoint"] == "last" else input.checkpoint
 
 
 # forecast (workflow/rules/forecast.smk)
@@ -384,16 +390,6 @@ def variant_train_settings(wildcards):
 
 def variant_evaluate_settings(wildcards):
     return evaluate_settings(sweep_config(wildcards))
-
-
-def variant_checkpoint_input(wildcards):
-    """As evaluate_input, for a variant's own training (evaluate.checkpoint best or last)."""
-    train = LAYOUT.train(wildcards.variant)
-    return train.summary if EVALUATE["checkpoint"] == "last" else train.best
-
-
-def variant_checkpoint(wildcards, input):
-    return LAYOUT.train(wildcards.variant).last if EVALUATE["checkpoint"] == "last" else input.checkpoint
 
 
 def sweep_inputs(wildcards):
